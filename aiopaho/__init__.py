@@ -1,0 +1,11 @@
+"""paho-mqtt 2.x driven from an asyncio event loop.
+
+A leaf package (it imports nothing else of healthiot) shared by the bridge and the simulated
+firmware. Like aiomqtt and Home Assistant's client, paho's socket is watched with
+``add_reader``/``add_writer`` and ``loop_misc`` runs on a timer, so every paho callback runs in
+the event loop thread; unlike aiomqtt it keeps paho's ``manual_ack``.
+"""
+
+from aiopaho.client import AsyncClient, MqttError, MqttTimeout
+
+__all__ = ["AsyncClient", "MqttError", "MqttTimeout"]

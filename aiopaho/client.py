@@ -1,0 +1,248 @@
+"""AsyncClient: connect, publish (awaiting PUBACK and its reason code), subscribe, receive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+MISC_INTERVAL_S = 1.0  # paho's keepalive and retry timer; its own loop uses the same cadence
+
+
+class MqttError(Exception):
+    """An MQTT operation failed; ``reason_code`` is the broker's or paho's code when known.
+
+        MqttError
+        └── MqttTimeout (also TimeoutError): no answer from the broker in time
+    """
+
+    def __init__(self, message: str, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class MqttTimeout(MqttError, TimeoutError):
+    """The broker did not answer within the timeout."""
+
+
+_Socket = socket.socket | ssl.SSLSocket
+
+
+class AsyncClient:
+    """A paho ``Client`` whose network I/O runs on the current asyncio loop.
+
+    Create it inside a running loop. Received messages go to ``messages``, a bounded queue;
+    with MQTT v5 the broker never has more than the Receive Maximum sent in CONNECT
+    unacknowledged, which is what bounds it when ``manual_ack`` is on.
+    """
+
+    def __init__(self, client: mqtt.Client, *, queue_size: int = 10_000) -> None:
+        self.paho = client
+        self.messages: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue(queue_size)
+        self.dropped = 0  # messages that found the queue full (never acked, so redelivered)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._connected: asyncio.Future[ReasonCode] | None = None
+        self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._subscribed: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._misc: asyncio.TimerHandle | None = None
+        self._sock: _Socket | None = None
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
+        self.on_disconnect: Callable[[ReasonCode | int], None] | None = None
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+
+    @property
+    def is_connected(self) -> bool:
+        return not self.disconnected.is_set()
+
+    async def connect(self, host: str, port: int, *, keepalive: int = 60,
+                      clean_start: bool = True, properties: Properties | None = None,
+                      timeout: float = 10.0) -> ReasonCode:
+        """Connect and wait for a successful CONNACK; raises MqttError or MqttTimeout."""
+        self._connected = self._loop.create_future()
+        try:
+            # paho's TCP connect and TLS handshake block: keep them off the loop.
+            await asyncio.wait_for(self._loop.run_in_executor(
+                None, lambda: self.paho.connect(host, port, keepalive, clean_start=clean_start,
+                                                properties=properties)), timeout)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttError(f"cannot connect to {host}:{port}: {exc}") from exc
+        except TimeoutError:
+            self._close_quietly()
+            raise MqttTimeout(f"no TLS/TCP connection to {host}:{port} in {timeout}s") from None
+        self.disconnected.clear()
+        self._schedule_misc()
+        try:
+            code = await asyncio.wait_for(self._connected, timeout)
+        except TimeoutError:
+            self._close_quietly()
+            raise MqttTimeout(f"no CONNACK from {host}:{port} in {timeout}s") from None
+        if code.is_failure:
+            raise MqttError(f"connection refused: {code}", code.value)
+        return code
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      properties: Properties | None = None, timeout: float = 10.0) -> ReasonCode:
+        """Publish and wait for the PUBACK; returns its reason code (a failure is not raised:
+        a refused message is the caller's to keep). Raises MqttError when not delivered."""
+        info = self.paho.publish(topic, payload, qos=qos, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise MqttError(f"publish failed: {mqtt.error_string(info.rc)}", int(info.rc))
+        if qos == 0:
+            return ReasonCode(mqtt.PacketTypes.PUBACK, identifier=0)
+        future = self._pending[info.mid] = self._loop.create_future()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise MqttTimeout(f"no PUBACK for message {info.mid} in {timeout}s") from None
+        finally:
+            self._pending.pop(info.mid, None)
+
+    async def subscribe(self, topic: str, *, qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the SUBACK; raises MqttError when the broker refuses."""
+        result, mid = self.paho.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe failed: {mqtt.error_string(result)}", int(result))
+        future = self._subscribed[mid] = self._loop.create_future()
+        try:
+            codes = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise MqttTimeout(f"no SUBACK for {topic} in {timeout}s") from None
+        finally:
+            self._subscribed.pop(mid, None)
+        if any(code.is_failure for code in codes):
+            raise MqttError(f"subscription to {topic} refused: {codes[0]}", codes[0].value)
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        """Acknowledge a received message (only meaningful with ``manual_ack``)."""
+        self.paho.ack(message.mid, message.qos)
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        """Send DISCONNECT and wait until the socket is closed."""
+        if self.disconnected.is_set():
+            self._close_quietly()
+            return
+        self.paho.disconnect()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.disconnected.wait(), timeout)
+        self._close_quietly()
+
+    # -- socket watching: every callback below runs in the loop thread --------------------
+
+    def _call_in_loop(self, fn: Callable[[], None]) -> None:
+        # paho calls the socket callbacks from connect(), which runs in an executor thread.
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
+        def watch() -> None:
+            self._sock = sock
+            self._loop.add_reader(sock, self._on_readable)
+        self._call_in_loop(watch)
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
+        def unwatch() -> None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+            if self._sock is sock:
+                self._sock = None
+        self._call_in_loop(unwatch)
+
+    def _on_socket_register_write(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
+        self._call_in_loop(lambda: self._loop.add_writer(sock, self._on_writable))
+
+    def _on_socket_unregister_write(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
+        self._call_in_loop(lambda: self._loop.remove_writer(sock))
+
+    def _on_readable(self) -> None:
+        # A TLS record can hold several MQTT packets: read until OpenSSL's buffer is empty,
+        # or the socket would never become readable again for the packets already decrypted.
+        while True:
+            rc = self.paho.loop_read()
+            sock = self.paho.socket()
+            if (rc != mqtt.MQTT_ERR_SUCCESS or not isinstance(sock, ssl.SSLSocket)
+                    or sock.pending() == 0):
+                return
+
+    def _on_writable(self) -> None:
+        self.paho.loop_write()
+
+    def _schedule_misc(self) -> None:
+        def tick() -> None:
+            if self.disconnected.is_set():
+                self._misc = None
+                return
+            self.paho.loop_misc()
+            self._misc = self._loop.call_later(MISC_INTERVAL_S, tick)
+        if self._misc is None:
+            self._misc = self._loop.call_later(MISC_INTERVAL_S, tick)
+
+    def _close_quietly(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+            self._sock = None
+        with contextlib.suppress(Exception):
+            self.paho.loop_stop()
+        sock = self.paho.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.disconnected.set()
+
+    # -- protocol callbacks -----------------------------------------------------------------
+
+    def _on_connect(self, _c: mqtt.Client, _u: Any, _flags: Any, code: ReasonCode,
+                    _props: Properties | None) -> None:
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_result(code)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, code: ReasonCode | int,
+                       _props: Properties | None) -> None:
+        self.disconnected.set()
+        error = MqttError(f"disconnected: {code}", getattr(code, "value", None))
+        for future in (*self._pending.values(), *self._subscribed.values()):
+            if not future.done():
+                future.set_exception(error)
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(error)
+        if self.on_disconnect is not None:
+            self.on_disconnect(code)
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, code: ReasonCode,
+                    _props: Properties | None) -> None:
+        future = self._pending.get(mid)  # a PUBACK is read in this thread, after publish()
+        if future is not None and not future.done():
+            future.set_result(code)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: list[ReasonCode],
+                      _props: Properties | None) -> None:
+        future = self._subscribed.get(mid)
+        if future is not None and not future.done():
+            future.set_result(codes)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self.messages.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1

@@ -1,0 +1,1 @@
+"""The patient-facing HTTPS API (aiohttp): authentication, vitals, problem+json errors."""

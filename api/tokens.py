@@ -1,0 +1,83 @@
+"""ES256 access tokens: issued at login, verified on every request (RFC 8725 habits).
+
+The algorithm is pinned, keys come only from configuration (``jku``/``x5u``/``jwk`` headers
+are never followed), every registered claim is required, and ``typ`` is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+ACCESS_TTL_S = 15 * 60  # CNIL/ASVS inactivity limit for access to health data
+TOKEN_TYPE = "at+jwt"  # RFC 9068
+_REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+
+
+class TokenError(Exception):
+    """The token is missing, malformed, forged or expired: the client must authenticate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    subject: str
+    second_factor: bool
+    token_id: str
+
+
+def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The RFC 7638 thumbprint of the key: the ``kid`` of our tokens."""
+    jwk = json.loads(ECAlgorithm.to_jwk(public_key))
+    members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return jwt.utils.base64url_encode(hashlib.sha256(canonical).digest()).decode()
+
+
+class TokenService:
+    """Signs and verifies access tokens with one ES256 key (rotation by ``kid`` later)."""
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey, *, issuer: str,
+                 audience: str) -> None:
+        self._private = private_key
+        self._public = private_key.public_key()
+        self.kid = key_id(self._public)
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_s = ACCESS_TTL_S
+
+    def issue(self, subject: str, *, methods: list[str], now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        claims = {"iss": self.issuer, "aud": self.audience, "sub": subject,
+                  "iat": issued, "nbf": issued, "exp": issued + self.ttl_s,
+                  "jti": str(uuid.uuid4()), "amr": methods}
+        return jwt.encode(claims, self._private, algorithm="ES256",
+                          headers={"kid": self.kid, "typ": TOKEN_TYPE})
+
+    def verify(self, token: str) -> Claims:
+        """Verify a token; raises TokenError for anything short of a valid, current token."""
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("typ") != TOKEN_TYPE or header.get("kid") != self.kid:
+                raise TokenError("unknown token type or key")
+            claims: dict[str, Any] = jwt.decode(
+                token, self._public, algorithms=["ES256"], audience=self.audience,
+                issuer=self.issuer, options={"require": _REQUIRED}, leeway=5)
+        except jwt.PyJWTError as exc:
+            raise TokenError(str(exc)) from None
+        methods = claims.get("amr")
+        if not isinstance(methods, list):
+            raise TokenError("token has no authentication methods")
+        return Claims(str(claims["sub"]), "otp" in methods, str(claims["jti"]))
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = json.loads(ECAlgorithm.to_jwk(self._public))
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "ES256"})
+        return {"keys": [jwk]}

@@ -1,0 +1,46 @@
+"""RFC 6238 time-based one-time codes (SHA-1, 6 digits, 30 s), as authenticator apps use."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import struct
+import time
+
+STEP_S = 30
+DIGITS = 6
+DRIFT_STEPS = 1  # accept the previous and next code: phone clocks drift a little
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(20)  # 160 bits, the size RFC 4226 recommends
+
+
+def secret_base32(secret: bytes) -> str:
+    """The form authenticator apps take (otpauth:// URIs, manual entry)."""
+    return base64.b32encode(secret).decode().rstrip("=")
+
+
+def code_at(secret: bytes, counter: int) -> str:
+    digest = hmac.new(secret, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    value = struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**DIGITS).zfill(DIGITS)
+
+
+def now_code(secret: bytes, now: float | None = None) -> str:
+    return code_at(secret, int((time.time() if now is None else now) // STEP_S))
+
+
+def verify(secret: bytes, code: str, now: float | None = None) -> int | None:
+    """The time step ``code`` matches (within the drift), or None. Callers refuse a step
+    at or below the last one accepted, which makes each code single-use."""
+    if len(code) != DIGITS or not code.isdigit():
+        return None
+    step = int((time.time() if now is None else now) // STEP_S)
+    for counter in range(step - DRIFT_STEPS, step + DRIFT_STEPS + 1):
+        if hmac.compare_digest(code_at(secret, counter), code):
+            return counter
+    return None

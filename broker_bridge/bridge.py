@@ -1,0 +1,274 @@
+"""Consume telemetry, normalise it a batch at a time, store it, then ack.
+
+A message is acknowledged only after the transaction that stored (or quarantined) it has
+committed. If the database is down nothing is acked and the broker keeps the messages in our
+persistent session; if the connection drops, messages of the old connection are not acked
+and come back on the new one, where idempotent storage makes the repeat harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient, MqttError
+from devices.broker_config import SHARED_TELEMETRY
+from devices.identity import is_device_id
+from devices.registry import Device, Registry
+from storage.segments import Samples
+from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
+from vitals.catalogue import METRIC_NAMES
+from vitals.errors import PayloadError
+from vitals.normalise import Normalised, Reject, Window, normalise
+from vitals.senml import CONTENT_TYPE_JSON, Pack, decode_json
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming back
+_RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    batch_size: int = 500  # large enough to amortise numpy and the transaction
+    batch_wait_s: float = 0.05  # latency we accept to fill a batch
+    window: Window = field(default_factory=Window)
+    retry_max_s: float = 10.0  # longest pause between database retries
+
+
+@dataclass
+class BridgeStats:
+    messages: int = 0
+    samples: int = 0
+    rejected: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    healthy: bool = True
+    connected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    message: mqtt.MQTTMessage
+    device_id: str
+    seq: int
+    pack: Pack
+
+
+def _topic_device(topic: str) -> str | None:
+    parts = topic.split("/")
+    if len(parts) == 3 and parts[0] == "devices" and parts[2] == "telemetry":
+        return parts[1] if is_device_id(parts[1]) else None
+    return None
+
+
+def _user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
+    props = getattr(message.properties, "UserProperty", None) or []
+    for key, value in props:
+        if key == name:
+            return str(value)
+    return None
+
+
+class Bridge:
+    """Takes its MQTT client, store and registry; creates none of them."""
+
+    def __init__(self, client: AsyncClient, store: Store, registry: Registry,
+                 config: BridgeConfig = BridgeConfig(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._store = store
+        self._registry = registry
+        self._config = config
+        self._clock = clock
+        self.stats = BridgeStats()
+        self._generation = 0  # bumped on every (re)connection
+
+    async def run(self, host: str, port: int, properties: Properties,
+                  ready: asyncio.Event | None = None) -> None:
+        """Stay connected and consume, forever: reconnect with jittered exponential backoff,
+        resuming the persistent session so that unacked messages come back."""
+        delay = RECONNECT_MIN_S
+        while True:
+            self._drop_stale_messages()
+            try:
+                await self._client.connect(host, port, clean_start=False, properties=properties)
+                await self._client.subscribe(SHARED_TELEMETRY, qos=1)
+            except MqttError as exc:
+                self.stats.healthy = False
+                log.warning("broker unreachable, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = RECONNECT_MIN_S
+            self.stats.connected = True
+            if ready is not None:
+                ready.set()
+            try:
+                await self.consume()
+            finally:
+                self.stats.connected = False
+
+    async def close(self) -> None:
+        """Disconnect from the broker; unacked messages stay in the persistent session."""
+        await self._client.disconnect()
+
+    def _drop_stale_messages(self) -> None:
+        # Messages of a lost connection cannot be acked on the next one; the broker
+        # redelivers them, so the copies still queued here are dropped unacked.
+        while not self._client.messages.empty():
+            self._client.messages.get_nowait()
+
+    async def consume(self) -> None:
+        """Process messages of the current connection until it drops."""
+        generation = self._generation = self._generation + 1
+        while self._client.is_connected:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            await self._process_with_retry(batch)
+            if generation != self._generation or not self._client.is_connected:
+                return  # acks belong to the old connection; the broker will redeliver
+            for message in batch:
+                self._client.ack(message)
+
+    async def _next_batch(self) -> list[mqtt.MQTTMessage]:
+        queue = self._client.messages
+        try:
+            first = await asyncio.wait_for(queue.get(), 0.5)
+        except TimeoutError:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._config.batch_wait_s
+        while len(batch) < self._config.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _process_with_retry(self, batch: list[mqtt.MQTTMessage]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.process(batch)
+                self.stats.healthy = True
+                return
+            except _RETRYABLE as exc:
+                # Nothing was acked: retrying is safe, and storage is idempotent.
+                self.stats.healthy = False
+                log.warning("batch not stored, retrying", extra={"error": type(exc).__name__,
+                                                                  "retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._config.retry_max_s)
+
+    async def process(self, batch: list[mqtt.MQTTMessage]) -> None:
+        """Decode, check, normalise and store one batch, in one transaction."""
+        received_at = self._clock()
+        received = dt.datetime.fromtimestamp(received_at, dt.UTC)
+        quarantined: list[QuarantineIn] = []
+
+        def refuse(message: mqtt.MQTTMessage, device: str | None, reason: str,
+                   detail: str) -> None:
+            quarantined.append(QuarantineIn(device, message.topic, received, reason, detail,
+                                            bytes(message.payload)))
+
+        decoded: list[_Decoded] = []
+        for message in batch:
+            device_id = _topic_device(message.topic)
+            if device_id is None:
+                refuse(message, None, "bad_topic", "not devices/<id>/telemetry")
+                continue
+            seq_text = _user_property(message, "seq")
+            if seq_text is None or not seq_text.isdigit() or len(seq_text) > 18:
+                refuse(message, device_id, "missing_sequence", "no integer 'seq' property")
+                continue
+            content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
+            if content_type != CONTENT_TYPE_JSON:
+                refuse(message, device_id, "unsupported_content_type", str(content_type)[:80])
+                continue
+            try:
+                pack = decode_json(bytes(message.payload), received_at=received_at)
+            except PayloadError as exc:
+                refuse(message, device_id, exc.reason, exc.detail)
+                continue
+            decoded.append(_Decoded(message, device_id, int(seq_text), pack))
+
+        devices = await self._registry.lookup(d.device_id for d in decoded)
+        accepted: list[_Decoded] = []
+        for item in decoded:
+            device = devices.get(item.device_id)
+            if device is None or not device.may_send:
+                state = device.state if device else "unknown"
+                refuse(item.message, item.device_id, f"device_{state}",
+                       "data from a device that is not paired is not stored")
+            else:
+                accepted.append(item)
+
+        norm = normalise([d.pack for d in accepted], [received_at] * len(accepted),
+                         self._config.window)
+        messages = self._to_messages(accepted, norm, devices, received, quarantined)
+        new = await self._store.ingest(messages, quarantined)
+
+        self.stats.batches += 1
+        self.stats.messages += new
+        self.stats.duplicates += len(messages) - new
+        self.stats.samples += int(np.count_nonzero(norm.reject == Reject.ACCEPTED))
+        self.stats.rejected += int(np.count_nonzero(norm.reject != Reject.ACCEPTED))
+        self.stats.quarantined += len(quarantined)
+
+    def _to_messages(self, accepted: list[_Decoded], norm: Normalised,
+                     devices: dict[str, Device], received: dt.datetime,
+                     quarantined: list[QuarantineIn]) -> list[MessageIn]:
+        messages: list[MessageIn] = []
+        # One sort groups every sample by (message, metric); then slice the groups out.
+        order = np.lexsort((norm.t_ms, norm.metric, norm.pack))
+        pack_sorted = norm.pack[order]
+        bounds = np.searchsorted(pack_sorted, np.arange(len(accepted) + 1))
+        for i, item in enumerate(accepted):
+            idx = order[bounds[i]:bounds[i + 1]]
+            ok = idx[norm.reject[idx] == Reject.ACCEPTED]
+            bad = idx[norm.reject[idx] != Reject.ACCEPTED]
+            patient_id = devices[item.device_id].patient_id
+            assert patient_id is not None  # may_send checked it
+            segments = []
+            for metric in np.unique(norm.metric[ok]):
+                sel = ok[norm.metric[ok] == metric]
+                segments.append(SegmentIn(patient_id, METRIC_NAMES[int(metric)], Samples(
+                    norm.t_ms[sel], norm.value[sel], norm.flags[sel])))
+            if len(bad):
+                # Rejected samples are kept, sealed, with their reasons: nothing measured
+                # disappears without a record.
+                reasons = [Reject(int(r)).name.lower() for r in norm.reject[bad]]
+                record = [[item.pack.metrics[j], item.pack.units[j], item.pack.times[j],
+                           item.pack.values[j], reason]
+                          for j, reason in zip(self._local_index(bad, norm, i), reasons,
+                                               strict=True)]
+                quarantined.append(QuarantineIn(
+                    item.device_id, item.message.topic, received,
+                    "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
+                    json.dumps(record).encode()))
+            messages.append(MessageIn(item.device_id, item.seq, received, segments, len(bad)))
+        return messages
+
+    @staticmethod
+    def _local_index(global_idx: np.ndarray, norm: Normalised, pack: int) -> list[int]:
+        # Position of a sample inside its own pack: its global index minus the pack's start.
+        start = int(np.searchsorted(norm.pack, pack))
+        return [int(g) - start for g in global_idx]

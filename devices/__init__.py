@@ -1,0 +1,1 @@
+"""Device identity: the development CA, the device registry, the broker's configuration."""

@@ -1,0 +1,250 @@
+"""One simulated device: its key and CSR, an MQTT v5 mTLS session, a numbered outbox.
+
+A message leaves the outbox only when the broker's PUBACK carries a success code, so a
+refused or unanswered message is sent again. The ledger counts what the broker accepted: it
+is what a loss check compares with the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient, MqttError
+from firmware_sim.signals import HeartRate, Weight
+from vitals.senml import CONTENT_TYPE_JSON, encode_json
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+Issuer = Callable[[bytes], Awaitable[bytes]]  # CSR PEM in, certificate PEM out
+
+
+@dataclass
+class Ledger:
+    """What the broker acknowledged from this device."""
+
+    messages: int = 0
+    samples: int = 0
+    refused: int = 0  # PUBACKs with a failure reason code (the message stays queued)
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    ca_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    seq: int
+    payload: bytes
+    samples: int
+
+
+class Flash:
+    """The device's persistent storage: its key, certificate and next sequence number."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "device.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / "device.pem"
+
+    def load_seq(self) -> int:
+        try:
+            return int(json.loads((self.directory / "state.json").read_text())["next_seq"])
+        except (OSError, ValueError, KeyError):
+            return 1
+
+    def save_seq(self, next_seq: int) -> None:
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps({"next_seq": next_seq}))
+        os.replace(tmp, self.directory / "state.json")
+
+
+async def enrol(flash: Flash, device_id: str, issue: Issuer) -> None:
+    """Make a key on the device (once), send a CSR, keep the certificate that comes back."""
+    if flash.cert_file.exists() and flash.key_file.exists():
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    fd = os.open(flash.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+           .sign(key, hashes.SHA256()))
+    flash.cert_file.write_bytes(await issue(csr.public_bytes(serialization.Encoding.PEM)))
+
+
+class SimulatedDevice:
+    """Base of the device models: connection, outbox and ledger. Subclasses make readings."""
+
+    model = "device"
+
+    def __init__(self, device_id: str, flash: Flash, broker: Broker, *,
+                 interval_s: float, rng: random.Random | None = None) -> None:
+        self.device_id = device_id
+        self.flash = flash
+        self.broker = broker
+        self.interval_s = interval_s
+        self.rng = rng or random.Random()
+        self.ledger = Ledger()
+        self.online = False
+        self._outbox: deque[_Message] = deque()
+        self._next_seq = flash.load_seq()
+        self._wake = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
+        """(metric, unit, time, value) records measured in [start, end)."""
+        raise NotImplementedError
+
+    def measure(self, start: float, end: float) -> None:
+        """Take the readings of a period into the outbox under the next sequence number."""
+        records = self.readings(start, end)
+        if not records:
+            return
+        payload = encode_json(f"{self.device_id}/", records)
+        self._outbox.append(_Message(self._next_seq, payload, len(records)))
+        self._next_seq += 1
+        self.flash.save_seq(self._next_seq)  # a restarted device never reuses a number
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Measure every ``interval_s`` until ``stop``, and deliver in the background."""
+        sender = asyncio.create_task(self._deliver_forever(), name=f"send-{self.device_id}")
+        try:
+            last = time.time()
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval_s)
+                except TimeoutError:
+                    pass
+                now = time.time()
+                if not stop.is_set():
+                    self.measure(last, now)
+                last = now
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def flush(self, timeout: float) -> None:
+        """Deliver whatever the outbox still holds, within ``timeout`` seconds."""
+        deliver = asyncio.create_task(self._deliver_forever(until_empty=True))
+        try:
+            await asyncio.wait_for(deliver, timeout)
+        except TimeoutError:
+            log.warning("outbox not empty at flush", extra={"device": self.device_id,
+                                                             "pending": self.pending})
+
+    async def _deliver_forever(self, until_empty: bool = False) -> None:
+        context = ssl.create_default_context(cafile=str(self.broker.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.flash.cert_file), str(self.flash.key_file))
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id,
+                             protocol=mqtt.MQTTv5)
+        client.tls_set_context(context)
+        conn = AsyncClient(client, queue_size=100)
+        delay = RECONNECT_MIN_S
+        try:
+            while not (until_empty and not self._outbox):
+                if not conn.is_connected:
+                    try:
+                        await conn.connect(self.broker.host, self.broker.port, keepalive=30)
+                        self.online, delay = True, RECONNECT_MIN_S
+                    except MqttError:
+                        self.online = False
+                        await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+                        delay = min(delay * 2, RECONNECT_MAX_S)
+                        continue
+                if not self._outbox:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._send_one(conn)
+        finally:
+            self.online = False
+            await conn.disconnect()
+
+    async def _send_one(self, conn: AsyncClient) -> None:
+        message = self._outbox[0]
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CONTENT_TYPE_JSON
+        props.UserProperty = ("seq", str(message.seq))
+        try:
+            code = await conn.publish(f"devices/{self.device_id}/telemetry", message.payload,
+                                      qos=1, properties=props)
+        except MqttError:
+            return  # still queued; the connection loop reconnects
+        if code.is_failure:
+            self.ledger.refused += 1
+            await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
+            return
+        self._outbox.popleft()
+        self.ledger.messages += 1
+        self.ledger.samples += message.samples
+
+
+class Watch(SimulatedDevice):
+    """Heart rate at 1 Hz, sent in batches, and a step count per batch."""
+
+    model = "watch"
+
+    def __init__(self, *args: object, resting_hr: float = 62.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.heart = HeartRate(resting_hr, self.rng)
+
+    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
+        first = float(int(start) + 1)
+        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
+        records = [("heart_rate", "/min", t, self.heart.sample(t)) for t in seconds]
+        if records:
+            records.append(("steps", "{steps}", seconds[-1], float(self.rng.randint(0, 12)
+                                                                   * len(seconds) // 5)))
+        return records
+
+
+class Scale(SimulatedDevice):
+    """Weight and body fat, one weighing per interval."""
+
+    model = "scale"
+
+    def __init__(self, *args: object, kg: float = 72.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.person = Weight(kg, rng=self.rng)
+
+    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
+        kg, fat = self.person.measure()
+        t = round(end, 3)
+        return [("body_weight", "kg", t, kg), ("body_fat", "%", t, fat)]

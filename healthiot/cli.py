@@ -1,0 +1,115 @@
+"""The ``healthiot`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from healthiot import logs
+from healthiot.errors import HealthiotError
+from healthiot.settings import Settings, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthiot", description="Health-IoT ingestion backend: devices over MQTT/mTLS, "
+        "encrypted time series, patient API. Settings come from HEALTHIOT_* variables.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the embedded stack with a demo fleet (make run)")
+    run.add_argument("--duration", type=float, default=None,
+                     help="stop after this many seconds and print a summary line")
+
+    sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")
+    sub.add_parser("api", help="run the HTTPS API against the configured database")
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
+
+    ca = sub.add_parser("ca", help="the development certificate authority")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    ca_sub.add_parser("init", help="create the root and device CA under var/pki (idempotent)")
+
+    broker = sub.add_parser("broker-config",
+                            help="write mosquitto.conf and the ACL file for a deployment")
+    broker.add_argument("--out", type=Path, required=True, help="directory to write to")
+    broker.add_argument("--certs", type=Path, required=True,
+                        help="directory holding clients-ca.pem, broker.pem, broker.key")
+    broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
+
+    code = sub.add_parser("totp", help="print a demo patient's current one-time code "
+                          "(development only)")
+    code.add_argument("username")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load()
+        logs.configure(settings.log_level, settings.log_format)
+        return _dispatch(args, settings)
+    except HealthiotError as exc:
+        print(f"healthiot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "run":
+        from healthiot.run import run
+        return asyncio.run(run(settings, args.duration))
+    if args.command == "bridge":
+        from healthiot.daemons import run_bridge
+        return asyncio.run(run_bridge(settings))
+    if args.command == "api":
+        from healthiot.daemons import run_api
+        return asyncio.run(run_api(settings))
+    if args.command == "db":
+        from healthiot.daemons import migrate_only
+        return asyncio.run(migrate_only(settings))
+    if args.command == "ca":
+        from devices.ca import CertificateAuthority
+        ca = CertificateAuthority.load_or_create(settings.var_dir / "pki")
+        print(f"CA ready: trust {ca.ca_file}; client chain {ca.clients_ca_file}")
+        return 0
+    if args.command == "broker-config":
+        from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf
+        args.out.mkdir(parents=True, exist_ok=True)
+        files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
+                            args.certs / "broker.key", args.out / "acl", args.out / "data")
+        (args.out / "acl").write_text(acl_text())
+        (args.out / "mosquitto.conf").write_text(
+            mosquitto_conf(files, bind=args.bind, port=args.port))
+        return 0
+    if args.command == "totp":
+        return _print_totp(settings, args.username)
+    raise AssertionError(args.command)
+
+
+def _print_totp(settings: Settings, username: str) -> int:
+    import base64
+
+    from api.totp import now_code
+    if settings.environment != "development":
+        print("healthiot: totp is a development helper", file=sys.stderr)
+        return 2
+    path = settings.var_dir / "demo" / "credentials.json"
+    try:
+        secret = json.loads(path.read_text())[username]["totp_secret"]
+    except (OSError, KeyError, ValueError):
+        print(f"healthiot: no demo account {username!r} in {path}", file=sys.stderr)
+        return 2
+    print(now_code(base64.b32decode(secret + "=" * (-len(secret) % 8))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

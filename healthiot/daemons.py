@@ -1,0 +1,84 @@
+"""Long-running processes of a deployment (compose): one bridge worker, the API, migrations.
+
+Unlike ``run``, they start no servers: the database, broker and files are named by settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from pathlib import Path
+
+from api.tokens import TokenService
+from broker_bridge.connection import connect_properties
+from healthiot import stack
+from healthiot.errors import SettingsError
+from healthiot.services import new_bridge, open_core, server_tls, start_api
+from healthiot.settings import Settings
+
+
+def _required(settings: Settings, name: str) -> Path:
+    value = getattr(settings, name)
+    if not value:
+        raise SettingsError(f"HEALTHIOT_{name.upper()} is required here")
+    return Path(value)
+
+
+def _database(settings: Settings) -> tuple[str, str]:
+    if not settings.database_url:
+        raise SettingsError("HEALTHIOT_DATABASE_URL is required here")
+    return settings.database_url, settings.database_password
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def migrate_only(settings: Settings) -> int:
+    dsn, password = _database(settings)
+    applied = await stack.migrate_database(dsn, password)
+    print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+    return 0
+
+
+async def run_bridge(settings: Settings) -> int:
+    dsn, password = _database(settings)
+    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    try:
+        bridge = new_bridge(core, client_id=settings.bridge_client_id
+                            or f"svc-bridge-{socket.gethostname()}",
+                            ca_file=_required(settings, "mqtt_ca_file"),
+                            cert=_required(settings, "mqtt_cert_file"),
+                            key=_required(settings, "mqtt_key_file"),
+                            batch_size=settings.bridge_batch_size)
+        task = asyncio.create_task(bridge.run(
+            settings.mqtt_host, settings.mqtt_port,
+            connect_properties(settings.bridge_batch_size * 2)), name="bridge")
+        await _until_signalled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close()
+    finally:
+        await core.pool.close()
+    return 0
+
+
+async def run_api(settings: Settings) -> int:
+    dsn, password = _database(settings)
+    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    try:
+        tokens = TokenService(stack.load_jwt_key(_required(settings, "jwt_key_file")),
+                              issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
+                                 tls=server_tls(_required(settings, "api_cert_file"),
+                                                _required(settings, "api_key_file")))
+        await _until_signalled()
+        await runner.cleanup()
+    finally:
+        await core.pool.close()
+    return 0

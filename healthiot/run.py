@@ -1,0 +1,201 @@
+"""``healthiot run``: the embedded stack, the bridge, the API and a demo fleet, with progress.
+
+Shutdown is ordered: the fleet stops measuring and flushes its outboxes, the bridge drains
+what was sent, then the API, the pool, the broker and the database stop, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from api.tokens import TokenService
+from broker_bridge.connection import connect_properties
+from firmware_sim.device import Broker, SimulatedDevice
+from healthiot import demo, stack
+from broker_bridge.bridge import Bridge
+from healthiot.localservers import MosquittoServer, PostgresServer
+from healthiot.services import Core, new_bridge, open_core, server_tls, start_api
+from healthiot.settings import Settings
+
+PROGRESS_EVERY_S = 1.0  # on a terminal; 5 s in a log
+DRAIN_TIMEOUT_S = 30.0  # how long the end of a run waits for the bridge to catch up
+
+
+@dataclass
+class Totals:
+    devices: int
+    messages: int
+    samples: int
+    stored: int
+    rejected: int
+
+    @property
+    def lost(self) -> int:
+        return self.samples - self.stored - self.rejected
+
+    def summary(self) -> str:
+        return (f"summary: devices={self.devices} messages={self.messages} "
+                f"samples={self.samples} stored={self.stored} rejected={self.rejected} "
+                f"lost={self.lost}")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _newcomer_help(settings: Settings, accounts: dict[str, demo.DemoAccount]) -> str:
+    alice = accounts["alice"]
+    base = f"https://localhost:{settings.api_port}"
+    ca = settings.var_dir / "pki" / "ca.pem"
+    return "\n".join([
+        "",
+        f"API: {base}   (trust {ca})",
+        "Demo patients (development only, random, saved in "
+        f"{settings.var_dir / 'demo' / 'credentials.json'}):",
+        *(f"  {a.username}: password {a.password}" for a in accounts.values()),
+        "Log in as alice (password + one-time code), then read her heart rate:",
+        f"  CODE=$(.venv/bin/healthiot totp {alice.username})",
+        f"  TOKEN=$(curl -s --cacert {ca} {base}/v1/auth/login -H 'content-type: "
+        "application/json' \\",
+        f"    -d '{{\"username\":\"{alice.username}\",\"password\":\"{alice.password}\","
+        "\"totp\":\"'$CODE'\"}' | python3 -c 'import json,sys; "
+        "print(json.load(sys.stdin)[\"access_token\"])')",
+        f"  curl -s --cacert {ca} -H \"Authorization: Bearer $TOKEN\" "
+        f"{base}/v1/me/vitals/heart_rate",
+        "",
+    ])
+
+
+async def run(settings: Settings, duration: float | None) -> int:
+    """Run the whole stack; returns the exit status (0 when nothing was lost)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    materials = await asyncio.to_thread(stack.prepare, settings)
+    postgres = stack.postgres_server(settings, materials)
+    broker = stack.mosquitto_server(settings, materials)
+    _say(f"starting PostgreSQL on 127.0.0.1:{settings.pg_port} ({settings.var_dir}/pg)")
+    await postgres.start()
+    try:
+        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port}")
+        await broker.start()
+        try:
+            return await _run_services(settings, materials, [postgres, broker], stop,
+                                           duration)
+        finally:
+            broker.stop()
+    finally:
+        postgres.stop()
+        _say("stopped: database and broker are down, nothing left running")
+
+
+async def _run_services(settings: Settings, materials: stack.Materials,
+                        servers: list[PostgresServer | MosquittoServer], stop: asyncio.Event,
+                        duration: float | None) -> int:
+    server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
+    dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+    await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
+    applied = await stack.migrate_database(dsn, materials.db_password)
+    _say(f"schema ready ({len(applied)} migration(s) applied now)")
+    core = await open_core(dsn, materials.db_password, materials.kek)
+    try:
+        tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
+                              issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
+                                 tls=server_tls(materials.api_cert, materials.api_key))
+        try:
+            bridge = new_bridge(core, client_id=f"svc-bridge-{socket.gethostname()}",
+                                ca_file=materials.ca.ca_file, cert=materials.bridge_cert,
+                                key=materials.bridge_key, batch_size=settings.bridge_batch_size)
+            ready = asyncio.Event()
+            bridge_task = asyncio.create_task(bridge.run(
+                settings.mqtt_host, settings.mqtt_port,
+                connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
+            try:
+                await asyncio.wait_for(ready.wait(), 30)
+                accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
+                fleet = await demo.ensure_fleet(
+                    core, materials.ca, accounts, settings.var_dir / "demo",
+                    Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file))
+                _say(_newcomer_help(settings, accounts))
+                totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
+            finally:
+                bridge_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bridge_task
+                await bridge.close()
+        finally:
+            await runner.cleanup()
+    finally:
+        await core.pool.close()
+    _say(totals.summary())
+    return 0 if totals.lost == 0 else 1
+
+
+async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,
+                     stop: asyncio.Event, duration: float | None,
+                     servers: list[PostgresServer | MosquittoServer]) -> Totals:
+    """Run the devices until ``stop`` or ``duration``, then flush and count."""
+    baseline = await core.store.count_stored([d.device_id for d in fleet])  # earlier runs
+    device_stop = asyncio.Event()
+    tasks = [asyncio.create_task(d.run(device_stop), name=f"device-{d.device_id}")
+             for d in fleet]
+    started = time.monotonic()
+    interactive = sys.stdout.isatty()
+    every = PROGRESS_EVERY_S if interactive else 5.0
+    last_messages, last_time = 0, started
+    _say("running; Ctrl-C stops" if duration is None else f"running for {duration:g} s")
+    try:
+        while not stop.is_set():
+            timeout = every
+            if duration is not None:
+                timeout = min(every, max(0.0, started + duration - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+            for server in servers:
+                server.check_alive()
+            now = time.monotonic()
+            sent = sum(d.ledger.messages for d in fleet)
+            rate = (sent - last_messages) / max(now - last_time, 1e-6)
+            last_messages, last_time = sent, now
+            stats = bridge.stats
+            line = (f"devices online {sum(d.online for d in fleet)}/{len(fleet)} | "
+                    f"{rate:5.1f} msg/s | sent {sent} msgs "
+                    f"{sum(d.ledger.samples for d in fleet)} samples | stored "
+                    f"{stats.samples} | rejected {stats.rejected} | quarantined "
+                    f"{stats.quarantined} | db {'ok' if stats.healthy else 'RETRYING'}")
+            print(("\r" + line) if interactive else line, end="" if interactive else "\n",
+                  flush=True)
+            if duration is not None and now - started >= duration:
+                break
+    finally:
+        if interactive:
+            print(flush=True)
+        device_stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    _say("stopping the fleet: flushing device outboxes")
+    await asyncio.gather(*(d.flush(10.0) for d in fleet))
+    return await _drain(fleet, core, baseline)
+
+
+async def _drain(fleet: list[SimulatedDevice], core: Core,
+                 baseline: tuple[int, int, int]) -> Totals:
+    """Wait until the database accounts for every sample the broker accepted."""
+    ids = [d.device_id for d in fleet]
+    samples = sum(d.ledger.samples for d in fleet)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        counts = await core.store.count_stored(ids)
+        stored, rejected = counts[1] - baseline[1], counts[2] - baseline[2]
+        if stored + rejected >= samples or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    return Totals(len(fleet), sum(d.ledger.messages for d in fleet), samples, stored, rejected)

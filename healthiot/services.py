@@ -1,0 +1,67 @@
+"""Wiring: the pool, keys, stores, the API server and the bridge, each created once."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from aiopaho import AsyncClient
+from api.app import ApiDeps, create_app
+from api.tokens import TokenService
+from broker_bridge.bridge import Bridge, BridgeConfig
+from broker_bridge.connection import make_client, tls_context
+from devices.registry import Registry
+from storage.audit import Audit
+from storage.crypto import LocalKeyFile
+from storage.keyring import Keyring
+from storage.patients import Patients
+from storage.store import Store
+
+POOL_MAX = 10  # the bridge holds one connection per batch; the API a few per request burst
+
+
+@dataclass(frozen=True)
+class Core:
+    pool: asyncpg.Pool
+    keyring: Keyring
+    store: Store
+    registry: Registry
+    patients: Patients
+    audit: Audit
+
+
+async def open_core(dsn: str, password: str, kek_file: Path) -> Core:
+    pool = await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=POOL_MAX,
+                                     timeout=10, command_timeout=30)
+    keyring = Keyring(LocalKeyFile(kek_file))
+    return Core(pool, keyring, Store(pool, keyring), Registry(pool), Patients(pool, keyring),
+                Audit(pool))
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """HTTPS context: TLS 1.2+ with AEAD suites only."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
+                    tls: ssl.SSLContext) -> web.AppRunner:
+    app = create_app(ApiDeps(core.store, core.patients, core.audit, tokens))
+    runner = web.AppRunner(app, access_log=None)  # access to health data goes to the audit log
+    await runner.setup()
+    await web.TCPSite(runner, host, port, ssl_context=tls, shutdown_timeout=5).start()
+    return runner
+
+
+def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Path,
+               batch_size: int) -> Bridge:
+    client = AsyncClient(make_client(client_id, tls_context(ca_file, cert, key)),
+                         queue_size=batch_size * 4)
+    return Bridge(client, core.store, core.registry, BridgeConfig(batch_size=batch_size))

@@ -1,0 +1,148 @@
+"""Settings: one frozen dataclass built once from the environment, then passed down.
+
+Every field reads ``HEALTHIOT_<FIELD>``; a secret may instead be read from the file named by
+``HEALTHIOT_<FIELD>_FILE`` (Docker and compose secrets). Outside development a secret must be
+set explicitly: there is no working default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from healthiot.errors import SettingsError
+
+ENVIRONMENTS = ("development", "production")
+PREFIX = "HEALTHIOT_"
+
+
+def _doc(text: str, *, secret: bool = False) -> dict[str, Any]:
+    return {"doc": text, "secret": secret}
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = field(default="development", metadata=_doc(
+        "development or production; production refuses generated or default secrets"))
+    var_dir: Path = field(default=Path("var"), metadata=_doc(
+        "state of the embedded stack: database cluster, broker, PKI, keys, logs"))
+    log_level: str = field(default="INFO", metadata=_doc("DEBUG, INFO, WARNING or ERROR"))
+    log_format: str = field(default="text", metadata=_doc("text (for people) or json"))
+
+    database_url: str = field(default="", metadata=_doc(
+        "postgresql://user@host:port/db of an existing server; empty: the embedded cluster"))
+    database_password: str = field(default="", repr=False, metadata=_doc(
+        "password for database_url (embedded: generated under var/secrets)", secret=True))
+    pg_port: int = field(default=54329, metadata=_doc("port of the embedded PostgreSQL"))
+    pg_bin_dir: str = field(default="", metadata=_doc(
+        "directory of initdb/postgres when not on PATH or in /usr/lib/postgresql/*/bin"))
+
+    mqtt_host: str = field(default="localhost", metadata=_doc(
+        "broker host name, as written in its certificate"))
+    mqtt_port: int = field(default=8883, metadata=_doc("broker mTLS port"))
+    mqtt_ca_file: Path | None = field(default=None, metadata=_doc(
+        "CA that signed the broker certificate (embedded: var/pki/ca.pem)"))
+    mqtt_cert_file: Path | None = field(default=None, metadata=_doc(
+        "the bridge's client certificate (embedded: issued on first run)"))
+    mqtt_key_file: Path | None = field(default=None, metadata=_doc(
+        "the bridge's client key", secret=True))
+    bridge_client_id: str = field(default="", metadata=_doc(
+        "MQTT client id of this bridge replica (default svc-bridge-<hostname>); keep it "
+        "stable so the persistent session survives restarts"))
+    bridge_batch_size: int = field(default=500, metadata=_doc("messages per stored batch"))
+
+    api_host: str = field(default="127.0.0.1", metadata=_doc("API listen address"))
+    api_port: int = field(default=8443, metadata=_doc("API HTTPS port"))
+    api_cert_file: Path | None = field(default=None, metadata=_doc(
+        "API server certificate (embedded: issued on first run)"))
+    api_key_file: Path | None = field(default=None, metadata=_doc(
+        "API server key", secret=True))
+    jwt_key_file: Path | None = field(default=None, metadata=_doc(
+        "ES256 private key that signs access tokens (embedded: generated)", secret=True))
+    jwt_issuer: str = field(default="https://localhost:8443", metadata=_doc(
+        "iss of access tokens"))
+    jwt_audience: str = field(default="healthiot-api", metadata=_doc("aud of access tokens"))
+
+    kek_file: Path | None = field(default=None, metadata=_doc(
+        "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise SettingsError(f"HEALTHIOT_ENVIRONMENT must be one of {ENVIRONMENTS}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("HEALTHIOT_LOG_FORMAT must be text or json")
+        if self.environment == "production":
+            missing = [env_name(f.name) for f in dataclasses.fields(self)
+                       if f.metadata.get("secret") and not getattr(self, f.name)]
+            if not self.database_url:
+                missing.append(env_name("database_url"))
+            if missing:
+                raise SettingsError("production needs explicit settings: " + ", ".join(missing))
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    def path(self, name: str, default: str) -> Path:
+        """The path setting ``name``, or ``default`` under the var directory."""
+        value = getattr(self, name)
+        return Path(value) if value else self.var_dir / default
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README table's source."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        rows.append((env_name(f.name), "" if default is None else str(default),
+                     f.metadata["doc"]))
+    return rows
+
+
+def accepted_variables() -> set[str]:
+    """Every environment variable the settings read, ``_FILE`` variants included."""
+    fields = dataclasses.fields(Settings)
+    return {env_name(f.name) for f in fields} | {env_name(f.name) + "_FILE" for f in fields
+                                                   if f.metadata.get("secret") and f.type == "str"}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in
+                     accepted_variables() and not k.startswith(PREFIX + "TEST_"))
+    if unknown:
+        raise SettingsError(f"unknown settings (typo?): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(Settings)}
+    for name, hint in hints.items():
+        raw = _read(environ, env_name(name))
+        if raw is None:
+            continue
+        try:
+            if "int" in str(hint):
+                values[name] = int(raw)
+            elif "Path" in str(hint):
+                values[name] = Path(raw) if raw else None
+            else:
+                values[name] = raw
+        except ValueError:
+            raise SettingsError(f"{env_name(name)} must be an integer") from None
+    return Settings(**values)
+
+
+def _read(environ: Mapping[str, str], name: str) -> str | None:
+    if name + "_FILE" in environ:  # secrets as files: nothing in the process environment
+        try:
+            return Path(environ[name + "_FILE"]).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE: cannot read {exc.filename}") from None
+    return environ.get(name)

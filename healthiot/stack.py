@@ -1,0 +1,122 @@
+"""The embedded default stack: its files under var/, and its PostgreSQL and Mosquitto.
+
+Everything secret is generated on first run, owner-only, and reused afterwards; nothing has
+a default value in code. The tests build the same stack in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from devices.broker_config import BRIDGE_IDENTITY
+from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
+from healthiot.localservers import MosquittoServer, PostgresServer
+from healthiot.settings import Settings
+from storage.migrate import migrate
+
+DB_USER = "healthiot"
+DB_NAME = "healthiot"
+SERVER_NAMES = ["localhost", "127.0.0.1", "::1"]
+
+
+def _secret_text(path: Path) -> str:
+    """A random secret stored in ``path``, created on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(24).encode())
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Materials:
+    """Paths of everything the stack's processes need; all exist after ``prepare``."""
+
+    ca: CertificateAuthority
+    broker_cert: Path
+    broker_key: Path
+    bridge_cert: Path
+    bridge_key: Path
+    api_cert: Path
+    api_key: Path
+    jwt_key: Path
+    kek: Path
+    db_password: str
+
+
+def _server_pair(ca: CertificateAuthority, directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    if not (cert.exists() and key.exists()):
+        key_bytes, cert_bytes = ca.issue_server(SERVER_NAMES)
+        write_private(key, key_bytes)
+        cert.write_bytes(cert_bytes)
+    return cert, key
+
+
+def prepare(settings: Settings) -> Materials:
+    """Create (first run) or load the development PKI, keys and secrets under var/."""
+    var = settings.var_dir
+    ca = CertificateAuthority.load_or_create(var / "pki")
+    services = var / "pki" / "services"
+    services.mkdir(parents=True, exist_ok=True)
+    broker_cert, broker_key = _server_pair(ca, services, "broker")
+    api_cert, api_key = _server_pair(ca, services, "api")
+    bridge_cert, bridge_key = services / "bridge.pem", services / "bridge.key"
+    if not (bridge_cert.exists() and bridge_key.exists()):
+        key = new_key()  # the bridge, like a device, makes its key and sends a CSR
+        write_private(bridge_key, key_pem(key))
+        bridge_cert.write_bytes(ca.issue_client(make_csr(key, BRIDGE_IDENTITY), service=True))
+    keys = var / "keys"
+    jwt_key = settings.path("jwt_key_file", "keys/jwt-signing.key")
+    if not jwt_key.exists():
+        keys.mkdir(parents=True, exist_ok=True)
+        write_private(jwt_key, key_pem(new_key()))
+    kek = settings.path("kek_file", "keys/kek.bin")
+    db_password = settings.database_password or _secret_text(var / "secrets" / "postgres-password")
+    return Materials(ca, broker_cert, broker_key, bridge_cert, bridge_key, api_cert, api_key,
+                     jwt_key, kek, db_password)
+
+
+def load_jwt_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} does not hold an EC private key")
+    return key
+
+
+def postgres_server(settings: Settings, materials: Materials) -> PostgresServer:
+    return PostgresServer(settings.var_dir / "pg" / "data", port=settings.pg_port,
+                          user=DB_USER, password=materials.db_password,
+                          log_file=settings.var_dir / "log" / "postgres.log",
+                          bin_dir=settings.pg_bin_dir or None)
+
+
+def mosquitto_server(settings: Settings, materials: Materials) -> MosquittoServer:
+    return MosquittoServer(settings.var_dir / "mosquitto", port=settings.mqtt_port,
+                           bind="127.0.0.1", clients_ca=materials.ca.clients_ca_file.read_bytes(),
+                           cert=materials.broker_cert.read_bytes(),
+                           key=materials.broker_key.read_bytes(),
+                           log_file=settings.var_dir / "log" / "mosquitto.log")
+
+
+async def ensure_database(server_dsn: str, password: str, name: str) -> None:
+    """Create database ``name`` on the server unless it exists."""
+    conn = await asyncpg.connect(server_dsn, password=password, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def migrate_database(dsn: str, password: str) -> list[str]:
+    conn = await asyncpg.connect(dsn, password=password, timeout=10)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,1 @@
+"""Encrypted time-series storage on PostgreSQL (TimescaleDB when present), through asyncpg."""

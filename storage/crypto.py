@@ -1,0 +1,77 @@
+"""Envelope encryption: a key-encryption key (KEK) wraps one data key per owner.
+
+An owner is a patient (their health data) or ``system:<purpose>`` (quarantine, secrets).
+Data keys exist in the database only wrapped; erasing a patient deletes their wrapped keys,
+after which nothing sealed with them opens again, in any copy of the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage.errors import IntegrityError, KeyUnavailable
+
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # random 96-bit nonces: fine far below 2**32 seals per key
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a random nonce; the result is nonce || ciphertext || tag."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """Open a blob made by ``seal`` with the same ``aad``; raises IntegrityError otherwise."""
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except (InvalidTag, ValueError):
+        raise IntegrityError("sealed data does not open with this key and identity") from None
+
+
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys; a KMS client fits the same shape."""
+
+    @property
+    def kek_id(self) -> str: ...
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, kek_id: str, context: bytes) -> bytes: ...
+
+
+class LocalKeyFile:
+    """The embedded default: a 256-bit KEK in a file readable by its owner only."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(KEY_BYTES))
+        key = path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise KeyUnavailable(f"the key file {path} does not hold a 256-bit key")
+        self._key = key
+        # An id derived from the key, not the key: it tells which KEK wrapped a data key.
+        self._id = "local:" + hashlib.sha256(b"healthiot-kek-id" + key).hexdigest()[:16]
+
+    @property
+    def kek_id(self) -> str:
+        return self._id
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes:
+        return seal(self._key, data_key, context)
+
+    def unwrap(self, wrapped: bytes, kek_id: str, context: bytes) -> bytes:
+        if kek_id != self._id:
+            raise KeyUnavailable(f"data key wrapped by {kek_id}, this provider holds {self._id}")
+        return open_sealed(self._key, wrapped, context)

@@ -1,0 +1,169 @@
+"""Writes of ingested batches (idempotent, one transaction) and reads of a patient's series."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from storage.crypto import open_sealed, seal
+from storage.keyring import Keyring
+from storage.segments import Samples, pack, unpack
+
+QUARANTINE_KEY = "quarantine"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentIn:
+    patient_id: uuid.UUID
+    metric: str
+    samples: Samples
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    """One device message that passed decoding: its samples, grouped by metric."""
+
+    device_id: str
+    seq: int
+    received_at: dt.datetime
+    segments: list[SegmentIn]
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineIn:
+    """Something that could not be stored as health data, kept sealed with the reason."""
+
+    device_id: str | None
+    topic: str
+    received_at: dt.datetime
+    reason: str
+    detail: str
+    payload: bytes
+
+
+def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, device_id: str,
+                 start: dt.datetime, end: dt.datetime, samples: int, key_version: int) -> bytes:
+    # Every column that identifies the row: a blob moved to another row does not open.
+    return (f"segment|{segment_id}|{patient_id}|{metric}|{device_id}|{start.isoformat()}|"
+            f"{end.isoformat()}|{samples}|{key_version}").encode()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _utc(ms: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(milliseconds=ms)  # exact, unlike fromtimestamp(ms / 1000)
+
+
+class Store:
+    """Health data in and out. Takes the pool and the keyring; creates neither."""
+
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
+        self._pool = pool
+        self._keyring = keyring
+
+    async def ingest(self, messages: Sequence[MessageIn],
+                     quarantined: Sequence[QuarantineIn] = ()) -> int:
+        """Store a batch in one transaction; a message already stored is skipped, so a
+        redelivered batch changes nothing. Returns how many messages were new."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            new = await conn.fetch(
+                """INSERT INTO ingested_messages (device_id, seq, received_at, samples, rejected)
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[],
+                                        $4::int[], $5::int[])
+                   ON CONFLICT DO NOTHING RETURNING device_id, seq""",
+                [m.device_id for m in messages], [m.seq for m in messages],
+                [m.received_at for m in messages],
+                [sum(len(s.samples) for s in m.segments) for m in messages],
+                [m.rejected for m in messages])
+            fresh = {(r["device_id"], r["seq"]) for r in new}
+            new_count = len(fresh)
+            rows = []
+            for message in messages:
+                key = (message.device_id, message.seq)
+                if key not in fresh:
+                    continue
+                fresh.discard(key)  # the same message twice in one batch is stored once
+                for segment in message.segments:
+                    rows.append(await self._sealed_segment(conn, message.device_id, segment))
+            if rows:
+                await conn.copy_records_to_table(
+                    "segments", records=rows,
+                    columns=["id", "patient_id", "metric", "device_id", "start_at", "end_at",
+                             "samples", "key_version", "sealed"])
+            if quarantined:
+                await self._quarantine(conn, quarantined)
+            if messages:
+                await conn.execute(
+                    """UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.at)
+                       FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) s
+                       WHERE d.id = s.id""",
+                    [m.device_id for m in messages], [m.received_at for m in messages])
+        return new_count
+
+    async def _sealed_segment(self, conn: asyncpg.Connection, device_id: str,
+                              segment: SegmentIn) -> tuple[object, ...]:
+        version, key = await self._keyring.current(conn, str(segment.patient_id))
+        segment_id = uuid.uuid4()
+        t = segment.samples.t_ms
+        start, end, n = _utc(int(t.min())), _utc(int(t.max())), len(segment.samples)
+        aad = _segment_aad(segment_id, segment.patient_id, segment.metric, device_id,
+                           start, end, n, version)
+        return (segment_id, segment.patient_id, segment.metric, device_id, start, end, n,
+                version, seal(key, pack(segment.samples), aad))
+
+    async def _quarantine(self, conn: asyncpg.Connection,
+                          items: Sequence[QuarantineIn]) -> None:
+        _, key = await self._keyring.system_key(conn, QUARANTINE_KEY)
+        await conn.executemany(
+            """INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            [(q.received_at, q.device_id, q.topic, q.reason, q.detail,
+              seal(key, q.payload, f"quarantine|{q.topic}|{q.received_at.isoformat()}".encode()))
+             for q in items])
+
+    async def read_series(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
+                          end: dt.datetime) -> Samples:
+        """A patient's samples of ``metric`` in [start, end), time-ordered, duplicates (same
+        time and value from redundant segments) removed."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT id, device_id, start_at, end_at, samples, key_version, sealed
+                   FROM segments WHERE patient_id = $1 AND metric = $2
+                   AND end_at >= $3 AND start_at < $4""", patient_id, metric, start, end)
+            parts = []
+            for row in rows:
+                key = await self._keyring.get(conn, str(patient_id), row["key_version"])
+                aad = _segment_aad(row["id"], patient_id, metric, row["device_id"],
+                                   row["start_at"], row["end_at"], row["samples"],
+                                   row["key_version"])
+                parts.append(unpack(open_sealed(key, row["sealed"], aad)))
+        if not parts:
+            return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+        t = np.concatenate([p.t_ms for p in parts])
+        v = np.concatenate([p.value for p in parts])
+        f = np.concatenate([p.flags for p in parts])
+        lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        keep = (t >= lo) & (t < hi)
+        t, v, f = t[keep], v[keep], f[keep]
+        order = np.lexsort((v, t))
+        t, v, f = t[order], v[order], f[order]
+        distinct = np.ones(len(t), dtype=bool)
+        distinct[1:] = (t[1:] != t[:-1]) | (v[1:] != v[:-1])
+        return Samples(t[distinct], v[distinct], f[distinct])
+
+    async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
+        """(messages, samples, rejected samples) stored for these devices: the loss ledger."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT count(*) AS m, coalesce(sum(samples), 0) AS s,
+                          coalesce(sum(rejected), 0) AS r
+                   FROM ingested_messages WHERE device_id = ANY($1::text[])""", list(device_ids))
+        assert row is not None
+        return int(row["m"]), int(row["s"]), int(row["r"])

@@ -1,0 +1,120 @@
+"""SenML (RFC 8428) in JSON: decode a device's measurement pack, encode one for the simulators.
+
+Names resolve as base name + name; the metric is the part after the last ``/`` or ``:``, so
+``{"bn": "w-12ab/", "n": "heart_rate"}`` and ``{"n": "heart_rate"}`` both mean heart rate.
+Times resolve as base time + time in seconds; RFC 8428 makes values below 2**28 relative to
+"now", which the decoder resolves against the receive time it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vitals.errors import PayloadError
+
+CONTENT_TYPE_JSON = "application/senml+json"
+MAX_PAYLOAD_BYTES = 256 * 1024  # a day of 1 Hz heart rate fits; more is a broken device
+MAX_RECORDS = 20_000
+_RELATIVE_TIME_LIMIT = 2**28  # RFC 8428 section 4.5.3
+_KNOWN_FIELDS = frozenset({"bn", "bt", "bu", "bv", "bver", "n", "u", "v", "t", "ut"})
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """A decoded pack in columns, ready for vectorised normalisation."""
+
+    metrics: list[str]
+    units: list[str]
+    times: list[float]  # seconds since the epoch, device clock
+    values: list[float]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def decode_json(payload: bytes, *, received_at: float) -> Pack:
+    """Decode a SenML JSON pack; raises PayloadError naming the first problem found."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        records = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError("malformed", f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(records, list) or not records:
+        raise PayloadError("malformed", "a SenML pack is a non-empty JSON array")
+    if len(records) > MAX_RECORDS:
+        raise PayloadError("oversized", f"{len(records)} records > {MAX_RECORDS}")
+
+    pack = Pack([], [], [], [])
+    base_name, base_time, base_unit, base_value = "", 0.0, "", 0.0
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise PayloadError("malformed", f"record {index} is not an object")
+        unknown = record.keys() - _KNOWN_FIELDS
+        if any(key.endswith("_") for key in unknown):  # RFC 8428 must-understand fields
+            raise PayloadError("malformed", f"record {index} has must-understand fields")
+        if "bn" in record:
+            base_name = _text(record, "bn", index)
+        if "bt" in record:
+            base_time = _number(record, "bt", index)
+        if "bu" in record:
+            base_unit = _text(record, "bu", index)
+        if "bv" in record:
+            base_value = _number(record, "bv", index)
+        if "v" not in record:
+            if "n" in record or "u" in record:
+                raise PayloadError("malformed", f"record {index} has no numeric value 'v'")
+            continue  # a base-only record
+        name = base_name + (_text(record, "n", index) if "n" in record else "")
+        metric = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        if not metric:
+            raise PayloadError("malformed", f"record {index} has no name")
+        time = base_time + (_number(record, "t", index) if "t" in record else 0.0)
+        if abs(time) < _RELATIVE_TIME_LIMIT:
+            time += received_at
+        pack.metrics.append(metric)
+        pack.units.append(_text(record, "u", index) if "u" in record else base_unit)
+        pack.times.append(time)
+        pack.values.append(base_value + _number(record, "v", index))
+    if not pack.values:
+        raise PayloadError("malformed", "the pack holds no measurement")
+    return pack
+
+
+def encode_json(base_name: str, records: Sequence[tuple[str, str, float, float]]) -> bytes:
+    """Encode (metric, unit, time, value) records as a compact SenML JSON pack."""
+    if not records:
+        raise ValueError("a SenML pack needs at least one record")
+    base_time = records[0][2]
+    out: list[dict[str, object]] = []
+    for metric, unit, time, value in records:
+        entry: dict[str, object] = {"n": metric, "u": unit, "v": value}
+        if time != base_time:
+            entry["t"] = round(time - base_time, 3)
+        out.append(entry)
+    out[0] = {"bn": base_name, "bt": base_time, **out[0]}
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def _text(record: dict[str, object], key: str, index: int) -> str:
+    value = record[key]
+    if not isinstance(value, str) or len(value) > 256:
+        raise PayloadError("malformed", f"record {index} field {key!r} is not a short string")
+    return value
+
+
+def _number(record: dict[str, object], key: str, index: int) -> float:
+    value = record[key]
+    # bool is an int in Python, never a measurement
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PayloadError("malformed", f"record {index} field {key!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a double
+        number = math.inf
+    if not math.isfinite(number):
+        raise PayloadError("malformed", f"record {index} field {key!r} is not finite")
+    return number
