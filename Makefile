@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh Debian machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DURATION ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench system-deps venv clean
+
+run: venv system-deps
+	$(BIN)/healthiot run $(if $(DURATION),--duration $(DURATION))
+
+test: venv system-deps
+	$(BIN)/python -m pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "healthiot needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# PostgreSQL and Mosquitto binaries (the servers themselves are started by the project).
+system-deps:
+	@bash scripts/system-deps.sh
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Make sure the PostgreSQL and Mosquitto binaries exist. As root, install Debian's packages;
+# otherwise print the exact command to run and stop.
+set -euo pipefail
+
+have_pg() {
+  [ -n "${HEALTHIOT_PG_BIN_DIR:-}" ] && [ -x "$HEALTHIOT_PG_BIN_DIR/initdb" ] && return 0
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
+
+missing=()
+have_pg || missing+=(postgresql)
+have_mosquitto || missing+=(mosquitto)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The packages' own services are not used: the project starts its own servers.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "missing: ${missing[*]}. Run as root, then retry:"
+  echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}"
+  exit 1
+fi

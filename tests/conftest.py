@@ -1,0 +1,230 @@
+"""The test harness: real servers, started by the suite itself.
+
+PostgreSQL: a throwaway cluster from initdb (as the ``postgres`` user when we are root), or
+the server named by HEALTHIOT_TEST_DATABASE_URL (+ HEALTHIOT_TEST_DATABASE_PASSWORD). Each
+test gets a fresh database cloned from a migrated template. Mosquitto: always our own, with
+the generated mTLS-only configuration. A server that cannot be had fails the tests that need
+it, with the reason: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from api import passwords, totp
+from broker_bridge.bridge import Bridge
+from broker_bridge.connection import connect_properties
+from devices.broker_config import BRIDGE_IDENTITY
+from devices.identity import new_device_id
+from firmware_sim.device import Broker, Flash, Watch, enrol
+from healthiot.services import Core, new_bridge, open_core
+from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
+from healthiot.errors import ServerUnavailable
+from healthiot.localservers import MosquittoServer, PostgresServer, free_port
+from healthiot.stack import SERVER_NAMES
+from storage.migrate import migrate
+
+TEMPLATE_DB = "healthiot_template"
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class Database:
+    dsn: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: CertificateAuthority
+    directory: Path
+    bridge_cert: Path
+    bridge_key: Path
+    server_cert: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    server: MosquittoServer
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # Traversable by the postgres and mosquitto users when we are root; removed at the end.
+    path = Path(tempfile.mkdtemp(prefix="healthiot-tests-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def pg_server(workdir: Path) -> AsyncIterator[Database]:
+    url = os.environ.get("HEALTHIOT_TEST_DATABASE_URL")
+    if url:
+        yield Database(url, os.environ.get("HEALTHIOT_TEST_DATABASE_PASSWORD", ""))
+        return
+    password = secrets.token_urlsafe(16)
+    server = PostgresServer(workdir / "pg" / "data", port=free_port(), user="healthiot",
+                            password=password, log_file=workdir / "pg" / "postgres.log",
+                            bin_dir=os.environ.get("HEALTHIOT_PG_BIN_DIR"))
+    try:
+        await server.start()
+    except ServerUnavailable as exc:
+        pytest.fail(f"the tests need PostgreSQL and could not start one: {exc}", pytrace=False)
+    try:
+        yield Database(server.dsn, password)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def db_template(pg_server: Database) -> str:
+    """A migrated database that each test's database is cloned from."""
+    try:
+        conn = await asyncpg.connect(pg_server.dsn, password=pg_server.password, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"cannot reach the test PostgreSQL at {pg_server.dsn}: {exc}",
+                    pytrace=False)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(_with_db(pg_server.dsn, TEMPLATE_DB),
+                                 password=pg_server.password)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return TEMPLATE_DB
+
+
+def _with_db(dsn: str, name: str) -> str:
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+async def database(pg_server: Database, db_template: str) -> AsyncIterator[Database]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {db_template}")
+    finally:
+        await admin.close()
+    yield Database(_with_db(pg_server.dsn, name), pg_server.password)
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def pki(workdir: Path) -> Pki:
+    """The development CA plus a broker/API server certificate and the bridge's identity."""
+    directory = workdir / "pki"
+    ca = CertificateAuthority.load_or_create(directory)
+    key_bytes, cert_bytes = ca.issue_server(SERVER_NAMES)
+    write_private(directory / "server.key", key_bytes)
+    (directory / "server.pem").write_bytes(cert_bytes)
+    key = new_key()
+    write_private(directory / "bridge.key", key_pem(key))
+    (directory / "bridge.pem").write_bytes(
+        ca.issue_client(make_csr(key, BRIDGE_IDENTITY), service=True))
+    return Pki(ca, directory, directory / "bridge.pem", directory / "bridge.key",
+               directory / "server.pem", directory / "server.key")
+
+
+@pytest.fixture(scope="session")
+async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
+    server = MosquittoServer(workdir / "mosquitto", port=free_port(), bind="127.0.0.1",
+                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
+                             cert=pki.server_cert.read_bytes(),
+                             key=pki.server_key.read_bytes(),
+                             log_file=workdir / "mosquitto.log")
+    try:
+        await server.start()
+    except ServerUnavailable as exc:
+        pytest.fail(f"the tests need Mosquitto and could not start one: {exc}", pytrace=False)
+    try:
+        yield BrokerAddress("localhost", server.port, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def core(database: Database, tmp_path: Path) -> AsyncIterator[Core]:
+    """Pool, keyring and stores on the test's own database."""
+    opened = await open_core(database.dsn, database.password, tmp_path / "kek.bin")
+    try:
+        yield opened
+    finally:
+        await opened.pool.close()
+
+
+@pytest.fixture
+async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[Bridge]:
+    """A bridge consuming from the test broker, connected and subscribed."""
+    running = new_bridge(core, client_id=f"svc-bridge-test-{next(_counter)}",
+                         ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
+                         batch_size=100)
+    ready = asyncio.Event()
+    task = asyncio.create_task(running.run(broker.host, broker.port,
+                                           connect_properties(200), ready), name="test-bridge")
+    await asyncio.wait_for(ready.wait(), 15)
+    try:
+        yield running
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await running.close()
+
+
+async def new_patient(core: Core, username: str) -> tuple[uuid.UUID, str, bytes]:
+    """A patient with a random password and TOTP secret: (id, password, secret)."""
+    password, secret = secrets.token_urlsafe(16), totp.new_secret()
+    patient = await core.patients.create(
+        username, await asyncio.to_thread(passwords.hash_password, password), secret)
+    return patient.id, password, secret
+
+
+async def new_watch(core: Core, pki: Pki, broker: BrokerAddress, directory: Path,
+                    patient_id: uuid.UUID | None) -> Watch:
+    """A simulated watch that made its key, got its certificate and is registered."""
+    device_id = new_device_id("watch")
+    flash = Flash(directory / device_id)
+
+    async def issue(csr: bytes) -> bytes:
+        return await asyncio.to_thread(pki.ca.issue_client, csr)
+
+    await enrol(flash, device_id, issue)
+    await core.registry.register(device_id, model="watch", serial=device_id,
+                                 cert_pem=flash.cert_file.read_bytes(), patient_id=patient_id)
+    return Watch(device_id, flash, Broker(broker.host, broker.port, pki.ca.ca_file),
+                 interval_s=1.0)
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
