@@ -134,12 +134,13 @@ class AsyncClient:
         """Acknowledge a received message (only meaningful with ``manual_ack``)."""
         self.paho.ack(message.mid, message.qos)
 
-    async def disconnect(self, timeout: float = 5.0) -> None:
-        """Send DISCONNECT and wait until the socket is closed."""
+    async def disconnect(self, timeout: float = 5.0,
+                         properties: Properties | None = None) -> None:
+        """Send DISCONNECT (with ``properties``) and wait until the socket is closed."""
         if self.disconnected.is_set():
             self._close_quietly()
             return
-        self.paho.disconnect()
+        self.paho.disconnect(properties=properties)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.disconnected.wait(), timeout)
         self._close_quietly()

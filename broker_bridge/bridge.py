@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
@@ -122,9 +123,16 @@ class Bridge:
             finally:
                 self.stats.connected = False
 
-    async def close(self) -> None:
-        """Disconnect from the broker; unacked messages stay in the persistent session."""
-        await self._client.disconnect()
+    async def close(self, *, end_session: bool = False) -> None:
+        """Disconnect. By default the persistent session stays, with its unacked messages,
+        for this client id to resume. ``end_session`` removes it: a bridge retired for good
+        must, or its session stays in the shared group and keeps receiving a share of the
+        telemetry that nobody consumes until it expires."""
+        properties = None
+        if end_session:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+        await self._client.disconnect(properties=properties)
 
     def _drop_stale_messages(self) -> None:
         # Messages of a lost connection cannot be acked on the next one; the broker

@@ -192,9 +192,12 @@ async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[B
     try:
         yield running
     finally:
+        crashed = task.done() and not task.cancelled() and task.exception()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await running.close()
+        await running.close(end_session=True)  # or it keeps a share of the next tests' data
+    if crashed:
+        raise AssertionError("the bridge crashed during the test") from crashed
 
 
 async def new_patient(core: Core, username: str) -> tuple[uuid.UUID, str, bytes]:

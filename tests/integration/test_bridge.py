@@ -1,0 +1,166 @@
+"""The bridge against a real Mosquitto (mTLS) and a real PostgreSQL."""
+
+import asyncio
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient
+from broker_bridge.bridge import Bridge, BridgeConfig
+from broker_bridge.connection import connect_properties, make_client, tls_context
+from tests.conftest import new_patient, new_watch, wait_until
+from vitals.senml import CONTENT_TYPE_JSON, encode_json
+
+
+async def _connected_device(watch, broker):
+    context = tls_context(watch.broker.ca_file, watch.flash.cert_file, watch.flash.key_file)
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                     client_id=watch.device_id, protocol=mqtt.MQTTv5))
+    client.paho.tls_set_context(context)
+    await client.connect(broker.host, broker.port)
+    return client
+
+
+def _props(seq):
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = CONTENT_TYPE_JSON
+    props.UserProperty = ("seq", str(seq))
+    return props
+
+
+def _heart_rate(n=5, base=70.0):
+    now = time.time()
+    return encode_json("x/", [("heart_rate", "/min", now - n + i, base + i) for i in range(n)])
+
+
+async def _ledger(core, device_id):
+    row = await core.pool.fetchrow(
+        "SELECT count(*) AS messages, coalesce(sum(samples), 0) AS samples"
+        " FROM ingested_messages WHERE device_id = $1", device_id)
+    return row["messages"], row["samples"]
+
+
+async def test_a_message_delivered_three_times_is_stored_once(core, pki, broker, bridge,
+                                                              tmp_path):
+    patient, _, _ = await new_patient(core, "p1")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _connected_device(watch, broker)
+    topic = f"devices/{watch.device_id}/telemetry"
+    payload = _heart_rate()
+    for _ in range(3):
+        code = await client.publish(topic, payload, properties=_props(7))
+        assert not code.is_failure
+    await client.publish(topic, _heart_rate(), properties=_props(8))  # the sync point
+
+    async def both_seen():
+        return (await _ledger(core, watch.device_id))[0] == 2
+    await wait_until(both_seen)
+    assert await _ledger(core, watch.device_id) == (2, 10)
+    assert await core.pool.fetchval("SELECT sum(samples) FROM segments") == 10
+    await client.disconnect()
+
+
+async def test_malformed_and_unpaired_data_is_quarantined_with_its_reason(
+        core, pki, broker, bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "p2")
+    paired = await new_watch(core, pki, broker, tmp_path, patient)
+    unpaired = await new_watch(core, pki, broker, tmp_path, None)  # provisioned only
+    good = await _connected_device(paired, broker)
+    stray = await _connected_device(unpaired, broker)
+    await good.publish(f"devices/{paired.device_id}/telemetry", b'{"not": senml',
+                       properties=_props(1))
+    await good.publish(f"devices/{paired.device_id}/telemetry", _heart_rate(),
+                       properties=None)  # no sequence number
+    await stray.publish(f"devices/{unpaired.device_id}/telemetry", _heart_rate(),
+                        properties=_props(1))
+    await good.publish(f"devices/{paired.device_id}/telemetry", _heart_rate(),
+                       properties=_props(2))
+
+    async def all_handled():
+        return await core.pool.fetchval("SELECT count(*) FROM quarantine") == 3
+    await wait_until(all_handled)
+    reasons = {r["reason"]: r for r in await core.pool.fetch("SELECT * FROM quarantine")}
+    assert set(reasons) == {"malformed", "missing_sequence", "device_provisioned"}
+    assert reasons["malformed"]["sealed"] != b'{"not": senml'  # kept, but sealed
+    # The consumer went on: the valid message after the bad ones is stored.
+    await wait_until(lambda: _stored_messages(core, paired.device_id, 1))
+    assert (await _ledger(core, unpaired.device_id))[0] == 0
+    await good.disconnect()
+    await stray.disconnect()
+
+
+async def _stored_messages(core, device_id, n):
+    return (await _ledger(core, device_id))[0] == n
+
+
+class _NeverCommits:
+    """A store whose transaction never finishes: the bridge must not ack."""
+
+    def __init__(self):
+        self.entered = asyncio.Event()
+
+    async def ingest(self, messages, quarantined=()):
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, broker,
+                                                                   tmp_path):
+    patient, _, _ = await new_patient(core, "p3")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    context = tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)
+    client_id = "svc-bridge-ack-test"
+
+    stuck_store = _NeverCommits()
+    first = Bridge(AsyncClient(make_client(client_id, context)), stuck_store, core.registry,
+                   BridgeConfig(batch_size=10))
+    ready = asyncio.Event()
+    task = asyncio.create_task(first.run(broker.host, broker.port, connect_properties(20),
+                                         ready))
+    await asyncio.wait_for(ready.wait(), 15)
+    device = await _connected_device(watch, broker)
+    await device.publish(f"devices/{watch.device_id}/telemetry", _heart_rate(),
+                         properties=_props(1))
+    await asyncio.wait_for(stuck_store.entered.wait(), 15)
+    task.cancel()  # the bridge dies mid-batch, before any commit
+    await asyncio.gather(task, return_exceptions=True)
+    await first.close()
+    assert (await _ledger(core, watch.device_id))[0] == 0
+
+    # Same client id, persistent session: the broker redelivers the unacked message.
+    second = Bridge(AsyncClient(make_client(client_id, context)), core.store, core.registry,
+                    BridgeConfig(batch_size=10))
+    ready = asyncio.Event()
+    task = asyncio.create_task(second.run(broker.host, broker.port, connect_properties(20),
+                                          ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        await wait_until(lambda: _stored_messages(core, watch.device_id, 1))
+        assert (await _ledger(core, watch.device_id)) == (1, 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await second.close(end_session=True)
+        await device.disconnect()
+
+
+@pytest.mark.parametrize("seconds_off", [-40 * 86400, 3600])
+async def test_samples_outside_the_time_window_are_rejected_not_stored(
+        core, pki, broker, bridge, tmp_path, seconds_off):
+    patient, _, _ = await new_patient(core, f"p4{abs(seconds_off)}")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    device = await _connected_device(watch, broker)
+    t = time.time() + seconds_off
+    payload = encode_json("x/", [("heart_rate", "/min", t, 60.0), ("heart_rate", "/min",
+                                                                    time.time(), 61.0)])
+    await device.publish(f"devices/{watch.device_id}/telemetry", payload,
+                         properties=_props(1))
+    await wait_until(lambda: _stored_messages(core, watch.device_id, 1))
+    row = await core.pool.fetchrow("SELECT samples, rejected FROM ingested_messages")
+    assert (row["samples"], row["rejected"]) == (1, 1)
+    reason = await core.pool.fetchval("SELECT detail FROM quarantine")
+    assert "outside_time_window" in reason
+    await device.disconnect()
