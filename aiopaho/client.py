@@ -83,6 +83,7 @@ class AsyncClient:
                 None, lambda: self.paho.connect(host, port, keepalive, clean_start=clean_start,
                                                 properties=properties)), timeout)
         except (OSError, ssl.SSLError) as exc:
+            self._close_quietly()
             raise MqttError(f"cannot connect to {host}:{port}: {exc}") from exc
         except TimeoutError:
             self._close_quietly()
@@ -94,7 +95,11 @@ class AsyncClient:
         except TimeoutError:
             self._close_quietly()
             raise MqttTimeout(f"no CONNACK from {host}:{port} in {timeout}s") from None
+        except MqttError:
+            self._close_quietly()  # e.g. the TLS alert of a refused certificate
+            raise
         if code.is_failure:
+            self._close_quietly()
             raise MqttError(f"connection refused: {code}", code.value)
         return code
 
