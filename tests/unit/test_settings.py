@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from healthiot.errors import SettingsError
+from healthiot.settings import accepted_variables, load
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    text = README.read_text()
+    missing = sorted(v for v in accepted_variables() if f"`{v}`" not in text)
+    assert missing == []
+
+
+def test_a_misspelt_setting_is_refused_rather_than_ignored():
+    with pytest.raises(SettingsError, match="HEALTHIOT_API_PRT"):
+        load({"HEALTHIOT_API_PRT": "1"})
+
+
+def test_production_refuses_to_start_without_explicit_secrets():
+    with pytest.raises(SettingsError, match="HEALTHIOT_KEK_FILE"):
+        load({"HEALTHIOT_ENVIRONMENT": "production",
+              "HEALTHIOT_DATABASE_URL": "postgresql://app@db/healthiot"})
+
+
+def test_a_secret_is_read_from_its_file(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-from-file\n")
+    settings = load({"HEALTHIOT_DATABASE_PASSWORD_FILE": str(secret),
+                     "HEALTHIOT_API_PORT": "9443"})
+    assert settings.database_password == "s3cret-from-file"
+    assert settings.api_port == 9443
+    assert "s3cret" not in repr(settings)
+
+
+def test_a_non_integer_port_is_a_clear_error():
+    with pytest.raises(SettingsError, match="HEALTHIOT_MQTT_PORT must be an integer"):
+        load({"HEALTHIOT_MQTT_PORT": "eighty"})
