@@ -1,6 +1,7 @@
 """One reading through every real part: device key and CSR, the CA, Mosquitto over mTLS,
 the bridge, sealed storage in PostgreSQL, and the patient API over HTTPS."""
 
+import logging
 import ssl
 import time
 
@@ -43,7 +44,8 @@ async def _login(api, username, password, secret):
 
 
 async def test_a_watch_reading_reaches_its_patient_through_every_part(
-        core, pki, broker, bridge, api, tmp_path):
+        core, pki, broker, bridge, api, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     alice, alice_pw, alice_secret = await new_patient(core, "alice")
     bob, bob_pw, bob_secret = await new_patient(core, "bob")
     watch = await new_watch(core, pki, broker, tmp_path, alice)
@@ -76,6 +78,10 @@ async def test_a_watch_reading_reaches_its_patient_through_every_part(
     # Stored sealed: no heart-rate value appears in clear in the segment rows.
     raw = await core.pool.fetchval("SELECT string_agg(encode(sealed, 'escape'), '') FROM segments")
     assert all(str(v) not in raw for v in expected)
+
+    # No health value in any log line, whatever the level.
+    logged = "\n".join(r.getMessage() + repr(vars(r)) for r in caplog.records)
+    assert not [v for v in expected if str(v) in logged]
 
     # The read was audited, without values.
     rows = await core.audit.for_patient(alice)
