@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:  # paho defines its socket protocol for type checkers only
+    from paho.mqtt.client import SocketLike as _Socket
 
 MISC_INTERVAL_S = 1.0  # paho's keepalive and retry timer; its own loop uses the same cadence
 
@@ -33,7 +36,6 @@ class MqttTimeout(MqttError, TimeoutError):
     """The broker did not answer within the timeout."""
 
 
-_Socket = socket.socket | ssl.SSLSocket
 
 
 class AsyncClient:
@@ -111,7 +113,7 @@ class AsyncClient:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise MqttError(f"publish failed: {mqtt.error_string(info.rc)}", int(info.rc))
         if qos == 0:
-            return ReasonCode(mqtt.PacketTypes.PUBACK, identifier=0)
+            return ReasonCode(PacketTypes.PUBACK, identifier=0)
         future = self._pending[info.mid] = self._loop.create_future()
         try:
             return await asyncio.wait_for(future, timeout)
@@ -177,7 +179,9 @@ class AsyncClient:
         self._call_in_loop(lambda: self._loop.add_writer(sock, self._on_writable))
 
     def _on_socket_unregister_write(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
-        self._call_in_loop(lambda: self._loop.remove_writer(sock))
+        def unwatch() -> None:
+            self._loop.remove_writer(sock)
+        self._call_in_loop(unwatch)
 
     def _on_readable(self) -> None:
         # A TLS record can hold several MQTT packets: read until OpenSSL's buffer is empty,
@@ -227,9 +231,12 @@ class AsyncClient:
                        _props: Properties | None) -> None:
         self.disconnected.set()
         error = MqttError(f"disconnected: {code}", getattr(code, "value", None))
-        for future in (*self._pending.values(), *self._subscribed.values()):
-            if not future.done():
-                future.set_exception(error)
+        for pending in self._pending.values():
+            if not pending.done():
+                pending.set_exception(error)
+        for subscribing in self._subscribed.values():
+            if not subscribing.done():
+                subscribing.set_exception(error)
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(error)
         if self.on_disconnect is not None:

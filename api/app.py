@@ -62,7 +62,7 @@ async def _strict_body(request: web.Request, fields: dict[str, type]) -> dict[st
         raise Problem(415, "send application/json")
     try:
         body = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an over-long integer
         raise Problem(400, "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 ACCESS_TTL_S = 15 * 60  # CNIL/ASVS inactivity limit for access to health data
-TOKEN_TYPE = "at+jwt"  # RFC 9068
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (a JWT type, not a password; RFC 9068)
 _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 
 

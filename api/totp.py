@@ -23,6 +23,11 @@ def secret_base32(secret: bytes) -> str:
     return base64.b32encode(secret).decode().rstrip("=")
 
 
+def secret_from_base32(text: str) -> bytes:
+    """The inverse of ``secret_base32`` (which drops the padding, as apps expect)."""
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
 def code_at(secret: bytes, counter: int) -> str:
     digest = hmac.new(secret, struct.pack(">Q", counter), hashlib.sha1).digest()
     offset = digest[-1] & 0x0F
@@ -37,7 +42,8 @@ def now_code(secret: bytes, now: float | None = None) -> str:
 def verify(secret: bytes, code: str, now: float | None = None) -> int | None:
     """The time step ``code`` matches (within the drift), or None. Callers refuse a step
     at or below the last one accepted, which makes each code single-use."""
-    if len(code) != DIGITS or not code.isdigit():
+    # isdigit() alone admits non-ASCII digits, which compare_digest refuses with TypeError.
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     step = int((time.time() if now is None else now) // STEP_S)
     for counter in range(step - DRIFT_STEPS, step + DRIFT_STEPS + 1):

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devices.errors import CertificateRequestError
-from devices.identity import SERVICE_PREFIX, is_device_id
+from devices.identity import is_device_id, is_service_id
 
 DEVICE_VALIDITY = dt.timedelta(days=365)
 SERVER_VALIDITY = dt.timedelta(days=397)  # the longest lifetime browsers accept
@@ -140,7 +140,7 @@ class CertificateAuthority:
             raise CertificateRequestError("device keys must be ECDSA P-256")
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         cn = str(names[0].value) if len(names) == 1 else ""
-        valid = cn.startswith(SERVICE_PREFIX) if service else is_device_id(cn)
+        valid = is_service_id(cn) if service else is_device_id(cn)
         if not valid:
             raise CertificateRequestError(f"CN {cn!r} is not an acceptable identity")
         now = _now()

@@ -15,6 +15,11 @@ def is_device_id(value: str) -> bool:
     return bool(_DEVICE_ID.fullmatch(value)) and not value.startswith(SERVICE_PREFIX)
 
 
+def is_service_id(value: str) -> bool:
+    """True when ``value`` names a service identity (the bridge): same alphabet, svc- prefix."""
+    return bool(_DEVICE_ID.fullmatch(value)) and value.startswith(SERVICE_PREFIX)
+
+
 def new_device_id(model: str) -> str:
     """A fresh random device id such as ``watch-3f9c0a1b2c4d``."""
     if model not in MODELS:

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -172,7 +173,7 @@ class SimulatedDevice:
         context = ssl.create_default_context(cafile=str(self.broker.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(self.flash.cert_file), str(self.flash.key_file))
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id,
                              protocol=mqtt.MQTTv5)
         client.tls_set_context(context)
         conn = AsyncClient(client, queue_size=100)

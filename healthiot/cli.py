@@ -95,9 +95,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_totp(settings: Settings, username: str) -> int:
-    import base64
-
-    from api.totp import now_code
+    from api.totp import now_code, secret_from_base32
     if settings.environment != "development":
         print("healthiot: totp is a development helper", file=sys.stderr)
         return 2
@@ -107,7 +105,7 @@ def _print_totp(settings: Settings, username: str) -> int:
     except (OSError, KeyError, ValueError):
         print(f"healthiot: no demo account {username!r} in {path}", file=sys.stderr)
         return 2
-    print(now_code(base64.b32decode(secret + "=" * (-len(secret) % 8))))
+    print(now_code(secret_from_base32(secret)))
     return 0
 
 

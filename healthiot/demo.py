@@ -7,7 +7,6 @@ for the developer: nothing about them is fixed in code.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 import secrets
@@ -50,13 +49,13 @@ async def ensure_patients(core: Core, directory: Path) -> dict[str, DemoAccount]
             entry = saved[username] = {"password": password,
                                        "totp_secret": totp.secret_base32(secret),
                                        "patient_id": str(patient.id)}
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
             write_private(path, json.dumps(saved, indent=2).encode())
         elif entry is None:
             raise RuntimeError(f"{path} lost the credentials of {username}; "
                                "remove var/ to start over")
-        padded = entry["totp_secret"] + "=" * (-len(entry["totp_secret"]) % 8)
-        accounts[username] = DemoAccount(username, entry["password"], base64.b32decode(padded),
+        accounts[username] = DemoAccount(username, entry["password"],
+                                         totp.secret_from_base32(entry["totp_secret"]),
                                          uuid.UUID(entry["patient_id"]))
     return accounts
 

@@ -118,7 +118,7 @@ class _Child:
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                user=user, preexec_fn=_die_with_parent,  # noqa: PLW1509 (reason above)
+                user=user, preexec_fn=_die_with_parent,
                 start_new_session=True)  # Ctrl-C reaches us; we stop the children in order
 
     def check_alive(self) -> None:

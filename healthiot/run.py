@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 from api.tokens import TokenService
+from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
-from broker_bridge.bridge import Bridge
 from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.services import Core, new_bridge, open_core, server_tls, start_api
 from healthiot.settings import Settings

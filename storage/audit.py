@@ -18,6 +18,7 @@ class Audit:
             " VALUES ($1, $2, $3, $4, $5)", actor, patient_id, action, resource, outcome)
 
     async def for_patient(self, patient_id: uuid.UUID, limit: int = 100) -> list[asyncpg.Record]:
-        return await self._pool.fetch(
+        rows: list[asyncpg.Record] = await self._pool.fetch(
             "SELECT at, actor, action, resource, outcome FROM audit_log WHERE patient_id = $1"
             " ORDER BY at DESC LIMIT $2", patient_id, limit)
+        return rows

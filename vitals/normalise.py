@@ -21,6 +21,7 @@ from vitals.senml import Pack
 
 DEFAULT_PAST_WINDOW_S = 30 * 24 * 3600.0  # older readings are replays gone wrong
 DEFAULT_FUTURE_WINDOW_S = 5 * 60.0  # a device clock a little ahead is normal; more is not
+_T_LIMIT_S = 9e15  # seconds whose milliseconds still fit in an int64
 
 
 class Flag(IntFlag):
@@ -102,7 +103,8 @@ def normalise(packs: Sequence[Pack], received_at: Sequence[float],
 
     metric = metric_of[pair_index]
     value = raw * scale[pair_index] + offset[pair_index]
-    t_ms = np.rint(times * 1000.0).astype(np.int64)
+    # Clipped so that absurd times cast to int64 safely; the window rejects them anyway.
+    t_ms = np.rint(np.clip(times, -_T_LIMIT_S, _T_LIMIT_S) * 1000.0).astype(np.int64)
 
     reject = np.zeros(len(raw), dtype=np.uint8)
     in_window = (times >= received - window.past_s) & (times <= received + window.future_s)

@@ -41,7 +41,9 @@ def decode_json(payload: bytes, *, received_at: float) -> Pack:
         raise PayloadError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
         records = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
+    # digit limit; a payload must never escape as anything but PayloadError.
+    except (ValueError, RecursionError) as exc:
         raise PayloadError("malformed", f"not JSON: {type(exc).__name__}") from None
     if not isinstance(records, list) or not records:
         raise PayloadError("malformed", "a SenML pack is a non-empty JSON array")
@@ -75,10 +77,13 @@ def decode_json(payload: bytes, *, received_at: float) -> Pack:
         time = base_time + (_number(record, "t", index) if "t" in record else 0.0)
         if abs(time) < _RELATIVE_TIME_LIMIT:
             time += received_at
+        value = base_value + _number(record, "v", index)
+        if not (math.isfinite(time) and math.isfinite(value)):  # finite parts, infinite sum
+            raise PayloadError("malformed", f"record {index} resolves to a non-finite number")
         pack.metrics.append(metric)
         pack.units.append(_text(record, "u", index) if "u" in record else base_unit)
         pack.times.append(time)
-        pack.values.append(base_value + _number(record, "v", index))
+        pack.values.append(value)
     if not pack.values:
         raise PayloadError("malformed", "the pack holds no measurement")
     return pack
