@@ -162,6 +162,9 @@ class Bridge:
         batch = [first]
         deadline = time.monotonic() + self._config.batch_wait_s
         while len(batch) < self._config.batch_size:
+            if not queue.empty():  # under load the queue is full: take without waiting
+                batch.append(queue.get_nowait())
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
