@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 DURATION ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench system-deps venv clean
+.PHONY: run test lint system-deps venv clean
 
 run: venv system-deps
 	$(BIN)/healthiot run $(if $(DURATION),--duration $(DURATION))
 
 test: venv system-deps
 	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy vitals aiopaho devices storage broker_bridge api firmware_sim healthiot
 
 venv: $(STAMP)
 

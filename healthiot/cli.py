@@ -85,6 +85,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
                             args.certs / "broker.key", args.out / "acl", args.out / "data")
+        files.persistence_dir.mkdir(exist_ok=True)
         (args.out / "acl").write_text(acl_text())
         (args.out / "mosquitto.conf").write_text(
             mosquitto_conf(files, bind=args.bind, port=args.port))

@@ -105,7 +105,8 @@ async def _run_services(settings: Settings, materials: stack.Materials,
     await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
     applied = await stack.migrate_database(dsn, materials.db_password)
     _say(f"schema ready ({len(applied)} migration(s) applied now)")
-    core = await open_core(dsn, materials.db_password, materials.kek)
+    core = await open_core(dsn, materials.db_password, materials.kek,
+                           create_kek=settings.environment == "development")
     try:
         tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)

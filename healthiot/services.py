@@ -34,10 +34,11 @@ class Core:
     audit: Audit
 
 
-async def open_core(dsn: str, password: str, kek_file: Path) -> Core:
+async def open_core(dsn: str, password: str, kek_file: Path, *,
+                    create_kek: bool = False) -> Core:
     pool = await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=POOL_MAX,
                                      timeout=10, command_timeout=30)
-    keyring = Keyring(LocalKeyFile(kek_file))
+    keyring = Keyring(LocalKeyFile(kek_file, create=create_kek))
     return Core(pool, keyring, Store(pool, keyring), Registry(pool), Patients(pool, keyring),
                 Audit(pool))
 

@@ -50,8 +50,13 @@ class KeyProvider(Protocol):
 class LocalKeyFile:
     """The embedded default: a 256-bit KEK in a file readable by its owner only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        """Load the KEK from ``path``; with ``create`` (development only), make it first if
+        it is missing. A production KEK that silently appeared would make the data it
+        protects unreadable the day the real one is mounted again."""
         self._path = path
+        if not path.exists() and not create:
+            raise KeyUnavailable(f"no key-encryption key at {path}")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -28,12 +28,12 @@ from api import passwords, totp
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties
 from devices.broker_config import BRIDGE_IDENTITY
+from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, Watch, enrol
-from healthiot.services import Core, new_bridge, open_core
-from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from healthiot.errors import ServerUnavailable
 from healthiot.localservers import MosquittoServer, PostgresServer, free_port
+from healthiot.services import Core, new_bridge, open_core
 from healthiot.stack import SERVER_NAMES
 from storage.migrate import migrate
 
@@ -68,7 +68,7 @@ class BrokerAddress:
 def workdir() -> Iterator[Path]:
     # Traversable by the postgres and mosquitto users when we are root; removed at the end.
     path = Path(tempfile.mkdtemp(prefix="healthiot-tests-"))
-    os.chmod(path, 0o755)
+    os.chmod(path, 0o755)  # noqa: S103 (the servers' users must traverse it)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -172,7 +172,8 @@ async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
 @pytest.fixture
 async def core(database: Database, tmp_path: Path) -> AsyncIterator[Core]:
     """Pool, keyring and stores on the test's own database."""
-    opened = await open_core(database.dsn, database.password, tmp_path / "kek.bin")
+    opened = await open_core(database.dsn, database.password, tmp_path / "kek.bin",
+                             create_kek=True)
     try:
         yield opened
     finally:

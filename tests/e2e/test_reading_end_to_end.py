@@ -10,10 +10,10 @@ import pytest
 
 from api import totp
 from api.tokens import TokenService
+from devices.ca import key_pem, new_key, write_private
 from healthiot.localservers import free_port
 from healthiot.services import server_tls, start_api
 from healthiot.stack import load_jwt_key
-from devices.ca import key_pem, new_key, write_private
 from tests.conftest import new_patient, new_watch, wait_until
 from vitals.senml import decode_json
 
@@ -47,7 +47,7 @@ async def test_a_watch_reading_reaches_its_patient_through_every_part(
         core, pki, broker, bridge, api, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     alice, alice_pw, alice_secret = await new_patient(core, "alice")
-    bob, bob_pw, bob_secret = await new_patient(core, "bob")
+    _, bob_pw, bob_secret = await new_patient(core, "bob")
     watch = await new_watch(core, pki, broker, tmp_path, alice)
 
     now = time.time()
@@ -65,7 +65,7 @@ async def test_a_watch_reading_reaches_its_patient_through_every_part(
                        headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200
         body = await r.json()
-    expected = [v for m, v in zip(sent.metrics, sent.values) if m == "heart_rate"]
+    expected = [v for m, v in zip(sent.metrics, sent.values, strict=True) if m == "heart_rate"]
     assert [s["v"] for s in body["samples"]] == expected
     assert body["unit"] == "/min" and body["loinc"] == "8867-4"
 

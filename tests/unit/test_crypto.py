@@ -83,16 +83,16 @@ def test_truncating_a_real_blob_is_detected() -> None:
 
 def test_key_file_is_created_owner_only_with_a_256_bit_key(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "kek.bin"
-    LocalKeyFile(path)
+    LocalKeyFile(path, create=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_bytes()) == KEY_BYTES
 
 
 def test_existing_key_file_is_reused_not_replaced(tmp_path: Path) -> None:
     path = tmp_path / "kek.bin"
-    first = LocalKeyFile(path)
+    first = LocalKeyFile(path, create=True)
     key = path.read_bytes()
-    second = LocalKeyFile(path)
+    second = LocalKeyFile(path, create=True)
     assert path.read_bytes() == key
     assert second.kek_id == first.kek_id
     wrapped = first.wrap(b"d" * KEY_BYTES, b"patient:1")
@@ -100,7 +100,7 @@ def test_existing_key_file_is_reused_not_replaced(tmp_path: Path) -> None:
 
 
 def test_unwrap_of_wrap_gives_back_the_data_key(tmp_path: Path) -> None:
-    kek = LocalKeyFile(tmp_path / "kek.bin")
+    kek = LocalKeyFile(tmp_path / "kek.bin", create=True)
     data_key = secrets.token_bytes(KEY_BYTES)
     wrapped = kek.wrap(data_key, b"patient:1")
     assert data_key not in wrapped
@@ -108,21 +108,22 @@ def test_unwrap_of_wrap_gives_back_the_data_key(tmp_path: Path) -> None:
 
 
 def test_unwrap_with_another_context_is_refused(tmp_path: Path) -> None:
-    kek = LocalKeyFile(tmp_path / "kek.bin")
+    kek = LocalKeyFile(tmp_path / "kek.bin", create=True)
     wrapped = kek.wrap(secrets.token_bytes(KEY_BYTES), b"patient:1")
     with pytest.raises(IntegrityError):
         kek.unwrap(wrapped, kek.kek_id, b"patient:2")
 
 
 def test_unwrap_naming_another_kek_is_refused(tmp_path: Path) -> None:
-    kek = LocalKeyFile(tmp_path / "kek.bin")
+    kek = LocalKeyFile(tmp_path / "kek.bin", create=True)
     wrapped = kek.wrap(secrets.token_bytes(KEY_BYTES), b"patient:1")
     with pytest.raises(KeyUnavailable):
         kek.unwrap(wrapped, "local:0000000000000000", b"patient:1")
 
 
 def test_data_key_wrapped_by_another_kek_does_not_open(tmp_path: Path) -> None:
-    ours, theirs = LocalKeyFile(tmp_path / "a.bin"), LocalKeyFile(tmp_path / "b.bin")
+    ours = LocalKeyFile(tmp_path / "a.bin", create=True)
+    theirs = LocalKeyFile(tmp_path / "b.bin", create=True)
     assert ours.kek_id != theirs.kek_id
     wrapped = theirs.wrap(secrets.token_bytes(KEY_BYTES), b"patient:1")
     with pytest.raises(KeyUnavailable):
@@ -133,7 +134,7 @@ def test_data_key_wrapped_by_another_kek_does_not_open(tmp_path: Path) -> None:
 
 def test_kek_id_does_not_reveal_the_key(tmp_path: Path) -> None:
     path = tmp_path / "kek.bin"
-    kek_id = LocalKeyFile(path).kek_id
+    kek_id = LocalKeyFile(path, create=True).kek_id
     key = path.read_bytes()
     assert kek_id.startswith("local:")
     for form in (key.hex(), key.hex().upper(), key.hex()[:16], key.decode("latin-1")):
@@ -146,4 +147,10 @@ def test_key_file_of_the_wrong_size_is_refused(tmp_path: Path, size: int) -> Non
     path = tmp_path / "kek.bin"
     path.write_bytes(b"k" * size)
     with pytest.raises(KeyUnavailable):
-        LocalKeyFile(path)
+        LocalKeyFile(path, create=True)
+
+
+def test_a_missing_key_file_is_an_error_unless_creation_is_asked(tmp_path):
+    with pytest.raises(KeyUnavailable):
+        LocalKeyFile(tmp_path / "absent.bin")
+    assert not (tmp_path / "absent.bin").exists()

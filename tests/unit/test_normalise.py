@@ -14,8 +14,8 @@ DAY_S = 24 * 3600.0
 
 
 def one(metric: str, unit: str, value: float, t: float = RECEIVED_AT - 60,
-        received_at: float = RECEIVED_AT, window: Window = Window()) -> Normalised:
-    norm = normalise([Pack([metric], [unit], [t], [value])], [received_at], window)
+        received_at: float = RECEIVED_AT, window: Window | None = None) -> Normalised:
+    norm = normalise([Pack([metric], [unit], [t], [value])], [received_at], window or Window())
     assert len(norm) == 1
     return norm
 

@@ -1,0 +1,349 @@
+"""compose.yaml, the Dockerfile and .dockerignore: the production-shaped deployment, checked
+without Docker (the files are parsed; the settings and CLI code they name is the real one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from healthiot import settings
+from healthiot.cli import _dispatch, _parser
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_SECRETS = "/run/secrets/"
+BRIDGES = ("bridge-1", "bridge-2")
+APP_SERVICES = ("migrate", *BRIDGES, "api")
+# What each command reads (healthiot/daemons.py) from files: settings fields, by name.
+READS = {
+    "migrate": {"database_password"},
+    **{name: {"database_password", "kek_file", "mqtt_ca_file", "mqtt_cert_file",
+              "mqtt_key_file"} for name in BRIDGES},
+    "api": {"database_password", "kek_file", "jwt_key_file", "api_cert_file", "api_key_file"},
+}
+BROKER_CERT_FILES = ("clients-ca.pem", "broker.pem", "broker.key")  # healthiot/cli.py
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command") or []
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+def secret_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Path inside the container -> name of the compose secret mounted there."""
+    mounts = {}
+    for entry in service.get("secrets") or []:
+        if isinstance(entry, str):
+            entry = {"source": entry}
+        target = entry.get("target", entry["source"])
+        mounts[target if target.startswith("/") else RUN_SECRETS + target] = entry["source"]
+    return mounts
+
+
+def container_ports(service: dict[str, Any]) -> set[int]:
+    """Container ports a service publishes or exposes, whatever the syntax."""
+    ports = set()
+    for entry in (service.get("ports") or []) + (service.get("expose") or []):
+        if isinstance(entry, dict):
+            ports.add(int(entry["target"]))
+        else:
+            ports.add(int(str(entry).split("/")[0].rsplit(":", 1)[-1]))
+    return ports
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = service.get("healthcheck", {}).get("test", [])
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def file_variable(field_name: str) -> str:
+    """The variable naming the file a setting is read from (``_FILE`` for a text secret)."""
+    field = next(f for f in dataclasses.fields(settings.Settings) if f.name == field_name)
+    name = settings.env_name(field_name)
+    return name + "_FILE" if field.type == "str" else name
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's ${NAME}, ${NAME:?error} and ${NAME:-default}, as far as this file uses them."""
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if variables.get(name):
+            return variables[name]
+        if op.endswith("?"):
+            raise AssertionError(f"${{{name}}} is required: {arg}")
+        return arg
+    return re.sub(r"\$\{(\w+)(:?[?-])?([^}]*)\}", one, value)
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def test_compose_defines_the_database_broker_bridge_api_and_one_shot_services(services):
+    assert {"db", "mosquitto", "broker-config", "migrate", *BRIDGES, "api"} <= services.keys()
+
+
+def test_every_healthiot_variable_is_one_the_settings_accept(services):
+    accepted = settings.accepted_variables()
+    unknown = sorted(f"{name}: {variable}" for name, service in services.items()
+                     for variable in environment(service)
+                     if variable.startswith(settings.PREFIX) and variable not in accepted)
+    assert not unknown, f"settings would refuse these unknown variables: {unknown}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_services_run_in_production(services, name):
+    assert environment(services[name]).get("HEALTHIOT_ENVIRONMENT") == "production"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("migrate", ["db", "migrate"]), ("bridge-1", ["bridge"]), ("bridge-2", ["bridge"]),
+    ("api", ["api"]),
+    ("broker-config", ["broker-config"]),
+])
+def test_app_services_run_a_healthiot_command_of_the_image_built_here(services, name, expected):
+    service = services[name]
+    build = service.get("build")
+    assert (build.get("context") if isinstance(build, dict) else build) == "."
+    assert command(service)[:len(expected)] == expected
+    _parser().parse_args(command(service))  # exits (SystemExit) on an unknown command/flag
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_production_settings_load_from_the_service_environment(services, name, tmp_path):
+    secret_text = {"postgres-password": "s3cret-from-file"}
+    env = {}
+    for variable, value in environment(services[name]).items():
+        value = interpolate(value, {"API_PUBLIC_URL": "https://api.example.test"})
+        if value.startswith(RUN_SECRETS):
+            secret = value.removeprefix(RUN_SECRETS)
+            path = tmp_path / secret
+            path.write_text(secret_text.get(secret, f"contents of {secret}\n"))
+            value = str(path)
+        env[variable] = value
+
+    loaded = settings.load(env)
+
+    assert loaded.environment == "production"
+    assert loaded.log_format == "json"
+    assert loaded.database_password == "s3cret-from-file"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_app_service_mounts_exactly_the_secrets_it_reads(services, name):
+    service = services[name]
+    env = environment(service)
+    missing_variables = sorted(file_variable(f) for f in READS[name]
+                               if file_variable(f) not in env)
+    assert not missing_variables, f"{name} does not set {missing_variables}"
+    needed = {env[file_variable(f)] for f in READS[name]}
+    needed |= set(re.findall(r"/run/secrets/[\w.-]+", healthcheck_text(service)))
+    mounted = set(secret_mounts(service))
+    assert mounted == needed, (f"{name}: not mounted {sorted(needed - mounted)}, "
+                               f"mounted without use {sorted(mounted - needed)}")
+
+
+def test_secret_settings_name_run_secrets_files_never_values(services):
+    fields = [f for f in dataclasses.fields(settings.Settings) if f.metadata.get("secret")]
+    inline = {settings.env_name(f.name) for f in fields if f.type == "str"}
+    as_files = {file_variable(f.name) for f in fields}
+    problems = []
+    for name, service in services.items():
+        for variable, value in environment(service).items():
+            if variable in inline or ("PASSWORD" in variable and not variable.endswith("_FILE")):
+                problems.append(f"{name}: {variable} carries a secret inline")
+            if variable in as_files and not value.startswith(RUN_SECRETS):
+                problems.append(f"{name}: {variable}={value} is not a /run/secrets file")
+    assert not problems, problems
+
+
+def test_every_secret_is_a_file_the_operator_provides(compose):
+    secrets = compose.get("secrets") or {}
+    assert secrets
+    not_files = {name: spec for name, spec in secrets.items()
+                 if set(spec) != {"file"} or not str(spec["file"]).startswith("./secrets/")
+                 or "$" in str(spec["file"])}
+    assert not not_files, f"secrets not read from ./secrets files: {not_files}"
+
+
+def test_the_database_and_the_app_share_one_password_secret_file(services):
+    db, api = services["db"], services["api"]
+    db_env = environment(db)
+    assert "POSTGRES_PASSWORD" not in db_env
+    db_secret = secret_mounts(db).get(db_env["POSTGRES_PASSWORD_FILE"])
+    api_secret = secret_mounts(api).get(environment(api)["HEALTHIOT_DATABASE_PASSWORD_FILE"])
+    assert db_secret is not None
+    assert db_secret == api_secret
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_the_database_url_names_the_db_service_its_user_and_database(services, name):
+    db_env = environment(services["db"])
+    url = environment(services[name])["HEALTHIOT_DATABASE_URL"]
+    match = re.fullmatch(r"postgresql://([^:@/]+)@db(?::5432)?/(\w+)", url)
+    assert match, f"{url} is not postgresql://user@db:5432/name (no password in the URL)"
+    assert match.groups() == (db_env["POSTGRES_USER"], db_env["POSTGRES_DB"])
+
+
+def test_the_database_is_not_reachable_from_outside(compose, services):
+    db = services["db"]
+    assert not container_ports(db)
+    networks = db.get("networks") or ["default"]
+    assert all((compose.get("networks") or {}).get(n, {}).get("internal") for n in networks)
+
+
+def test_two_bridge_workers_share_one_config_under_distinct_stable_client_ids(services):
+    first, second = (services[name] for name in BRIDGES)
+    ids = [environment(b).get("HEALTHIOT_BRIDGE_CLIENT_ID") for b in (first, second)]
+    # A fixed id per worker: a re-created worker resumes its persistent session instead of
+    # leaving an orphan one in the shared group; two workers with one id would steal it.
+    assert all(ids) and ids[0] != ids[1], ids
+    assert all(i.startswith("svc-bridge") for i in ids)  # the name the broker ACL grants
+    for key in ("command", "secrets", "depends_on", "networks"):
+        assert first.get(key) == second.get(key), key
+    assert environment(first).keys() == environment(second).keys()
+    assert "replicas" not in (first.get("deploy") or {})  # replicas would share the id
+
+
+def test_no_service_publishes_or_exposes_the_plaintext_mqtt_port(services):
+    offenders = [name for name, service in services.items() if 1883 in container_ports(service)]
+    assert not offenders
+
+
+def test_broker_config_writes_one_mtls_listener_on_the_published_port(services, tmp_path):
+    args = _parser().parse_args(command(services["broker-config"]))
+    published = container_ports(services["mosquitto"])
+    args.out = tmp_path  # the same command, writing here instead of into the volume
+
+    assert _dispatch(args, settings.Settings()) == 0
+
+    conf = (tmp_path / "mosquitto.conf").read_text()
+    listeners = re.findall(r"^listener .*$", conf, flags=re.MULTILINE)
+    assert listeners == [f"listener {args.port} {args.bind}"]
+    assert "require_certificate true" in conf
+    assert published == {args.port}
+    assert f"cafile {args.certs / 'clients-ca.pem'}" in conf
+
+
+def test_mosquitto_runs_the_generated_config_with_the_operator_certificates(services):
+    generator, broker = services["broker-config"], services["mosquitto"]
+    args = _parser().parse_args(command(generator))
+    out = str(args.out)
+
+    def volume_at(service: dict[str, Any], path: str) -> str | None:
+        for volume in service.get("volumes") or []:
+            source, _, target = str(volume).partition(":")
+            if target.split(":")[0] == path:
+                return source
+        return None
+
+    assert depends_on(broker)["broker-config"] == "service_completed_successfully"
+    assert volume_at(generator, out) is not None
+    assert volume_at(generator, out) == volume_at(broker, out)
+    assert command(broker)[-2:] == ["-c", f"{out}/mosquitto.conf"]
+    mounted = secret_mounts(broker)
+    missing = [f for f in BROKER_CERT_FILES if str(args.certs / f) not in mounted]
+    assert not missing, f"mosquitto lacks {missing} under {args.certs}"
+
+
+@pytest.mark.parametrize("name", BRIDGES)
+def test_the_bridge_connects_to_the_mosquitto_service_on_its_listener(services, name):
+    env = environment(services[name])
+    args = _parser().parse_args(command(services["broker-config"]))
+    assert env["HEALTHIOT_MQTT_HOST"] == "mosquitto"
+    assert int(env.get("HEALTHIOT_MQTT_PORT", settings.Settings.mqtt_port)) == args.port
+
+
+@pytest.mark.parametrize(("name", "needs"), [
+    ("migrate", {"db": "service_healthy"}),
+    *((b, {"migrate": "service_completed_successfully", "mosquitto": "service_healthy"})
+      for b in BRIDGES),
+    ("api", {"migrate": "service_completed_successfully"}),
+])
+def test_services_start_only_after_what_they_need_is_ready(services, name, needs):
+    assert needs.items() <= depends_on(services[name]).items()
+
+
+@pytest.mark.parametrize("name", ["db", "mosquitto", "api"])
+def test_long_running_services_have_a_healthcheck(services, name):
+    assert healthcheck_text(services[name])
+
+
+def test_db_healthcheck_asks_pg_isready(services):
+    assert "pg_isready" in healthcheck_text(services["db"])
+
+
+def test_api_serves_https_on_8443_and_checks_its_own_healthz(services):
+    api = services["api"]
+    env = environment(api)
+    assert env["HEALTHIOT_API_HOST"] == "0.0.0.0"  # noqa: S104 (inside a container)
+    assert int(env.get("HEALTHIOT_API_PORT", settings.Settings.api_port)) == 8443
+    assert container_ports(api) == {8443}
+    test = api["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    code = test[3]
+    compile(code, "api healthcheck", "exec")  # a syntax error would mean forever unhealthy
+    assert "https://localhost:8443/healthz" in code
+    assert "cafile=" in code
+
+
+def test_third_party_images_are_pinned_to_a_version(services):
+    unpinned = []
+    for name, service in services.items():
+        image = service.get("image")
+        if image is None or "build" in service:
+            continue
+        tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+        if "@sha256:" not in image and not re.match(r"\d+\.\d+", tag):
+            unpinned.append(f"{name}: {image}")
+    assert not unpinned
+
+
+def test_the_image_runs_healthiot_as_a_non_root_user():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    last_from = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    final_stage = lines[last_from:]
+    assert final_stage[0].startswith("FROM python:3.11-slim")
+    users = [line.split()[1] for line in final_stage if line.startswith("USER ")]
+    assert users, "the final stage sets no USER: it would run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    assert 'ENTRYPOINT ["healthiot"]' in final_stage
+
+
+def test_the_build_context_admits_the_sources_and_nothing_else():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    admitted = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]
+                ["include"]}
+    assert patterns[0] == "*", "the context must start from nothing (deny everything)"
+    assert {"pyproject.toml", *packages} <= admitted
+    assert not admitted & {"secrets", "var", ".venv", ".git", "tests"}
