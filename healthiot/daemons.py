@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from pathlib import Path
 
 from api.tokens import TokenService
 from broker_bridge.connection import connect_properties
 from healthiot import stack
 from healthiot.errors import SettingsError
-from healthiot.services import new_bridge, open_core, server_tls, start_api
+from healthiot.services import bridge_client_id, new_bridge, open_core, server_tls, start_api
 from healthiot.settings import Settings
 
 
@@ -50,8 +49,7 @@ async def run_bridge(settings: Settings) -> int:
     dsn, password = _database(settings)
     core = await open_core(dsn, password, _required(settings, "kek_file"))
     try:
-        bridge = new_bridge(core, client_id=settings.bridge_client_id
-                            or f"svc-bridge-{socket.gethostname()}",
+        bridge = new_bridge(core, client_id=bridge_client_id(settings),
                             ca_file=_required(settings, "mqtt_ca_file"),
                             cert=_required(settings, "mqtt_cert_file"),
                             key=_required(settings, "mqtt_key_file"),

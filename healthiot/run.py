@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +19,14 @@ from broker_bridge.connection import connect_properties
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
 from healthiot.localservers import MosquittoServer, PostgresServer
-from healthiot.services import Core, new_bridge, open_core, server_tls, start_api
+from healthiot.services import (
+    Core,
+    bridge_client_id,
+    new_bridge,
+    open_core,
+    server_tls,
+    start_api,
+)
 from healthiot.settings import Settings
 
 PROGRESS_EVERY_S = 1.0  # on a terminal; 5 s in a log
@@ -105,40 +111,41 @@ async def _run_services(settings: Settings, materials: stack.Materials,
     await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
     applied = await stack.migrate_database(dsn, materials.db_password)
     _say(f"schema ready ({len(applied)} migration(s) applied now)")
-    core = await open_core(dsn, materials.db_password, materials.kek,
-                           create_kek=settings.environment == "development")
-    try:
+    # Torn down in reverse: the bridge stops consuming, then the API, then the pool.
+    async with contextlib.AsyncExitStack() as resources:
+        core = await open_core(dsn, materials.db_password, materials.kek,
+                               create_kek=settings.environment == "development")
+        resources.push_async_callback(core.pool.close)
         tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key))
-        try:
-            bridge = new_bridge(core, client_id=f"svc-bridge-{socket.gethostname()}",
-                                ca_file=materials.ca.ca_file, cert=materials.bridge_cert,
-                                key=materials.bridge_key, batch_size=settings.bridge_batch_size)
-            ready = asyncio.Event()
-            bridge_task = asyncio.create_task(bridge.run(
-                settings.mqtt_host, settings.mqtt_port,
-                connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
-            try:
-                await asyncio.wait_for(ready.wait(), 30)
-                accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
-                fleet = await demo.ensure_fleet(
-                    core, materials.ca, accounts, settings.var_dir / "demo",
-                    Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file))
-                _say(_newcomer_help(settings, accounts))
-                totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
-            finally:
-                bridge_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await bridge_task
-                await bridge.close()
-        finally:
-            await runner.cleanup()
-    finally:
-        await core.pool.close()
+        resources.push_async_callback(runner.cleanup)
+        bridge = new_bridge(core, client_id=bridge_client_id(settings),
+                            ca_file=materials.ca.ca_file, cert=materials.bridge_cert,
+                            key=materials.bridge_key, batch_size=settings.bridge_batch_size)
+        resources.push_async_callback(bridge.close)
+        ready = asyncio.Event()
+        bridge_task = asyncio.create_task(bridge.run(
+            settings.mqtt_host, settings.mqtt_port,
+            connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
+        resources.push_async_callback(_cancel, bridge_task)
+        await asyncio.wait_for(ready.wait(), 30)
+
+        accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
+        fleet = await demo.ensure_fleet(
+            core, materials.ca, accounts, settings.var_dir / "demo",
+            Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file))
+        _say(_newcomer_help(settings, accounts))
+        totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import make_client, tls_context
 from devices.registry import Registry
+from healthiot.settings import Settings
 from storage.audit import Audit
 from storage.crypto import LocalKeyFile
 from storage.keyring import Keyring
@@ -60,6 +62,12 @@ async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=tls).start()
     return runner
+
+
+def bridge_client_id(settings: Settings) -> str:
+    """The configured client id, else one stable per host: a restarted bridge must resume
+    its persistent session to get back the messages it had not acked."""
+    return settings.bridge_client_id or f"svc-bridge-{socket.gethostname()}"
 
 
 def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Path,
