@@ -32,6 +32,7 @@ async def api(core, pki, tmp_path):
             connector=aiohttp.TCPConnector(ssl=client_tls),
             timeout=aiohttp.ClientTimeout(total=15)) as session:
         session.tokens = tokens  # for tests that need a token no route would issue
+        session.port = port
         yield session
     await runner.cleanup()
 
@@ -115,3 +116,20 @@ async def test_login_refuses_a_wrong_code_and_unknown_fields(core, api):
             "role": "admin"}) as r:
         assert r.status == 422
         assert (await r.json())["unknown"] == ["role"]
+
+
+async def test_the_api_speaks_tls_with_aead_suites_only(api, pki):
+    cbc = ssl.create_default_context(cafile=str(pki.ca.ca_file))
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA")
+    with pytest.raises(aiohttp.ClientConnectorError):
+        async with api.get("/healthz", ssl=cbc):
+            pass
+    aead = ssl.create_default_context(cafile=str(pki.ca.ca_file))
+    aead.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with api.get("/healthz", ssl=aead) as r:
+        assert r.status == 200
+    # And no plaintext HTTP at all: the server hangs up on it.
+    with pytest.raises((aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)):
+        async with api.get(f"http://localhost:{api.port}/healthz"):
+            pass
