@@ -5,13 +5,16 @@ BIN := $(VENV)/bin
 DURATION ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint system-deps venv clean
+.PHONY: run test bench lint system-deps venv clean
 
 run: venv system-deps
 	$(BIN)/healthiot run $(if $(DURATION),--duration $(DURATION))
 
 test: venv system-deps
 	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python bench/bench_decisions.py
 
 lint: venv
 	$(BIN)/ruff check .
