@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint system-deps venv clean
 
-run: venv system-deps
+run: system-deps venv
 	$(BIN)/healthiot run $(if $(DURATION),--duration $(DURATION))
 
-test: venv system-deps
+test: system-deps venv
 	$(BIN)/python -m pytest
 
 bench: venv
@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# PostgreSQL and Mosquitto binaries (the servers themselves are started by the project).
+# PostgreSQL and Mosquitto binaries (the servers themselves are started by the project), and
+# Debian's venv support, which its python3 package leaves out.
 system-deps:
-	@bash scripts/system-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
 clean:
 	rm -rf $(VENV) var

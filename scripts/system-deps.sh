@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Mosquitto binaries exist. As root, install Debian's packages;
-# otherwise print the exact command to run and stop.
+# Make sure the PostgreSQL and Mosquitto binaries and Python's venv support exist. As root,
+# install Debian's packages; otherwise print the exact command to run and stop.
 set -euo pipefail
 
 have_pg() {
@@ -10,7 +10,11 @@ have_pg() {
 }
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
 
+# Debian splits ensurepip (what "python3 -m venv" needs) into python3-venv.
+have_venv() { [ -d .venv ] || "${PYTHON:-python3}" -c 'import ensurepip' >/dev/null 2>&1; }
+
 missing=()
+have_venv || missing+=(python3-venv)
 have_pg || missing+=(postgresql)
 have_mosquitto || missing+=(mosquitto)
 [ ${#missing[@]} -eq 0 ] && exit 0
