@@ -84,6 +84,16 @@ def _user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
     return None
 
 
+def sequence_number(message: mqtt.MQTTMessage) -> int | None:
+    """The device's message number from the ``seq`` user property, or None when absent or
+    not a plain decimal that fits a bigint."""
+    text = _user_property(message, "seq")
+    # isdigit() alone admits superscripts and other scripts' digits, which int() refuses.
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
 class Bridge:
     """Takes its MQTT client, store and registry; creates none of them."""
 
@@ -206,8 +216,8 @@ class Bridge:
             if device_id is None:
                 refuse(message, None, "bad_topic", "not devices/<id>/telemetry")
                 continue
-            seq_text = _user_property(message, "seq")
-            if seq_text is None or not seq_text.isdigit() or len(seq_text) > 18:
+            seq = sequence_number(message)
+            if seq is None:
                 refuse(message, device_id, "missing_sequence", "no integer 'seq' property")
                 continue
             content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
@@ -219,7 +229,7 @@ class Bridge:
             except PayloadError as exc:
                 refuse(message, device_id, exc.reason, exc.detail)
                 continue
-            decoded.append(_Decoded(message, device_id, int(seq_text), pack))
+            decoded.append(_Decoded(message, device_id, seq, pack))
 
         devices = await self._registry.lookup(d.device_id for d in decoded)
         accepted: list[_Decoded] = []
