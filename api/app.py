@@ -1,41 +1,22 @@
-"""The aiohttp application: routes, typed state, authentication and audit on health reads."""
+"""The aiohttp application: the route table, login, and the caller's own vitals."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import functools
-import json
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from api import passwords, totp
 from api.problems import Problem, problem_middleware
-from api.tokens import Claims, TokenError, TokenService
-from storage.audit import Audit
-from storage.patients import Patients
-from storage.store import Store
+from api.requests import DEPS, ApiDeps, bearer_claims, strict_body, time_param
 from vitals.catalogue import METRICS
 
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 MAX_SAMPLES = 50_000  # a day of 1 Hz heart rate with room; more must be paged or rolled up
 DEFAULT_RANGE = dt.timedelta(hours=24)
-
-
-@dataclass(frozen=True)
-class ApiDeps:
-    """Everything the handlers need, created by the composition root."""
-
-    store: Store
-    patients: Patients
-    audit: Audit
-    tokens: TokenService
-
-
-DEPS = web.AppKey("deps", ApiDeps)
 
 
 def create_app(deps: ApiDeps) -> web.Application:
@@ -45,6 +26,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_post("/v1/auth/login", login)
     app.router.add_get("/v1/me/vitals/{metric}", my_vitals)
+    # Route modules register here, one line each: module.register(app)
     return app
 
 
@@ -56,29 +38,10 @@ async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[DEPS].tokens.jwks())
 
 
-async def _strict_body(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
-    """A JSON object with exactly ``fields`` (no more: no mass assignment), or 422."""
-    if request.content_type != "application/json":
-        raise Problem(415, "send application/json")
-    try:
-        body = json.loads(await request.read())
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an over-long integer
-        raise Problem(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Problem(422, "the body must be a JSON object")
-    unknown = sorted(body.keys() - fields.keys())
-    missing = sorted(fields.keys() - body.keys())
-    wrong = sorted(k for k, t in fields.items() if k in body and not isinstance(body[k], t))
-    if unknown or missing or wrong:
-        raise Problem(422, "the body does not match the schema",
-                      extra={"unknown": unknown, "missing": missing, "wrong_type": wrong})
-    return body
-
-
 async def login(request: web.Request) -> web.Response:
     """Password and TOTP code in one step; answers an ES256 access token."""
     deps = request.app[DEPS]
-    body = await _strict_body(request, {"username": str, "password": str, "totp": str})
+    body = await strict_body(request, {"username": str, "password": str, "totp": str})
     patient = await deps.patients.by_username(body["username"])
     # Hash even for an unknown user, so timing does not reveal which usernames exist.
     stored = patient.password_hash if patient else _dummy_hash()
@@ -102,45 +65,18 @@ def _dummy_hash() -> str:
     return passwords.hash_password("dummy password for timing only")
 
 
-def _claims(request: web.Request, *, health_data: bool) -> Claims:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Problem(401, "a bearer token is required")
-    try:
-        claims = request.app[DEPS].tokens.verify(token)
-    except TokenError:
-        raise Problem(401, "the token is not valid") from None
-    if health_data and not claims.second_factor:
-        raise Problem(403, "health data needs a second authentication factor")
-    return claims
-
-
-def _time_param(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be an ISO 8601 date-time") from None
-    if value.tzinfo is None:
-        raise Problem(400, f"{name} needs a time zone offset (e.g. Z)")
-    return value.astimezone(dt.UTC)
-
-
 async def my_vitals(request: web.Request) -> web.Response:
     """The caller's own samples of one metric, in the canonical unit, over a time range."""
     deps = request.app[DEPS]
-    claims = _claims(request, health_data=True)
+    claims = bearer_claims(request, health_data=True)
     patient_id = uuid.UUID(claims.subject)
     name = request.match_info["metric"]
     metric = METRICS.get(name)
     if metric is None:
         raise Problem(404, f"unknown metric {name!r}")
     now = dt.datetime.now(dt.UTC)
-    end = _time_param(request, "to", now)
-    start = _time_param(request, "from", end - DEFAULT_RANGE)
+    end = time_param(request, "to", now)
+    start = time_param(request, "from", end - DEFAULT_RANGE)
     if start >= end:
         raise Problem(400, "from must be before to")
     series = await deps.store.read_series(patient_id, name, start, end)

@@ -11,7 +11,8 @@ import asyncpg
 from aiohttp import web
 
 from aiopaho import AsyncClient
-from api.app import ApiDeps, create_app
+from api.app import create_app
+from api.requests import ApiDeps
 from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import make_client, tls_context
@@ -56,7 +57,8 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
                     tls: ssl.SSLContext) -> web.AppRunner:
-    app = create_app(ApiDeps(core.store, core.patients, core.audit, tokens))
+    app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
+                             core.audit, tokens))
     # No access log: who read what is in the audit log, and URLs can carry personal data.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()

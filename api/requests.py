@@ -1,0 +1,85 @@
+"""What every handler shares: the typed dependencies, strict bodies, bearer tokens, times.
+
+Route modules (``api/*_routes.py``) import from here, never from ``api.app``, so that the
+application can import them without a cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from api.problems import Problem
+from api.tokens import Claims, TokenError, TokenService
+from devices.registry import Registry
+from storage.audit import Audit
+from storage.keyring import Keyring
+from storage.patients import Patients
+from storage.store import Store
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """Everything the handlers need, created by the composition root."""
+
+    pool: asyncpg.Pool
+    keyring: Keyring
+    store: Store
+    registry: Registry
+    patients: Patients
+    audit: Audit
+    tokens: TokenService
+
+
+DEPS = web.AppKey("deps", ApiDeps)
+
+
+async def strict_body(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
+    """A JSON object with exactly ``fields`` (no more: no mass assignment), or 422."""
+    if request.content_type != "application/json":
+        raise Problem(415, "send application/json")
+    try:
+        body = json.loads(await request.read())
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an over-long integer
+        raise Problem(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Problem(422, "the body must be a JSON object")
+    unknown = sorted(body.keys() - fields.keys())
+    missing = sorted(fields.keys() - body.keys())
+    wrong = sorted(k for k, t in fields.items() if k in body and not isinstance(body[k], t))
+    if unknown or missing or wrong:
+        raise Problem(422, "the body does not match the schema",
+                      extra={"unknown": unknown, "missing": missing, "wrong_type": wrong})
+    return body
+
+
+def bearer_claims(request: web.Request, *, health_data: bool) -> Claims:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Problem(401, "a bearer token is required")
+    try:
+        claims = request.app[DEPS].tokens.verify(token)
+    except TokenError:
+        raise Problem(401, "the token is not valid") from None
+    if health_data and not claims.second_factor:
+        raise Problem(403, "health data needs a second authentication factor")
+    return claims
+
+
+def time_param(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise Problem(400, f"{name} must be an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        raise Problem(400, f"{name} needs a time zone offset (e.g. Z)")
+    return value.astimezone(dt.UTC)
