@@ -1,0 +1,191 @@
+"""What a clinician reads in seconds: per-metric statistics and flagged episodes.
+
+Pure numpy over one metric's samples in a period. Samples carrying a quality flag count in
+``flagged`` but not in the statistics or the episode rules: an artefact must not raise an
+alarm, nor hide one by moving the median.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+PERCENTILES = (5, 25, 75, 95)
+
+# Metrics a worn device streams; their completeness is counted in minutes, and the minutes
+# with data are the wear time. Spot metrics (a weighing, a cuff reading) count in days.
+CONTINUOUS = frozenset({"heart_rate", "spo2", "rr_interval", "steps"})
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    rule: str  # the rule's identifier, e.g. "tachycardia_run"
+    description: str  # the rule in words, so the reader knows why it fired
+    start_ms: int
+    end_ms: int
+    value: float  # the run's extreme (or the reading itself for spot rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    metric: str
+    count: int
+    flagged: int
+    latest_ms: int | None = None
+    latest: float | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    mean: float | None = None
+    median: float | None = None
+    percentiles: dict[int, float] = field(default_factory=dict)
+    trend_per_day: float | None = None  # least-squares slope, canonical unit per day
+    completeness: float = 0.0  # fraction of the period's minutes (or days) with data
+    wear_minutes: int | None = None  # continuous metrics only
+    episodes: tuple[Episode, ...] = ()
+
+
+def summarise(metric: str, t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.float64],
+              flags: npt.NDArray[np.uint8], start_ms: int, end_ms: int) -> Summary:
+    """The summary of one metric's samples in [start_ms, end_ms), sorted by time."""
+    if end_ms <= start_ms:
+        raise ValueError("the period must not be empty")
+    inside = (t_ms >= start_ms) & (t_ms < end_ms)
+    good = inside & (flags == 0)
+    t, v = t_ms[good], value[good]
+    flagged = int(np.count_nonzero(inside & (flags != 0)))
+    if len(t) == 0:
+        return Summary(metric, 0, flagged)
+    continuous = metric in CONTINUOUS
+    minutes = np.unique((t - start_ms) // MINUTE_MS)
+    if continuous:
+        completeness = len(minutes) / -(-(end_ms - start_ms) // MINUTE_MS)
+        wear: int | None = len(minutes)
+    else:
+        days = np.unique((t - start_ms) // DAY_MS)
+        completeness = len(days) / -(-(end_ms - start_ms) // DAY_MS)
+        wear = None
+    pct = np.percentile(v, PERCENTILES)
+    return Summary(
+        metric, len(t), flagged, int(t[-1]), float(v[-1]), float(v.min()), float(v.max()),
+        float(v.mean()), float(np.median(v)),
+        {p: float(x) for p, x in zip(PERCENTILES, pct, strict=True)},
+        _trend_per_day(t, v), completeness, wear, tuple(episodes(metric, t, v)))
+
+
+def _trend_per_day(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> float | None:
+    """Slope of a least-squares line, or None when the samples span less than a day: a
+    trend inside one day is the circadian rhythm, not a trend."""
+    if len(t) < 2 or t[-1] - t[0] < DAY_MS:
+        return None
+    days = (t - t[0]) / DAY_MS
+    slope = np.polyfit(days, v, 1)[0]
+    return float(slope)
+
+
+def episodes(metric: str, t: npt.NDArray[np.int64],
+             v: npt.NDArray[np.float64]) -> list[Episode]:
+    """The episodes the rules for ``metric`` find in clean, time-ordered samples."""
+    if metric == "heart_rate":
+        return (_minute_runs(t, v, lambda m: m > 100, "tachycardia_run",
+                             "heart rate above 100/min for 10 minutes or more", 10, high=True)
+                + _minute_runs(t, v, lambda m: m < 50, "bradycardia_run",
+                               "heart rate below 50/min for 10 minutes or more", 10, high=False))
+    if metric == "spo2":
+        return _minute_runs(t, v, lambda m: m < 92, "spo2_below_92",
+                            "oxygen saturation below 92 % for a minute or more", 1, high=False)
+    if metric == "body_weight":
+        return weight_changes(t, v)
+    return []
+
+
+def _minute_runs(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64],
+                 meets: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.bool_]],
+                 rule: str, description: str, min_minutes: int, *, high: bool) -> list[Episode]:
+    """Runs of consecutive minutes whose median ``meets`` the rule, ``min_minutes`` or longer.
+
+    Minute medians, not single samples: one noisy beat neither opens nor breaks a run."""
+    if len(t) == 0:
+        return []
+    minutes, first = np.unique(t // MINUTE_MS, return_index=True)
+    medians = np.array([np.median(part) for part in np.split(v, first[1:])])
+    ok = meets(medians)
+    # A run breaks where the rule fails or a minute is missing (no data is no evidence).
+    breaks = ~ok | np.r_[True, np.diff(minutes) != 1]
+    run_id = np.cumsum(breaks)
+    found = []
+    for run in np.unique(run_id[ok]):
+        members = np.flatnonzero((run_id == run) & ok)
+        if len(members) < min_minutes:
+            continue
+        chunk = medians[members]
+        found.append(Episode(rule, description, int(minutes[members[0]] * MINUTE_MS),
+                             int((minutes[members[-1]] + 1) * MINUTE_MS),
+                             float(chunk.max() if high else chunk.min())))
+    return found
+
+
+WEIGHT_CHANGE_KG = 2.0
+WEEK_MS = 7 * DAY_MS
+
+
+def weight_changes(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> list[Episode]:
+    """Weighings more than 2 kg away from any weighing of the 7 days before them (fluid
+    retention in heart failure shows this way)."""
+    found = []
+    lo = 0
+    for i in range(len(t)):
+        while t[lo] < t[i] - WEEK_MS:
+            lo += 1
+        earlier = v[lo:i]
+        if len(earlier) == 0:
+            continue
+        delta = v[i] - earlier
+        j = int(np.argmax(np.abs(delta)))
+        if abs(delta[j]) > WEIGHT_CHANGE_KG:
+            found.append(Episode("weight_change_2kg_week",
+                                 "weight changed by more than 2 kg within 7 days",
+                                 int(t[lo + j]), int(t[i]), float(delta[j])))
+    return found
+
+
+# ESH 2023 office blood-pressure categories; a reading takes the higher of its two grades.
+_ESH_GRADES = (  # (name, systolic from, diastolic from)
+    ("grade_3_hypertension", 180.0, 110.0),
+    ("grade_2_hypertension", 160.0, 100.0),
+    ("grade_1_hypertension", 140.0, 90.0),
+    ("high_normal", 130.0, 85.0),
+    ("normal", 120.0, 80.0),
+)
+
+
+def esh_category(systolic: float, diastolic: float) -> str:
+    """The ESH category of one reading: optimal, normal, high_normal, or a hypertension
+    grade; isolated systolic hypertension when systolic >= 140 and diastolic < 90."""
+    if systolic >= 140 and diastolic < 90:
+        return "isolated_systolic_hypertension"
+    for name, sys_from, dia_from in _ESH_GRADES:
+        if systolic >= sys_from or diastolic >= dia_from:
+            return name
+    return "optimal"
+
+
+def blood_pressure_episodes(t_sys: npt.NDArray[np.int64], systolic: npt.NDArray[np.float64],
+                            t_dia: npt.NDArray[np.int64],
+                            diastolic: npt.NDArray[np.float64]) -> list[Episode]:
+    """Readings in a hypertensive ESH category; systolic and diastolic pair by time stamp
+    (a cuff sends both of one measurement with the same time)."""
+    common, i_sys, i_dia = np.intersect1d(t_sys, t_dia, return_indices=True)
+    found = []
+    for k, at in enumerate(common):
+        s, d = float(systolic[i_sys[k]]), float(diastolic[i_dia[k]])
+        category = esh_category(s, d)
+        if "hypertension" in category:
+            found.append(Episode(f"esh_{category}",
+                                 f"blood pressure {s:.0f}/{d:.0f} mm[Hg]: ESH {category}",
+                                 int(at), int(at), s))
+    return found
