@@ -3,6 +3,8 @@
     VitalsError
     └── PayloadError (also ValueError): a device payload that cannot be accepted as sent;
         ``reason`` is a short machine-readable code stored with the quarantined message.
+    └── InvalidProfessional (also ValueError): a malformed RPPS number, or a profession that
+        may not receive health data.
 """
 
 
@@ -17,3 +19,7 @@ class PayloadError(VitalsError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class InvalidProfessional(VitalsError, ValueError):
+    """A clinician identity that cannot be accepted: bad RPPS number or profession."""
