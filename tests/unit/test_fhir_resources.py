@@ -1,0 +1,99 @@
+"""FHIR resources: each validates with fhir.resources, and golden files pin the exact output.
+
+Regenerate the golden files after a deliberate change with UPDATE_GOLDEN=1 and review the
+diff like code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.observation import Observation
+
+from vitals import fhir
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+PATIENT = "Patient/6f1c2d3e-0000-4000-8000-000000000001"
+OID = "1.2.250.1.999.1"
+
+
+def _golden(name: str, resource: dict[str, Any]) -> None:
+    path = GOLDEN / f"{name}.json"
+    text = json.dumps(resource, indent=2, ensure_ascii=False) + "\n"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+def test_heart_rate_observation() -> None:
+    obs = fhir.observation("hr-1", "heart_rate", PATIENT, T, 62.0,
+                           device_ref="Device/watch-1", identifier=("urn:oid:" + OID, "hr-1"))
+    Observation.model_validate(obs)
+    assert obs["meta"]["profile"] == [
+        f"{fhir.MESURES}/StructureDefinition/mesures-fr-observation-heartrate"]
+    assert obs["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert obs["valueQuantity"] == {"value": 62.0, "unit": "/min",
+                                    "system": fhir.UCUM, "code": "/min"}
+    _golden("observation-heart-rate", obs)
+
+
+def test_a_metric_without_an_ans_profile_claims_none() -> None:
+    obs = fhir.observation("fat-1", "body_fat", PATIENT, T, 21.5)
+    Observation.model_validate(obs)
+    assert "meta" not in obs
+
+
+def test_blood_pressure_panel() -> None:
+    obs = fhir.blood_pressure("bp-1", PATIENT, T, 142.0, 91.0, device_ref="Device/cuff-1")
+    Observation.model_validate(obs)
+    assert [c["code"]["coding"][0]["code"] for c in obs["component"]] == ["8480-6", "8462-4"]
+    _golden("observation-blood-pressure", obs)
+
+
+def test_dense_series_as_sampled_data_marks_gaps() -> None:
+    t = T + np.array([0, 1000, 3000], dtype=np.int64)
+    obs = fhir.sampled("hr-s", "heart_rate", PATIENT, t, np.array([60.0, 61.5, 63.0]), 1000)
+    Observation.model_validate(obs)
+    assert obs["valueSampledData"]["data"] == "60 61.5 E 63"
+    assert obs["effectivePeriod"] == {"start": "2026-01-01T00:00:00.000Z",
+                                      "end": "2026-01-01T00:00:03.000Z"}
+    _golden("observation-sampled", obs)
+    with pytest.raises(ValueError, match="at least one"):
+        fhir.sampled("x", "heart_rate", PATIENT, t[:0], np.array([]), 1000)
+
+
+def test_feed_bundle_is_a_conditional_transaction() -> None:
+    device = fhir.device_resource("0b7a9c1e-0000-4000-8000-000000000002", OID, "watch-1",
+                                  "watch", "SN-1")
+    Device.model_validate(device)
+    obs = fhir.observation("0b7a9c1e-0000-4000-8000-000000000003", "blood_glucose", PATIENT,
+                           T, 104.0, identifier=("urn:oid:" + OID, "watch-1/42/0"))
+    feed = fhir.feed_bundle(obs, OID, device)
+    Bundle.model_validate(feed)
+    assert feed["type"] == "transaction"
+    assert [e["request"]["ifNoneExist"] for e in feed["entry"]] == [
+        f"identifier=urn:oid:{OID}|watch-1", f"identifier=urn:oid:{OID}|watch-1/42/0"]
+    assert obs["valueQuantity"]["unit"] == "mg/dL"
+    _golden("feed-bundle", feed)
+
+
+def test_bmi_is_never_fed() -> None:
+    obs = fhir.observation("b", "body_weight", PATIENT, T, 70.0, identifier=("s", "b"))
+    obs["code"]["coding"][0]["code"] = "39156-5"
+    with pytest.raises(ValueError, match="BMI"):
+        fhir.feed_bundle(obs, OID)
+
+
+def test_searchset_bundle() -> None:
+    obs = fhir.observation("hr-1", "heart_rate", PATIENT, T, 62.0)
+    out = fhir.bundle("searchset", [obs], total=1, links=[("self", "https://x/fhir/Observation")])
+    Bundle.model_validate(out)
+    assert out["entry"][0]["fullUrl"] == "Observation/hr-1"

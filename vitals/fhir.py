@@ -1,0 +1,176 @@
+"""FHIR R4 resources for vital signs, as plain dicts: Observations, the record-feed Bundle.
+
+Pure functions of their inputs (no clock, no ids drawn at random), so golden files can pin
+their exact output. Profiles are the ANS "Mesures de santé" ones where the guide has one for
+the metric; codes are LOINC, units UCUM.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from vitals.catalogue import metric as metric_named
+
+FHIR_VERSION = "4.0.1"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+MESURES = "https://interop.esante.gouv.fr/ig/fhir/mesures"
+FEED_BUNDLE_PROFILE = f"{MESURES}/StructureDefinition/mesures-bundle-flux-alimentation"
+PHD_DEVICE_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
+BP_PANEL_LOINC = "85354-9"
+
+# ANS "Mesures de santé" profile per metric; metrics absent have no profile in the guide.
+ANS_PROFILES = {
+    "heart_rate": "mesures-fr-observation-heartrate",
+    "spo2": "mesures-fr-observation-oxygen-sat",
+    "body_temperature": "mesures-fr-observation-body-temperature",
+    "body_weight": "mesures-fr-observation-body-weight",
+    "blood_glucose": "mesures-observation-glucose",
+    "blood_pressure": "mesures-fr-observation-bp",
+}
+# Metrics the medical record refuses on input: it computes BMI itself.
+NOT_FED = frozenset({"bmi"})
+
+
+def profile_url(metric: str) -> str | None:
+    profile = ANS_PROFILES.get(metric)
+    return f"{MESURES}/StructureDefinition/{profile}" if profile else None
+
+
+def instant(ms: int) -> str:
+    """A FHIR instant (UTC, milliseconds) from epoch milliseconds."""
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=int(ms))
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    return {"value": round(float(value), 6), "unit": unit, "system": UCUM, "code": unit}
+
+
+def _coding(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display}
+
+
+def _base(observation_id: str, metric: str, patient_ref: str,
+          device_ref: str | None) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Observation", "id": observation_id}
+    profile = profile_url(metric)
+    if profile:
+        resource["meta"] = {"profile": [profile]}
+    resource["status"] = "final"
+    resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY,
+                                         "code": "vital-signs", "display": "Vital Signs"}]}]
+    m = metric_named(metric) if metric != "blood_pressure" else None
+    resource["code"] = (_coding(m.loinc, m.display) if m is not None
+                        else _coding(BP_PANEL_LOINC, "Blood pressure panel"))
+    resource["subject"] = {"reference": patient_ref}
+    if device_ref:
+        resource["device"] = {"reference": device_ref}
+    return resource
+
+
+def observation(observation_id: str, metric: str, patient_ref: str, t_ms: int, value: float,
+                *, device_ref: str | None = None, identifier: tuple[str, str] | None = None
+                ) -> dict[str, Any]:
+    """One reading as an Observation with a valueQuantity in the canonical UCUM unit."""
+    resource = _base(observation_id, metric, patient_ref, device_ref)
+    if identifier:
+        resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
+    resource["effectiveDateTime"] = instant(t_ms)
+    resource["valueQuantity"] = _quantity(value, metric_named(metric).unit)
+    return _ordered(resource)
+
+
+def blood_pressure(observation_id: str, patient_ref: str, t_ms: int, systolic: float,
+                   diastolic: float, *, device_ref: str | None = None) -> dict[str, Any]:
+    """A cuff reading as the blood-pressure panel with its two components."""
+    resource = _base(observation_id, "blood_pressure", patient_ref, device_ref)
+    resource["effectiveDateTime"] = instant(t_ms)
+    resource["component"] = [
+        {"code": _coding(metric_named(name).loinc, metric_named(name).display),
+         "valueQuantity": _quantity(v, "mm[Hg]")}
+        for name, v in (("systolic_bp", systolic), ("diastolic_bp", diastolic))]
+    return _ordered(resource)
+
+
+def sampled(observation_id: str, metric: str, patient_ref: str,
+            t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.float64], period_ms: int,
+            *, device_ref: str | None = None) -> dict[str, Any]:
+    """A dense series as one Observation with SampledData on a regular grid of
+    ``period_ms``; grid points without a sample are "E" (no value), as FHIR says."""
+    if len(t_ms) == 0:
+        raise ValueError("a SampledData Observation needs at least one sample")
+    resource = _base(observation_id, metric, patient_ref, device_ref)
+    slots = (t_ms - t_ms[0]) // period_ms
+    grid = np.full(int(slots[-1]) + 1, np.nan)
+    grid[slots] = value  # the last sample in a slot wins; the grid is the reader's choice
+    resource["effectivePeriod"] = {"start": instant(int(t_ms[0])),
+                                   "end": instant(int(t_ms[0] + slots[-1] * period_ms))}
+    unit = metric_named(metric).unit
+    resource["valueSampledData"] = {
+        "origin": {"value": 0, "unit": unit, "system": UCUM, "code": unit},
+        "period": period_ms, "dimensions": 1,
+        "data": " ".join("E" if np.isnan(x) else _number(x) for x in grid)}
+    return _ordered(resource)
+
+
+def _number(x: float) -> str:
+    text = f"{x:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
+                device: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record-feed transaction: one Observation (and optionally its device), each
+    created only if no resource with its identifier exists yet, so a resend is harmless."""
+    if observation_resource["code"]["coding"][0]["code"] == "39156-5":
+        raise ValueError("BMI is never fed: the medical record computes it")
+    entries = []
+    for resource in ([device] if device else []) + [observation_resource]:
+        ident = resource["identifier"][0]["value"]
+        entries.append({
+            "fullUrl": f"urn:uuid:{resource['id']}",
+            "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"],
+                        "ifNoneExist": f"identifier=urn:oid:{sender_oid}|{ident}"}})
+    return {"resourceType": "Bundle", "meta": {"profile": [FEED_BUNDLE_PROFILE]},
+            "type": "transaction", "entry": entries}
+
+
+def device_resource(device_uuid: str, sender_oid: str, device_id: str, model: str,
+                    serial: str) -> dict[str, Any]:
+    """A personal health device as the PHD profile describes it."""
+    return {"resourceType": "Device", "id": device_uuid,
+            "meta": {"profile": [PHD_DEVICE_PROFILE]},
+            "identifier": [{"system": f"urn:oid:{sender_oid}", "value": device_id}],
+            "serialNumber": serial,
+            "deviceName": [{"name": model, "type": "model-name"}]}
+
+
+def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
+           links: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """A searchset or collection Bundle of ``resources``."""
+    out: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type}
+    if total is not None:
+        out["total"] = total
+    if links:
+        out["link"] = [{"relation": rel, "url": url} for rel, url in links]
+    out["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r}
+                    for r in resources]
+    return out
+
+
+_KEY_ORDER = ("resourceType", "id", "meta", "identifier", "status", "category", "code",
+              "subject", "effectiveDateTime", "effectivePeriod", "valueQuantity",
+              "valueSampledData", "component", "device")
+
+
+def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
+    """Keys in the order the specification lists them: stable golden files, easy reading."""
+    return {k: resource[k] for k in _KEY_ORDER if k in resource}
