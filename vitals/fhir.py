@@ -174,3 +174,75 @@ _KEY_ORDER = ("resourceType", "id", "meta", "identifier", "status", "category", 
 def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
     """Keys in the order the specification lists them: stable golden files, easy reading."""
     return {k: resource[k] for k in _KEY_ORDER if k in resource}
+
+
+BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
+RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # the RPPS identifier system
+_AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+_REST = "http://hl7.org/fhir/restful-interaction"
+_OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
+# What the audit log calls an action -> (BALP profile, restful interaction, FHIR action).
+_BALP_ACTIONS = {
+    "read": ("IHE.BasicAudit.PatientRead", "read", "R"),
+    "search": ("IHE.BasicAudit.PatientQuery", "search-type", "E"),
+    "feed": ("IHE.BasicAudit.PatientCreate", "create", "C"),
+}
+
+
+def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
+                actor_display: str, patient_ref: str, what: str, *, rpps: str | None = None,
+                observer: str = "healthiot") -> dict[str, Any]:
+    """One audit-log entry as an IHE BALP AuditEvent: who (the clinician, by RPPS when
+    known), what (the patient and the resource or query), when, and the outcome."""
+    profile, interaction, fhir_action = _BALP_ACTIONS[action]
+    who: dict[str, Any] = {"display": actor_display}
+    if rpps:
+        who["identifier"] = {"system": RPPS_SYSTEM, "value": rpps}
+    return {
+        "resourceType": "AuditEvent", "id": event_id,
+        "meta": {"profile": [f"{BALP}/{profile}"]},
+        "type": {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": _REST, "code": interaction}],
+        "action": fhir_action,
+        "recorded": instant(recorded_ms),
+        "outcome": _OUTCOMES.get(outcome, "8"),
+        "agent": [{"type": {"coding": [{
+                       "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                       "code": "IRCP", "display": "information recipient"}]},
+                   "who": who, "requestor": True},
+                  {"type": {"coding": [{
+                       "system": "http://dicom.nema.org/resources/ontology/DCM",
+                       "code": "110153", "display": "Source Role ID"}]},
+                   "who": {"display": observer}, "requestor": False}],
+        "source": {"observer": {"display": observer}},
+        "entity": [{"what": {"reference": patient_ref},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                             "code": "1", "display": "Patient"}},
+                   {"what": {"display": what},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
+                             "code": "4", "display": "Domain Resource"}}],
+    }
+
+
+def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
+    """What the read API offers, as its ``metadata`` answer."""
+    search = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
+              {"name": "date", "type": "date"}, {"name": "_count", "type": "number"}]
+    return {
+        "resourceType": "CapabilityStatement", "status": "active",
+        "date": "2026-11-23", "kind": "instance", "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json"],
+        "software": {"name": "healthiot", "version": software_version},
+        "implementation": {"description": "healthiot clinician read API", "url": base_url},
+        "rest": [{"mode": "server",
+                  "security": {"cors": False, "description":
+                               "Bearer tokens of clinicians with two factors; every read "
+                               "is checked against the patient's consent and audited."},
+                  "resource": [
+                      {"type": "Patient", "interaction": [{"code": "read"}]},
+                      {"type": "Observation",
+                       "supportedProfile": [p for m in ANS_PROFILES
+                                            if (p := profile_url(m)) is not None],
+                       "interaction": [{"code": "search-type"}],
+                       "searchParam": search}]}],
+    }

@@ -97,3 +97,24 @@ def test_searchset_bundle() -> None:
     out = fhir.bundle("searchset", [obs], total=1, links=[("self", "https://x/fhir/Observation")])
     Bundle.model_validate(out)
     assert out["entry"][0]["fullUrl"] == "Observation/hr-1"
+
+
+def test_balp_audit_event_for_a_clinician_read() -> None:
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    event = fhir.audit_event("ae-1", T, "search", "ok", "Dr A. Martin", PATIENT,
+                             "Observation?code=8867-4", rpps="10001234567")
+    AuditEvent.model_validate(event)
+    assert event["meta"]["profile"] == [f"{fhir.BALP}/IHE.BasicAudit.PatientQuery"]
+    assert event["agent"][0]["who"]["identifier"]["value"] == "10001234567"
+    assert fhir.audit_event("ae-2", T, "read", "refused", "x", PATIENT, "y")["outcome"] == "4"
+    _golden("audit-event", event)
+
+
+def test_capability_statement() -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    cap = fhir.capability_statement("https://localhost/fhir", "0.1")
+    CapabilityStatement.model_validate(cap)
+    assert cap["fhirVersion"] == "4.0.1"
+    _golden("capability-statement", cap)
