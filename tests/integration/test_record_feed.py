@@ -1,0 +1,183 @@
+"""The medical-record feed against a small local FHIR receiver: an endpoint down for a while
+loses nothing and creates nothing twice; refusals reach the patient as a readable status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from fhir.resources.R4B.bundle import Bundle
+
+from api.record_feed import FeedConfig, FeedSender
+from healthiot.localservers import free_port
+from storage.record_feed import RecordFeed
+from storage.segments import Samples
+from storage.store import MessageIn, SegmentIn
+from tests.conftest import new_patient
+
+OID = "1.2.250.1.999.1"
+INS = "123456789012345"
+
+
+@dataclass
+class Receiver:
+    """A FHIR server that honours conditional create; it can be down or refuse."""
+
+    mode: str = "up"  # up, 503, 403, 422
+    posts: int = 0
+    received: Counter[str] = field(default_factory=Counter)  # accepted posts per identifier
+    created: set[str] = field(default_factory=set)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.posts += 1
+        if self.mode == "503":
+            return web.Response(status=503)
+        body = await request.json()
+        Bundle.model_validate(body)  # what we send is valid FHIR, or the test fails here
+        if self.mode == "403":
+            return _outcome(403, "Consent not given")
+        if self.mode == "422":
+            return _outcome(422, "Observation.code: unknown code")
+        answers = []
+        for entry in body["entry"]:
+            ident = entry["request"]["ifNoneExist"].split("|", 1)[1]
+            self.received[ident] += 1
+            answers.append({"response": {
+                "status": "200 OK" if ident in self.created else "201 Created"}})
+            self.created.add(ident)
+        return web.json_response({"resourceType": "Bundle", "type": "transaction-response",
+                                  "entry": answers}, content_type="application/fhir+json")
+
+
+def _outcome(status: int, text: str) -> web.Response:
+    return web.json_response({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "forbidden", "diagnostics": text}]}, status=status)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str, web.AppRunner]]:
+    state = Receiver()
+    app = web.Application()
+    app.router.add_post("/fhir", state.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield state, f"http://127.0.0.1:{port}/fhir", runner
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def feed_setup(core, receiver):  # type: ignore[no-untyped-def]
+    state, url, runner = receiver
+    patient, _, _ = await new_patient(core, "feed")
+    now = dt.datetime.now(dt.UTC)
+    t0 = int(now.timestamp() * 1000) - 3 * 86_400_000
+    days = t0 + np.arange(3, dtype=np.int64) * 86_400_000
+    segments = [
+        SegmentIn(patient, "body_weight", Samples(days, np.array([80.1, 80.4, 79.9]),
+                                                  np.array([0, 0, 0], np.uint8))),
+        SegmentIn(patient, "systolic_bp", Samples(days[:1], np.array([128.0]),
+                                                  np.zeros(1, np.uint8))),
+        SegmentIn(patient, "diastolic_bp", Samples(days[:1], np.array([82.0]),
+                                                   np.zeros(1, np.uint8))),
+        # A flagged reading waits for review and is not fed.
+        SegmentIn(patient, "body_temperature", Samples(days[:1], np.array([41.5]),
+                                                       np.ones(1, np.uint8))),
+    ]
+    await core.store.ingest([MessageIn("scale-1", 1, now, segments, 0)])
+    feed = RecordFeed(core.pool, core.keyring)
+    await feed.set_consent(patient, True, INS)
+    async with aiohttp.ClientSession() as session:
+        sender = FeedSender(feed, core.store, core.audit, session,
+                            FeedConfig(url=url, sender_oid=OID, base_backoff_s=0.0))
+        yield patient, feed, sender, state, runner
+
+
+async def test_endpoint_down_then_up_loses_nothing_and_creates_nothing_twice(feed_setup):
+    patient, feed, sender, state, _ = feed_setup
+    assert await sender.collect() == 4  # three weighings and one blood pressure
+    state.mode = "503"
+    assert await sender.send_due() == {"sent": 0, "refused": 0, "retry": 4}
+    assert (await feed.status(patient)).pending == 4
+    state.mode = "up"
+    assert await sender.send_due() == {"sent": 4, "refused": 0, "retry": 0}
+    assert sorted(state.received.values()) == [1, 1, 1, 1]  # each reading delivered once
+    # Collecting again queues nothing; nothing is due; nothing is posted again.
+    posts = state.posts
+    assert await sender.collect() == 0
+    assert await sender.send_due() == {"sent": 0, "refused": 0, "retry": 0}
+    assert state.posts == posts
+    status = await feed.status(patient)
+    assert (status.pending, status.sent, status.refused) == (0, 4, 0)
+    assert sum("/blood_pressure/" in k for k in state.created) == 1
+
+
+async def test_a_post_repeated_after_a_crash_creates_nothing_twice(feed_setup, core):
+    patient, _feed, sender, state, _ = feed_setup
+    await sender.collect()
+    await sender.send_due()
+    # A sender that died after posting but before recording it: the entry is due again.
+    await core.pool.execute("UPDATE record_feed_outbox SET state = 'pending',"
+                            " next_attempt_at = now() WHERE patient_id = $1", patient)
+    assert (await sender.send_due())["sent"] == 4
+    assert sorted(state.received.values()) == [2, 2, 2, 2]
+    assert len(state.created) == 4  # the conditional create made the repeat harmless
+
+
+async def test_endpoint_unreachable_is_retried_later(feed_setup, core):
+    patient, feed, sender, _state, runner = feed_setup
+    await sender.collect()
+    await runner.cleanup()  # connection refused
+    assert (await sender.send_due())["retry"] == 4
+    assert (await feed.status(patient)).pending == 4
+    errors = await core.pool.fetch("SELECT attempts, last_error FROM record_feed_outbox")
+    assert all(r["attempts"] == 1 and "unreachable" in r["last_error"] for r in errors)
+
+
+async def test_consent_refused_by_the_record_is_readable_by_the_patient(feed_setup, core):
+    patient, feed, sender, state, _ = feed_setup
+    state.mode = "403"
+    await sender.collect()
+    assert (await sender.send_due())["refused"] == 4
+    status = await feed.status(patient)
+    assert status.refused == 4
+    assert status.last_refusal == ("the medical record refused: consent not given: "
+                                   "Consent not given")
+    audit = await core.audit.for_patient(patient)
+    assert [(r["action"], r["outcome"]) for r in audit].count(("feed", "refused")) == 4
+
+
+async def test_invalid_reading_answer_is_kept_with_its_reason(feed_setup):
+    patient, feed, sender, state, _ = feed_setup
+    state.mode = "422"
+    await sender.collect()
+    await sender.send_due()
+    status = await feed.status(patient)
+    assert status.refused == 4
+    assert status.last_refusal is not None and "unknown code" in status.last_refusal
+
+
+async def test_withdrawn_consent_stops_what_is_queued(feed_setup):
+    patient, feed, sender, state, _ = feed_setup
+    await sender.collect()
+    await feed.set_consent(patient, False, INS)
+    assert (await sender.send_due())["refused"] == 4
+    assert state.posts == 0
+    assert await sender.collect() == 0  # a patient without consent is not collected
+
+
+async def test_the_outbox_holds_no_health_data_in_clear(feed_setup, core):
+    _patient, _feed, sender, _, _ = feed_setup
+    await sender.collect()
+    rows = await core.pool.fetch("SELECT sealed FROM record_feed_outbox")
+    assert rows and all(b"80.1" not in r["sealed"] and INS.encode() not in r["sealed"]
+                        for r in rows)
+    ins_row = await core.pool.fetchval("SELECT ins_sealed FROM record_feed_consents")
+    assert INS.encode() not in ins_row
