@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
-import uuid
 
 from aiohttp import web
 
-from api import passwords, totp
+from api import credentials
 from api.problems import Problem, problem_middleware
-from api.requests import DEPS, ApiDeps, bearer_claims, strict_body, time_param
+from api.requests import DEPS, ApiDeps, bearer_claims, patient_of, strict_body, time_param
 from vitals.catalogue import METRICS
 
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
@@ -43,12 +41,9 @@ async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str, "totp": str})
     patient = await deps.patients.by_username(body["username"])
-    # Hash even for an unknown user, so timing does not reveal which usernames exist.
-    stored = patient.password_hash if patient else _dummy_hash()
-    ok = await asyncio.to_thread(passwords.verify_password, stored, body["password"])
-    if patient is not None and ok:
-        secret = await deps.patients.totp_secret(patient.id)
-        ok = totp.verify(secret, body["totp"]) is not None
+    account = (patient.password_hash, functools.partial(deps.patients.totp_secret, patient.id)
+               ) if patient else None
+    ok = await credentials.check(account, body["password"], body["totp"])
     if patient is not None:
         await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
                                 action="login", resource="session",
@@ -60,16 +55,10 @@ async def login(request: web.Request) -> web.Response:
                               "expires_in": deps.tokens.ttl_s})
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    return passwords.hash_password("dummy password for timing only")
-
-
 async def my_vitals(request: web.Request) -> web.Response:
     """The caller's own samples of one metric, in the canonical unit, over a time range."""
     deps = request.app[DEPS]
-    claims = bearer_claims(request, health_data=True)
-    patient_id = uuid.UUID(claims.subject)
+    patient_id = patient_of(bearer_claims(request, health_data=True))
     name = request.match_info["metric"]
     metric = METRICS.get(name)
     if metric is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,3 +84,32 @@ def time_param(request: web.Request, name: str, default: dt.datetime) -> dt.date
     if value.tzinfo is None:
         raise Problem(400, f"{name} needs a time zone offset (e.g. Z)")
     return value.astimezone(dt.UTC)
+
+
+CLINICIAN_SUBJECT = "clinician:"  # access tokens of clinicians: sub = clinician:<uuid>
+
+
+def patient_of(claims: Claims) -> uuid.UUID:
+    """The patient a token speaks for; 403 for a clinician's token on a patient route."""
+    try:
+        return uuid.UUID(claims.subject)
+    except ValueError:
+        raise Problem(403, "this route is for patients") from None
+
+
+def clinician_of(claims: Claims) -> uuid.UUID:
+    """The clinician a token speaks for; 403 for a patient's token on a clinician route."""
+    try:
+        if claims.subject.startswith(CLINICIAN_SUBJECT):
+            return uuid.UUID(claims.subject.removeprefix(CLINICIAN_SUBJECT))
+    except ValueError:
+        pass
+    raise Problem(403, "this route is for clinicians")
+
+
+def uuid_param(request: web.Request, name: str, *, status: int = 404) -> uuid.UUID:
+    """A UUID path parameter; anything else answers ``status`` (as an unknown id would)."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise Problem(status, f"no such {name.removesuffix('_id')}") from None

@@ -34,6 +34,10 @@ ANS_PROFILES = {
     "blood_glucose": "mesures-observation-glucose",
     "blood_pressure": "mesures-fr-observation-bp",
 }
+INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"  # INS-NIR, the national health identifier
+# A reference ("Patient/<id>") or a Reference object (the record's: by INS identifier).
+Subject = str | dict[str, Any]
+
 # Metrics the medical record refuses on input: it computes BMI itself.
 NOT_FED = frozenset({"bmi"})
 
@@ -41,6 +45,11 @@ NOT_FED = frozenset({"bmi"})
 def profile_url(metric: str) -> str | None:
     profile = ANS_PROFILES.get(metric)
     return f"{MESURES}/StructureDefinition/{profile}" if profile else None
+
+
+def ins_subject(ins: str) -> dict[str, Any]:
+    """The subject as the medical record knows the patient: by national identifier."""
+    return {"identifier": {"system": INS_SYSTEM, "value": ins}}
 
 
 def instant(ms: int) -> str:
@@ -57,7 +66,7 @@ def _coding(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display}
 
 
-def _base(observation_id: str, metric: str, patient_ref: str,
+def _base(observation_id: str, metric: str, patient_ref: Subject,
           device_ref: str | None) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Observation", "id": observation_id}
     profile = profile_url(metric)
@@ -69,13 +78,15 @@ def _base(observation_id: str, metric: str, patient_ref: str,
     m = metric_named(metric) if metric != "blood_pressure" else None
     resource["code"] = (_coding(m.loinc, m.display) if m is not None
                         else _coding(BP_PANEL_LOINC, "Blood pressure panel"))
-    resource["subject"] = {"reference": patient_ref}
+    resource["subject"] = (patient_ref if isinstance(patient_ref, dict)
+                           else {"reference": patient_ref})
     if device_ref:
         resource["device"] = {"reference": device_ref}
     return resource
 
 
-def observation(observation_id: str, metric: str, patient_ref: str, t_ms: int, value: float,
+def observation(observation_id: str, metric: str, patient_ref: Subject, t_ms: int,
+                value: float,
                 *, device_ref: str | None = None, identifier: tuple[str, str] | None = None
                 ) -> dict[str, Any]:
     """One reading as an Observation with a valueQuantity in the canonical UCUM unit."""
@@ -87,10 +98,13 @@ def observation(observation_id: str, metric: str, patient_ref: str, t_ms: int, v
     return _ordered(resource)
 
 
-def blood_pressure(observation_id: str, patient_ref: str, t_ms: int, systolic: float,
-                   diastolic: float, *, device_ref: str | None = None) -> dict[str, Any]:
+def blood_pressure(observation_id: str, patient_ref: Subject, t_ms: int, systolic: float,
+                   diastolic: float, *, device_ref: str | None = None,
+                   identifier: tuple[str, str] | None = None) -> dict[str, Any]:
     """A cuff reading as the blood-pressure panel with its two components."""
     resource = _base(observation_id, "blood_pressure", patient_ref, device_ref)
+    if identifier:
+        resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
     resource["effectiveDateTime"] = instant(t_ms)
     resource["component"] = [
         {"code": _coding(metric_named(name).loinc, metric_named(name).display),
