@@ -7,7 +7,7 @@ import functools
 
 from aiohttp import web
 
-from api import credentials
+from api import clinician_routes, consent_routes, credentials, fhir_routes
 from api.problems import Problem, problem_middleware
 from api.requests import DEPS, ApiDeps, bearer_claims, patient_of, strict_body, time_param
 from vitals.catalogue import METRICS
@@ -25,6 +25,9 @@ def create_app(deps: ApiDeps) -> web.Application:
     app.router.add_post("/v1/auth/login", login)
     app.router.add_get("/v1/me/vitals/{metric}", my_vitals)
     # Route modules register here, one line each: module.register(app)
+    clinician_routes.register(app)
+    consent_routes.register(app)
+    fhir_routes.register(app)
     return app
 
 

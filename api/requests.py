@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from api.oidc import OidcVerifier
 from api.problems import Problem
 from api.tokens import Claims, TokenError, TokenService
 from devices.registry import Registry
@@ -35,6 +36,7 @@ class ApiDeps:
     patients: Patients
     audit: Audit
     tokens: TokenService
+    oidc: OidcVerifier | None = None  # clinician sign-in through an identity provider
 
 
 DEPS = web.AppKey("deps", ApiDeps)

@@ -75,7 +75,9 @@ class TokenService:
         methods = claims.get("amr")
         if not isinstance(methods, list):
             raise TokenError("token has no authentication methods")
-        return Claims(str(claims["sub"]), "otp" in methods, str(claims["jti"]))
+        # A second factor: our own TOTP, or multi-factor sign-in at an identity provider.
+        second = "otp" in methods or "mfa" in methods
+        return Claims(str(claims["sub"]), second, str(claims["jti"]))
 
     def jwks(self) -> dict[str, Any]:
         jwk = json.loads(ECAlgorithm.to_jwk(self._public))

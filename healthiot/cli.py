@@ -26,6 +26,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")
     sub.add_parser("api", help="run the HTTPS API against the configured database")
+    sub.add_parser("record-feed", help="run the medical-record feed (FHIR outbox sender)")
+
+    clin = sub.add_parser("clinicians", help="clinician accounts (password + TOTP)")
+    clin_sub = clin.add_subparsers(dest="clinicians_command", required=True, metavar="ACTION")
+    add = clin_sub.add_parser("add", help="create an account; prints its one-time secrets")
+    add.add_argument("--rpps", required=True, help="11-digit RPPS number (checked)")
+    add.add_argument("--profession", required=True,
+                     help="physician, pharmacist, midwife, nurse, dentist, physiotherapist")
+    add.add_argument("--name", required=True, help="display name shown to patients")
+    add.add_argument("--username", required=True)
 
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -72,6 +82,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "api":
         from healthiot.daemons import run_api
         return asyncio.run(run_api(settings))
+    if args.command == "record-feed":
+        from healthiot.daemons import run_record_feed
+        return asyncio.run(run_record_feed(settings))
+    if args.command == "clinicians":
+        from healthiot.daemons import add_clinician
+        return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,
+                                         name=args.name, username=args.username))
     if args.command == "db":
         from healthiot.daemons import migrate_only
         return asyncio.run(migrate_only(settings))

@@ -6,15 +6,29 @@ Unlike ``run``, they start no servers: the database, broker and files are named 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from pathlib import Path
 
+import aiohttp
+
+from api import passwords, totp
 from api.tokens import TokenService
 from broker_bridge.connection import connect_properties
 from healthiot import stack
 from healthiot.errors import SettingsError
-from healthiot.services import bridge_client_id, new_bridge, open_core, server_tls, start_api
+from healthiot.services import (
+    bridge_client_id,
+    new_bridge,
+    oidc_verifier,
+    open_core,
+    record_feed,
+    server_tls,
+    start_api,
+)
 from healthiot.settings import Settings
+from storage.clinicians import Clinicians
+from vitals.errors import InvalidProfessional
 
 
 def _required(settings: Settings, name: str) -> Path:
@@ -72,11 +86,54 @@ async def run_api(settings: Settings) -> int:
     try:
         tokens = TokenService(stack.load_jwt_key(_required(settings, "jwt_key_file")),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-        runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
-                                 tls=server_tls(_required(settings, "api_cert_file"),
-                                                _required(settings, "api_key_file")))
-        await _until_signalled()
-        await runner.cleanup()
+        async with aiohttp.ClientSession() as session:
+            runner = await start_api(core, tokens, host=settings.api_host,
+                                     port=settings.api_port,
+                                     tls=server_tls(_required(settings, "api_cert_file"),
+                                                    _required(settings, "api_key_file")),
+                                     oidc=oidc_verifier(settings, session))
+            await _until_signalled()
+            await runner.cleanup()
+    finally:
+        await core.pool.close()
+    return 0
+
+
+async def run_record_feed(settings: Settings) -> int:
+    """The medical-record feed as its own process (one is enough: the outbox leases)."""
+    dsn, password = _database(settings)
+    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            feed = record_feed(core, settings, session)
+            if feed is None:
+                raise SettingsError("HEALTHIOT_RECORD_FEED_URL is required here")
+            task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s))
+            await _until_signalled()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await core.pool.close()
+    return 0
+
+
+async def add_clinician(settings: Settings, *, rpps: str, profession: str, name: str,
+                        username: str) -> int:
+    """Create a password + TOTP clinician account and print its secrets, once."""
+    dsn, password = _database(settings)
+    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    try:
+        secret, first_password = totp.new_secret(), secrets.token_urlsafe(18)
+        try:
+            clinician = await Clinicians(core.pool, core.keyring).create(
+                rpps=rpps, profession=profession, display_name=name, username=username,
+                password_hash=await asyncio.to_thread(passwords.hash_password, first_password),
+                totp_secret=secret)
+        except InvalidProfessional as exc:
+            raise SettingsError(str(exc)) from None
+        print(f"clinician {clinician.id} ({name}, RPPS {rpps})\n"
+              f"password: {first_password}\n"
+              f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
     finally:
         await core.pool.close()
     return 0

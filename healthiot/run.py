@@ -13,6 +13,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import aiohttp
+
 from api.tokens import TokenService
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties
@@ -23,7 +25,9 @@ from healthiot.services import (
     Core,
     bridge_client_id,
     new_bridge,
+    oidc_verifier,
     open_core,
+    record_feed,
     server_tls,
     start_api,
 )
@@ -118,9 +122,16 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         resources.push_async_callback(core.pool.close)
         tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        session = await resources.enter_async_context(aiohttp.ClientSession())
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
-                                 tls=server_tls(materials.api_cert, materials.api_key))
+                                 tls=server_tls(materials.api_cert, materials.api_key),
+                                 oidc=oidc_verifier(settings, session))
         resources.push_async_callback(runner.cleanup)
+        feed = record_feed(core, settings, session)
+        if feed is not None:
+            feed_task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s),
+                                            name="record-feed")
+            resources.push_async_callback(_cancel, feed_task)
         bridge = new_bridge(core, client_id=bridge_client_id(settings),
                             ca_file=materials.ca.ca_file, cert=materials.bridge_cert,
                             key=materials.bridge_key, batch_size=settings.bridge_batch_size)

@@ -7,11 +7,14 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
 from aiopaho import AsyncClient
 from api.app import create_app
+from api.oidc import OidcConfig, OidcVerifier
+from api.record_feed import FeedConfig, FeedSender
 from api.requests import ApiDeps
 from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
@@ -22,6 +25,7 @@ from storage.audit import Audit
 from storage.crypto import LocalKeyFile
 from storage.keyring import Keyring
 from storage.patients import Patients
+from storage.record_feed import RecordFeed
 from storage.store import Store
 
 POOL_MAX = 10  # the bridge holds one connection per batch; the API a few per request burst
@@ -56,9 +60,9 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
-                    tls: ssl.SSLContext) -> web.AppRunner:
+                    tls: ssl.SSLContext, oidc: OidcVerifier | None = None) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
-                             core.audit, tokens))
+                             core.audit, tokens, oidc))
     # No access log: who read what is in the audit log, and URLs can carry personal data.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
@@ -77,3 +81,19 @@ def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Pa
     client = AsyncClient(make_client(client_id, tls_context(ca_file, cert, key)),
                          queue_size=batch_size * 4)
     return Bridge(client, core.store, core.registry, BridgeConfig(batch_size=batch_size))
+
+
+def oidc_verifier(settings: Settings, session: aiohttp.ClientSession) -> OidcVerifier | None:
+    """Clinician sign-in through the configured identity provider, if there is one."""
+    if not settings.oidc_issuer:
+        return None
+    return OidcVerifier(OidcConfig(settings.oidc_issuer, settings.oidc_client_id), session)
+
+
+def record_feed(core: Core, settings: Settings,
+                session: aiohttp.ClientSession) -> FeedSender | None:
+    """The medical-record feed, if an endpoint is configured."""
+    if not settings.record_feed_url:
+        return None
+    return FeedSender(RecordFeed(core.pool, core.keyring), core.store, core.audit, session,
+                      FeedConfig(settings.record_feed_url, settings.record_feed_sender_oid))

@@ -70,12 +70,31 @@ class Settings:
     kek_file: Path | None = field(default=None, metadata=_doc(
         "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))
 
+    record_feed_url: str = field(default="", metadata=_doc(
+        "FHIR endpoint the medical-record feed posts transaction Bundles to; empty: no feed"))
+    record_feed_sender_oid: str = field(default="", metadata=_doc(
+        "our OID, the identifier system of what the feed creates (needed with the feed)"))
+    record_feed_interval_s: int = field(default=60, metadata=_doc(
+        "seconds between two feed cycles (collect new readings, post what is due)"))
+    oidc_issuer: str = field(default="", metadata=_doc(
+        "OpenID Connect issuer for clinician sign-in (Pro Santé Connect); empty: off"))
+    oidc_client_id: str = field(default="", metadata=_doc(
+        "our client id at that issuer: the audience of its ID tokens"))
+
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
             raise SettingsError(f"HEALTHIOT_ENVIRONMENT must be one of {ENVIRONMENTS}")
         if self.log_format not in ("text", "json"):
             raise SettingsError("HEALTHIOT_LOG_FORMAT must be text or json")
+        if self.record_feed_url and not self.record_feed_sender_oid:
+            raise SettingsError("HEALTHIOT_RECORD_FEED_URL needs HEALTHIOT_RECORD_FEED_SENDER_OID")
+        if bool(self.oidc_issuer) != bool(self.oidc_client_id):
+            raise SettingsError("HEALTHIOT_OIDC_ISSUER and HEALTHIOT_OIDC_CLIENT_ID go together")
         if self.environment == "production":
+            plain = [u for u in (self.record_feed_url, self.oidc_issuer)
+                     if u and not u.startswith("https://")]
+            if plain:
+                raise SettingsError(f"production talks to other systems over https only: {plain}")
             missing = [env_name(f.name) for f in dataclasses.fields(self)
                        if f.metadata.get("secret") and not getattr(self, f.name)]
             if not self.database_url:

@@ -39,3 +39,15 @@ def test_only_professions_bound_by_secrecy() -> None:
     assert validate_profession("physician") == "physician"
     with pytest.raises(InvalidProfessional, match="secrecy"):
         validate_profession("sports_coach")
+
+
+def test_ins_key() -> None:
+    from vitals.ins import validate_ins
+
+    assert validate_ins("189127512501282") == "189127512501282"  # 97 - n % 97 = 82
+    for bad in ("189127512501283", "18912751250128", "18912751250128x"):
+        with pytest.raises(ValueError):
+            validate_ins(bad)
+    body = "28502" + "2A" + "123456"  # born in Corsica: 2A counts as 19 in the key
+    key = 97 - int(body.replace("2A", "19")) % 97
+    assert validate_ins(f"{body}{key:02d}") == f"{body}{key:02d}"

@@ -38,3 +38,16 @@ def test_a_secret_is_read_from_its_file(tmp_path):
 def test_a_non_integer_port_is_a_clear_error():
     with pytest.raises(SettingsError, match="HEALTHIOT_MQTT_PORT must be an integer"):
         load({"HEALTHIOT_MQTT_PORT": "eighty"})
+
+
+def test_the_record_feed_and_sign_in_settings_are_checked_together():
+    with pytest.raises(SettingsError, match="SENDER_OID"):
+        load({"HEALTHIOT_RECORD_FEED_URL": "https://record.example/fhir"})
+    with pytest.raises(SettingsError, match="go together"):
+        load({"HEALTHIOT_OIDC_ISSUER": "https://auth.example"})
+    with pytest.raises(SettingsError, match="https only"):
+        load({"HEALTHIOT_ENVIRONMENT": "production", "HEALTHIOT_KEK_FILE": "k",
+              "HEALTHIOT_DATABASE_URL": "postgresql://app@db/h", "HEALTHIOT_DATABASE_PASSWORD": "p",
+              "HEALTHIOT_MQTT_KEY_FILE": "k", "HEALTHIOT_API_KEY_FILE": "k",
+              "HEALTHIOT_JWT_KEY_FILE": "k", "HEALTHIOT_RECORD_FEED_URL": "http://x/fhir",
+              "HEALTHIOT_RECORD_FEED_SENDER_OID": "1.2.3"})

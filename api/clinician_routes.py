@@ -1,0 +1,159 @@
+"""Clinician routes: sign-in (password + code, or the identity provider), the patients who
+shared with me, and per-patient summaries and charts limited to what was shared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+from aiohttp import web
+
+from api import credentials
+from api.access import clinician_access, read_granted
+from api.oidc import OidcError
+from api.problems import Problem
+from api.requests import (
+    CLINICIAN_SUBJECT,
+    DEPS,
+    bearer_claims,
+    clinician_of,
+    strict_body,
+    time_param,
+    uuid_param,
+)
+from storage.clinicians import Clinicians
+from storage.consents import Consents
+from vitals.catalogue import METRICS
+from vitals.charts import svg_chart
+from vitals.errors import InvalidProfessional
+from vitals.fhir import instant
+from vitals.summaries import Episode, Summary, blood_pressure_episodes, summarise
+
+DEFAULT_PERIOD = dt.timedelta(days=7)
+MAX_PERIOD = dt.timedelta(days=366)
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/v1/clinicians/login", login)
+    app.router.add_post("/v1/clinicians/oidc", oidc_login)
+    app.router.add_get("/v1/clinician/patients", my_patients)
+    app.router.add_get("/v1/clinician/patients/{patient_id}/summary", summary)
+    app.router.add_get("/v1/clinician/patients/{patient_id}/charts/{metric}", chart)
+
+
+def _token(request: web.Request, clinician_id: object, methods: list[str]) -> web.Response:
+    deps = request.app[DEPS]
+    token = deps.tokens.issue(f"{CLINICIAN_SUBJECT}{clinician_id}", methods=methods)
+    return web.json_response({"access_token": token, "token_type": "Bearer",
+                              "expires_in": deps.tokens.ttl_s})
+
+
+async def login(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    body = await strict_body(request, {"username": str, "password": str, "totp": str})
+    clinicians = Clinicians(deps.pool, deps.keyring)
+    found = await clinicians.by_username(body["username"])
+    account = (found.password_hash, functools.partial(clinicians.totp_secret, found.id)
+               ) if found and found.password_hash else None
+    if found is None or not await credentials.check(account, body["password"], body["totp"]):
+        raise Problem(401, "unknown username, wrong password or wrong code")
+    return _token(request, found.id, ["pwd", "otp"])
+
+
+async def oidc_login(request: web.Request) -> web.Response:
+    """Exchange an ID token of the identity provider for our access token."""
+    deps = request.app[DEPS]
+    if deps.oidc is None:
+        raise Problem(404, "sign-in through an identity provider is not configured")
+    body = await strict_body(request, {"id_token": str})
+    try:
+        identity = await deps.oidc.verify(body["id_token"])
+        clinician = await Clinicians(deps.pool, deps.keyring).from_identity_provider(
+            subject=identity.subject, rpps=identity.rpps, profession=identity.profession,
+            display_name=identity.display_name)
+    except OidcError as exc:
+        raise Problem(401, f"the identity provider's token is not accepted: {exc}") from None
+    except InvalidProfessional as exc:
+        raise Problem(403, str(exc)) from None
+    return _token(request, clinician.id, ["oidc", "mfa"])
+
+
+async def my_patients(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    clinician_id = clinician_of(bearer_claims(request, health_data=True))
+    patients = await Consents(deps.pool).patients_of(clinician_id, dt.datetime.now(dt.UTC))
+    return web.json_response({"patients": [{"patient_id": str(p)} for p in patients]})
+
+
+def _period(request: web.Request) -> tuple[dt.datetime, dt.datetime]:
+    end = time_param(request, "to", dt.datetime.now(dt.UTC))
+    start = time_param(request, "from", end - DEFAULT_PERIOD)
+    if not start < end <= start + MAX_PERIOD:
+        raise Problem(400, "from must be before to, at most a year apart")
+    return start, end
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _episode(ep: Episode) -> dict[str, Any]:
+    return {"rule": ep.rule, "description": ep.description, "start": instant(ep.start_ms),
+            "end": instant(ep.end_ms), "value": ep.value}
+
+
+def _summary_json(s: Summary) -> dict[str, Any]:
+    m = METRICS[s.metric]
+    out: dict[str, Any] = {"unit": m.unit, "loinc": m.loinc, "count": s.count,
+                           "flagged": s.flagged, "completeness": round(s.completeness, 4)}
+    if s.count:
+        assert s.latest_ms is not None
+        out.update({"latest": {"t": instant(s.latest_ms), "value": s.latest},
+                    "min": s.minimum, "max": s.maximum, "mean": s.mean, "median": s.median,
+                    "percentiles": {f"p{p}": v for p, v in s.percentiles.items()},
+                    "trend_per_day": s.trend_per_day})
+    if s.wear_minutes is not None:
+        out["wear_minutes"] = s.wear_minutes
+    out["episodes"] = [_episode(e) for e in s.episodes]
+    return out
+
+
+async def summary(request: web.Request) -> web.Response:
+    """Per shared metric: latest, spread, trend, completeness and flagged episodes."""
+    patient_id = uuid_param(request, "patient_id", status=403)
+    start, end = _period(request)
+    _, access = await clinician_access(request, patient_id, action="read", resource="summary")
+    metrics: dict[str, Any] = {}
+    series = {}
+    for name in sorted(access.windows):
+        samples = await read_granted(request, access, patient_id, name, start, end)
+        series[name] = samples
+        metrics[name] = _summary_json(summarise(name, samples.t_ms, samples.value,
+                                                samples.flags, _ms(start), _ms(end)))
+    if "systolic_bp" in series and "diastolic_bp" in series:
+        sys_s, dia_s = series["systolic_bp"], series["diastolic_bp"]
+        clean_s, clean_d = sys_s.flags == 0, dia_s.flags == 0
+        episodes = blood_pressure_episodes(sys_s.t_ms[clean_s], sys_s.value[clean_s],
+                                           dia_s.t_ms[clean_d], dia_s.value[clean_d])
+        metrics["systolic_bp"]["episodes"] = [_episode(e) for e in episodes]
+    return web.json_response({"patient_id": str(patient_id), "from": start.isoformat(),
+                              "to": end.isoformat(), "metrics": metrics})
+
+
+async def chart(request: web.Request) -> web.Response:
+    """One shared metric as a small SVG chart; a metric not shared is not found."""
+    patient_id = uuid_param(request, "patient_id", status=403)
+    name = request.match_info["metric"].removesuffix(".svg")
+    start, end = _period(request)
+    _, access = await clinician_access(request, patient_id, action="read",
+                                       resource=f"chart/{name}")
+    if name not in access.windows:
+        raise Problem(404, "no such chart")
+    samples = await read_granted(request, access, patient_id, name, start, end)
+    clean = samples.flags == 0
+    s = summarise(name, samples.t_ms, samples.value, samples.flags, _ms(start), _ms(end))
+    m = METRICS[name]
+    svg = svg_chart(m.display, m.unit, samples.t_ms[clean], samples.value[clean], _ms(start),
+                    _ms(end), s.episodes)
+    return web.Response(text=svg, content_type="image/svg+xml")

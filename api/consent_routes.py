@@ -1,0 +1,172 @@
+"""The patient's side of sharing: consents to clinicians, the access log, the record feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from api.problems import Problem
+from api.requests import DEPS, bearer_claims, patient_of, strict_body, uuid_param
+from storage.clinicians import Clinicians
+from storage.consents import Consent, Consents
+from storage.record_feed import RecordFeed
+from vitals import fhir
+from vitals.categories import expand
+from vitals.ins import validate_ins
+
+ACCESS_LOG_MAX = 500
+MAX_CONSENT = dt.timedelta(days=366)  # a consent is renewed deliberately, not forgotten
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/v1/me/consents", grant)
+    app.router.add_get("/v1/me/consents", list_consents)
+    app.router.add_delete("/v1/me/consents/{consent_id}", revoke)
+    app.router.add_get("/v1/me/access-log", access_log)
+    app.router.add_get("/v1/me/record-feed", feed_status)
+    app.router.add_put("/v1/me/record-feed", feed_consent)
+
+
+def _when(body: dict[str, Any], name: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(body[name])
+    except ValueError:
+        raise Problem(422, f"{name} must be an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        raise Problem(422, f"{name} needs a time zone offset (e.g. Z)")
+    return value
+
+
+def _consent_json(c: Consent, now: dt.datetime) -> dict[str, Any]:
+    return {"id": str(c.id), "clinician_id": str(c.clinician_id), "metrics": list(c.metrics),
+            "data_from": c.data_from.isoformat(), "data_to": c.data_to.isoformat(),
+            "expires_at": c.expires_at.isoformat(), "granted_at": c.granted_at.isoformat(),
+            "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
+            "active": c.active(now)}
+
+
+async def grant(request: web.Request) -> web.Response:
+    """Share chosen metrics (or categories) of a data period with a clinician, until an
+    expiry. The clinician is named by RPPS number, as on their prescription pad."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=True))
+    body = await strict_body(request, {"clinician_rpps": str, "metrics": list,
+                                       "categories": list, "data_from": str, "data_to": str,
+                                       "expires_at": str})
+    if not all(isinstance(x, str) for x in body["metrics"] + body["categories"]):
+        raise Problem(422, "metrics and categories are lists of names")
+    try:
+        metrics = expand(body["metrics"], body["categories"])
+    except ValueError as exc:
+        raise Problem(422, str(exc)) from None
+    if not metrics:
+        raise Problem(422, "choose at least one metric or category")
+    data_from, data_to = _when(body, "data_from"), _when(body, "data_to")
+    expires_at = _when(body, "expires_at")
+    now = dt.datetime.now(dt.UTC)
+    if data_from >= data_to:
+        raise Problem(422, "data_from must be before data_to")
+    if not now < expires_at <= now + MAX_CONSENT:
+        raise Problem(422, "expires_at must be in the future, at most a year away")
+    clinician = await Clinicians(deps.pool, deps.keyring).by_rpps(body["clinician_rpps"])
+    if clinician is None:
+        raise Problem(422, "no clinician with this RPPS number uses healthiot")
+    consent = await Consents(deps.pool).grant(patient_id, clinician.id, metrics, data_from,
+                                              data_to, expires_at)
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="consent", resource=f"consent/{consent.id}",
+                            outcome="granted")
+    out = _consent_json(consent, now)
+    out["clinician"] = {"rpps": clinician.rpps, "name": clinician.display_name,
+                        "profession": clinician.profession}
+    return web.json_response(out, status=201)
+
+
+async def list_consents(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    now = dt.datetime.now(dt.UTC)
+    consents = await Consents(deps.pool).for_patient(patient_id)
+    return web.json_response({"consents": [_consent_json(c, now) for c in consents]})
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke a consent: the clinician's next request is refused."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    consent_id = uuid_param(request, "consent_id")
+    if not await Consents(deps.pool).revoke(patient_id, consent_id):
+        raise Problem(404, "no such active consent")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="consent", resource=f"consent/{consent_id}",
+                            outcome="revoked")
+    return web.Response(status=204)
+
+
+async def access_log(request: web.Request) -> web.Response:
+    """Every access to my data: who, when, what, outcome. ``?format=fhir`` answers IHE BALP
+    AuditEvents in a Bundle, for apps that speak FHIR."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    rows = await deps.audit.for_patient(patient_id, ACCESS_LOG_MAX)
+    clinicians = Clinicians(deps.pool, deps.keyring)
+    names: dict[str, tuple[str, str | None]] = {}
+    entries = []
+    for row in rows:
+        actor = row["actor"]
+        if actor not in names:
+            names[actor] = await _who(clinicians, actor)
+        who, rpps = names[actor]
+        entries.append({"at": row["at"].isoformat(), "who": who, "rpps": rpps,
+                        "actor": actor, "action": row["action"],
+                        "what": row["resource"], "outcome": row["outcome"]})
+    if request.query.get("format") == "fhir":
+        events = [fhir.audit_event(f"audit-{i}", int(row["at"].timestamp() * 1000),
+                                   row["action"], row["outcome"], e["who"],
+                                   f"Patient/{patient_id}", row["resource"], rpps=e["rpps"])
+                  for i, (row, e) in enumerate(zip(rows, entries, strict=True))
+                  if row["action"] in ("read", "search", "feed")]
+        return web.json_response(fhir.bundle("collection", events),
+                                 content_type="application/fhir+json")
+    return web.json_response({"entries": entries})
+
+
+async def _who(clinicians: Clinicians, actor: str) -> tuple[str, str | None]:
+    kind, _, ident = actor.partition(":")
+    if kind == "clinician":
+        found = await clinicians.by_id(uuid.UUID(ident))
+        if found:
+            return f"{found.display_name} ({found.profession})", found.rpps
+    if kind == "patient":
+        return "you", None
+    if actor == "service:record-feed":
+        return "the feed to your medical record", None
+    return actor, None
+
+
+async def feed_status(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    status = await RecordFeed(deps.pool, deps.keyring).status(patient_id)
+    return web.json_response({"enabled": status.enabled, "pending": status.pending,
+                              "sent": status.sent, "refused": status.refused,
+                              "last_refusal": status.last_refusal})
+
+
+async def feed_consent(request: web.Request) -> web.Response:
+    """Turn the feed to my medical record on or off; my INS identifies me there."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=True))
+    body = await strict_body(request, {"enabled": bool, "ins": str})
+    try:
+        ins = validate_ins(body["ins"])
+    except ValueError as exc:
+        raise Problem(422, str(exc)) from None
+    await RecordFeed(deps.pool, deps.keyring).set_consent(patient_id, body["enabled"], ins)
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="consent", resource="record-feed",
+                            outcome="granted" if body["enabled"] else "revoked")
+    return await feed_status(request)

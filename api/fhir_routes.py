@@ -1,0 +1,222 @@
+"""The FHIR R4 read API for clinicians: metadata, Patient, and Observation search.
+
+Spot measurements (a weighing, a cuff reading) are one Observation each; dense streams
+(heart rate, SpO2, steps) are one Observation per UTC hour with SampledData. Only what the
+patient shared is ever found; samples carrying a quality flag wait for review and are not
+served. Errors are OperationOutcome resources, as FHIR clients expect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+from aiohttp import web
+
+from api.access import clinician_access, read_granted
+from api.problems import Problem
+from storage.consents import Access
+from storage.segments import Samples
+from vitals import fhir
+from vitals.catalogue import METRICS
+
+FHIR_JSON = "application/fhir+json"
+DEFAULT_COUNT, MAX_COUNT = 50, 200
+DEFAULT_RANGE = dt.timedelta(days=7)
+MAX_RANGE = dt.timedelta(days=92)
+HOUR_MS = 3_600_000
+# Dense metrics: the SampledData grid of each; steps are summed per minute first.
+SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000}
+SPOT = ("body_weight", "body_fat", "body_temperature", "blood_glucose")
+BP = ("systolic_bp", "diastolic_bp")
+_ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
+_SEARCH_PARAMS = {"patient", "code", "date", "_count", "_page"}
+_BY_LOINC = {m.loinc: m.name for m in METRICS.values()}
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/fhir/metadata", metadata)
+    app.router.add_get("/fhir/Patient/{patient_id}", read_patient)
+    app.router.add_get("/fhir/Observation", search_observations)
+
+
+def _resource(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, content_type=FHIR_JSON)
+
+
+def _outcome(status: int, text: str) -> web.Response:
+    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found"}.get(
+        status, "exception")
+    return _resource({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": code, "diagnostics": text}]}, status)
+
+
+def fhir_errors(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except Problem as exc:
+            return _outcome(exc.status, exc.detail)
+    return wrapped
+
+
+async def metadata(request: web.Request) -> web.Response:
+    base = f"{request.scheme}://{request.host}/fhir"
+    return _resource(fhir.capability_statement(base, "0.1.0"))
+
+
+def _patient_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw.removeprefix("Patient/"))
+    except ValueError:
+        raise Problem(403, "this patient has not given you access") from None
+
+
+@fhir_errors
+async def read_patient(request: web.Request) -> web.Response:
+    patient_id = _patient_id(request.match_info["patient_id"])
+    await clinician_access(request, patient_id, action="read", resource="fhir/Patient")
+    return _resource({"resourceType": "Patient", "id": str(patient_id), "active": True})
+
+
+def _instant(raw: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(raw)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _date_range(values: list[str]) -> tuple[dt.datetime, dt.datetime]:
+    """``date`` parameters with ge/gt/le/lt prefixes (or none: that day or instant)."""
+    now = dt.datetime.now(dt.UTC)
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    for raw in values:
+        prefix, body = (raw[:2], raw[2:]) if raw[:2] in ("ge", "gt", "le", "lt", "eq") \
+            else ("eq", raw)
+        try:
+            moment = _instant(body)
+        except ValueError:
+            raise Problem(400, f"date {raw!r} is not a FHIR date or dateTime") from None
+        day_only = len(body) == 10
+        if prefix in ("ge", "gt", "eq"):
+            start = moment + (dt.timedelta(days=1) if prefix == "gt" and day_only else
+                              dt.timedelta(milliseconds=1 if prefix == "gt" else 0))
+        if prefix in ("le", "lt", "eq"):
+            end = moment + (dt.timedelta(days=1) if day_only and prefix != "lt" else
+                            dt.timedelta(milliseconds=1 if prefix == "le" else 0))
+    end = end or now
+    start = start or end - DEFAULT_RANGE
+    if not start < end <= start + MAX_RANGE:
+        raise Problem(400, f"the date range must be non-empty and at most {MAX_RANGE.days} days")
+    return start, end
+
+
+def _metrics(code: str | None, access: Access) -> list[str]:
+    """The shared metrics a ``code`` parameter asks for (all shared ones without it)."""
+    if code is None:
+        return sorted(access.windows)
+    wanted: set[str] = set()
+    for token in code.split(","):
+        system, _, value = token.rpartition("|")
+        if system not in ("", fhir.LOINC):
+            continue
+        if value == fhir.BP_PANEL_LOINC:
+            wanted.update(BP)
+        elif value in _BY_LOINC:
+            wanted.add(_BY_LOINC[value])
+    return sorted(wanted & access.windows.keys())
+
+
+def _count(request: web.Request, name: str, default: int, top: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= top:
+        raise Problem(400, f"{name} must be a whole number from 1 to {top}")
+    return int(raw)
+
+
+@fhir_errors
+async def search_observations(request: web.Request) -> web.Response:
+    unknown = sorted(set(request.query) - _SEARCH_PARAMS)
+    if unknown:
+        raise Problem(400, f"unsupported search parameters: {', '.join(unknown)}")
+    if "patient" not in request.query:
+        raise Problem(400, "the patient parameter is required")
+    patient_id = _patient_id(request.query["patient"])
+    start, end = _date_range(request.query.getall("date", []))
+    count = _count(request, "_count", DEFAULT_COUNT, MAX_COUNT)
+    page = _count(request, "_page", 1, 10_000)
+    what = "fhir/Observation?" + urlencode(
+        [(k, v) for k, v in request.query.items() if k in ("code", "date")])
+    _, access = await clinician_access(request, patient_id, action="search", resource=what)
+    metrics = _metrics(request.query.get("code"), access)
+    series = {m: _clean(await read_granted(request, access, patient_id, m, start, end))
+              for m in metrics}
+    found = observations(patient_id, series)
+    found.sort(key=lambda pair: (-pair[0], pair[1]["id"]))  # newest first, stable
+    chosen = [resource for _, resource in found[(page - 1) * count: page * count]]
+    links = [("self", _page_url(request, page))]
+    if page * count < len(found):
+        links.append(("next", _page_url(request, page + 1)))
+    return _resource(fhir.bundle("searchset", chosen, total=len(found), links=links))
+
+
+def _page_url(request: web.Request, page: int) -> str:
+    query = [(k, v) for k, v in request.query.items() if k != "_page"] + [("_page", str(page))]
+    return f"{request.scheme}://{request.host}{request.path}?{urlencode(query)}"
+
+
+def _clean(samples: Samples) -> Samples:
+    keep = samples.flags == 0
+    return Samples(samples.t_ms[keep], samples.value[keep], samples.flags[keep])
+
+
+def _oid(patient_id: uuid.UUID, key: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{patient_id}/{key}"))
+
+
+def observations(patient_id: uuid.UUID, series: dict[str, Samples]
+                 ) -> list[tuple[int, dict[str, Any]]]:
+    """(effective time, Observation) for every shared sample: spot readings one by one,
+    blood pressure as panels, dense streams per hour as SampledData."""
+    subject = f"Patient/{patient_id}"
+    out: list[tuple[int, dict[str, Any]]] = []
+    for metric, samples in series.items():
+        if metric in SPOT:
+            out += [(int(t), fhir.observation(_oid(patient_id, f"{metric}/{int(t)}"), metric,
+                                              subject, int(t), float(v)))
+                    for t, v in zip(samples.t_ms, samples.value, strict=True)]
+        elif metric in SAMPLED_PERIOD_MS:
+            out += _hourly(patient_id, metric, samples)
+    if all(m in series for m in BP):
+        sys_s, dia_s = series[BP[0]], series[BP[1]]
+        common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
+        out += [(int(t), fhir.blood_pressure(
+            _oid(patient_id, f"blood_pressure/{int(t)}"), subject, int(t),
+            float(sys_s.value[i[k]]), float(dia_s.value[j[k]])))
+            for k, t in enumerate(common)]
+    return out
+
+
+def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples
+            ) -> list[tuple[int, dict[str, Any]]]:
+    period = SAMPLED_PERIOD_MS[metric]
+    t, v = samples.t_ms, samples.value
+    if metric == "steps" and len(t):  # counts add up within a grid slot
+        slots, inverse = np.unique(t // period, return_inverse=True)
+        t = (slots * period).astype(np.int64)
+        v = np.bincount(inverse, weights=v).astype(np.float64)
+    out = []
+    hours, first = np.unique(t // HOUR_MS, return_index=True)
+    bounds = [*first[1:], len(t)]
+    for hour, a, b in zip(hours, first, bounds, strict=True):
+        out.append((int(hour * HOUR_MS), fhir.sampled(
+            _oid(patient_id, f"{metric}/h{int(hour)}"), metric, f"Patient/{patient_id}",
+            t[a:b], v[a:b], period)))
+    return out
