@@ -19,13 +19,14 @@ from healthiot.cli import _dispatch, _parser
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECRETS = "/run/secrets/"
 BRIDGES = ("bridge-1", "bridge-2")
-APP_SERVICES = ("migrate", *BRIDGES, "api")
+APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed")
 # What each command reads (healthiot/daemons.py) from files: settings fields, by name.
 READS = {
     "migrate": {"database_password"},
     **{name: {"database_password", "kek_file", "mqtt_ca_file", "mqtt_cert_file",
               "mqtt_key_file"} for name in BRIDGES},
     "api": {"database_password", "kek_file", "jwt_key_file", "api_cert_file", "api_key_file"},
+    "record-feed": {"database_password", "kek_file"},
 }
 BROKER_CERT_FILES = ("clients-ca.pem", "broker.pem", "broker.key")  # healthiot/cli.py
 
@@ -124,7 +125,7 @@ def test_app_services_run_in_production(services, name):
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("migrate", ["db", "migrate"]), ("bridge-1", ["bridge"]), ("bridge-2", ["bridge"]),
-    ("api", ["api"]),
+    ("api", ["api"]), ("record-feed", ["record-feed"]),
     ("broker-config", ["broker-config"]),
 ])
 def test_app_services_run_a_healthiot_command_of_the_image_built_here(services, name, expected):

@@ -118,3 +118,27 @@ def test_capability_statement() -> None:
     CapabilityStatement.model_validate(cap)
     assert cap["fhirVersion"] == "4.0.1"
     _golden("capability-statement", cap)
+
+
+def test_the_search_answer_for_a_fixed_data_set() -> None:
+    import uuid
+
+    from api.fhir_routes import observations
+    from storage.segments import Samples
+
+    def s(t: list[int], v: list[float]) -> Samples:
+        return Samples(T + np.asarray(t, np.int64), np.asarray(v), np.zeros(len(t), np.uint8))
+
+    patient = uuid.UUID("6f1c2d3e-0000-4000-8000-000000000001")
+    found = observations(patient, {
+        "heart_rate": s([0, 1000, 3_600_000], [61.0, 62.0, 70.0]),
+        "steps": s([0, 20_000, 60_000], [10.0, 5.0, 7.0]),
+        "body_weight": s([5000], [80.25]),
+        "systolic_bp": s([7000], [121.0]),
+        "diastolic_bp": s([7000], [79.0])})
+    found.sort(key=lambda pair: (-pair[0], pair[1]["id"]))
+    out = fhir.bundle("searchset", [r for _, r in found], total=len(found))
+    Bundle.model_validate(out)
+    steps = next(r for _, r in found if r["code"]["coding"][0]["code"] == "55423-8")
+    assert steps["valueSampledData"]["data"] == "15 7"  # summed per minute
+    _golden("observation-search", out)

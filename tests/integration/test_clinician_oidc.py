@@ -1,0 +1,128 @@
+"""Clinician sign-in through an OpenID Connect provider, against a local test issuer shaped
+like Pro Santé Connect (discovery document, JWKS, RS256 ID tokens)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from api.app import create_app
+from api.oidc import OidcConfig, OidcVerifier
+from api.requests import ApiDeps
+from api.tokens import TokenService
+from devices.ca import new_key
+from healthiot.localservers import free_port
+from tests.integration.test_clinician_access import rpps_number
+
+CLIENT_ID = "healthiot-test"
+
+
+class Issuer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "k1"
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        return {"keys": [jwk | {"kid": self.kid, "use": "sig", "alg": "RS256"}]}
+
+    def id_token(self, **overrides: Any) -> str:
+        now = int(time.time())
+        rpps = rpps_number(7)
+        claims = {"iss": self.url, "aud": CLIENT_ID, "sub": "psc-subject-1", "iat": now,
+                  "exp": now + 300, "acr": "eidas1", "SubjectNameID": f"8{rpps}",
+                  "given_name": "Claire", "family_name": "Durand",
+                  "SubjectRefPro": {"exercices": [{"codeProfession": "10"}]}} | overrides
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[Issuer]:
+    port = free_port()
+    state = Issuer(f"http://127.0.0.1:{port}")
+    app = web.Application()
+
+    async def discovery(_: web.Request) -> web.Response:
+        return web.json_response({"issuer": state.url, "jwks_uri": f"{state.url}/jwks"})
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response(state.jwks())
+
+    app.router.add_get("/.well-known/openid-configuration", discovery)
+    app.router.add_get("/jwks", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def client(core, issuer: Issuer) -> AsyncIterator[TestClient[Any, Any]]:  # type: ignore[no-untyped-def]
+    tokens = TokenService(new_key(), issuer="https://test", audience="test")
+    async with aiohttp.ClientSession() as session:
+        oidc = OidcVerifier(OidcConfig(issuer.url, CLIENT_ID), session)
+        app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
+                                 core.patients, core.audit, tokens, oidc))
+        async with TestClient(TestServer(app)) as test_client:
+            yield test_client
+
+
+async def _sign_in(client: TestClient[Any, Any], token: str) -> aiohttp.ClientResponse:
+    return await client.post("/v1/clinicians/oidc", json={"id_token": token})
+
+
+async def test_a_valid_id_token_gives_a_clinician_session(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
+    resp = await _sign_in(client, issuer.id_token())
+    assert resp.status == 200, await resp.text()
+    access = (await resp.json())["access_token"]
+    resp = await client.get("/v1/clinician/patients", headers={"Authorization": f"Bearer {access}"})
+    assert resp.status == 200 and (await resp.json()) == {"patients": []}
+    # A second sign-in finds the same account.
+    again = (await (await _sign_in(client, issuer.id_token())).json())["access_token"]
+    sub = jwt.decode(again, options={"verify_signature": False})["sub"]
+    assert sub == jwt.decode(access, options={"verify_signature": False})["sub"]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"aud": "someone-else"},
+    {"iss": "https://evil.example"},
+    {"exp": int(time.time()) - 60},
+    {"exp": None},
+    {"acr": "eidas0"},
+])
+async def test_tokens_the_provider_did_not_mean_for_us_are_refused(client, issuer, overrides):  # type: ignore[no-untyped-def]
+    resp = await _sign_in(client, issuer.id_token(**overrides))
+    assert resp.status == 401
+
+
+async def test_forged_tokens_are_refused(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
+    good = issuer.id_token()
+    header, payload, _ = good.split(".")
+    unsigned = jwt.encode(jwt.decode(good, options={"verify_signature": False}), key=None,
+                          algorithm="none")
+    assert (await _sign_in(client, unsigned)).status == 401
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(jwt.decode(good, options={"verify_signature": False}), other,
+                        algorithm="RS256", headers={"kid": issuer.kid})
+    assert (await _sign_in(client, forged)).status == 401
+    assert (await _sign_in(client, f"{header}.{payload}.")).status == 401
+
+
+async def test_a_profession_without_medical_secrecy_is_refused(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
+    token = issuer.id_token(SubjectRefPro={"exercices": [{"codeProfession": "99"}]})
+    assert (await _sign_in(client, token)).status == 401
+    token = issuer.id_token(SubjectNameID="812345678901")  # RPPS with a wrong check digit
+    assert (await _sign_in(client, token)).status == 403
