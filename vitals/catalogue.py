@@ -58,6 +58,9 @@ _METRICS = (
            {"kPa": Conversion(7.50061683)}),
     Metric("blood_glucose", "2339-0", "mg/dL", "Blood glucose", (10, 1500), (40, 600),
            {"mmol/L": Conversion(18.016)}),
+    # Minutes asleep, reported per interval by a watch (a 1-minute epoch is worth 1).
+    Metric("sleep_duration", "93832-4", "min", "Sleep duration", (0, 1440), (0, 960),
+           {"h": Conversion(60.0), "s": Conversion(1 / 60)}),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRICS})

@@ -12,6 +12,7 @@ CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "respiratory": ("spo2",),
     "body": ("body_weight", "body_fat", "body_temperature"),
     "activity": ("steps",),
+    "sleep": ("sleep_duration",),
     "metabolic": ("blood_glucose",),
     "vital-signs": ("heart_rate", "spo2", "body_temperature", "systolic_bp", "diastolic_bp",
                     "body_weight"),

@@ -1,0 +1,146 @@
+"""Daily figures per local day, with several sources per metric counted once.
+
+When two devices measure the same metric (two watches, a phone and a watch), the samples of
+each time bucket come from one source only: the highest in the patient's priority order that
+has data in that bucket. Cumulative metrics (steps) are therefore never summed across
+overlapping sources, and never maxed either: the priority source's count is the count.
+Where the priority source has a gap, the next source fills it.
+
+Headline figure of a day, per metric kind:
+- cumulative (steps): the total;
+- heart rate: the resting heart rate, taken as the 10th percentile of the day's per-minute
+  medians (the low, sustained rate of rest and sleep; one low beat does not make it), with
+  at least 30 minutes of data;
+- sleep: minutes asleep in the night that ends that morning (a night runs noon to noon and
+  belongs to the day it ends on);
+- anything else: the mean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from vitals.days import ZoneSpan, day_bounds, day_of, local_days, zone_at
+
+CUMULATIVE = frozenset({"steps"})
+NIGHTLY = frozenset({"sleep_duration"})
+NIGHT_SHIFT_MS = 12 * 3_600_000
+BUCKET_MS = {"steps": 15 * 60_000}  # phones report steps in long intervals
+DEFAULT_BUCKET_MS = 5 * 60_000
+RESTING_MIN_MINUTES = 30
+
+# Default priority by device model: the device made for the measurement first; a patient
+# reorders per metric (their own device ids) when they know better.
+DEFAULT_MODEL_PRIORITY: Mapping[str, tuple[str, ...]] = {
+    "steps": ("watch", "phone"),
+    "heart_rate": ("watch", "pulse_oximeter", "bp_cuff"),
+    "spo2": ("pulse_oximeter", "watch"),
+    "body_weight": ("scale",),
+    "body_fat": ("scale",),
+    "systolic_bp": ("bp_cuff", "watch"),
+    "diastolic_bp": ("bp_cuff", "watch"),
+    "body_temperature": ("thermometer", "watch"),
+    "blood_glucose": ("glucometer",),
+}
+
+Series = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
+class DayFigure:
+    day: dt.date
+    hours: float  # the local day's length: 23 or 25 at DST changes
+    value: float | None  # the headline figure (see the module's docstring)
+    count: int
+    minimum: float | None
+    maximum: float | None
+    sources: dict[str, float | None] = field(default_factory=dict)  # each source alone
+    counted: dict[str, int] = field(default_factory=dict)  # samples kept per source
+
+
+def priority_order(sources: Sequence[str], models: Mapping[str, str], metric: str,
+                   patient_order: Sequence[str] = ()) -> list[str]:
+    """Sources best first: the patient's own order, then by model default, then by id."""
+    ranked_models = DEFAULT_MODEL_PRIORITY.get(metric, ())
+
+    def rank(source: str) -> tuple[int, int, str]:
+        mine = list(patient_order).index(source) if source in patient_order else len(
+            patient_order)
+        model = models.get(source, "")
+        by_model = ranked_models.index(model) if model in ranked_models else len(ranked_models)
+        return mine, by_model, source
+
+    return sorted(sources, key=rank)
+
+
+def merge_sources(metric: str, per_source: Mapping[str, Series], order: Sequence[str]
+                  ) -> tuple[Series, npt.NDArray[np.int64]]:
+    """One series from several: per time bucket, only the best source with data there.
+    Returns the merged (t, v), time-ordered, and the index in ``order`` of each sample's
+    source."""
+    bucket = BUCKET_MS.get(metric, DEFAULT_BUCKET_MS)
+    ts, vs, rs = [], [], []
+    for rank, source in enumerate(order):
+        if source in per_source:
+            t, v = per_source[source]
+            ts.append(t)
+            vs.append(v)
+            rs.append(np.full(len(t), rank, np.int64))
+    if not ts:
+        return (np.zeros(0, np.int64), np.zeros(0)), np.zeros(0, np.int64)
+    t, v, r = np.concatenate(ts), np.concatenate(vs), np.concatenate(rs)
+    b = t // bucket
+    buckets, inverse = np.unique(b, return_inverse=True)
+    best = np.full(len(buckets), np.iinfo(np.int64).max)
+    np.minimum.at(best, inverse, r)
+    keep = r == best[inverse]
+    t, v, r = t[keep], v[keep], r[keep]
+    order_t = np.argsort(t, kind="stable")
+    return (t[order_t], v[order_t]), r[order_t]
+
+
+def _headline(metric: str, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
+              ) -> float | None:
+    if len(v) == 0:
+        return None
+    if metric in CUMULATIVE or metric in NIGHTLY:
+        return float(v.sum())
+    if metric == "heart_rate":
+        minutes, first = np.unique(t // 60_000, return_index=True)
+        if len(minutes) < RESTING_MIN_MINUTES:
+            return None
+        medians = np.array([np.median(p) for p in np.split(v, first[1:])])
+        return float(np.percentile(medians, 10))
+    return float(v.mean())
+
+
+def daily(metric: str, per_source: Mapping[str, Series], order: Sequence[str],
+          history: Sequence[ZoneSpan], days: Sequence[dt.date]) -> list[DayFigure]:
+    """The figure of each local day in ``days``, with each source's own figure beside it."""
+    shift = NIGHT_SHIFT_MS if metric in NIGHTLY else 0
+    (t, v), ranks = merge_sources(metric, per_source, order)
+    day_of_sample = local_days(t, history, shift)
+    per_source_days = {s: (per_source[s], local_days(per_source[s][0], history, shift))
+                       for s in order if s in per_source}
+    out = []
+    for day in days:
+        number = (day - dt.date(1970, 1, 1)).days
+        mask = day_of_sample == number
+        dv = v[mask]
+        noon = number * 86_400_000 + 43_200_000
+        start, end = day_bounds(day_of(number), zone_at(history, noon))
+        sources = {}
+        for s, ((st, sv), sdays) in per_source_days.items():
+            smask = sdays == number
+            sources[s] = _headline(metric, st[smask], sv[smask])
+        counted = {order[i]: int(n) for i, n in
+                   zip(*np.unique(ranks[mask], return_counts=True), strict=True)}
+        out.append(DayFigure(day, (end - start) / 3_600_000, _headline(metric, t[mask], dv),
+                             int(mask.sum()), float(dv.min()) if len(dv) else None,
+                             float(dv.max()) if len(dv) else None, sources, counted))
+    return out
