@@ -7,7 +7,7 @@ import functools
 
 from aiohttp import web
 
-from api import clinician_routes, consent_routes, credentials, fhir_routes
+from api import clinician_routes, consent_routes, credentials, day_routes, fhir_routes
 from api.problems import Problem, problem_middleware
 from api.requests import DEPS, ApiDeps, bearer_claims, patient_of, strict_body, time_param
 from vitals.catalogue import METRICS
@@ -28,6 +28,7 @@ def create_app(deps: ApiDeps) -> web.Application:
     clinician_routes.register(app)
     consent_routes.register(app)
     fhir_routes.register(app)
+    day_routes.register(app)
     return app
 
 

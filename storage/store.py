@@ -131,7 +131,21 @@ class Store:
     async def read_series(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                           end: dt.datetime) -> Samples:
         """A patient's samples of ``metric`` in [start, end), time-ordered, duplicates (same
-        time and value from redundant segments) removed."""
+        time and value from redundant segments) removed. All sources together."""
+        parts = [samples for _, samples in
+                 await self._read_segments(patient_id, metric, start, end)]
+        return _in_range(parts, start, end)
+
+    async def read_by_source(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
+                             end: dt.datetime) -> dict[str, Samples]:
+        """The same, kept apart per source device: what each device measured."""
+        by_device: dict[str, list[Samples]] = {}
+        for device_id, samples in await self._read_segments(patient_id, metric, start, end):
+            by_device.setdefault(device_id, []).append(samples)
+        return {d: _in_range(parts, start, end) for d, parts in by_device.items()}
+
+    async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
+                             end: dt.datetime) -> list[tuple[str, Samples]]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT id, device_id, start_at, end_at, samples, key_version, sealed
@@ -143,20 +157,8 @@ class Store:
                 aad = _segment_aad(row["id"], patient_id, metric, row["device_id"],
                                    row["start_at"], row["end_at"], row["samples"],
                                    row["key_version"])
-                parts.append(unpack(open_sealed(key, row["sealed"], aad)))
-        if not parts:
-            return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
-        t = np.concatenate([p.t_ms for p in parts])
-        v = np.concatenate([p.value for p in parts])
-        f = np.concatenate([p.flags for p in parts])
-        lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-        keep = (t >= lo) & (t < hi)
-        t, v, f = t[keep], v[keep], f[keep]
-        order = np.lexsort((v, t))
-        t, v, f = t[order], v[order], f[order]
-        distinct = np.ones(len(t), dtype=bool)
-        distinct[1:] = (t[1:] != t[:-1]) | (v[1:] != v[:-1])
-        return Samples(t[distinct], v[distinct], f[distinct])
+                parts.append((row["device_id"], unpack(open_sealed(key, row["sealed"], aad))))
+        return parts
 
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
         """(messages, samples, rejected samples) stored for these devices: the loss ledger."""
@@ -167,3 +169,20 @@ class Store:
                    FROM ingested_messages WHERE device_id = ANY($1::text[])""", list(device_ids))
         assert row is not None
         return int(row["m"]), int(row["s"]), int(row["r"])
+
+
+def _in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Samples:
+    """Samples of ``parts`` in [start, end), time-ordered, exact duplicates removed."""
+    if not parts:
+        return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+    t = np.concatenate([p.t_ms for p in parts])
+    v = np.concatenate([p.value for p in parts])
+    f = np.concatenate([p.flags for p in parts])
+    lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    keep = (t >= lo) & (t < hi)
+    t, v, f = t[keep], v[keep], f[keep]
+    order = np.lexsort((v, t))
+    t, v, f = t[order], v[order], f[order]
+    distinct = np.ones(len(t), dtype=bool)
+    distinct[1:] = (t[1:] != t[:-1]) | (v[1:] != v[:-1])
+    return Samples(t[distinct], v[distinct], f[distinct])

@@ -1,0 +1,114 @@
+"""My time zone, my daily figures per local day, and which of my devices counts first."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from api.problems import Problem
+from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from storage.days import MAX_DAYS, Days
+from vitals.catalogue import METRICS
+from vitals.days import DEFAULT_ZONE, validate_zone
+from vitals.fhir import instant
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/v1/me/timezone", get_zone)
+    app.router.add_put("/v1/me/timezone", put_zone)
+    app.router.add_get("/v1/me/daily/{metric}", get_daily)
+    app.router.add_get("/v1/me/sources/{metric}", get_sources)
+    app.router.add_put("/v1/me/sources/{metric}", put_sources)
+
+
+def _days(request: web.Request) -> Days:
+    deps = request.app[DEPS]
+    return Days(deps.pool, deps.store)
+
+
+def _metric(request: web.Request) -> str:
+    name = request.match_info["metric"]
+    if name not in METRICS:
+        raise Problem(404, f"unknown metric {name!r}")
+    return name
+
+
+def _zones_json(history: list[Any]) -> dict[str, Any]:
+    return {"zone": history[-1].zone if history else DEFAULT_ZONE,
+            "history": [{"effective_from": instant(s.effective_from_ms), "zone": s.zone}
+                        for s in history]}
+
+
+async def get_zone(request: web.Request) -> web.Response:
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    return web.json_response(_zones_json(await _days(request).zone_history(patient_id)))
+
+
+async def put_zone(request: web.Request) -> web.Response:
+    """Change my zone from now on: days already lived keep the zone they were lived in."""
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    body = await strict_body(request, {"zone": str})
+    try:
+        validate_zone(body["zone"])
+    except ValueError as exc:
+        raise Problem(422, str(exc)) from None
+    return web.json_response(_zones_json(await _days(request).set_zone(patient_id,
+                                                                        body["zone"])))
+
+
+def _date(request: web.Request, name: str, default: dt.date) -> dt.date:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise Problem(400, f"{name} must be a date, YYYY-MM-DD") from None
+
+
+async def get_daily(request: web.Request) -> web.Response:
+    """One figure per local day (see vitals/daily.py for which), with each source's own."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=True))
+    metric = _metric(request)
+    today = dt.datetime.now(dt.UTC).date()
+    last = _date(request, "to", today)
+    first = _date(request, "from", last - dt.timedelta(days=6))
+    if not first <= last or (last - first).days >= MAX_DAYS:
+        raise Problem(400, f"from must not be after to, at most {MAX_DAYS} days")
+    figures, order, history = await _days(request).figures(patient_id, metric, first, last)
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="read", resource=f"daily/{metric}", outcome="ok")
+    return web.json_response({
+        "metric": metric, "unit": METRICS[metric].unit, "source_order": order,
+        "zone": _zones_json(history)["zone"],
+        "days": [{"date": f.day.isoformat(), "hours": f.hours, "value": f.value,
+                  "count": f.count, "min": f.minimum, "max": f.maximum,
+                  "sources": f.sources, "counted": f.counted} for f in figures]})
+
+
+async def get_sources(request: web.Request) -> web.Response:
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    metric = _metric(request)
+    return web.json_response({"metric": metric, "device_ids":
+                              await _days(request).source_order(patient_id, metric)})
+
+
+async def put_sources(request: web.Request) -> web.Response:
+    """My order of devices for a metric, best first; only my own devices."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    metric = _metric(request)
+    body = await strict_body(request, {"device_ids": list})
+    ids = body["device_ids"]
+    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids) or len(ids) > 20:
+        raise Problem(422, "device_ids is a list of distinct device ids (at most 20)")
+    mine = {r["id"] for r in await deps.pool.fetch(
+        "SELECT id FROM devices WHERE patient_id = $1", patient_id)}
+    foreign = sorted(set(ids) - mine)
+    if foreign:
+        raise Problem(422, "not your devices", extra={"device_ids": foreign})
+    await _days(request).set_source_order(patient_id, metric, ids)
+    return web.json_response({"metric": metric, "device_ids": ids})
