@@ -11,8 +11,11 @@ from aiohttp import web
 
 from api import credentials
 from api.access import clinician_access, read_granted
+from api.account_routes import GUARD, client_of, issue_session
+from api.limits import TooMany, too_many
 from api.oidc import OidcError
 from api.problems import Problem
+from api.representations import episode_json, summary_json
 from api.requests import (
     CLINICIAN_SUBJECT,
     DEPS,
@@ -27,8 +30,7 @@ from storage.consents import Consents
 from vitals.catalogue import METRICS
 from vitals.charts import svg_chart
 from vitals.errors import InvalidProfessional
-from vitals.fhir import instant
-from vitals.summaries import Episode, Summary, blood_pressure_episodes, summarise
+from vitals.summaries import blood_pressure_episodes, summarise
 
 DEFAULT_PERIOD = dt.timedelta(days=7)
 MAX_PERIOD = dt.timedelta(days=366)
@@ -42,23 +44,28 @@ def register(app: web.Application) -> None:
     app.router.add_get("/v1/clinician/patients/{patient_id}/charts/{metric}", chart)
 
 
-def _token(request: web.Request, clinician_id: object, methods: list[str]) -> web.Response:
-    deps = request.app[DEPS]
-    token = deps.tokens.issue(f"{CLINICIAN_SUBJECT}{clinician_id}", methods=methods)
-    return web.json_response({"access_token": token, "token_type": "Bearer",
-                              "expires_in": deps.tokens.ttl_s})
-
-
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str, "totp": str})
+    guard = request.app[GUARD]
+    username = body["username"].strip().lower()
+    try:
+        guard.check(f"clinician:{username}", client_of(request))
+    except TooMany as exc:
+        return too_many(exc)
     clinicians = Clinicians(deps.pool, deps.keyring)
-    found = await clinicians.by_username(body["username"])
-    account = (found.password_hash, functools.partial(clinicians.totp_secret, found.id)
-               ) if found and found.password_hash else None
-    if found is None or not await credentials.check(account, body["password"], body["totp"]):
+    found = await clinicians.by_username(username)
+    ok = await credentials.check_password(found.password_hash if found else None,
+                                          body["password"])
+    if ok and found is not None:
+        ok = await credentials.check_code(
+            await clinicians.totp_secret(found.id), body["totp"],
+            functools.partial(clinicians.accept_totp_step, found.id))
+    if found is None or not ok:
+        guard.failed(f"clinician:{username}", client_of(request))
         raise Problem(401, "unknown username, wrong password or wrong code")
-    return _token(request, found.id, ["pwd", "otp"])
+    guard.succeeded(f"clinician:{username}")
+    return await issue_session(request, f"{CLINICIAN_SUBJECT}{found.id}", ["pwd", "otp"])
 
 
 async def oidc_login(request: web.Request) -> web.Response:
@@ -76,7 +83,7 @@ async def oidc_login(request: web.Request) -> web.Response:
         raise Problem(401, f"the identity provider's token is not accepted: {exc}") from None
     except InvalidProfessional as exc:
         raise Problem(403, str(exc)) from None
-    return _token(request, clinician.id, ["oidc", "mfa"])
+    return await issue_session(request, f"{CLINICIAN_SUBJECT}{clinician.id}", ["oidc", "mfa"])
 
 
 async def my_patients(request: web.Request) -> web.Response:
@@ -98,27 +105,6 @@ def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _episode(ep: Episode) -> dict[str, Any]:
-    return {"rule": ep.rule, "description": ep.description, "start": instant(ep.start_ms),
-            "end": instant(ep.end_ms), "value": ep.value}
-
-
-def _summary_json(s: Summary) -> dict[str, Any]:
-    m = METRICS[s.metric]
-    out: dict[str, Any] = {"unit": m.unit, "loinc": m.loinc, "count": s.count,
-                           "flagged": s.flagged, "completeness": round(s.completeness, 4)}
-    if s.count:
-        assert s.latest_ms is not None
-        out.update({"latest": {"t": instant(s.latest_ms), "value": s.latest},
-                    "min": s.minimum, "max": s.maximum, "mean": s.mean, "median": s.median,
-                    "percentiles": {f"p{p}": v for p, v in s.percentiles.items()},
-                    "trend_per_day": s.trend_per_day})
-    if s.wear_minutes is not None:
-        out["wear_minutes"] = s.wear_minutes
-    out["episodes"] = [_episode(e) for e in s.episodes]
-    return out
-
-
 async def summary(request: web.Request) -> web.Response:
     """Per shared metric: latest, spread, trend, completeness and flagged episodes."""
     patient_id = uuid_param(request, "patient_id", status=403)
@@ -129,14 +115,14 @@ async def summary(request: web.Request) -> web.Response:
     for name in sorted(access.windows):
         samples = await read_granted(request, access, patient_id, name, start, end)
         series[name] = samples
-        metrics[name] = _summary_json(summarise(name, samples.t_ms, samples.value,
+        metrics[name] = summary_json(summarise(name, samples.t_ms, samples.value,
                                                 samples.flags, _ms(start), _ms(end)))
     if "systolic_bp" in series and "diastolic_bp" in series:
         sys_s, dia_s = series["systolic_bp"], series["diastolic_bp"]
         clean_s, clean_d = sys_s.flags == 0, dia_s.flags == 0
         episodes = blood_pressure_episodes(sys_s.t_ms[clean_s], sys_s.value[clean_s],
                                            dia_s.t_ms[clean_d], dia_s.value[clean_d])
-        metrics["systolic_bp"]["episodes"] = [_episode(e) for e in episodes]
+        metrics["systolic_bp"]["episodes"] = [episode_json(e) for e in episodes]
     return web.json_response({"patient_id": str(patient_id), "from": start.isoformat(),
                               "to": end.isoformat(), "metrics": metrics})
 

@@ -111,7 +111,9 @@ async def access_log(request: web.Request) -> web.Response:
     AuditEvents in a Bundle, for apps that speak FHIR."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=False))
-    rows = await deps.audit.for_patient(patient_id, ACCESS_LOG_MAX)
+    limit = _int_param(request, "limit", 100, ACCESS_LOG_MAX)
+    before = _int_param(request, "before", 0, 2**62) or None
+    rows = await deps.audit.for_patient(patient_id, limit, before)
     clinicians = Clinicians(deps.pool, deps.keyring)
     names: dict[str, tuple[str, str | None]] = {}
     entries = []
@@ -120,18 +122,30 @@ async def access_log(request: web.Request) -> web.Response:
         if actor not in names:
             names[actor] = await _who(clinicians, actor)
         who, rpps = names[actor]
-        entries.append({"at": row["at"].isoformat(), "who": who, "rpps": rpps,
+        entries.append({"id": row["id"], "at": row["at"].isoformat(), "who": who, "rpps": rpps,
                         "actor": actor, "action": row["action"],
                         "what": row["resource"], "outcome": row["outcome"]})
     if request.query.get("format") == "fhir":
-        events = [fhir.audit_event(f"audit-{i}", int(row["at"].timestamp() * 1000),
+        events = [fhir.audit_event(f"audit-{row['id']}", int(row["at"].timestamp() * 1000),
                                    row["action"], row["outcome"], e["who"],
                                    f"Patient/{patient_id}", row["resource"], rpps=e["rpps"])
-                  for i, (row, e) in enumerate(zip(rows, entries, strict=True))
+                  for row, e in zip(rows, entries, strict=True)
                   if row["action"] in ("read", "search", "feed")]
         return web.json_response(fhir.bundle("collection", events),
                                  content_type="application/fhir+json")
-    return web.json_response({"entries": entries})
+    page: dict[str, Any] = {"entries": entries}
+    if len(rows) == limit:
+        page["next"] = f"/v1/me/access-log?limit={limit}&before={rows[-1]['id']}"
+    return web.json_response(page)
+
+
+def _int_param(request: web.Request, name: str, default: int, top: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= top:
+        raise Problem(400, f"{name} must be a whole number from 1 to {top}")
+    return int(raw)
 
 
 async def _who(clinicians: Clinicians, actor: str) -> tuple[str, str | None]:

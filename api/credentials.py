@@ -14,13 +14,17 @@ def _dummy_hash() -> str:
     return passwords.hash_password("dummy password for timing only")
 
 
-async def check(account: tuple[str, Callable[[], Awaitable[bytes]]] | None, password: str,
-                code: str) -> bool:
-    """True when the password matches the account's hash and the code is current for its
-    TOTP secret; ``account`` is (password hash, secret getter), None when unknown. An
-    unknown account still costs one hash, so timing does not reveal which exist."""
-    stored = account[0] if account else _dummy_hash()
+async def check_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches. An unknown account (None) still costs one hash, so
+    timing does not reveal which accounts exist."""
+    stored = password_hash if password_hash is not None else _dummy_hash()
     ok = await asyncio.to_thread(passwords.verify_password, stored, password)
-    if account is None or not ok:
-        return False
-    return totp.verify(await account[1](), code) is not None
+    return ok and password_hash is not None
+
+
+async def check_code(secret: bytes, code: str,
+                     accept_step: Callable[[int], Awaitable[bool]]) -> bool:
+    """True when ``code`` is current for ``secret`` and its time step was not used before:
+    ``accept_step`` records the step atomically and says False for a replay."""
+    step = totp.verify(secret, code)
+    return step is not None and await accept_step(step)

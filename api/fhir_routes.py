@@ -1,7 +1,8 @@
 """The FHIR R4 read API for clinicians: metadata, Patient, and Observation search.
 
-Spot measurements (a weighing, a cuff reading) are one Observation each; dense streams
-(heart rate, SpO2, steps) are one Observation per UTC hour with SampledData. Only what the
+Dense streams (heart rate, SpO2, steps) are one Observation per UTC hour with SampledData;
+blood pressure readings are panels; anything else (a weighing, a temperature, an RR
+interval) is one Observation per reading. Only what the
 patient shared is ever found; samples carrying a quality flag wait for review and are not
 served. Errors are OperationOutcome resources, as FHIR clients expect.
 """
@@ -32,7 +33,6 @@ MAX_RANGE = dt.timedelta(days=92)
 HOUR_MS = 3_600_000
 # Dense metrics: the SampledData grid of each; steps are summed per minute first.
 SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000}
-SPOT = ("body_weight", "body_fat", "body_temperature", "blood_glucose")
 BP = ("systolic_bp", "diastolic_bp")
 _ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
 _SEARCH_PARAMS = {"patient", "code", "date", "_count", "_page"}
@@ -188,7 +188,7 @@ def observations(patient_id: uuid.UUID, series: dict[str, Samples]
     subject = f"Patient/{patient_id}"
     out: list[tuple[int, dict[str, Any]]] = []
     for metric, samples in series.items():
-        if metric in SPOT:
+        if metric not in SAMPLED_PERIOD_MS and metric not in BP:
             out += [(int(t), fhir.observation(_oid(patient_id, f"{metric}/{int(t)}"), metric,
                                               subject, int(t), float(v)))
                     for t, v in zip(samples.t_ms, samples.value, strict=True)]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from api.limits import Limits
 from api.oidc import OidcVerifier
 from api.problems import Problem
 from api.tokens import Claims, TokenError, TokenService
@@ -37,13 +38,16 @@ class ApiDeps:
     audit: Audit
     tokens: TokenService
     oidc: OidcVerifier | None = None  # clinician sign-in through an identity provider
+    limits: Limits = field(default_factory=Limits)
 
 
 DEPS = web.AppKey("deps", ApiDeps)
 
 
-async def strict_body(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
-    """A JSON object with exactly ``fields`` (no more: no mass assignment), or 422."""
+async def strict_body(request: web.Request, fields: dict[str, type],
+                      optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A JSON object with ``fields`` (those in ``optional`` may be left out) and no other
+    (no mass assignment), or 422."""
     if request.content_type != "application/json":
         raise Problem(415, "send application/json")
     try:
@@ -53,8 +57,10 @@ async def strict_body(request: web.Request, fields: dict[str, type]) -> dict[str
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")
     unknown = sorted(body.keys() - fields.keys())
-    missing = sorted(fields.keys() - body.keys())
-    wrong = sorted(k for k, t in fields.items() if k in body and not isinstance(body[k], t))
+    missing = sorted(fields.keys() - body.keys() - set(optional))
+    # bool is an int to Python, not to a schema: an integer field refuses true and false.
+    wrong = sorted(k for k, t in fields.items() if k in body and (
+        not isinstance(body[k], t) or (t is not bool and isinstance(body[k], bool))))
     if unknown or missing or wrong:
         raise Problem(422, "the body does not match the schema",
                       extra={"unknown": unknown, "missing": missing, "wrong_type": wrong})

@@ -31,6 +31,7 @@ class Claims:
     subject: str
     second_factor: bool
     token_id: str
+    session_id: str | None = None  # sid: the token dies with its session (logout, reuse)
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -53,11 +54,14 @@ class TokenService:
         self.audience = audience
         self.ttl_s = ACCESS_TTL_S
 
-    def issue(self, subject: str, *, methods: list[str], now: float | None = None) -> str:
+    def issue(self, subject: str, *, methods: list[str], now: float | None = None,
+              session_id: str | None = None) -> str:
         issued = int(time.time() if now is None else now)
-        claims = {"iss": self.issuer, "aud": self.audience, "sub": subject,
-                  "iat": issued, "nbf": issued, "exp": issued + self.ttl_s,
-                  "jti": str(uuid.uuid4()), "amr": methods}
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "sub": subject,
+                                  "iat": issued, "nbf": issued, "exp": issued + self.ttl_s,
+                                  "jti": str(uuid.uuid4()), "amr": methods}
+        if session_id is not None:
+            claims["sid"] = session_id
         return jwt.encode(claims, self._private, algorithm="ES256",
                           headers={"kid": self.kid, "typ": TOKEN_TYPE})
 
@@ -77,7 +81,9 @@ class TokenService:
             raise TokenError("token has no authentication methods")
         # A second factor: our own TOTP, or multi-factor sign-in at an identity provider.
         second = "otp" in methods or "mfa" in methods
-        return Claims(str(claims["sub"]), second, str(claims["jti"]))
+        sid = claims.get("sid")
+        return Claims(str(claims["sub"]), second, str(claims["jti"]),
+                      str(sid) if sid is not None else None)
 
     def jwks(self) -> dict[str, Any]:
         jwk = json.loads(ECAlgorithm.to_jwk(self._public))

@@ -8,6 +8,7 @@ import hmac
 import secrets
 import struct
 import time
+from urllib.parse import quote, urlencode
 
 STEP_S = 30
 DIGITS = 6
@@ -50,3 +51,11 @@ def verify(secret: bytes, code: str, now: float | None = None) -> int | None:
         if hmac.compare_digest(code_at(secret, counter), code):
             return counter
     return None
+
+
+def provisioning_uri(secret_b32: str, account: str, issuer: str) -> str:
+    """The otpauth:// URI an authenticator app scans as a QR code."""
+    label = quote(f"{issuer}:{account}")
+    query = urlencode({"secret": secret_b32, "issuer": issuer, "algorithm": "SHA1",
+                       "digits": DIGITS, "period": STEP_S})
+    return f"otpauth://totp/{label}?{query}"

@@ -86,6 +86,13 @@ class Clinicians:
             f"SELECT {_COLUMNS} FROM clinicians WHERE rpps = $1", rpps)  # noqa: S608
         return _row(row) if row else None
 
+    async def accept_totp_step(self, clinician_id: uuid.UUID, step: int) -> bool:
+        """Record ``step`` as used; False when it (or a later one) was used already."""
+        done = await self._pool.fetchval(
+            "UPDATE clinicians SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2"
+            " RETURNING id", clinician_id, step)
+        return done is not None
+
     async def totp_secret(self, clinician_id: uuid.UUID) -> bytes:
         async with self._pool.acquire() as conn:
             sealed = await conn.fetchval("SELECT totp_sealed FROM clinicians WHERE id = $1",

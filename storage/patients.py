@@ -18,6 +18,7 @@ class Patient:
     id: uuid.UUID
     username: str
     password_hash: str
+    totp_confirmed: bool = True
 
 
 def _totp_aad(patient_id: uuid.UUID) -> bytes:
@@ -31,9 +32,11 @@ class Patients:
         self._pool = pool
         self._keyring = keyring
 
-    async def create(self, username: str, password_hash: str, totp_secret: bytes) -> Patient:
+    async def create(self, username: str, password_hash: str, totp_secret: bytes, *,
+                     totp_confirmed: bool = True) -> Patient:
         """Create a patient with a fresh data key; raises asyncpg.UniqueViolationError when
-        the username is taken."""
+        the username is taken. A self-registered account starts with its TOTP unconfirmed:
+        no health data until a first code proves the authenticator works."""
         patient_id = uuid.uuid4()
         async with self._pool.acquire() as conn, conn.transaction():
             _, key = await self._keyring.system_key(conn, SECRETS_KEY)
@@ -42,12 +45,33 @@ class Patients:
                 " VALUES ($1, $2, $3, $4)", patient_id, username, password_hash,
                 seal(key, totp_secret, _totp_aad(patient_id)))
             await self._keyring.create(conn, str(patient_id))
-        return Patient(patient_id, username, password_hash)
+            if not totp_confirmed:
+                await conn.execute(
+                    "UPDATE patients SET totp_confirmed_at = NULL WHERE id = $1", patient_id)
+        return Patient(patient_id, username, password_hash, totp_confirmed)
 
     async def by_username(self, username: str) -> Patient | None:
         row = await self._pool.fetchrow(
-            "SELECT id, username, password_hash FROM patients WHERE username = $1", username)
-        return Patient(row["id"], row["username"], row["password_hash"]) if row else None
+            "SELECT id, username, password_hash, totp_confirmed_at IS NOT NULL AS confirmed"
+            " FROM patients WHERE username = $1", username)
+        return Patient(row["id"], row["username"], row["password_hash"],
+                       row["confirmed"]) if row else None
+
+    async def by_id(self, patient_id: uuid.UUID) -> Patient | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, username, password_hash, totp_confirmed_at IS NOT NULL AS confirmed"
+            " FROM patients WHERE id = $1", patient_id)
+        return Patient(row["id"], row["username"], row["password_hash"],
+                       row["confirmed"]) if row else None
+
+    async def accept_totp_step(self, patient_id: uuid.UUID, step: int) -> bool:
+        """Record ``step`` as used (confirming enrolment on the first code); False when it,
+        or a later one, was used already: a code works once."""
+        done = await self._pool.fetchval(
+            """UPDATE patients SET totp_last_step = $2,
+                   totp_confirmed_at = coalesce(totp_confirmed_at, now())
+               WHERE id = $1 AND totp_last_step < $2 RETURNING id""", patient_id, step)
+        return done is not None
 
     async def totp_secret(self, patient_id: uuid.UUID) -> bytes:
         async with self._pool.acquire() as conn:

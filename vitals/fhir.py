@@ -260,3 +260,29 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                        "interaction": [{"code": "search-type"}],
                        "searchParam": search}]}],
     }
+
+
+def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms: int,
+                     expires_ms: int, data_from_ms: int, data_to_ms: int,
+                     clinician_rpps: str | None, loinc_codes: Sequence[str]) -> dict[str, Any]:
+    """A patient's consent to a clinician as a FHIR Consent (privacy, permit)."""
+    actor: dict[str, Any] = {"role": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+        "code": "IRCP"}]}, "reference": {"display": "clinician"}}
+    if clinician_rpps:
+        actor["reference"] = {"identifier": {"system": RPPS_SYSTEM, "value": clinician_rpps}}
+    return {
+        "resourceType": "Consent", "id": consent_id,
+        "status": "active" if active else "inactive",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": LOINC, "code": "59284-0",
+                                  "display": "Patient Consent"}]}],
+        "patient": {"reference": patient_ref}, "dateTime": instant(granted_ms),
+        "provision": {"type": "permit",
+                      "period": {"start": instant(granted_ms), "end": instant(expires_ms)},
+                      "actor": [actor],
+                      "code": [{"coding": [{"system": LOINC, "code": c}]}
+                               for c in loinc_codes],
+                      "dataPeriod": {"start": instant(data_from_ms),
+                                     "end": instant(data_to_ms)}}}

@@ -8,6 +8,7 @@ CREATE TABLE clinicians (
     username        text UNIQUE,                  -- password + TOTP accounts
     password_hash   text,
     totp_sealed     bytea,
+    totp_last_step  bigint NOT NULL DEFAULT 0,    -- single-use codes, as for patients
     oidc_subject    text UNIQUE,                  -- accounts from the identity provider
     created_at      timestamptz NOT NULL DEFAULT now(),
     CHECK ((username IS NULL) = (password_hash IS NULL)),

@@ -50,8 +50,9 @@ def test_eleven_character_password_is_refused_by_hash_password() -> None:
         hash_password("x7#Kq9!mZp2")
 
 
-@pytest.mark.parametrize("password", ["x7#Kq9!mZp2w", "abcdefghijkl", "all lowercase words",
-                                      "ÉtéÀParis2024", "x" * 64, "y" * MAX_LENGTH])
+@pytest.mark.parametrize("password", ["x7#Kq9!mZp2w", "all lowercase words",
+                                      "ÉtéÀParis2024", "correct horse battery staple" * 2,
+                                      ("tortue géniale " * 9)[:MAX_LENGTH]])
 def test_uncommon_password_of_twelve_or_more_characters_is_accepted(password: str) -> None:
     # No composition rules (ASVS forbids them); passphrases of 64 characters and more fit.
     check_policy(password)
@@ -85,3 +86,17 @@ def test_verify_is_false_for_a_wrong_password(good_hash: str, attempt: str) -> N
                                     "$2b$12$abcdefghijklmnopqrstuu"])
 def test_verify_against_a_malformed_hash_is_false_not_an_error(stored: str) -> None:
     assert verify_password(stored, GOOD) is False
+
+
+@pytest.mark.parametrize("password", ["Password123!", "abcdefghijkl", "x" * 64, "azerty123456",
+                                      "Motdepasse2024!", "0123456789012", "ababababababab",
+                                      "QWERTYUIOP!!", "Marseille13013"])
+def test_common_patterns_are_refused(password: str) -> None:
+    with pytest.raises(PasswordRefused, match="too common"):
+        check_policy(password)
+
+
+def test_the_username_is_not_a_password() -> None:
+    with pytest.raises(PasswordRefused, match="username"):
+        check_policy("jeanne.dupont1", username="jeanne.dupont")
+    check_policy("a quiet river at dawn", username="jeanne.dupont")

@@ -1,0 +1,232 @@
+"""Patient accounts: registration with TOTP enrolment, sign-in in one or two steps, rotating
+refresh tokens, logout, and the GDPR rights (export, erasure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from api import credentials, passwords, totp
+from api.fhir_routes import observations
+from api.limits import SignInGuard, TooMany, too_many
+from api.problems import Problem
+from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from storage.clinicians import Clinicians
+from storage.consents import Consents
+from storage.erasure import erase_patient
+from storage.sessions import RefreshRefused, Sessions
+from vitals import fhir
+from vitals.catalogue import METRICS
+
+GUARD = web.AppKey("sign_in_guard", SignInGuard)
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@+-]{2,63}$")
+TOTP_ISSUER = "healthiot"
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/v1/accounts", create_account)
+    app.router.add_post("/v1/auth/login", login)
+    app.router.add_post("/v1/auth/refresh", refresh)
+    app.router.add_post("/v1/auth/logout", logout)
+    app.router.add_get("/v1/me", me)
+    app.router.add_delete("/v1/me", erase_me)
+    app.router.add_get("/v1/me/export", export_me)
+
+
+async def create_account(request: web.Request) -> web.Response:
+    """Register; the answer holds the TOTP secret, shown this once, to put in an
+    authenticator app. The first sign-in with a code confirms it."""
+    deps = request.app[DEPS]
+    body = await strict_body(request, {"username": str, "password": str})
+    username = body["username"].strip().lower()
+    if not USERNAME.match(username):
+        raise Problem(422, "a username is 3 to 64 characters: letters, digits, . _ @ + -")
+    try:
+        passwords.check_policy(body["password"], username=username)
+    except passwords.PasswordRefused as exc:
+        raise Problem(422, str(exc)) from None
+    secret = totp.new_secret()
+    password_hash = await passwords.hash_password_async(body["password"])
+    try:
+        patient = await deps.patients.create(username, password_hash, secret,
+                                             totp_confirmed=False)
+    except asyncpg.UniqueViolationError:
+        raise Problem(409, "this username is taken") from None
+    await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
+                            action="register", resource="account", outcome="ok")
+    encoded = totp.secret_base32(secret)
+    return web.json_response({
+        "patient_id": str(patient.id), "username": username,
+        "totp": {"secret": encoded, "uri": totp.provisioning_uri(encoded, username,
+                                                                 TOTP_ISSUER)}}, status=201)
+
+
+async def issue_session(request: web.Request, subject: str, methods: list[str]
+                        ) -> web.Response:
+    """A new session: an access token bound to it and its first refresh token."""
+    deps = request.app[DEPS]
+    opened = await Sessions(deps.pool).open(subject, methods)
+    return _tokens(request, subject, methods, opened.session_id, opened.refresh_token)
+
+
+def _tokens(request: web.Request, subject: str, methods: list[str], session_id: uuid.UUID,
+            refresh_token: str) -> web.Response:
+    deps = request.app[DEPS]
+    access = deps.tokens.issue(subject, methods=methods, session_id=str(session_id))
+    return web.json_response({"access_token": access, "token_type": "Bearer",
+                              "expires_in": deps.tokens.ttl_s, "refresh_token": refresh_token,
+                              "second_factor": "otp" in methods or "mfa" in methods})
+
+
+def client_of(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def login(request: web.Request) -> web.Response:
+    """Password, and the code of the authenticator app. Without the code the token is good
+    for the account but not for health data (403 there)."""
+    deps = request.app[DEPS]
+    body = await strict_body(request, {"username": str, "password": str, "totp": str},
+                             optional={"totp"})
+    guard = request.app[GUARD]
+    username = body["username"].strip().lower()
+    try:
+        guard.check(username, client_of(request))
+    except TooMany as exc:
+        return too_many(exc)
+    patient = await deps.patients.by_username(username)
+    ok = await credentials.check_password(patient.password_hash if patient else None,
+                                          body["password"])
+    methods = ["pwd"]
+    if ok and patient is not None and "totp" in body:
+        ok = await credentials.check_code(
+            await deps.patients.totp_secret(patient.id), body["totp"],
+            functools.partial(deps.patients.accept_totp_step, patient.id))
+        methods.append("otp")
+    if patient is not None:
+        await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
+                                action="login", resource="session",
+                                outcome="ok" if ok else "refused")
+    if patient is None or not ok:
+        guard.failed(username, client_of(request))
+        raise Problem(401, "unknown username, wrong password or wrong code")
+    guard.succeeded(username)
+    return await issue_session(request, str(patient.id), methods)
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """Spend a refresh token for a new pair. A token spent twice ends its session."""
+    deps = request.app[DEPS]
+    body = await strict_body(request, {"refresh_token": str})
+    try:
+        rotated = await Sessions(deps.pool).rotate(body["refresh_token"])
+    except RefreshRefused as exc:
+        raise Problem(401, str(exc)) from None
+    return _tokens(request, rotated.subject, rotated.methods, rotated.session_id,
+                   rotated.refresh_token)
+
+
+async def logout(request: web.Request) -> web.Response:
+    """End this session: its refresh token and its access tokens stop working now."""
+    deps = request.app[DEPS]
+    claims = bearer_claims(request, health_data=False)
+    if claims.session_id is None:
+        raise Problem(400, "this token has no session to end")
+    await Sessions(deps.pool).revoke(uuid.UUID(claims.session_id), "logout")
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=False))
+    patient = await deps.patients.by_id(patient_id)
+    if patient is None:
+        raise Problem(401, "this account no longer exists")
+    return web.json_response({"patient_id": str(patient.id), "username": patient.username,
+                              "totp_confirmed": patient.totp_confirmed})
+
+
+async def erase_me(request: web.Request) -> web.Response:
+    """Erase my account and all my data. Asks for the password and a code again: a stolen
+    access token alone cannot destroy an account."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=True))
+    body = await strict_body(request, {"password": str, "totp": str})
+    patient = await deps.patients.by_id(patient_id)
+    ok = patient is not None and await credentials.check_password(patient.password_hash,
+                                                                  body["password"])
+    if ok:
+        ok = await credentials.check_code(
+            await deps.patients.totp_secret(patient_id), body["totp"],
+            functools.partial(deps.patients.accept_totp_step, patient_id))
+    if not ok:
+        raise Problem(403, "confirm with your password and a current code")
+    segments = await erase_patient(deps.pool, patient_id, f"patient:{patient_id}")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="erase", resource="account", outcome="ok")
+    return web.json_response({"erased": True, "segments_removed": segments,
+                              "at": dt.datetime.now(dt.UTC).isoformat()})
+
+
+async def export_me(request: web.Request) -> web.Response:
+    """Everything held about me, as one FHIR R4 Bundle (GDPR articles 15 and 20): my
+    account, devices, every measurement, my consents, and the log of accesses to my data."""
+    deps = request.app[DEPS]
+    patient_id = patient_of(bearer_claims(request, health_data=True))
+    patient = await deps.patients.by_id(patient_id)
+    if patient is None:
+        raise Problem(401, "this account no longer exists")
+    ref = f"Patient/{patient_id}"
+    resources: list[dict[str, Any]] = [{
+        "resourceType": "Patient", "id": str(patient_id), "active": True,
+        "identifier": [{"system": "urn:healthiot:username", "value": patient.username}]}]
+    for row in await deps.pool.fetch(
+            "SELECT id, model, serial FROM devices WHERE patient_id = $1 ORDER BY id",
+            patient_id):
+        resources.append({"resourceType": "Device", "id": _fhir_id(row["id"]),
+                          "identifier": [{"system": "urn:healthiot:device",
+                                          "value": row["id"]}],
+                          "serialNumber": row["serial"],
+                          "deviceName": [{"name": row["model"], "type": "model-name"}],
+                          "patient": {"reference": ref}})
+    span = await deps.pool.fetchrow(
+        "SELECT min(start_at) AS lo, max(end_at) AS hi FROM segments WHERE patient_id = $1",
+        patient_id)
+    if span["lo"] is not None:
+        hi = span["hi"] + dt.timedelta(milliseconds=1)
+        series = {m: await deps.store.read_series(patient_id, m, span["lo"], hi)
+                  for m in METRICS}
+        found = observations(patient_id, {m: s for m, s in series.items() if len(s)})
+        resources += [r for _, r in sorted(found, key=lambda pair: (pair[0], pair[1]["id"]))]
+    clinicians = Clinicians(deps.pool, deps.keyring)
+    now = dt.datetime.now(dt.UTC)
+    for c in await Consents(deps.pool).for_patient(patient_id):
+        who = await clinicians.by_id(c.clinician_id)
+        resources.append(fhir.consent_resource(
+            str(c.id), ref, c.active(now), _ms(c.granted_at), _ms(c.expires_at),
+            _ms(c.data_from), _ms(c.data_to), who.rpps if who else None,
+            [METRICS[m].loinc for m in c.metrics]))
+    for row in await deps.audit.for_patient(patient_id, limit=100_000):
+        if row["action"] in ("read", "search", "feed"):
+            resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),
+                                              row["action"], row["outcome"], row["actor"],
+                                              ref, row["resource"]))
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
+                            action="export", resource="all", outcome="ok")
+    return web.json_response(fhir.bundle("collection", resources),
+                             content_type="application/fhir+json")
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _fhir_id(text: str) -> str:
+    """A FHIR id ([A-Za-z0-9-.]{1,64}) for an internal identifier."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", text)[:64]

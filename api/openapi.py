@@ -1,0 +1,220 @@
+"""The OpenAPI 3.1 document of the API, served at /openapi.json.
+
+Written by hand next to the routes, checked against them two ways: a test asserts that every
+registered route is documented and every documented one registered, and schemathesis sends
+generated requests to the real application and checks each answer against this document.
+Request bodies say ``additionalProperties: false`` because the handlers refuse unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from vitals.catalogue import METRIC_NAMES
+
+Schema = dict[str, Any]
+
+PROBLEM: Schema = {
+    "type": "object", "required": ["type", "title", "status", "detail"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                   "status": {"type": "integer"}, "detail": {"type": "string"}}}
+FHIR_RESOURCE: Schema = {"type": "object", "required": ["resourceType"],
+                         "properties": {"resourceType": {"type": "string"}}}
+STR: Schema = {"type": "string"}
+NUM: Schema = {"type": "number"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+OPT_NUM: Schema = {"type": ["number", "null"]}
+DATE_TIME: Schema = {"type": "string", "format": "date-time"}
+UUID: Schema = {"type": "string", "format": "uuid"}
+METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
+                        "schema": {"type": "string", "enum": list(METRIC_NAMES)}}
+
+
+def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None, *,
+        closed: bool = False) -> Schema:
+    schema: Schema = {"type": "object", "required": list(required),
+                      "properties": {**required, **(optional or {})}}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def body(schema: Schema) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(fhir: bool = False) -> Schema:
+    if fhir:
+        return {"4XX": {"description": "an OperationOutcome",
+                        "content": {"application/fhir+json": {"schema": FHIR_RESOURCE}}}}
+    return {"4XX": {"description": "a problem (RFC 9457)",
+                    "content": {"application/problem+json": {"schema": PROBLEM}}}}
+
+
+def op(summary: str, ok: Schema | None, *, status: str = "200", request: Schema | None = None,
+       params: list[Schema] | None = None, secure: bool = True,
+       media: str = "application/json", fhir: bool = False) -> Schema:
+    response: Schema = {"description": summary}
+    if ok is not None:
+        response["content"] = {media: {"schema": ok}}
+    out: Schema = {"summary": summary, "responses": {status: response, **_problems(fhir)}}
+    if request is not None:
+        out["requestBody"] = body(request)
+    if params:
+        out["parameters"] = params
+    if secure:
+        out["security"] = [{"bearer": []}]
+    else:
+        out["security"] = []
+    return out
+
+
+def q(name: str, schema: Schema, required: bool = False) -> Schema:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def p(name: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+TOKENS = obj({"access_token": STR, "token_type": STR, "expires_in": INT,
+              "refresh_token": STR, "second_factor": BOOL})
+RANGE = [q("from", DATE_TIME), q("to", DATE_TIME)]
+SUMMARY = obj({"unit": STR, "loinc": STR, "count": INT, "flagged": INT, "completeness": NUM,
+               "episodes": {"type": "array", "items": obj(
+                   {"rule": STR, "description": STR, "start": STR, "end": STR,
+                    "value": NUM})}})
+CONSENT = obj({"id": UUID, "clinician_id": UUID, "metrics": {"type": "array", "items": STR},
+               "data_from": STR, "data_to": STR, "expires_at": STR, "granted_at": STR,
+               "revoked_at": {"type": ["string", "null"]}, "active": BOOL})
+FEED = obj({"enabled": BOOL, "pending": INT, "sent": INT, "refused": INT,
+            "last_refusal": {"type": ["string", "null"]}})
+ZONE = obj({"zone": STR, "history": {"type": "array", "items": obj(
+    {"effective_from": STR, "zone": STR})}})
+DEVICE_ORDER = obj({"metric": STR, "device_ids": {"type": "array", "items": STR}})
+
+PATHS: dict[str, dict[str, Schema]] = {
+    "/healthz": {"get": op("liveness", obj({"status": STR}), secure=False)},
+    "/.well-known/jwks.json": {"get": op("the keys that sign access tokens", obj(
+        {"keys": {"type": "array"}}), secure=False)},
+    "/openapi.json": {"get": op("this document", {"type": "object"}, secure=False)},
+    "/v1/accounts": {"post": op(
+        "register; the answer holds the TOTP secret, once", obj(
+            {"patient_id": UUID, "username": STR, "totp": obj({"secret": STR, "uri": STR})}),
+        status="201", secure=False,
+        request=obj({"username": STR, "password": STR}, closed=True))},
+    "/v1/auth/login": {"post": op(
+        "sign in: password, and the code for a token good for health data", TOKENS,
+        secure=False, request=obj({"username": STR, "password": STR}, {"totp": STR},
+                                  closed=True))},
+    "/v1/auth/refresh": {"post": op("rotate a refresh token", TOKENS, secure=False,
+                                    request=obj({"refresh_token": STR}, closed=True))},
+    "/v1/auth/logout": {"post": op("end this session", None, status="204")},
+    "/v1/me": {
+        "get": op("my account", obj({"patient_id": UUID, "username": STR,
+                                     "totp_confirmed": BOOL})),
+        "delete": op("erase my account and all my data", obj(
+            {"erased": BOOL, "segments_removed": INT, "at": STR}),
+            request=obj({"password": STR, "totp": STR}, closed=True))},
+    "/v1/me/export": {"get": op("all my data as a FHIR Bundle", FHIR_RESOURCE,
+                                media="application/fhir+json")},
+    "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
+        {"latest": {"type": "object"}}))},
+    "/v1/me/vitals/{metric}": {"get": op(
+        "one metric over a range, raw or per 1m/1h/1d bucket", obj(
+            {"metric": STR, "unit": STR, "loinc": STR, "from": STR, "to": STR,
+             "resolution": STR, "truncated": BOOL}),
+        params=[METRIC_PARAM, *RANGE,
+                q("resolution", {"type": "string", "enum": ["raw", "1m", "1h", "1d"]})])},
+    "/v1/me/summary": {"get": op("a summary per metric", obj(
+        {"from": STR, "to": STR, "metrics": {"type": "object",
+                                               "additionalProperties": SUMMARY}}),
+        params=RANGE)},
+    "/v1/me/consents": {
+        "get": op("my consents", obj({"consents": {"type": "array", "items": CONSENT}})),
+        "post": op("share metrics of a period with a clinician until an expiry", CONSENT,
+                   status="201", request=obj(
+                       {"clinician_rpps": STR, "metrics": {"type": "array", "items": STR},
+                        "categories": {"type": "array", "items": STR}, "data_from": STR,
+                        "data_to": STR, "expires_at": STR}, closed=True))},
+    "/v1/me/consents/{consent_id}": {"delete": op("revoke a consent", None, status="204",
+                                                  params=[p("consent_id", STR)])},
+    "/v1/me/access-log": {"get": op(
+        "every access to my data; format=fhir for BALP AuditEvents", {"type": "object"},
+        params=[q("format", {"type": "string", "enum": ["json", "fhir"]}),
+                q("before", {"type": "integer", "minimum": 1}),
+                q("limit", {"type": "integer", "minimum": 1, "maximum": 500})])},
+    "/v1/me/record-feed": {
+        "get": op("the feed to my medical record", FEED),
+        "put": op("turn the feed on or off", FEED,
+                  request=obj({"enabled": BOOL, "ins": STR}, closed=True))},
+    "/v1/me/timezone": {
+        "get": op("my time zone and its history", ZONE),
+        "put": op("my time zone from now on", ZONE, request=obj({"zone": STR}, closed=True))},
+    "/v1/me/daily/{metric}": {"get": op(
+        "one figure per local day, with each source's own", obj(
+            {"metric": STR, "unit": STR, "zone": STR,
+             "source_order": {"type": "array", "items": STR},
+             "days": {"type": "array", "items": obj(
+                 {"date": STR, "hours": NUM, "value": OPT_NUM, "count": INT,
+                  "min": OPT_NUM, "max": OPT_NUM, "sources": {"type": "object"},
+                  "counted": {"type": "object"}})}}),
+        params=[METRIC_PARAM, q("from", {"type": "string", "format": "date"}),
+                q("to", {"type": "string", "format": "date"})])},
+    "/v1/me/sources/{metric}": {
+        "get": op("my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM]),
+        "put": op("set my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM],
+                  request=obj({"device_ids": {"type": "array", "items": STR}}, closed=True))},
+    "/v1/clinicians/login": {"post": op(
+        "clinician sign-in with password and code", TOKENS, secure=False,
+        request=obj({"username": STR, "password": STR, "totp": STR}, closed=True))},
+    "/v1/clinicians/oidc": {"post": op(
+        "clinician sign-in with an ID token of the identity provider", TOKENS, secure=False,
+        request=obj({"id_token": STR}, closed=True))},
+    "/v1/clinician/patients": {"get": op("patients who share with me", obj(
+        {"patients": {"type": "array", "items": obj({"patient_id": UUID})}}))},
+    "/v1/clinician/patients/{patient_id}/summary": {"get": op(
+        "a patient's summary, limited to what they share", obj(
+            {"patient_id": UUID, "from": STR, "to": STR,
+             "metrics": {"type": "object", "additionalProperties": SUMMARY}}),
+        params=[p("patient_id", STR), *RANGE])},
+    "/v1/clinician/patients/{patient_id}/charts/{metric}": {"get": op(
+        "a shared metric as an SVG chart", STR, media="image/svg+xml",
+        params=[p("patient_id", STR), p("metric", STR), *RANGE])},
+    "/fhir/metadata": {"get": op("CapabilityStatement", FHIR_RESOURCE, secure=False,
+                                 media="application/fhir+json", fhir=True)},
+    "/fhir/Patient/{patient_id}": {"get": op(
+        "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
+        fhir=True, params=[p("patient_id", STR)])},
+    "/fhir/Observation": {"get": op(
+        "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
+        media="application/fhir+json", fhir=True,
+        params=[q("patient", STR, required=True), q("code", STR),
+                {"name": "date", "in": "query", "required": False,
+                 "schema": {"type": "array", "items": STR}, "style": "form", "explode": True},
+                q("_count", {"type": "integer", "minimum": 1, "maximum": 200}),
+                q("_page", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
+}
+
+
+def document() -> Schema:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "healthiot API", "version": "1",
+                 "description": "Patients' and clinicians' API: accounts with two factors, "
+                                "vitals, consent, access log, GDPR rights, FHIR R4 reads."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "bearerFormat": "JWT"}}},
+        "paths": PATHS,
+    }
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", serve)
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.json_response(document())
