@@ -56,10 +56,11 @@ def _problems(fhir: bool = False) -> Schema:
 
 def op(summary: str, ok: Schema | None, *, status: str = "200", request: Schema | None = None,
        params: list[Schema] | None = None, secure: bool = True,
-       media: str = "application/json", fhir: bool = False) -> Schema:
+       media: str | tuple[str, ...] = "application/json", fhir: bool = False) -> Schema:
     response: Schema = {"description": summary}
     if ok is not None:
-        response["content"] = {media: {"schema": ok}}
+        response["content"] = {m: {"schema": ok} for m in
+                               ((media,) if isinstance(media, str) else media)}
     out: Schema = {"summary": summary, "responses": {status: response, **_problems(fhir)}}
     if request is not None:
         out["requestBody"] = body(request)
@@ -144,6 +145,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                                                   params=[p("consent_id", STR)])},
     "/v1/me/access-log": {"get": op(
         "every access to my data; format=fhir for BALP AuditEvents", {"type": "object"},
+        media=("application/json", "application/fhir+json"),
         params=[q("format", {"type": "string", "enum": ["json", "fhir"]}),
                 q("before", {"type": "integer", "minimum": 1}),
                 q("limit", {"type": "integer", "minimum": 1, "maximum": 500})])},

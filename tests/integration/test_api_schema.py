@@ -1,0 +1,125 @@
+"""schemathesis against the real application: generated requests for every documented
+operation, as a patient with two factors; no server error, and every answer (status,
+content type, body) as the OpenAPI document says.
+
+The application runs in a thread with its own event loop and database pool, because
+schemathesis calls it synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api import totp
+from api.app import create_app
+from api.limits import Limits
+from api.openapi import document
+from api.requests import ApiDeps
+from api.tokens import TokenService
+from devices.ca import new_key
+from healthiot.localservers import free_port
+from healthiot.services import open_core
+
+EXAMPLES_PER_OPERATION = 25
+NOT_FUZZED = {("POST", "/v1/auth/logout")}  # it would end the session the others use
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance]
+
+
+def _serve(dsn: str, password: str, kek: Path, port: int, ready: threading.Event,
+           stop: threading.Event, failure: list[BaseException]) -> None:
+    async def main() -> None:
+        core = await open_core(dsn, password, kek, create_kek=True)
+        tokens = TokenService(new_key(), issuer="https://test", audience="test")
+        app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
+                                 core.patients, core.audit, tokens,
+                                 limits=Limits(requests_per_second=10_000,
+                                               request_burst=10_000)))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        await runner.cleanup()
+        await core.pool.close()
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:  # reported by the fixture, not lost in the thread
+        failure.append(exc)
+        ready.set()
+
+
+@pytest.fixture
+def api_url(database, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    ready, stop, failure = threading.Event(), threading.Event(), []
+    thread = threading.Thread(target=_serve, args=(database.dsn, database.password,
+                                                   tmp_path / "kek.bin", port, ready, stop,
+                                                   failure))
+    thread.start()
+    ready.wait(30)
+    if failure:
+        raise failure[0]
+    yield f"http://127.0.0.1:{port}"
+    stop.set()
+    thread.join(30)
+
+
+def _patient_token(base: str) -> str:
+    password = "a quiet river at dawn"
+    created = requests.post(f"{base}/v1/accounts", timeout=10, json={
+        "username": "fuzzed", "password": password}).json()
+    secret = totp.secret_from_base32(created["totp"]["secret"])
+    resp = requests.post(f"{base}/v1/auth/login", timeout=10, json={
+        "username": "fuzzed", "password": password,
+        "totp": totp.code_at(secret, int(time.time() // totp.STEP_S))})
+    token: str = resp.json()["access_token"]
+    return token
+
+
+def test_every_operation_answers_as_documented(api_url: str) -> None:
+    headers = {"Authorization": f"Bearer {_patient_token(api_url)}"}
+    schema = schemathesis.openapi.from_dict(document())
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if (operation.method.upper(), operation.path) in NOT_FUZZED:
+            continue
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None,
+                  deadline=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case: Any) -> None:
+            case.call_and_validate(base_url=api_url, headers=headers, checks=CHECKS)
+
+        try:
+            fuzz()
+        except Exception as exc:  # collect all operations' failures, then report them
+            failures.append(f"{operation.method.upper()} {operation.path}: {exc}"[:2000])
+    assert not failures, "\n\n".join(failures)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists() -> None:
+    app = create_app(ApiDeps(*[None] * 7))  # type: ignore[arg-type]  (routes only)
+    served = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None and r.method != "HEAD"}
+    documented = {(m, path) for path, ops in document()["paths"].items() for m in ops}
+    assert served == documented
