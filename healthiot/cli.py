@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTPS API against the configured database")
     sub.add_parser("record-feed", help="run the medical-record feed (FHIR outbox sender)")
 
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first edited row")
+
     clin = sub.add_parser("clinicians", help="clinician accounts (password + TOTP)")
     clin_sub = clin.add_subparsers(dest="clinicians_command", required=True, metavar="ACTION")
     add = clin_sub.add_parser("add", help="create an account; prints its one-time secrets")
@@ -89,6 +93,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from healthiot.daemons import add_clinician
         return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,
                                          name=args.name, username=args.username))
+    if args.command == "audit":
+        from healthiot.daemons import verify_audit
+        return asyncio.run(verify_audit(settings))
     if args.command == "db":
         from healthiot.daemons import migrate_only
         return asyncio.run(migrate_only(settings))

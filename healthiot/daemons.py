@@ -137,3 +137,19 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
     finally:
         await core.pool.close()
     return 0
+
+
+async def verify_audit(settings: Settings) -> int:
+    """Walk the audit chain; 0 when intact, 1 naming the first row that was edited."""
+    dsn, password = _database(settings)
+    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    try:
+        check = await core.audit.verify_chain()
+    finally:
+        await core.pool.close()
+    if check.intact:
+        print(f"audit chain intact: {check.rows} entries")
+        return 0
+    print(f"audit chain BROKEN at entry {check.first_broken_id} "
+          f"({check.rows} entries before it hold)")
+    return 1
