@@ -167,7 +167,7 @@ async def erase_me(request: web.Request) -> web.Response:
             functools.partial(deps.patients.accept_totp_step, patient_id))
     if not ok:
         raise Problem(403, "confirm with your password and a current code")
-    segments = await erase_patient(deps.pool, patient_id, f"patient:{patient_id}")
+    segments = await erase_patient(deps.pool, deps.keyring, patient_id, f"patient:{patient_id}")
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="erase", resource="account", outcome="ok")
     return web.json_response({"erased": True, "segments_removed": segments,

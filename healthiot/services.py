@@ -22,8 +22,9 @@ from broker_bridge.connection import make_client, tls_context
 from devices.registry import Registry
 from healthiot.settings import Settings
 from storage.audit import Audit
-from storage.crypto import LocalKeyFile
+from storage.crypto import KekRing, KeyProvider, LocalKeyFile
 from storage.keyring import Keyring
+from storage.owner_secrets import OwnerSecrets
 from storage.patients import Patients
 from storage.record_feed import RecordFeed
 from storage.store import Store
@@ -42,10 +43,17 @@ class Core:
 
 
 async def open_core(dsn: str, password: str, kek_file: Path, *,
-                    create_kek: bool = False) -> Core:
+                    create_kek: bool = False, owner_keys_dir: Path | None = None,
+                    previous_kek_files: tuple[Path, ...] = ()) -> Core:
+    """The pool and the stores. Owner secrets live in ``owner_keys_dir`` (default: next to
+    the KEK); previous KEKs stay readable during a rotation."""
     pool = await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=POOL_MAX,
                                      timeout=10, command_timeout=30)
-    keyring = Keyring(LocalKeyFile(kek_file, create=create_kek))
+    provider: KeyProvider = LocalKeyFile(kek_file, create=create_kek)
+    if previous_kek_files:
+        provider = KekRing(provider, *(LocalKeyFile(f) for f in previous_kek_files))
+    owners = OwnerSecrets(owner_keys_dir or kek_file.parent / "owner-keys")
+    keyring = Keyring(provider, owners)
     return Core(pool, keyring, Store(pool, keyring), Registry(pool), Patients(pool, keyring),
                 Audit(pool))
 

@@ -80,3 +80,25 @@ class LocalKeyFile:
         if kek_id != self._id:
             raise KeyUnavailable(f"data key wrapped by {kek_id}, this provider holds {self._id}")
         return open_sealed(self._key, wrapped, context)
+
+
+class KekRing:
+    """Several KEKs during a rotation: wraps with the newest, unwraps with whichever KEK
+    wrapped the key (by id), so reads never fail while keys are being re-wrapped."""
+
+    def __init__(self, current: KeyProvider, *previous: KeyProvider) -> None:
+        self._current = current
+        self._by_id = {p.kek_id: p for p in (current, *previous)}
+
+    @property
+    def kek_id(self) -> str:
+        return self._current.kek_id
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes:
+        return self._current.wrap(data_key, context)
+
+    def unwrap(self, wrapped: bytes, kek_id: str, context: bytes) -> bytes:
+        provider = self._by_id.get(kek_id)
+        if provider is None:
+            raise KeyUnavailable(f"data key wrapped by {kek_id}, which this ring lacks")
+        return provider.unwrap(wrapped, kek_id, context)

@@ -12,9 +12,15 @@ import uuid
 
 import asyncpg
 
+from storage.keyring import Keyring
 
-async def erase_patient(pool: asyncpg.Pool, patient_id: uuid.UUID, requested_by: str) -> int:
+
+async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.UUID,
+                        requested_by: str) -> int:
     """Erase everything of ``patient_id``; returns how many segments were removed."""
+    # The secret half of the key first: from this instant nothing of theirs opens, in this
+    # database or in any dump of it, whatever happens to the transaction below.
+    keyring.forget(str(patient_id))
     async with pool.acquire() as conn, conn.transaction():
         devices = [r["id"] for r in await conn.fetch(
             "SELECT id FROM devices WHERE patient_id = $1", patient_id)]
