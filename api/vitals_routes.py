@@ -11,9 +11,10 @@ from aiohttp import web
 from api.problems import Problem
 from api.representations import summary_json
 from api.requests import DEPS, bearer_claims, patient_of, time_param
+from storage.reads import RESOLUTIONS, read_stats
+from storage.rollups import Rollups
 from vitals.catalogue import METRICS
 from vitals.fhir import instant
-from vitals.resample import RESOLUTIONS_MS, bucketise
 from vitals.summaries import summarise
 
 MAX_POINTS = 50_000  # a day of 1 Hz heart rate with room; more must be rolled up or paged
@@ -46,28 +47,29 @@ async def my_vitals(request: web.Request) -> web.Response:
     if metric is None:
         raise Problem(404, f"unknown metric {name!r}")
     resolution = request.query.get("resolution", "raw")
-    if resolution != "raw" and resolution not in RESOLUTIONS_MS:
+    if resolution not in RESOLUTIONS:
         raise Problem(400, "resolution is raw, 1m, 1h or 1d")
     start, end = _range(request, DEFAULT_RANGE)
-    series = await deps.store.read_series(patient_id, name, start, end)
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="read", resource=f"vitals/{name}", outcome="ok")
     body: dict[str, Any] = {"metric": name, "unit": metric.unit, "loinc": metric.loinc,
                             "from": start.isoformat(), "to": end.isoformat(),
                             "resolution": resolution}
     if resolution == "raw":
+        series = await deps.store.read_series(patient_id, name, start, end)
         n = min(len(series), MAX_POINTS)
         body["samples"] = [{"t": instant(int(t)), "v": float(v), "flags": int(f)}
                            for t, v, f in zip(series.t_ms[:n], series.value[:n],
                                               series.flags[:n], strict=True)]
         body["truncated"] = len(series) > MAX_POINTS
         return web.json_response(body)
-    b = bucketise(series.t_ms, series.value, RESOLUTIONS_MS[resolution])
-    n = min(len(b.t_ms), MAX_POINTS)
+    b = await read_stats(deps.pool, deps.store, Rollups(deps.pool, deps.keyring, deps.store),
+                         patient_id, name, start, end, resolution)
+    n = min(len(b), MAX_POINTS)
     body["buckets"] = [{"t": instant(int(b.t_ms[i])), "count": int(b.count[i]),
                         "min": float(b.minimum[i]), "max": float(b.maximum[i]),
                         "mean": float(b.mean[i]), "std": float(b.std[i])} for i in range(n)]
-    body["truncated"] = len(b.t_ms) > MAX_POINTS
+    body["truncated"] = len(b) > MAX_POINTS
     return web.json_response(body)
 
 

@@ -28,6 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTPS API against the configured database")
     sub.add_parser("record-feed", help="run the medical-record feed (FHIR outbox sender)")
 
+    maint = sub.add_parser("maintenance",
+                           help="storage upkeep: partitions, rollups, compaction, retention")
+    maint.add_argument("--once", action="store_true", help="one pass, then exit")
+    keys = sub.add_parser("keys", help="key management")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_sub.add_parser("rotate", help="re-wrap every data key with a new KEK")
+    rotate.add_argument("--new-kek", type=Path, required=True,
+                        help="file with the new 32-byte key-encryption key")
+
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 at the first edited row")
@@ -93,6 +102,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from healthiot.daemons import add_clinician
         return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,
                                          name=args.name, username=args.username))
+    if args.command == "maintenance":
+        from healthiot.daemons import run_maintenance
+        return asyncio.run(run_maintenance(settings, once=args.once))
+    if args.command == "keys":
+        from healthiot.daemons import rotate_kek
+        return asyncio.run(rotate_kek(settings, args.new_kek))
     if args.command == "audit":
         from healthiot.daemons import verify_audit
         return asyncio.run(verify_audit(settings))

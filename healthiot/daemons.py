@@ -18,7 +18,9 @@ from broker_bridge.connection import connect_properties
 from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.services import (
+    Core,
     bridge_client_id,
+    maintenance,
     new_bridge,
     oidc_verifier,
     open_core,
@@ -28,6 +30,7 @@ from healthiot.services import (
 )
 from healthiot.settings import Settings
 from storage.clinicians import Clinicians
+from storage.crypto import LocalKeyFile
 from vitals.errors import InvalidProfessional
 
 
@@ -42,6 +45,12 @@ def _database(settings: Settings) -> tuple[str, str]:
     if not settings.database_url:
         raise SettingsError("HEALTHIOT_DATABASE_URL is required here")
     return settings.database_url, settings.database_password
+
+
+async def _open_core(settings: Settings) -> Core:
+    dsn, password = _database(settings)
+    return await open_core(dsn, password, _required(settings, "kek_file"),
+                           owner_keys_dir=_required(settings, "owner_keys_dir"))
 
 
 async def _until_signalled() -> None:
@@ -60,8 +69,7 @@ async def migrate_only(settings: Settings) -> int:
 
 
 async def run_bridge(settings: Settings) -> int:
-    dsn, password = _database(settings)
-    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    core = await _open_core(settings)
     try:
         bridge = new_bridge(core, client_id=bridge_client_id(settings),
                             ca_file=_required(settings, "mqtt_ca_file"),
@@ -81,8 +89,7 @@ async def run_bridge(settings: Settings) -> int:
 
 
 async def run_api(settings: Settings) -> int:
-    dsn, password = _database(settings)
-    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    core = await _open_core(settings)
     try:
         tokens = TokenService(stack.load_jwt_key(_required(settings, "jwt_key_file")),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
@@ -101,8 +108,7 @@ async def run_api(settings: Settings) -> int:
 
 async def run_record_feed(settings: Settings) -> int:
     """The medical-record feed as its own process (one is enough: the outbox leases)."""
-    dsn, password = _database(settings)
-    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    core = await _open_core(settings)
     try:
         async with aiohttp.ClientSession() as session:
             feed = record_feed(core, settings, session)
@@ -120,8 +126,7 @@ async def run_record_feed(settings: Settings) -> int:
 async def add_clinician(settings: Settings, *, rpps: str, profession: str, name: str,
                         username: str) -> int:
     """Create a password + TOTP clinician account and print its secrets, once."""
-    dsn, password = _database(settings)
-    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    core = await _open_core(settings)
     try:
         secret, first_password = totp.new_secret(), secrets.token_urlsafe(18)
         try:
@@ -141,8 +146,7 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
 
 async def verify_audit(settings: Settings) -> int:
     """Walk the audit chain; 0 when intact, 1 naming the first row that was edited."""
-    dsn, password = _database(settings)
-    core = await open_core(dsn, password, _required(settings, "kek_file"))
+    core = await _open_core(settings)
     try:
         check = await core.audit.verify_chain()
     finally:
@@ -153,3 +157,37 @@ async def verify_audit(settings: Settings) -> int:
     print(f"audit chain BROKEN at entry {check.first_broken_id} "
           f"({check.rows} entries before it hold)")
     return 1
+
+
+async def run_maintenance(settings: Settings, *, once: bool) -> int:
+    core = await _open_core(settings)
+    try:
+        job = maintenance(core, settings)
+        if once:
+            print(f"maintenance: {await job.run_once()}")
+            return 0
+        task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s))
+        await _until_signalled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await core.pool.close()
+    return 0
+
+
+async def rotate_kek(settings: Settings, new_kek: Path) -> int:
+    """Re-wrap every data key with ``new_kek``; then point HEALTHIOT_KEK_FILE at it. Reads
+    keep working throughout: the ring unwraps with either KEK."""
+    dsn, password = _database(settings)
+    old = _required(settings, "kek_file")
+    core = await open_core(dsn, password, new_kek, create_kek=False,
+                           owner_keys_dir=_required(settings, "owner_keys_dir"),
+                           previous_kek_files=(old,))
+    try:
+        async with core.pool.acquire() as conn:
+            done = await core.keyring.rewrap_all(conn, LocalKeyFile(new_kek))
+    finally:
+        await core.pool.close()
+    print(f"re-wrapped {done} data keys with {new_kek}; set HEALTHIOT_KEK_FILE to it, "
+          f"then retire {old}")
+    return 0

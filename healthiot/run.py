@@ -24,6 +24,7 @@ from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.services import (
     Core,
     bridge_client_id,
+    maintenance,
     new_bridge,
     oidc_verifier,
     open_core,
@@ -127,6 +128,10 @@ async def _run_services(settings: Settings, materials: stack.Materials,
                                  tls=server_tls(materials.api_cert, materials.api_key),
                                  oidc=oidc_verifier(settings, session))
         resources.push_async_callback(runner.cleanup)
+        upkeep = asyncio.create_task(
+            maintenance(core, settings).run_forever(settings.maintenance_interval_s),
+            name="maintenance")
+        resources.push_async_callback(_cancel, upkeep)
         feed = record_feed(core, settings, session)
         if feed is not None:
             feed_task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s),

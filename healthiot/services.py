@@ -24,9 +24,11 @@ from healthiot.settings import Settings
 from storage.audit import Audit
 from storage.crypto import KekRing, KeyProvider, LocalKeyFile
 from storage.keyring import Keyring
+from storage.maintenance import Maintenance, RetentionPolicy
 from storage.owner_secrets import OwnerSecrets
 from storage.patients import Patients
 from storage.record_feed import RecordFeed
+from storage.rollups import Rollups
 from storage.store import Store
 
 POOL_MAX = 10  # the bridge holds one connection per batch; the API a few per request burst
@@ -105,3 +107,10 @@ def record_feed(core: Core, settings: Settings,
         return None
     return FeedSender(RecordFeed(core.pool, core.keyring), core.store, core.audit, session,
                       FeedConfig(settings.record_feed_url, settings.record_feed_sender_oid))
+
+
+def maintenance(core: Core, settings: Settings) -> Maintenance:
+    policy = RetentionPolicy(settings.retention_raw_days, settings.retention_rollups_days,
+                             settings.retention_quarantine_days, settings.retention_audit_days)
+    return Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                       core.audit, policy)

@@ -70,6 +70,20 @@ class Settings:
     kek_file: Path | None = field(default=None, metadata=_doc(
         "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))
 
+    owner_keys_dir: Path | None = field(default=None, metadata=_doc(
+        "per-patient secrets, half of each data key, outside the database (embedded: "
+        "var/keys/owner-keys); erasure deletes them, which defeats old dumps", secret=True))
+    retention_raw_days: int = field(default=365, metadata=_doc(
+        "days raw samples are kept (whole partitions dropped after)"))
+    retention_rollups_days: int = field(default=1825, metadata=_doc(
+        "days hourly and daily rollups are kept"))
+    retention_quarantine_days: int = field(default=30, metadata=_doc(
+        "days quarantined payloads are kept for diagnosis"))
+    retention_audit_days: int = field(default=1825, metadata=_doc(
+        "days the audit log is kept (cut from its oldest end; the chain stays checkable)"))
+    maintenance_interval_s: int = field(default=300, metadata=_doc(
+        "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
+
     record_feed_url: str = field(default="", metadata=_doc(
         "FHIR endpoint the medical-record feed posts transaction Bundles to; empty: no feed"))
     record_feed_sender_oid: str = field(default="", metadata=_doc(
@@ -86,6 +100,9 @@ class Settings:
             raise SettingsError(f"HEALTHIOT_ENVIRONMENT must be one of {ENVIRONMENTS}")
         if self.log_format not in ("text", "json"):
             raise SettingsError("HEALTHIOT_LOG_FORMAT must be text or json")
+        if min(self.retention_raw_days, self.retention_rollups_days,
+               self.retention_quarantine_days, self.retention_audit_days) < 1:
+            raise SettingsError("retention periods are whole days, at least 1")
         if self.record_feed_url and not self.record_feed_sender_oid:
             raise SettingsError("HEALTHIOT_RECORD_FEED_URL needs HEALTHIOT_RECORD_FEED_SENDER_OID")
         if bool(self.oidc_issuer) != bool(self.oidc_client_id):

@@ -13,6 +13,7 @@ import re
 
 import asyncpg
 
+from storage import partitioning
 from storage.errors import MigrationError
 
 _LOCK_KEY = 0x4845414C  # "HEAL": one advisory lock id for every healthiot migration
@@ -61,6 +62,9 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"{name} failed: {exc}") from exc
             applied.append(name)
+        # Partitioning depends on what the server offers (TimescaleDB or not): decided
+        # here, once, under the same lock.
+        await partitioning.prepare(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied

@@ -160,6 +160,39 @@ class Store:
                 parts.append((row["device_id"], unpack(open_sealed(key, row["sealed"], aad))))
         return parts
 
+    async def compact(self, patient_id: uuid.UUID, metric: str, device_id: str,
+                      day: dt.datetime) -> int:
+        """Merge the summarised segments of one source, metric and UTC day into one
+        (exact duplicates dropped). Returns how many segments were merged (0: nothing to
+        do). Rows are locked, so ingestion and reads carry on around it."""
+        end = day + dt.timedelta(days=1)
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, device_id, start_at, end_at, samples, key_version, sealed
+                   FROM segments WHERE patient_id = $1 AND metric = $2 AND device_id = $3
+                   AND start_at >= $4 AND start_at < $5 AND rolled_up
+                   ORDER BY start_at FOR UPDATE""", patient_id, metric, device_id, day, end)
+            if len(rows) < 2:
+                return 0
+            parts = []
+            for row in rows:
+                key = await self._keyring.get(conn, str(patient_id), row["key_version"])
+                aad = _segment_aad(row["id"], patient_id, metric, device_id, row["start_at"],
+                                   row["end_at"], row["samples"], row["key_version"])
+                parts.append(unpack(open_sealed(key, row["sealed"], aad)))
+            lo, hi = _utc(min(int(p.t_ms.min()) for p in parts)), _utc(
+                max(int(p.t_ms.max()) for p in parts) + 1)
+            merged = _in_range(parts, lo, hi)
+            record = await self._sealed_segment(conn, device_id,
+                                                SegmentIn(patient_id, metric, merged))
+            await conn.execute(
+                """INSERT INTO segments (id, patient_id, metric, device_id, start_at, end_at,
+                                         samples, key_version, sealed, rolled_up)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)""", *record)
+            await conn.execute("DELETE FROM segments WHERE id = ANY($1::uuid[])",
+                               [r["id"] for r in rows])
+        return len(rows)
+
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
         """(messages, samples, rejected samples) stored for these devices: the loss ledger."""
         async with self._pool.acquire() as conn:

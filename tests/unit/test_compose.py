@@ -19,7 +19,7 @@ from healthiot.cli import _dispatch, _parser
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECRETS = "/run/secrets/"
 BRIDGES = ("bridge-1", "bridge-2")
-APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed")
+APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed", "maintenance")
 # What each command reads (healthiot/daemons.py) from files: settings fields, by name.
 READS = {
     "migrate": {"database_password"},
@@ -27,6 +27,7 @@ READS = {
               "mqtt_key_file"} for name in BRIDGES},
     "api": {"database_password", "kek_file", "jwt_key_file", "api_cert_file", "api_key_file"},
     "record-feed": {"database_password", "kek_file"},
+    "maintenance": {"database_password", "kek_file"},
 }
 BROKER_CERT_FILES = ("clients-ca.pem", "broker.pem", "broker.key")  # healthiot/cli.py
 
@@ -125,7 +126,7 @@ def test_app_services_run_in_production(services, name):
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("migrate", ["db", "migrate"]), ("bridge-1", ["bridge"]), ("bridge-2", ["bridge"]),
-    ("api", ["api"]), ("record-feed", ["record-feed"]),
+    ("api", ["api"]), ("record-feed", ["record-feed"]), ("maintenance", ["maintenance"]),
     ("broker-config", ["broker-config"]),
 ])
 def test_app_services_run_a_healthiot_command_of_the_image_built_here(services, name, expected):
@@ -173,7 +174,8 @@ def test_each_app_service_mounts_exactly_the_secrets_it_reads(services, name):
 def test_secret_settings_name_run_secrets_files_never_values(services):
     fields = [f for f in dataclasses.fields(settings.Settings) if f.metadata.get("secret")]
     inline = {settings.env_name(f.name) for f in fields if f.type == "str"}
-    as_files = {file_variable(f.name) for f in fields}
+    # Secret directories (owner keys) are volumes of their own, not Docker secrets.
+    as_files = {file_variable(f.name) for f in fields if not f.name.endswith("_dir")}
     problems = []
     for name, service in services.items():
         for variable, value in environment(service).items():
@@ -348,3 +350,8 @@ def test_the_build_context_admits_the_sources_and_nothing_else():
     assert patterns[0] == "*", "the context must start from nothing (deny everything)"
     assert {"pyproject.toml", *packages} <= admitted
     assert not admitted & {"secrets", "var", ".venv", ".git", "tests"}
+
+
+def test_every_service_that_opens_data_keys_mounts_the_owner_keys(services):
+    for name in ("bridge-1", "bridge-2", "api", "record-feed", "maintenance"):
+        assert "owner-keys:/var/lib/healthiot/owner-keys" in services[name].get("volumes", [])

@@ -1,0 +1,125 @@
+"""The scheduled storage job: partitions ahead, rollups, compaction, retention.
+
+Each pass is safe to repeat and to run from several replicas: a session advisory lock lets
+one of them work while the others skip the pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from storage import partitioning
+from storage.audit import Audit
+from storage.rollups import Rollups
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+_LOCK = 0x4D41494E  # "MAIN"
+COMPACT_AFTER = dt.timedelta(hours=1)  # leave the hour still being written alone
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    raw_days: int = 365
+    rollups_days: int = 1825
+    quarantine_days: int = 30
+    audit_days: int = 1825  # CNIL: access traces kept long enough to answer a patient
+
+
+@dataclass(frozen=True)
+class PassReport:
+    months_created: int = 0
+    days_rolled_up: int = 0
+    segments_compacted: int = 0
+    removed: dict[str, int] | None = None
+
+
+class Maintenance:
+    def __init__(self, pool: asyncpg.Pool, store: Store, rollups: Rollups, audit: Audit,
+                 policy: RetentionPolicy) -> None:
+        self._pool = pool
+        self._store = store
+        self._rollups = rollups
+        self._audit = audit
+        self.policy = policy
+
+    async def run_once(self, now: dt.datetime | None = None) -> PassReport | None:
+        """One pass; None when another replica holds the lock."""
+        now = now or dt.datetime.now(dt.UTC)
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
+                return None
+            try:
+                months = 0
+                if await partitioning.mode(conn) == "native":
+                    months = len(await partitioning.ensure_months(conn, now))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
+        rolled = await self._rollups.roll_up_pending()
+        compacted = await self.compact(now)
+        removed = await self.enforce_retention(now)
+        return PassReport(months, rolled, compacted, removed)
+
+    async def compact(self, now: dt.datetime) -> int:
+        groups = await self._pool.fetch(
+            """SELECT patient_id, metric, device_id,
+                      date_trunc('day', start_at, 'UTC') AS day
+               FROM segments WHERE rolled_up AND end_at < $1
+               GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 LIMIT 200""", now - COMPACT_AFTER)
+        merged = 0
+        for g in groups:
+            merged += await self._store.compact(g["patient_id"], g["metric"], g["device_id"],
+                                                g["day"])
+        return merged
+
+    async def enforce_retention(self, now: dt.datetime) -> dict[str, int]:
+        """Remove what outlived its retention period, and record each removal."""
+        p = self.policy
+        cutoffs = {"raw": now - dt.timedelta(days=p.raw_days),
+                   "rollups": now - dt.timedelta(days=p.rollups_days),
+                   "quarantine": now - dt.timedelta(days=p.quarantine_days),
+                   "audit": now - dt.timedelta(days=p.audit_days)}
+        removed: dict[str, int] = {}
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                before = await conn.fetchval(
+                    "SELECT count(*) FROM segments WHERE start_at < $1", cutoffs["raw"])
+                await partitioning.drop_before(conn, cutoffs["raw"])
+                removed["raw"] = int(before)
+                # The idempotency ledger goes with the raw data it vouches for.
+                await conn.execute("DELETE FROM ingested_messages WHERE received_at < $1",
+                                   cutoffs["raw"])
+            # A rollup row goes when its whole window (a day of hours, a month of days) is
+            # past the cutoff.
+            status = await conn.execute(
+                """DELETE FROM rollups WHERE window_start + CASE resolution
+                       WHEN '1h' THEN interval '1 day' ELSE interval '1 month' END <= $1""",
+                cutoffs["rollups"])
+            removed["rollups"] = int(status.split()[-1])
+            status = await conn.execute("DELETE FROM quarantine WHERE received_at < $1",
+                                        cutoffs["quarantine"])
+            removed["quarantine"] = int(status.split()[-1])
+        removed["audit"] = await self._audit.cut_before(cutoffs["audit"])
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO retention_runs (kind, cutoff, removed) VALUES ($1, $2, $3)",
+                [(kind, cutoffs[kind], n) for kind, n in removed.items() if n])
+        if any(removed.values()):
+            log.info("retention removed %s", removed)
+        return removed
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            try:
+                report = await self.run_once()
+                if report and (report.days_rolled_up or report.segments_compacted):
+                    log.info("maintenance: %s", report)
+            except (asyncpg.PostgresError, OSError):
+                log.exception("maintenance pass failed; retrying next interval")
+            await asyncio.sleep(interval_s)
+
