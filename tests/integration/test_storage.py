@@ -1,0 +1,291 @@
+"""Encrypted storage on a real PostgreSQL: partitions, dumps that reveal nothing, rows that
+cannot swap ciphertexts, KEK rotation under load, rollups, compaction, retention, erasure
+that reaches a dump taken before it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from healthiot.localservers import find_binary
+from healthiot.services import open_core
+from storage import partitioning
+from storage.crypto import LocalKeyFile
+from storage.erasure import erase_patient
+from storage.errors import IntegrityError, KeyUnavailable
+from storage.maintenance import Maintenance, RetentionPolicy
+from storage.reads import read_stats
+from storage.rollups import Rollups, compute
+from storage.segments import Samples
+from storage.store import MessageIn, SegmentIn
+from tests.conftest import new_patient
+
+DAY_MS = 86_400_000
+# Values no clock, id or counter would produce by chance: if the dump shows them, it leaks.
+HR_VALUES = np.array([61.734521, 72.918273, 88.127364, 54.603918])
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def _ingest(core, patient: uuid.UUID, metric: str, t: np.ndarray,  # type: ignore[no-untyped-def]
+                  v: np.ndarray, device: str = "watch-1", seq: list[int] | None = None) -> None:
+    seq = seq or [int(uuid.uuid4().int % 2**62)]
+    await core.store.ingest([MessageIn(device, seq[0], dt.datetime.now(dt.UTC), [SegmentIn(
+        patient, metric, Samples(t.astype(np.int64), v.astype(np.float64),
+                                 np.zeros(len(t), np.uint8)))], 0)])
+
+
+async def _seed_week(core, patient: uuid.UUID, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+    """A week of heart rate, one message per hour, as devices send it."""
+    start = _ms(now) - 7 * DAY_MS
+    for hour in range(7 * 24):
+        t = start + hour * 3_600_000 + np.arange(60, dtype=np.int64) * 60_000
+        await _ingest(core, patient, "heart_rate", t, np.resize(HR_VALUES, 60), seq=[hour])
+
+
+def _pg_dump(dsn: str, password: str, out: Path) -> str:
+    env = {**os.environ, "PGPASSWORD": password}
+    subprocess.run([find_binary("pg_dump"), "--no-owner", "-f", str(out), dsn], env=env,
+                   check=True, timeout=120)
+    return out.read_text()
+
+
+async def test_segments_live_in_monthly_partitions(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "parted")
+    now = dt.datetime.now(dt.UTC)
+    await _ingest(core, patient, "heart_rate", np.array([_ms(now)]), np.array([70.0]))
+    async with core.pool.acquire() as conn:
+        assert await partitioning.mode(conn) == "native"
+        where = await conn.fetchval("SELECT tableoid::regclass::text FROM segments")
+    assert where == partitioning.partition_name(partitioning.month_start(now))
+
+
+class _RecordingConn:
+    """Answers the questions prepare() asks of a server that offers TimescaleDB."""
+
+    def __init__(self) -> None:
+        self.executed: list[str] = []
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        return 1 if "pg_available_extensions" in sql else None
+
+    async def execute(self, sql: str, *args: object) -> str:
+        self.executed.append(" ".join(sql.split()))
+        return "OK"
+
+    def transaction(self) -> _RecordingConn:
+        return self
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def test_with_timescaledb_segments_become_a_hypertable() -> None:
+    conn = _RecordingConn()
+    assert await partitioning.prepare(conn) == "timescaledb"  # type: ignore[arg-type]
+    assert conn.executed == [
+        "CREATE EXTENSION IF NOT EXISTS timescaledb",
+        "SELECT create_hypertable('segments', 'start_at', chunk_time_interval => interval "
+        "'7 days', migrate_data => true)"]
+
+
+async def test_a_dump_after_a_week_reveals_no_value(core, database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "dumped")
+    now = dt.datetime.now(dt.UTC)
+    await _seed_week(core, patient, now)
+    await Rollups(core.pool, core.keyring, core.store).roll_up_pending(limit=100)
+    dump = await asyncio.to_thread(_pg_dump, database.dsn, database.password,
+                                   tmp_path / "dump.sql")
+    assert "segments" in dump and len(dump) > 50_000  # the data is there, sealed
+    for value in HR_VALUES:
+        for text in (f"{value}", f"{value:.4f}", f"{value:.2f}"):
+            assert text not in dump
+        for raw in (np.float64(value).tobytes(), np.float32(value).tobytes()):
+            assert raw.hex() not in dump
+    mean = float(np.mean(HR_VALUES))
+    assert f"{mean:.3f}" not in dump  # nor the rollups' means
+
+
+async def test_a_ciphertext_copied_into_another_row_does_not_open(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "swapped")
+    now = _ms(dt.datetime.now(dt.UTC))
+    await _ingest(core, patient, "heart_rate", np.array([now - 60_000]), np.array([60.0]))
+    await _ingest(core, patient, "heart_rate", np.array([now]), np.array([150.0]))
+    ids = [r["id"] for r in await core.pool.fetch("SELECT id FROM segments ORDER BY start_at")]
+    await core.pool.execute(
+        "UPDATE segments SET sealed = (SELECT sealed FROM segments WHERE id = $1)"
+        " WHERE id = $2", ids[1], ids[0])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    with pytest.raises(IntegrityError):
+        await core.store.read_series(patient, "heart_rate", start,
+                                     start + dt.timedelta(hours=2))
+
+
+async def test_kek_rotation_under_read_load(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    old, new = tmp_path / "old.bin", tmp_path / "new.bin"
+    owners = tmp_path / "owners"
+    core = await open_core(database.dsn, database.password, old, create_kek=True,
+                           owner_keys_dir=owners)
+    patients = [(await new_patient(core, f"rot{i}"))[0] for i in range(20)]
+    now = dt.datetime.now(dt.UTC)
+    for p in patients:
+        await _ingest(core, p, "heart_rate", np.array([_ms(now) - 1000]), np.array([66.0]))
+    await core.pool.close()
+    LocalKeyFile(new, create=True)
+    rotating = await open_core(database.dsn, database.password, new,
+                               owner_keys_dir=owners, previous_kek_files=(old,))
+    readers_core = await open_core(database.dsn, database.password, new,
+                                   owner_keys_dir=owners, previous_kek_files=(old,))
+    reads, stop = [0], asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            for p in patients:
+                readers_core.keyring._cache.clear()
+                readers_core.keyring._current.clear()
+                s = await readers_core.store.read_series(p, "heart_rate", now - dt.timedelta(
+                    minutes=5), now + dt.timedelta(minutes=5))
+                assert s.value.tolist() == [66.0]
+                reads[0] += 1
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(reader()) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    async with rotating.pool.acquire() as conn:
+        done = await rotating.keyring.rewrap_all(conn, LocalKeyFile(new))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*tasks)  # a failed read fails the test here
+    assert done >= 20 and reads[0] > 40
+    assert await rotating.pool.fetchval(
+        "SELECT count(*) FROM data_keys WHERE kek_id <> $1", LocalKeyFile(new).kek_id) == 0
+    # Afterwards the new KEK alone opens everything.
+    only_new = await open_core(database.dsn, database.password, new, owner_keys_dir=owners)
+    s = await only_new.store.read_series(patients[0], "heart_rate", now - dt.timedelta(
+        minutes=5), now + dt.timedelta(minutes=5))
+    assert s.value.tolist() == [66.0]
+    for c in (rotating, readers_core, only_new):
+        await c.pool.close()
+
+
+async def test_rollups_agree_with_raw_and_follow_late_data(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "rolled")
+    now = dt.datetime.now(dt.UTC)
+    day0 = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=3)
+    t = _ms(day0) + np.arange(0, 3 * DAY_MS, 600_000, dtype=np.int64)
+    v = 60 + (np.arange(len(t)) % 37).astype(np.float64)
+    await _ingest(core, patient, "heart_rate", t, v)
+    rollups = Rollups(core.pool, core.keyring, core.store)
+    start, end = day0, day0 + dt.timedelta(days=3)
+
+    async def read(resolution: str):  # type: ignore[no-untyped-def]
+        return await read_stats(core.pool, core.store, rollups, patient, "heart_rate", start,
+                                end, resolution)
+
+    expected_hours = compute(t, v, 3_600_000)
+    before = await read("1h")  # nothing rolled up yet: computed from raw
+    assert await rollups.roll_up_pending() >= 3
+    after = await read("1h")  # now from the sealed rollups
+    for got in (before, after):
+        assert got.t_ms.tolist() == expected_hours.t_ms.tolist()
+        assert np.allclose(got.mean, expected_hours.mean)
+    days = await read("1d")
+    assert days.count.tolist() == [144.0, 144.0, 144.0]
+    # A late reading for day 2: the read sees it at once, the next pass folds it in.
+    await _ingest(core, patient, "heart_rate", np.array([_ms(day0) + DAY_MS + 1]),
+                  np.array([200.0]), device="watch-2")
+    assert (await read("1d")).count.tolist() == [144.0, 145.0, 144.0]
+    await rollups.roll_up_pending()
+    assert (await read("1d")).maximum.tolist()[1] == 200.0
+
+
+async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "compact")
+    now = dt.datetime.now(dt.UTC)
+    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=1)
+    for i in range(30):
+        t = _ms(day) + i * 60_000 + np.arange(10, dtype=np.int64) * 1000
+        await _ingest(core, patient, "heart_rate", t, np.full(10, 60.0 + i), seq=[i])
+    # The same message stored twice under two sequence numbers: a duplicate to drop.
+    await _ingest(core, patient, "heart_rate", _ms(day) + np.arange(10, dtype=np.int64) * 1000,
+                  np.full(10, 60.0), seq=[99])
+    window = (day, day + dt.timedelta(days=1))
+    before = await core.store.read_series(patient, "heart_rate", *window)
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, RetentionPolicy())
+    await job.run_once(now)
+    assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
+    after = await core.store.read_series(patient, "heart_rate", *window)
+    assert after.t_ms.tolist() == before.t_ms.tolist() and len(after) == 300
+
+
+async def test_retention_drops_old_months_and_records_it(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "old")
+    now = dt.datetime.now(dt.UTC)
+    old = now - dt.timedelta(days=400)
+    async with core.pool.acquire() as conn:
+        await partitioning.ensure_months(conn, now, since=partitioning.month_start(old))
+        old_part = partitioning.partition_name(partitioning.month_start(old))
+        assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
+    await _ingest(core, patient, "heart_rate", np.array([_ms(old)]), np.array([70.0]))
+    await _ingest(core, patient, "heart_rate", np.array([_ms(now)]), np.array([71.0]))
+    await core.pool.execute("INSERT INTO quarantine (received_at, topic, reason, detail, sealed)"
+                            " VALUES (now() - interval '40 days', 't', 'r', 'd', '\\x00')")
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, RetentionPolicy(raw_days=365, quarantine_days=30))
+    removed = await job.enforce_retention(now)
+    assert removed["raw"] == 1 and removed["quarantine"] == 1
+    assert not await core.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
+    assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
+    kinds = {r["kind"] for r in await core.pool.fetch("SELECT kind FROM retention_runs")}
+    assert {"raw", "quarantine"} <= kinds
+
+
+async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_server, database,  # type: ignore[no-untyped-def]
+                                                                 tmp_path) -> None:
+    erased, _, _ = await new_patient(core, "erased")
+    kept, _, _ = await new_patient(core, "kept")
+    now = dt.datetime.now(dt.UTC)
+    for p in (erased, kept):
+        await _ingest(core, p, "heart_rate", np.array([_ms(now) - 1000]), np.array([77.0]))
+    dump = tmp_path / "before.sql"
+    await asyncio.to_thread(_pg_dump, database.dsn, database.password, dump)
+    await erase_patient(core.pool, core.keyring, erased, "test")
+    # Restore the old dump into a new database and open it with the same KEK and key dir.
+    name = f"restored_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    restored_dsn = database.dsn.rsplit("/", 1)[0] + "/" + name
+    await asyncio.to_thread(
+        subprocess.run, [find_binary("psql"), "-q", "-v", "ON_ERROR_STOP=1", "-f", str(dump),
+                         restored_dsn], env={**os.environ, "PGPASSWORD": database.password},
+        check=True, timeout=120, capture_output=True)
+    kek = tmp_path / "kek.bin"  # the conftest core's KEK and, next to it, its owner keys
+    restored = await open_core(restored_dsn, database.password, kek)
+    try:
+        window = (now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=1))
+        assert await restored.pool.fetchval(
+            "SELECT count(*) FROM segments WHERE patient_id = $1", erased) == 1  # still there
+        with pytest.raises(KeyUnavailable):
+            await restored.store.read_series(erased, "heart_rate", *window)
+        assert (await restored.store.read_series(kept, "heart_rate", *window)).value.tolist() \
+            == [77.0]
+    finally:
+        await restored.pool.close()
+        admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
