@@ -87,14 +87,15 @@ async def grant(request: web.Request) -> web.Response:
 
 async def list_consents(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    patient_id = patient_of(bearer_claims(request, health_data=False))
+    patient_id = patient_of(bearer_claims(request, health_data=True))
     now = dt.datetime.now(dt.UTC)
     consents = await Consents(deps.pool).for_patient(patient_id)
     return web.json_response({"consents": [_consent_json(c, now) for c in consents]})
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """Revoke a consent: the clinician's next request is refused."""
+    """Revoke a consent: the clinician's next request is refused. One factor suffices:
+    stopping a share can only protect the patient, and must work with a lost phone."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=False))
     consent_id = uuid_param(request, "consent_id")
@@ -110,7 +111,7 @@ async def access_log(request: web.Request) -> web.Response:
     """Every access to my data: who, when, what, outcome. ``?format=fhir`` answers IHE BALP
     AuditEvents in a Bundle, for apps that speak FHIR."""
     deps = request.app[DEPS]
-    patient_id = patient_of(bearer_claims(request, health_data=False))
+    patient_id = patient_of(bearer_claims(request, health_data=True))
     limit = _int_param(request, "limit", 100, ACCESS_LOG_MAX)
     before = _int_param(request, "before", 0, 2**62) or None
     rows = await deps.audit.for_patient(patient_id, limit, before)
@@ -163,7 +164,7 @@ async def _who(clinicians: Clinicians, actor: str) -> tuple[str, str | None]:
 
 async def feed_status(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    patient_id = patient_of(bearer_claims(request, health_data=False))
+    patient_id = patient_of(bearer_claims(request, health_data=True))
     status = await RecordFeed(deps.pool, deps.keyring).status(patient_id)
     return web.json_response({"enabled": status.enabled, "pending": status.pending,
                               "sent": status.sent, "refused": status.refused,

@@ -29,6 +29,7 @@ from api.openapi import PATHS
 from api.requests import ApiDeps
 from api.tokens import TokenService
 from devices.ca import new_key
+from storage.clinicians import Clinicians
 from storage.segments import Samples
 from storage.store import MessageIn, SegmentIn
 
@@ -99,10 +100,16 @@ async def test_stored_password_is_argon2id(api, core) -> None:  # type: ignore[n
     assert stored.startswith("$argon2id$")
 
 
-HEALTH_ROUTES = [("GET", "/v1/me/vitals"), ("GET", "/v1/me/vitals/heart_rate"),
-                 ("GET", "/v1/me/summary"), ("GET", "/v1/me/export"),
-                 ("GET", "/v1/me/daily/steps"), ("POST", "/v1/me/consents"),
-                 ("PUT", "/v1/me/record-feed"), ("DELETE", "/v1/me")]
+# What a session with one factor may still do: see its account, settings that hold no health
+# data, and revoke a consent (stopping a share can only protect the patient, even with a lost
+# phone). Everything else under /v1/me is health data or acts on it.
+ONE_FACTOR_ENOUGH = {
+    ("get", "/v1/me"), ("get", "/v1/me/timezone"), ("put", "/v1/me/timezone"),
+    ("get", "/v1/me/sources/{metric}"), ("put", "/v1/me/sources/{metric}"),
+    ("delete", "/v1/me/consents/{consent_id}"),
+}
+PATH_VALUES = {"metric": "heart_rate", "consent_id": str(uuid.uuid4()),
+               "device_id": str(uuid.uuid4()), "patient_id": str(uuid.uuid4())}
 
 
 async def test_without_the_second_factor_every_health_route_is_403(api) -> None:  # type: ignore[no-untyped-def]
@@ -113,9 +120,16 @@ async def test_without_the_second_factor_every_health_route_is_403(api) -> None:
     tokens = await resp.json()
     assert resp.status == 200 and tokens["second_factor"] is False
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-    for method, route in HEALTH_ROUTES:
-        resp = await client.request(method, route, headers=headers, json={})
-        assert resp.status == 403, (method, route)
+    checked = 0
+    for path, methods in PATHS.items():
+        for method in methods:
+            if not path.startswith("/v1/me") or (method, path) in ONE_FACTOR_ENOUGH:
+                continue
+            resp = await client.request(method, _fill(path, PATH_VALUES), headers=headers,
+                                        json={})
+            assert resp.status == 403, (method, path, await resp.text())
+            checked += 1
+    assert checked >= 11  # the document was read, not an empty list
     resp = await client.get("/v1/me", headers=headers)  # the account itself: allowed
     assert resp.status == 200 and (await resp.json())["patient_id"] == account.id
 
@@ -228,26 +242,57 @@ def _fill(path: str, values: dict[str, str]) -> str:
     return path
 
 
+async def _consent_to_a_clinician(client: TestClient[Any, Any], core, patient: Account  # type: ignore[no-untyped-def]
+                                  ) -> str:
+    rpps = "10000000009"  # 11 digits, Luhn key 9
+    await Clinicians(core.pool, core.keyring).create(
+        rpps=rpps, profession="physician", display_name="Dr Roux", username="roux",
+        password_hash="$argon2id$unused", totp_secret=totp.new_secret())
+    now = dt.datetime.now(dt.UTC)
+    resp = await client.post("/v1/me/consents", headers=patient.auth(), json={
+        "clinician_rpps": rpps, "metrics": ["heart_rate"], "categories": [],
+        "data_from": (now - dt.timedelta(days=5)).isoformat(), "data_to": now.isoformat(),
+        "expires_at": (now + dt.timedelta(days=5)).isoformat()})
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
 async def test_patient_a_reaches_nothing_of_patient_b_on_any_route(api, core) -> None:  # type: ignore[no-untyped-def]
+    """Every documented route and method, as A, aimed at B's real ids: nothing of B shows and
+    nothing of B changes."""
     client, _ = api
     a = await register(client, "patient.a")
     b = await register(client, "patient.b")
     await _seed(core, b.id)
-    values = {"patient_id": b.id, "metric": "heart_rate", "consent_id": str(uuid.uuid4())}
+    b_consent = await _consent_to_a_clinician(client, core, b)
+    b_devices = [str(r["id"]) for r in await core.pool.fetch(
+        "SELECT id FROM devices WHERE patient_id = $1", uuid.UUID(b.id))]
+    values = PATH_VALUES | {"patient_id": b.id, "consent_id": b_consent,
+                            "device_id": (b_devices or [str(uuid.uuid4())])[0]}
+    aimed_at_b = 0
     for path, methods in PATHS.items():
+        names = {n for n in values if "{" + n + "}" in path} - {"metric"}
         for method in methods:
-            if method != "get":
-                continue
+            if method != "get" and not names:
+                continue  # a write without an id acts on A's own account
             url = _fill(path, values)
             if path == "/fhir/Observation":
                 url += f"?patient={b.id}"
-            resp = await client.get(url, headers=a.auth())
+            resp = await client.request(method, url, headers=a.auth(), json={})
             text = await resp.text()
+            if names:
+                assert resp.status in (403, 404), (method, url, resp.status)
+                aimed_at_b += 1
             assert b.id not in text or resp.status >= 400, url
             assert "patient.b" not in text and "64.0" not in text, url
-    # A sees their own (empty) data, never B's 120 samples.
+    assert aimed_at_b >= 4
+    # A sees their own (empty) data, never B's 120 samples; B's data and consent are intact.
     resp = await client.get("/v1/me/vitals/heart_rate", headers=a.auth())
     assert (await resp.json())["samples"] == []
+    resp = await client.get("/v1/me/vitals/heart_rate", headers=b.auth())
+    assert len((await resp.json())["samples"]) == 120
+    resp = await client.get("/v1/me/consents", headers=b.auth())
+    assert [c["id"] for c in (await resp.json())["consents"] if c["active"]] == [b_consent]
 
 
 async def test_export_is_a_valid_fhir_bundle_of_everything(api, core) -> None:  # type: ignore[no-untyped-def]
@@ -328,3 +373,54 @@ async def test_body_limits_and_unknown_fields(api) -> None:  # type: ignore[no-u
     resp = await client.post("/v1/auth/login", json={"username": "x", "password": "y",
                                                      "role": "admin"})
     assert resp.status == 422
+
+
+async def test_each_read_of_health_data_writes_exactly_one_audit_event(api, core) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    account = await register(client, "counted")
+    await _seed(core, account.id)
+    pid = uuid.UUID(account.id)
+    reads = ["/v1/me/vitals/heart_rate", "/v1/me/vitals/heart_rate?resolution=1h",
+             "/v1/me/vitals", "/v1/me/summary", "/v1/me/export"]
+    for url in reads:
+        before = await core.pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE patient_id = $1", pid)
+        resp = await client.get(url, headers=account.auth())
+        assert resp.status == 200, url
+        after = await core.pool.fetchval(
+            "SELECT count(*) FROM audit_log WHERE patient_id = $1", pid)
+        assert after - before == 1, url
+    entries = (await (await client.get("/v1/me/access-log?limit=5",
+                                       headers=account.auth())).json())["entries"]
+    assert len(entries) == 5 and {e["who"] for e in entries} == {"you"}
+
+
+async def test_page_size_is_capped_and_pages_follow_on(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    account = await register(client, "pager")
+    for bad in ("0", "501", "-1", "ten", "1e3"):
+        resp = await client.get(f"/v1/me/access-log?limit={bad}", headers=account.auth())
+        assert resp.status == 400 and resp.content_type == "application/problem+json", bad
+    for _ in range(3):
+        await client.get("/v1/me/vitals", headers=account.auth())
+    seen: list[int] = []
+    url: str | None = "/v1/me/access-log?limit=2"
+    while url:
+        page = await (await client.get(url, headers=account.auth())).json()
+        assert len(page["entries"]) <= 2
+        seen += [e["id"] for e in page["entries"]]
+        url = page.get("next")
+    assert seen == sorted(set(seen), reverse=True) and len(seen) >= 4
+
+
+async def test_requests_over_the_rate_limit_get_429_with_retry_after(core) -> None:  # type: ignore[no-untyped-def]
+    tokens = TokenService(new_key(), issuer="https://test", audience="test")
+    app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
+                             core.patients, core.audit, tokens,
+                             limits=Limits(requests_per_second=0.5, request_burst=5)))
+    async with TestClient(TestServer(app)) as client:
+        statuses = [(await client.get("/healthz")).status for _ in range(8)]
+        assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+        resp = await client.get("/healthz")
+        assert resp.status == 429 and resp.content_type == "application/problem+json"
+        assert float(resp.headers["Retry-After"]) >= 1
