@@ -32,7 +32,7 @@ from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
 from vitals.catalogue import METRIC_NAMES
 from vitals.errors import PayloadError
 from vitals.normalise import Normalised, Reject, Window, normalise
-from vitals.senml import CONTENT_TYPE_JSON, Pack, decode_json
+from vitals.senml import CONTENT_TYPE_JSON, DECODERS, Pack
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,14 @@ class Bridge:
             if seq is None:
                 refuse(message, device_id, "missing_sequence", "no integer 'seq' property")
                 continue
+            # MQTT v5 Content Type chooses the representation; JSON when a device omits it.
             content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
-            if content_type != CONTENT_TYPE_JSON:
+            decode = DECODERS.get(content_type)
+            if decode is None:
                 refuse(message, device_id, "unsupported_content_type", str(content_type)[:80])
                 continue
             try:
-                pack = decode_json(bytes(message.payload), received_at=received_at)
+                pack = decode(bytes(message.payload), received_at=received_at)
             except PayloadError as exc:
                 refuse(message, device_id, exc.reason, exc.detail)
                 continue

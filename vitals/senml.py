@@ -1,4 +1,5 @@
-"""SenML (RFC 8428) in JSON: decode a device's measurement pack, encode one for the simulators.
+"""SenML (RFC 8428) in JSON and CBOR: decode a device's measurement pack, encode one for the
+simulators. Both representations decode to the same records and go through one validation.
 
 Names resolve as base name + name; the metric is the part after the last ``/`` or ``:``, so
 ``{"bn": "w-12ab/", "n": "heart_rate"}`` and ``{"n": "heart_rate"}`` both mean heart rate.
@@ -10,16 +11,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import cbor2
 
 from vitals.errors import PayloadError
 
 CONTENT_TYPE_JSON = "application/senml+json"
+CONTENT_TYPE_CBOR = "application/senml+cbor"
 MAX_PAYLOAD_BYTES = 256 * 1024  # a day of 1 Hz heart rate fits; more is a broken device
 MAX_RECORDS = 20_000
 _RELATIVE_TIME_LIMIT = 2**28  # RFC 8428 section 4.5.3
 _KNOWN_FIELDS = frozenset({"bn", "bt", "bu", "bv", "bver", "n", "u", "v", "t", "ut"})
+# RFC 8428 section 6: the CBOR representation labels the fields with integers.
+_CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", 0: "n", 1: "u", 2: "v",
+                6: "t", 7: "ut", 3: "vs", 4: "vb", 5: "s", 8: "vd", -6: "bs"}
+_CBOR_NAMES = {name: label for label, name in _CBOR_LABELS.items()}
+_CBOR_MAX_DEPTH = 3  # array of maps of scalars: anything deeper is not SenML
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +47,57 @@ class Pack:
 
 def decode_json(payload: bytes, *, received_at: float) -> Pack:
     """Decode a SenML JSON pack; raises PayloadError naming the first problem found."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PayloadError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    _check_size(payload)
     try:
         records = json.loads(payload)
     # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
     # digit limit; a payload must never escape as anything but PayloadError.
     except (ValueError, RecursionError) as exc:
         raise PayloadError("malformed", f"not JSON: {type(exc).__name__}") from None
+    return _decode_records(records, received_at)
+
+
+def decode_cbor(payload: bytes, *, received_at: float) -> Pack:
+    """Decode a SenML CBOR pack (integer labels); raises PayloadError like decode_json."""
+    _check_size(payload)
+    try:
+        records = cbor2.loads(payload, max_depth=_CBOR_MAX_DEPTH, allow_indefinite=False,
+                              allow_duplicate_keys=False)
+    # cbor2 raises its own errors and, from its semantic tags (bignums, decimals, dates),
+    # arithmetic and value errors too: for untrusted bytes, any of them means "malformed".
+    except Exception as exc:
+        raise PayloadError("malformed", f"not CBOR: {type(exc).__name__}") from None
+    if isinstance(records, list):
+        records = [_cbor_record(r) for r in records]
+    return _decode_records(records, received_at)
+
+
+def _cbor_record(record: object) -> object:
+    if not isinstance(record, dict):
+        return record  # _decode_records names the problem
+    # Unknown integer labels, like unknown JSON fields, are ignored; strings stay strings,
+    # so must-understand names ending in "_" are still refused.
+    return {_cbor_key(k): v for k, v in record.items()}
+
+
+def _cbor_key(key: object) -> str:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return _CBOR_LABELS.get(key, f"label {key}")
+    return key if isinstance(key, str) else repr(key)
+
+
+DECODERS: dict[str, Callable[..., Pack]] = {CONTENT_TYPE_JSON: decode_json,
+                                            CONTENT_TYPE_CBOR: decode_cbor}
+
+
+def _check_size(payload: bytes) -> None:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+
+
+def _decode_records(records: Any, received_at: float) -> Pack:
     if not isinstance(records, list) or not records:
-        raise PayloadError("malformed", "a SenML pack is a non-empty JSON array")
+        raise PayloadError("malformed", "a SenML pack is a non-empty array")
     if len(records) > MAX_RECORDS:
         raise PayloadError("oversized", f"{len(records)} records > {MAX_RECORDS}")
 
@@ -91,6 +142,17 @@ def decode_json(payload: bytes, *, received_at: float) -> Pack:
 
 def encode_json(base_name: str, records: Sequence[tuple[str, str, float, float]]) -> bytes:
     """Encode (metric, unit, time, value) records as a compact SenML JSON pack."""
+    return json.dumps(_encode_records(base_name, records), separators=(",", ":")).encode()
+
+
+def encode_cbor(base_name: str, records: Sequence[tuple[str, str, float, float]]) -> bytes:
+    """The same pack as encode_json, in SenML CBOR with integer labels."""
+    return cbor2.dumps([{_CBOR_NAMES[k]: v for k, v in r.items()}
+                        for r in _encode_records(base_name, records)])
+
+
+def _encode_records(base_name: str, records: Sequence[tuple[str, str, float, float]]
+                    ) -> list[dict[str, object]]:
     if not records:
         raise ValueError("a SenML pack needs at least one record")
     base_time = records[0][2]
@@ -101,7 +163,7 @@ def encode_json(base_name: str, records: Sequence[tuple[str, str, float, float]]
             entry["t"] = round(time - base_time, 3)
         out.append(entry)
     out[0] = {"bn": base_name, "bt": base_time, **out[0]}
-    return json.dumps(out, separators=(",", ":")).encode()
+    return out
 
 
 def _text(record: dict[str, object], key: str, index: int) -> str:

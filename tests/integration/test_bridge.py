@@ -11,8 +11,8 @@ from paho.mqtt.properties import Properties
 from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
-from tests.conftest import new_patient, new_watch, wait_until
-from vitals.senml import CONTENT_TYPE_JSON, encode_json
+from tests.conftest import new_bridge, new_patient, new_watch, wait_until
+from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON, encode_cbor, encode_json
 
 
 async def _connected_device(watch, broker):
@@ -164,3 +164,70 @@ async def test_samples_outside_the_time_window_are_rejected_not_stored(
     reason = await core.pool.fetchval("SELECT detail FROM quarantine")
     assert "outside_time_window" in reason
     await device.disconnect()
+
+
+async def test_a_cbor_pack_is_stored_like_json_and_an_unknown_content_type_quarantined(
+        core, pki, broker, bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "p-cbor")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    device = await _connected_device(watch, broker)
+    now = time.time()
+    cbor = encode_cbor("x/", [("heart_rate", "/min", now - 3 + i, 70.0 + i) for i in range(3)])
+    props = _props(1)
+    props.ContentType = CONTENT_TYPE_CBOR
+    await device.publish(f"devices/{watch.device_id}/telemetry", cbor, properties=props)
+    odd = _props(2)
+    odd.ContentType = "application/xml"
+    await device.publish(f"devices/{watch.device_id}/telemetry", b"<hr>70</hr>",
+                         properties=odd)
+    await wait_until(lambda: _stored_messages(core, watch.device_id, 1))
+    assert await _ledger(core, watch.device_id) == (1, 3)
+
+    async def quarantined():
+        return await core.pool.fetchval("SELECT count(*) FROM quarantine") == 1
+    await wait_until(quarantined)
+    row = await core.pool.fetchrow("SELECT reason, detail FROM quarantine")
+    assert (row["reason"], row["detail"]) == ("unsupported_content_type", "application/xml")
+    await device.disconnect()
+
+
+async def test_two_bridge_workers_share_the_subscription_without_duplicates(
+        core, pki, broker, tmp_path):
+    """Two workers on one shared subscription: every message stored once, both worked."""
+    patient, _, _ = await new_patient(core, "p-shared")
+    watches = [await new_watch(core, pki, broker, tmp_path, patient) for _ in range(4)]
+    workers, tasks = [], []
+    for _ in range(2):
+        worker = new_bridge(core, client_id=f"svc-bridge-shared-{len(workers)}-{time.time_ns()}",
+                            ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
+                            batch_size=20)
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(worker.run(broker.host, broker.port,
+                                                    connect_properties(200), ready)))
+        await asyncio.wait_for(ready.wait(), 15)
+        workers.append(worker)
+    devices = [await _connected_device(w, broker) for w in watches]
+    per_device = 50
+    try:
+        for seq in range(1, per_device + 1):
+            for watch, device in zip(watches, devices, strict=True):
+                await device.publish(f"devices/{watch.device_id}/telemetry",
+                                     _heart_rate(n=3), properties=_props(seq))
+
+        async def all_stored():
+            return await core.pool.fetchval(
+                "SELECT count(*) FROM ingested_messages") == per_device * len(watches)
+        await wait_until(all_stored, timeout=30)
+        assert await core.pool.fetchval("SELECT sum(samples) FROM segments") == (
+            3 * per_device * len(watches))
+        assert [w.stats.duplicates for w in workers] == [0, 0]
+        assert all(w.stats.messages > 0 for w in workers), [w.stats.messages for w in workers]
+        assert sum(w.stats.messages for w in workers) == per_device * len(watches)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker in workers:
+            await worker.close(end_session=True)
+        for device in devices:
+            await device.disconnect()
