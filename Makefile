@@ -13,8 +13,9 @@ run: system-deps venv
 test: system-deps venv
 	$(BIN)/python -m pytest
 
-bench: venv
+bench: system-deps venv
 	$(BIN)/python bench/bench_decisions.py
+	$(BIN)/python bench/bench_storage.py
 
 lint: venv
 	$(BIN)/ruff check .
