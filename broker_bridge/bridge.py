@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
+from broker_bridge.metrics import BridgeStats
 from devices.broker_config import SHARED_TELEMETRY
 from devices.identity import is_device_id
 from devices.registry import Device, Registry
@@ -47,18 +48,6 @@ class BridgeConfig:
     batch_wait_s: float = 0.05  # latency we accept to fill a batch
     window: Window = field(default_factory=Window)
     retry_max_s: float = 10.0  # longest pause between database retries
-
-
-@dataclass
-class BridgeStats:
-    messages: int = 0
-    samples: int = 0
-    rejected: int = 0
-    quarantined: int = 0
-    duplicates: int = 0
-    batches: int = 0
-    healthy: bool = True
-    connected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +96,11 @@ class Bridge:
         self._clock = clock
         self.stats = BridgeStats()
         self._generation = 0  # bumped on every (re)connection
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and waiting for a batch: the consumer's lag, in messages."""
+        return self._client.messages.qsize()
 
     async def run(self, host: str, port: int, properties: Properties,
                   ready: asyncio.Event | None = None) -> None:
@@ -158,6 +152,8 @@ class Bridge:
             if not batch:
                 continue
             await self._process_with_retry(batch)
+            # paho stamps each message with time.monotonic() when it arrives.
+            self.stats.receive_to_commit_s.observe(time.monotonic() - batch[0].timestamp)
             if generation != self._generation or not self._client.is_connected:
                 return  # acks belong to the old connection; the broker will redeliver
             for message in batch:
@@ -255,6 +251,11 @@ class Bridge:
         self.stats.samples += int(np.count_nonzero(norm.reject == Reject.ACCEPTED))
         self.stats.rejected += int(np.count_nonzero(norm.reject != Reject.ACCEPTED))
         self.stats.quarantined += len(quarantined)
+        self.stats.quarantined_by_reason.update(q.reason for q in quarantined)
+        refused = norm.reject[norm.reject != Reject.ACCEPTED]
+        for code, n in enumerate(np.bincount(refused)):
+            if n:
+                self.stats.rejected_by_reason[Reject(code).name.lower()] += int(n)
 
     def _to_messages(self, accepted: list[_Decoded], norm: Normalised,
                      devices: dict[str, Device], received: dt.datetime,

@@ -14,6 +14,7 @@ import aiohttp
 
 from api import passwords, totp
 from api.tokens import TokenService
+from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
 from healthiot import stack
 from healthiot.errors import SettingsError
@@ -79,10 +80,16 @@ async def run_bridge(settings: Settings) -> int:
         task = asyncio.create_task(bridge.run(
             settings.mqtt_host, settings.mqtt_port,
             connect_properties(settings.bridge_batch_size * 2)), name="bridge")
+        probes = None
+        if settings.bridge_health_port:
+            probes = await bridge_health.start(bridge, settings.bridge_health_host,
+                                               settings.bridge_health_port)
         await _until_signalled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close()
+        if probes is not None:
+            await probes.cleanup()
     finally:
         await core.pool.close()
     return 0

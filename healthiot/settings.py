@@ -54,6 +54,11 @@ class Settings:
         "MQTT client id of this bridge replica (default svc-bridge-<hostname>); keep it "
         "stable so the persistent session survives restarts"))
     bridge_batch_size: int = field(default=500, metadata=_doc("messages per stored batch"))
+    bridge_health_host: str = field(default="127.0.0.1", metadata=_doc(
+        "listen address of the bridge's plain-HTTP /healthz and /metrics (loopback: probes "
+        "only)"))
+    bridge_health_port: int = field(default=9108, metadata=_doc(
+        "port of the bridge's /healthz and /metrics; 0 turns them off"))
 
     api_host: str = field(default="127.0.0.1", metadata=_doc("API listen address"))
     api_port: int = field(default=8443, metadata=_doc("API HTTPS port"))

@@ -293,7 +293,7 @@ def test_services_start_only_after_what_they_need_is_ready(services, name, needs
     assert needs.items() <= depends_on(services[name]).items()
 
 
-@pytest.mark.parametrize("name", ["db", "mosquitto", "api"])
+@pytest.mark.parametrize("name", ["db", "mosquitto", "api", "bridge-1", "bridge-2"])
 def test_long_running_services_have_a_healthcheck(services, name):
     assert healthcheck_text(services[name])
 

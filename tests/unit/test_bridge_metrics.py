@@ -1,0 +1,49 @@
+"""The bridge's Prometheus exposition: well-formed lines, cumulative buckets, escaped labels."""
+
+from __future__ import annotations
+
+import re
+
+from broker_bridge.metrics import LATENCY_BUCKETS_S, BridgeStats, Histogram, render
+
+SAMPLE = re.compile(r'^[a-z_]+(\{[a-z]+="(?:[^"\\]|\\.)*"\})? -?[0-9.e+-]+$'
+                    r'|^[a-z_]+\{le="\+Inf"\} \d+$')
+
+
+def test_every_line_is_a_comment_or_a_sample_and_each_family_is_typed() -> None:
+    stats = BridgeStats(messages=3, samples=30, connected=True)
+    stats.quarantined_by_reason.update(["malformed", "malformed", "device_revoked"])
+    text = render(stats)
+    assert text.endswith("\n")
+    families = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            families.add(line.split()[2])
+        elif not line.startswith("# HELP "):
+            assert SAMPLE.match(line), line
+            name = line.split("{")[0].split(" ")[0]
+            assert name in families or name.rsplit("_", 1)[0] in families, line
+    assert "healthiot_bridge_messages_total 3" in text
+    assert 'healthiot_bridge_quarantined_by_reason_total{reason="malformed"} 2' in text
+    assert "healthiot_bridge_up 1" in text and "healthiot_bridge_healthy 1" in text
+
+
+def test_histogram_buckets_are_cumulative_and_end_with_the_count() -> None:
+    histogram = Histogram()
+    for value in (0.001, 0.02, 0.02, 7.0, 120.0):
+        histogram.observe(value)
+    stats = BridgeStats(receive_to_commit_s=histogram)
+    text = render(stats)
+    buckets = [int(m.group(2)) for m in re.finditer(
+        r'receive_to_commit_seconds_bucket\{le="([^"]+)"\} (\d+)', text)]
+    assert len(buckets) == len(LATENCY_BUCKETS_S) + 1
+    assert buckets == sorted(buckets) and buckets[-1] == 5
+    assert buckets[0] == 1  # le=0.005 holds 0.001 only
+    assert "healthiot_bridge_receive_to_commit_seconds_count 5" in text
+    assert "healthiot_bridge_receive_to_commit_seconds_sum 127.041" in text
+
+
+def test_label_values_are_escaped() -> None:
+    stats = BridgeStats()
+    stats.rejected_by_reason['odd "reason"\\x'] = 1
+    assert r'{reason="odd \"reason\"\\x"} 1' in render(stats)
