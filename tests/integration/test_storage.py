@@ -289,3 +289,95 @@ async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_serve
         admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+# Where a patient's id may stay after their erasure: the access trace and the erasure record.
+KEPT_AFTER_ERASURE = {"audit_log", "erasures"}
+
+
+async def _tables_with_patient_id(conn: asyncpg.Connection) -> list[str]:
+    """Every ordinary or partitioned table with a patient_id column (partitions excluded:
+    their parent answers for them)."""
+    rows = await conn.fetch(
+        """SELECT c.table_name FROM information_schema.columns c
+           JOIN pg_class k ON k.relname = c.table_name AND NOT k.relispartition
+           WHERE c.column_name = 'patient_id' AND c.table_schema = current_schema()
+           ORDER BY 1""")
+    return [r["table_name"] for r in rows]
+
+
+async def _rows_of(conn: asyncpg.Connection, patient: uuid.UUID) -> dict[str, int]:
+    counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t} WHERE patient_id = $1",  # noqa: S608
+                                     patient) for t in await _tables_with_patient_id(conn)}
+    counts["data_keys.owner"] = await conn.fetchval(
+        "SELECT count(*) FROM data_keys WHERE owner = $1", str(patient))
+    counts["sessions.subject"] = await conn.fetchval(
+        "SELECT count(*) FROM sessions WHERE subject = $1", str(patient))
+    return counts
+
+
+async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: ignore[no-untyped-def]
+    """One row of every kind a patient has: samples, rollups, a device and what it sent to
+    quarantine, a session, an audit trace, a time zone, a source order, the record feed and
+    a clinician's consent."""
+    now = dt.datetime.now(dt.UTC)
+    device = f"watch-{tag}"
+    await _ingest(core, patient, "heart_rate", np.array([_ms(now) - 7_200_000]),
+                  np.array([70.0]), device=device)
+    await Rollups(core.pool, core.keyring, core.store).roll_up_pending()
+    clinician = uuid.uuid4()
+    async with core.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO devices (id, model, serial, patient_id, state)"
+            " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
+        await conn.execute(
+            "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
+            " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)
+        session = uuid.uuid4()
+        await conn.execute("INSERT INTO sessions (id, subject, methods) VALUES ($1, $2, '{pwd}')",
+                           session, str(patient))
+        await conn.execute("INSERT INTO refresh_tokens (token_hash, session_id, expires_at)"
+                           " VALUES ($1, $2, now() + interval '1 day')", os.urandom(32), session)
+        await conn.execute("INSERT INTO patient_time_zones VALUES ($1, now(), 'Europe/Paris')",
+                           patient)
+        await conn.execute("INSERT INTO source_priorities (patient_id, metric, device_ids)"
+                           " VALUES ($1, 'heart_rate', ARRAY[$2])", patient, device)
+        await conn.execute("INSERT INTO record_feed_consents VALUES ($1, true, '\\x00', 1)",
+                           patient)
+        await conn.execute(
+            "INSERT INTO record_feed_outbox (patient_id, identifier, metric, key_version, sealed)"
+            " VALUES ($1, $2, 'heart_rate', 1, '\\x00')", patient, f"heart_rate/{tag}")
+        await conn.execute(
+            "INSERT INTO clinicians (id, rpps, profession, display_name, oidc_subject)"
+            " VALUES ($1, $2, 'doctor', 'Dr', $3)", clinician, tag.rjust(11, "1")[:11], tag)
+        await conn.execute(
+            "INSERT INTO consents (id, patient_id, clinician_id, metrics, data_from, data_to,"
+            " expires_at) VALUES ($1, $2, $3, '{heart_rate}', now() - interval '1 day', now(),"
+            " now() + interval '1 day')", uuid.uuid4(), patient, clinician)
+    await core.audit.record(actor=f"patient:{patient}", patient_id=patient, action="read",
+                            resource="heart_rate", outcome="allowed")
+
+
+async def test_after_erasure_only_the_audit_and_its_record_name_the_patient(core) -> None:  # type: ignore[no-untyped-def]
+    erased, _, _ = await new_patient(core, "forgotten")
+    kept, _, _ = await new_patient(core, "remaining")
+    await _everything_of(core, erased, "a")
+    await _everything_of(core, kept, "b")
+    async with core.pool.acquire() as conn:
+        before = await _rows_of(conn, erased)
+    # The seeding must reach every table that can name a patient, or this test proves
+    # nothing about it: a new table with a patient_id column needs a row above, and a line
+    # in erase_patient (or a cascade).
+    unseeded = [t for t, n in before.items() if n == 0 and t != "erasures"]
+    assert not unseeded, f"seed a row of the patient in {unseeded}"
+    assert before["rollups"] >= 2  # an hourly and a daily one
+    await erase_patient(core.pool, core.keyring, erased, "test")
+    async with core.pool.acquire() as conn:
+        after = await _rows_of(conn, erased)
+        assert {t: n for t, n in after.items() if n and t not in KEPT_AFTER_ERASURE} == {}
+        assert after["erasures"] == 1 and after["audit_log"] == before["audit_log"]
+        assert await conn.fetchval("SELECT count(*) FROM refresh_tokens") == 1  # the other's
+        detail = await conn.fetchval("SELECT detail FROM erasures WHERE patient_id = $1",
+                                     erased)
+        assert f"{before['rollups']} rollups" in detail
+        assert await _rows_of(conn, kept) == {**before, "erasures": 0}  # nothing of theirs
