@@ -212,6 +212,42 @@ async def test_rollups_agree_with_raw_and_follow_late_data(core) -> None:  # typ
     assert (await read("1d")).maximum.tolist()[1] == 200.0
 
 
+async def test_raw_and_one_minute_reads_give_the_stored_values(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "minutes")
+    now = dt.datetime.now(dt.UTC)
+    m0 = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(hours=2)
+    s = 1000
+    # Two watches; the second repeats one reading of the first (a duplicate to drop) and
+    # has its own at 80 s (not a duplicate: another value). 40 s is flagged as an artefact.
+    # -1 s and 240 s lie outside [m0, m0 + 4 min).
+    sent = {"watch-1": ([-1, 0, 20, 40, 60, 80], [10, 60, 62, 64, 70, 72], [0, 0, 0, 1, 0, 0]),
+            "watch-2": ([20, 80, 100, 180, 240], [62, 73, 74, 80, 90], [0, 0, 0, 0, 0])}
+    for seq, (device, (t, v, f)) in enumerate(sent.items()):
+        samples = Samples(_ms(m0) + np.array(t, np.int64) * s, np.array(v, np.float64),
+                          np.array(f, np.uint8))
+        await core.store.ingest([MessageIn(device, seq, now, [
+            SegmentIn(patient, "heart_rate", samples)], 0)])
+    start, end = m0, m0 + dt.timedelta(minutes=4)
+
+    raw = await core.store.read_series(patient, "heart_rate", start, end)
+    assert ((raw.t_ms - _ms(m0)) // s).tolist() == [0, 20, 40, 60, 80, 80, 100, 180]
+    assert raw.value.tolist() == [60, 62, 64, 70, 72, 73, 74, 80]
+    assert raw.flags.tolist() == [0, 0, 1, 0, 0, 0, 0, 0]  # raw keeps flagged samples
+
+    rollups = Rollups(core.pool, core.keyring, core.store)
+    minutes = await read_stats(core.pool, core.store, rollups, patient, "heart_rate", start,
+                               end, "1m")
+    # Per minute, flagged samples left out; minute 2 had none, so it has no bucket.
+    clean = [[60, 62], [70, 72, 73, 74], [80]]
+    assert ((minutes.t_ms - _ms(m0)) // 60_000).tolist() == [0, 1, 3]
+    assert minutes.count.tolist() == [len(c) for c in clean]
+    assert minutes.minimum.tolist() == [min(c) for c in clean]
+    assert minutes.maximum.tolist() == [max(c) for c in clean]
+    assert minutes.total.tolist() == [sum(c) for c in clean]
+    assert np.allclose(minutes.mean, [np.mean(c) for c in clean], rtol=0, atol=1e-12)
+    assert np.allclose(minutes.std, [np.std(c) for c in clean], rtol=0, atol=1e-12)
+
+
 async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> None:  # type: ignore[no-untyped-def]
     patient, _, _ = await new_patient(core, "compact")
     now = dt.datetime.now(dt.UTC)
@@ -252,6 +288,40 @@ async def test_retention_drops_old_months_and_records_it(core) -> None:  # type:
     assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
     kinds = {r["kind"] for r in await core.pool.fetch("SELECT kind FROM retention_runs")}
     assert {"raw", "quarantine"} <= kinds
+
+
+async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "summarised")
+    now = dt.datetime(2024, 6, 15, 12, tzinfo=dt.UTC)
+    policy = RetentionPolicy(raw_days=3650, rollups_days=40)
+    cutoff = now - dt.timedelta(days=policy.rollups_days)  # 2024-05-06 12:00
+    days = [dt.datetime(2024, 3, 10, 12, tzinfo=dt.UTC), cutoff - dt.timedelta(days=1),
+            cutoff - dt.timedelta(hours=6)]
+    for i, moment in enumerate(days):
+        await _ingest(core, patient, "heart_rate", np.array([_ms(moment)]),
+                      np.array([60.0 + i]), seq=[i])
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, policy)
+    report = await job.run_once(now)
+    assert report is not None and report.days_rolled_up == 3
+    # Gone: the hours of 10 March and of 5 May (that day ended 12 h before the cutoff) and
+    # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
+    # days of May.
+    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "audit": 0}
+    left = await core.pool.fetch(
+        "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
+    assert [(r["resolution"], r["window_start"]) for r in left] == [
+        ("1d", dt.datetime(2024, 5, 1, tzinfo=dt.UTC)),
+        ("1h", dt.datetime(2024, 5, 6, tzinfo=dt.UTC))]
+    run = await core.pool.fetchrow("SELECT cutoff, removed FROM retention_runs"
+                                   " WHERE kind = 'rollups'")
+    assert (run["cutoff"], run["removed"]) == (cutoff, 3)
+    # What is left still opens, and the raw samples behind the removed rollups are kept.
+    rollups = Rollups(core.pool, core.keyring, core.store)
+    hours, _ = await rollups.read(patient, "heart_rate", "1h", cutoff - dt.timedelta(days=2),
+                                  now)
+    assert hours.mean.tolist() == [62.0]
+    assert await core.pool.fetchval("SELECT count(*) FROM segments") == 3
 
 
 async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_server, database,  # type: ignore[no-untyped-def]
