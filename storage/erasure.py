@@ -26,6 +26,8 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
             "SELECT id FROM devices WHERE patient_id = $1", patient_id)]
         await conn.execute("DELETE FROM data_keys WHERE owner = $1", str(patient_id))
         status = await conn.execute("DELETE FROM segments WHERE patient_id = $1", patient_id)
+        # Rollups, like segments, have no foreign key to patients to cascade from.
+        rollups = await conn.execute("DELETE FROM rollups WHERE patient_id = $1", patient_id)
         # Their devices are revoked, not reassigned: what they still send is quarantined.
         await conn.execute(
             "UPDATE devices SET patient_id = NULL, state = 'revoked' WHERE id = ANY($1::text[])",
@@ -38,6 +40,6 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
         await conn.execute(
             "INSERT INTO erasures (patient_id, requested_by, detail) VALUES ($1, $2, $3)",
             patient_id, requested_by,
-            f"data keys destroyed; {segments} segments and {len(devices)} device bindings "
-            "removed")
+            f"data keys destroyed; {segments} segments, {rollups.split()[-1]} rollups and "
+            f"{len(devices)} device bindings removed")
     return segments

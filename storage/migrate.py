@@ -16,7 +16,7 @@ import asyncpg
 from storage import partitioning
 from storage.errors import MigrationError
 
-_LOCK_KEY = 0x4845414C  # "HEAL": one advisory lock id for every healthiot migration
+LOCK_KEY = 0x4845414C  # "HEAL": one advisory lock id for every healthiot migration
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -39,7 +39,7 @@ def migrations() -> list[tuple[int, str, str]]:
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply the migrations not yet recorded; returns the names applied by this call."""
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
     try:
         await conn.execute("""
             CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -47,12 +47,19 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 applied_at timestamptz NOT NULL DEFAULT now())""")
         done = {r["number"]: r["sha256"] for r in
                 await conn.fetch("SELECT number, sha256 FROM schema_migrations")}
+        pending = []
+        # Every applied file is checked before anything is applied: an edited history is
+        # refused as a whole, not after half of the new migrations went in.
         for number, name, sql in migrations():
             digest = hashlib.sha256(sql.encode()).hexdigest()
-            if number in done:
-                if done[number] != digest:
-                    raise MigrationError(f"{name} changed after it was applied")
-                continue
+            if number not in done:
+                pending.append((number, name, sql, digest))
+            elif done[number] != digest:
+                raise MigrationError(
+                    f"{name} was applied with sha256 {done[number][:12]}... but the file now "
+                    f"has {digest[:12]}...: an applied migration must not change; restore it "
+                    "and put the change in a new migration")
+        for number, name, sql, digest in pending:
             try:
                 async with conn.transaction():
                     await conn.execute(sql)
@@ -66,5 +73,5 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         # here, once, under the same lock.
         await partitioning.prepare(conn)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     return applied

@@ -8,8 +8,11 @@ this module is the only place that knows which one is in use.
   maintenance job creates the months ahead of time and retention detaches and drops whole
   months. A DEFAULT partition catches a row no month was made for, so an insert never fails.
 
-Both keep a primary key of (id, start_at): a partitioned table's unique keys must include
-the partition column.
+Both need every unique key of ``segments`` to hold ``start_at`` (PostgreSQL and TimescaleDB
+refuse others), and ``segments`` must not be the target of a foreign key (TimescaleDB before
+2.16 refuses those): the migrations give the plain table such keys (020), and the conversion
+keeps its keys and indexes as they are, names included, so that both paths end with the same
+ones. tests/integration/test_partitioning.py checks both rules on the plain schema.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
+TABLE, TIME_COLUMN = "segments", "start_at"  # the one table partitioned by time
 CHUNK_INTERVAL = "7 days"
 MONTHS_AHEAD = 2
 MONTHS_BEHIND = 2  # the acceptance window reaches 30 days back: one month is the minimum
@@ -74,8 +78,8 @@ async def prepare(conn: asyncpg.Connection, now: dt.datetime | None = None) -> s
             if await timescale_available(conn):
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
                 await conn.execute(
-                    "SELECT create_hypertable('segments', 'start_at', chunk_time_interval =>"
-                    f" interval '{CHUNK_INTERVAL}', migrate_data => true)")
+                    f"SELECT create_hypertable('{TABLE}', '{TIME_COLUMN}', chunk_time_interval"
+                    f" => interval '{CHUNK_INTERVAL}', migrate_data => true)")
                 current = "timescaledb"
             else:
                 await _to_native(conn, now)
@@ -87,16 +91,34 @@ async def prepare(conn: asyncpg.Connection, now: dt.datetime | None = None) -> s
 
 
 async def _to_native(conn: asyncpg.Connection, now: dt.datetime) -> None:
-    """Swap the plain table for a partitioned one with the same columns and indexes."""
+    """Swap the plain table for a partitioned one with the same columns, keys and indexes.
+
+    LIKE copies columns, defaults and checks; keys and indexes are made again from the plain
+    table's own definitions (LIKE ... INCLUDING INDEXES would rename them), so an index a
+    later migration adds comes along without this code knowing about it."""
+    keys = await conn.fetch(
+        """SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint
+           WHERE conrelid = 'segments'::regclass AND contype IN ('p', 'u', 'f')""")
+    indexes = await conn.fetch(
+        """SELECT c.relname, pg_get_indexdef(i.indexrelid) AS definition
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           WHERE i.indrelid = 'segments'::regclass AND NOT EXISTS (
+               SELECT 1 FROM pg_constraint k
+               WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid)""")
     await conn.execute("ALTER TABLE segments RENAME TO segments_unpartitioned")
-    await conn.execute("ALTER INDEX segments_by_patient_metric_time"
-                       " RENAME TO segments_unpartitioned_by_time")
-    await conn.execute("""
-        CREATE TABLE segments (LIKE segments_unpartitioned INCLUDING DEFAULTS
-                               INCLUDING CONSTRAINTS, PRIMARY KEY (id, start_at))
-        PARTITION BY RANGE (start_at)""")
-    await conn.execute("CREATE INDEX segments_by_patient_metric_time"
-                       " ON segments (patient_id, metric, start_at)")
+    # Index names are per schema: the old table's give theirs up for the new table.
+    old = await conn.fetch("SELECT indexrelid::regclass::text AS name FROM pg_index"
+                           " WHERE indrelid = 'segments_unpartitioned'::regclass")
+    for n, row in enumerate(old):
+        await conn.execute(f"ALTER INDEX {row['name']} RENAME TO segments_unpartitioned_{n}")
+    await conn.execute(f"""
+        CREATE TABLE segments (LIKE segments_unpartitioned INCLUDING ALL EXCLUDING INDEXES)
+        PARTITION BY RANGE ({TIME_COLUMN})""")
+    for key in keys:
+        await conn.execute(
+            f'ALTER TABLE segments ADD CONSTRAINT "{key["conname"]}" {key["definition"]}')
+    for index in indexes:
+        await conn.execute(index["definition"])  # "CREATE INDEX <name> ON public.segments ..."
     await conn.execute("CREATE TABLE segments_default PARTITION OF segments DEFAULT")
     lo = await conn.fetchval("SELECT min(start_at) FROM segments_unpartitioned")
     first = month_start(lo) if lo is not None else month_start(now)

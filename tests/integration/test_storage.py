@@ -212,6 +212,42 @@ async def test_rollups_agree_with_raw_and_follow_late_data(core) -> None:  # typ
     assert (await read("1d")).maximum.tolist()[1] == 200.0
 
 
+async def test_raw_and_one_minute_reads_give_the_stored_values(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "minutes")
+    now = dt.datetime.now(dt.UTC)
+    m0 = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(hours=2)
+    s = 1000
+    # Two watches; the second repeats one reading of the first (a duplicate to drop) and
+    # has its own at 80 s (not a duplicate: another value). 40 s is flagged as an artefact.
+    # -1 s and 240 s lie outside [m0, m0 + 4 min).
+    sent = {"watch-1": ([-1, 0, 20, 40, 60, 80], [10, 60, 62, 64, 70, 72], [0, 0, 0, 1, 0, 0]),
+            "watch-2": ([20, 80, 100, 180, 240], [62, 73, 74, 80, 90], [0, 0, 0, 0, 0])}
+    for seq, (device, (t, v, f)) in enumerate(sent.items()):
+        samples = Samples(_ms(m0) + np.array(t, np.int64) * s, np.array(v, np.float64),
+                          np.array(f, np.uint8))
+        await core.store.ingest([MessageIn(device, seq, now, [
+            SegmentIn(patient, "heart_rate", samples)], 0)])
+    start, end = m0, m0 + dt.timedelta(minutes=4)
+
+    raw = await core.store.read_series(patient, "heart_rate", start, end)
+    assert ((raw.t_ms - _ms(m0)) // s).tolist() == [0, 20, 40, 60, 80, 80, 100, 180]
+    assert raw.value.tolist() == [60, 62, 64, 70, 72, 73, 74, 80]
+    assert raw.flags.tolist() == [0, 0, 1, 0, 0, 0, 0, 0]  # raw keeps flagged samples
+
+    rollups = Rollups(core.pool, core.keyring, core.store)
+    minutes = await read_stats(core.pool, core.store, rollups, patient, "heart_rate", start,
+                               end, "1m")
+    # Per minute, flagged samples left out; minute 2 had none, so it has no bucket.
+    clean = [[60, 62], [70, 72, 73, 74], [80]]
+    assert ((minutes.t_ms - _ms(m0)) // 60_000).tolist() == [0, 1, 3]
+    assert minutes.count.tolist() == [len(c) for c in clean]
+    assert minutes.minimum.tolist() == [min(c) for c in clean]
+    assert minutes.maximum.tolist() == [max(c) for c in clean]
+    assert minutes.total.tolist() == [sum(c) for c in clean]
+    assert np.allclose(minutes.mean, [np.mean(c) for c in clean], rtol=0, atol=1e-12)
+    assert np.allclose(minutes.std, [np.std(c) for c in clean], rtol=0, atol=1e-12)
+
+
 async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> None:  # type: ignore[no-untyped-def]
     patient, _, _ = await new_patient(core, "compact")
     now = dt.datetime.now(dt.UTC)
@@ -254,6 +290,40 @@ async def test_retention_drops_old_months_and_records_it(core) -> None:  # type:
     assert {"raw", "quarantine"} <= kinds
 
 
+async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "summarised")
+    now = dt.datetime(2024, 6, 15, 12, tzinfo=dt.UTC)
+    policy = RetentionPolicy(raw_days=3650, rollups_days=40)
+    cutoff = now - dt.timedelta(days=policy.rollups_days)  # 2024-05-06 12:00
+    days = [dt.datetime(2024, 3, 10, 12, tzinfo=dt.UTC), cutoff - dt.timedelta(days=1),
+            cutoff - dt.timedelta(hours=6)]
+    for i, moment in enumerate(days):
+        await _ingest(core, patient, "heart_rate", np.array([_ms(moment)]),
+                      np.array([60.0 + i]), seq=[i])
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, policy)
+    report = await job.run_once(now)
+    assert report is not None and report.days_rolled_up == 3
+    # Gone: the hours of 10 March and of 5 May (that day ended 12 h before the cutoff) and
+    # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
+    # days of May.
+    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "audit": 0}
+    left = await core.pool.fetch(
+        "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
+    assert [(r["resolution"], r["window_start"]) for r in left] == [
+        ("1d", dt.datetime(2024, 5, 1, tzinfo=dt.UTC)),
+        ("1h", dt.datetime(2024, 5, 6, tzinfo=dt.UTC))]
+    run = await core.pool.fetchrow("SELECT cutoff, removed FROM retention_runs"
+                                   " WHERE kind = 'rollups'")
+    assert (run["cutoff"], run["removed"]) == (cutoff, 3)
+    # What is left still opens, and the raw samples behind the removed rollups are kept.
+    rollups = Rollups(core.pool, core.keyring, core.store)
+    hours, _ = await rollups.read(patient, "heart_rate", "1h", cutoff - dt.timedelta(days=2),
+                                  now)
+    assert hours.mean.tolist() == [62.0]
+    assert await core.pool.fetchval("SELECT count(*) FROM segments") == 3
+
+
 async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_server, database,  # type: ignore[no-untyped-def]
                                                                  tmp_path) -> None:
     erased, _, _ = await new_patient(core, "erased")
@@ -289,3 +359,95 @@ async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_serve
         admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+# Where a patient's id may stay after their erasure: the access trace and the erasure record.
+KEPT_AFTER_ERASURE = {"audit_log", "erasures"}
+
+
+async def _tables_with_patient_id(conn: asyncpg.Connection) -> list[str]:
+    """Every ordinary or partitioned table with a patient_id column (partitions excluded:
+    their parent answers for them)."""
+    rows = await conn.fetch(
+        """SELECT c.table_name FROM information_schema.columns c
+           JOIN pg_class k ON k.relname = c.table_name AND NOT k.relispartition
+           WHERE c.column_name = 'patient_id' AND c.table_schema = current_schema()
+           ORDER BY 1""")
+    return [r["table_name"] for r in rows]
+
+
+async def _rows_of(conn: asyncpg.Connection, patient: uuid.UUID) -> dict[str, int]:
+    counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t} WHERE patient_id = $1",  # noqa: S608
+                                     patient) for t in await _tables_with_patient_id(conn)}
+    counts["data_keys.owner"] = await conn.fetchval(
+        "SELECT count(*) FROM data_keys WHERE owner = $1", str(patient))
+    counts["sessions.subject"] = await conn.fetchval(
+        "SELECT count(*) FROM sessions WHERE subject = $1", str(patient))
+    return counts
+
+
+async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: ignore[no-untyped-def]
+    """One row of every kind a patient has: samples, rollups, a device and what it sent to
+    quarantine, a session, an audit trace, a time zone, a source order, the record feed and
+    a clinician's consent."""
+    now = dt.datetime.now(dt.UTC)
+    device = f"watch-{tag}"
+    await _ingest(core, patient, "heart_rate", np.array([_ms(now) - 7_200_000]),
+                  np.array([70.0]), device=device)
+    await Rollups(core.pool, core.keyring, core.store).roll_up_pending()
+    clinician = uuid.uuid4()
+    async with core.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO devices (id, model, serial, patient_id, state)"
+            " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
+        await conn.execute(
+            "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
+            " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)
+        session = uuid.uuid4()
+        await conn.execute("INSERT INTO sessions (id, subject, methods) VALUES ($1, $2, '{pwd}')",
+                           session, str(patient))
+        await conn.execute("INSERT INTO refresh_tokens (token_hash, session_id, expires_at)"
+                           " VALUES ($1, $2, now() + interval '1 day')", os.urandom(32), session)
+        await conn.execute("INSERT INTO patient_time_zones VALUES ($1, now(), 'Europe/Paris')",
+                           patient)
+        await conn.execute("INSERT INTO source_priorities (patient_id, metric, device_ids)"
+                           " VALUES ($1, 'heart_rate', ARRAY[$2])", patient, device)
+        await conn.execute("INSERT INTO record_feed_consents VALUES ($1, true, '\\x00', 1)",
+                           patient)
+        await conn.execute(
+            "INSERT INTO record_feed_outbox (patient_id, identifier, metric, key_version, sealed)"
+            " VALUES ($1, $2, 'heart_rate', 1, '\\x00')", patient, f"heart_rate/{tag}")
+        await conn.execute(
+            "INSERT INTO clinicians (id, rpps, profession, display_name, oidc_subject)"
+            " VALUES ($1, $2, 'doctor', 'Dr', $3)", clinician, tag.rjust(11, "1")[:11], tag)
+        await conn.execute(
+            "INSERT INTO consents (id, patient_id, clinician_id, metrics, data_from, data_to,"
+            " expires_at) VALUES ($1, $2, $3, '{heart_rate}', now() - interval '1 day', now(),"
+            " now() + interval '1 day')", uuid.uuid4(), patient, clinician)
+    await core.audit.record(actor=f"patient:{patient}", patient_id=patient, action="read",
+                            resource="heart_rate", outcome="allowed")
+
+
+async def test_after_erasure_only_the_audit_and_its_record_name_the_patient(core) -> None:  # type: ignore[no-untyped-def]
+    erased, _, _ = await new_patient(core, "forgotten")
+    kept, _, _ = await new_patient(core, "remaining")
+    await _everything_of(core, erased, "a")
+    await _everything_of(core, kept, "b")
+    async with core.pool.acquire() as conn:
+        before = await _rows_of(conn, erased)
+    # The seeding must reach every table that can name a patient, or this test proves
+    # nothing about it: a new table with a patient_id column needs a row above, and a line
+    # in erase_patient (or a cascade).
+    unseeded = [t for t, n in before.items() if n == 0 and t != "erasures"]
+    assert not unseeded, f"seed a row of the patient in {unseeded}"
+    assert before["rollups"] >= 2  # an hourly and a daily one
+    await erase_patient(core.pool, core.keyring, erased, "test")
+    async with core.pool.acquire() as conn:
+        after = await _rows_of(conn, erased)
+        assert {t: n for t, n in after.items() if n and t not in KEPT_AFTER_ERASURE} == {}
+        assert after["erasures"] == 1 and after["audit_log"] == before["audit_log"]
+        assert await conn.fetchval("SELECT count(*) FROM refresh_tokens") == 1  # the other's
+        detail = await conn.fetchval("SELECT detail FROM erasures WHERE patient_id = $1",
+                                     erased)
+        assert f"{before['rollups']} rollups" in detail
+        assert await _rows_of(conn, kept) == {**before, "erasures": 0}  # nothing of theirs

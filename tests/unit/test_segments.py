@@ -122,6 +122,29 @@ def test_values_that_are_awkward_for_the_grid_round_trip_bit_for_bit(values: lis
     assert_same(unpack(pack(original)), original)
 
 
+@st.composite
+def decimal_grid(draw: st.DrawFn) -> Samples:
+    """Values as devices report them: integers k scaled to d decimals (d in 0..3), of both
+    signs, up to 1e12, written either as k / 10**d (the nearest float to the decimal) or as
+    k * 10.0**-d (often one ulp off it, so off the grid)."""
+    d = draw(st.integers(0, 3))
+    bound = 10**12 * 10**d
+    ks = draw(st.lists(st.integers(-bound, bound), min_size=1, max_size=200))
+    if draw(st.booleans()):
+        values = np.array(ks, np.float64) / 10**d
+    else:
+        values = np.array(ks, np.float64) * 10.0**-d
+    n = len(values)
+    return Samples(1_750_000_000_000 + np.arange(n, dtype=np.int64) * 1000, values,
+                   draw(hnp.arrays(np.uint8, n)))
+
+
+@FUZZ
+@given(decimal_grid())
+def test_values_on_a_decimal_grid_round_trip_bit_for_bit(original: Samples) -> None:
+    assert_same(unpack(pack(original)), original)
+
+
 # --- corruption --------------------------------------------------------------------------
 
 
