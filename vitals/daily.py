@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vitals.days import ZoneSpan, day_bounds, day_of, local_days, zone_at
+from vitals.days import ZoneSpan, day_bounds, day_number, day_pieces, local_days, zone_at
 
 CUMULATIVE = frozenset({"steps"})
 NIGHTLY = frozenset({"sleep_duration"})
@@ -54,11 +54,15 @@ Series = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]
 @dataclass(frozen=True, slots=True)
 class DayFigure:
     day: dt.date
-    hours: float  # the local day's length: 23 or 25 at DST changes
+    start_ms: int  # the day's first instant (UTC ms) where the patient was
+    hours: float  # the local day's length: 23 or 25 at DST changes, other on a trip
     value: float | None  # the headline figure (see the module's docstring)
     count: int
     minimum: float | None
     maximum: float | None
+    total: float | None = None  # of the counted samples
+    mean: float | None = None
+    std: float | None = None  # population standard deviation
     sources: dict[str, float | None] = field(default_factory=dict)  # each source alone
     counted: dict[str, int] = field(default_factory=dict)  # samples kept per source
 
@@ -121,7 +125,9 @@ def _headline(metric: str, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
 
 def daily(metric: str, per_source: Mapping[str, Series], order: Sequence[str],
           history: Sequence[ZoneSpan], days: Sequence[dt.date]) -> list[DayFigure]:
-    """The figure of each local day in ``days``, with each source's own figure beside it."""
+    """The figure of each local day in ``days``, with each source's own figure beside it.
+    Samples outside ``days`` are ignored; a caller that wants part of a day only passes
+    that part's samples."""
     shift = NIGHT_SHIFT_MS if metric in NIGHTLY else 0
     (t, v), ranks = merge_sources(metric, per_source, order)
     day_of_sample = local_days(t, history, shift)
@@ -129,18 +135,22 @@ def daily(metric: str, per_source: Mapping[str, Series], order: Sequence[str],
                        for s in order if s in per_source}
     out = []
     for day in days:
-        number = (day - dt.date(1970, 1, 1)).days
+        number = day_number(day)
         mask = day_of_sample == number
         dv = v[mask]
-        noon = number * 86_400_000 + 43_200_000
-        start, end = day_bounds(day_of(number), zone_at(history, noon))
+        pieces = day_pieces(history, day, shift)
         sources = {}
         for s, ((st, sv), sdays) in per_source_days.items():
             smask = sdays == number
             sources[s] = _headline(metric, st[smask], sv[smask])
         counted = {order[i]: int(n) for i, n in
                    zip(*np.unique(ranks[mask], return_counts=True), strict=True)}
-        out.append(DayFigure(day, (end - start) / 3_600_000, _headline(metric, t[mask], dv),
-                             int(mask.sum()), float(dv.min()) if len(dv) else None,
-                             float(dv.max()) if len(dv) else None, sources, counted))
+        some = len(dv) > 0
+        out.append(DayFigure(
+            day, pieces[0][0] if pieces else day_bounds(day, zone_at(history, 0), shift)[0],
+            sum(b - a for a, b in pieces) / 3_600_000, _headline(metric, t[mask], dv),
+            int(mask.sum()), float(dv.min()) if some else None,
+            float(dv.max()) if some else None, float(dv.sum()) if some else None,
+            float(dv.mean()) if some else None, float(dv.std()) if some else None,
+            sources, counted))
     return out
