@@ -23,8 +23,8 @@ H = 3_600_000
 PARIS = [ZoneSpan(0, "Europe/Paris")]
 
 
-def utc_ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)
+def utc_ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def hourly(start_ms: int, hours: int, value: float) -> tuple[np.ndarray, np.ndarray]:
