@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vitals.daily import CUMULATIVE, merge_sources
+from vitals.daily import CUMULATIVE, merge_sources, minute_medians
 from vitals.days import ZoneSpan, day_of, day_pieces, local_days
 
 MINUTE_MS = 60_000
@@ -167,8 +167,7 @@ def _minute_runs(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64],
     Minute medians, not single samples: one noisy beat neither opens nor breaks a run."""
     if len(t) == 0:
         return []
-    minutes, first = np.unique(t // MINUTE_MS, return_index=True)
-    medians = np.array([np.median(part) for part in np.split(v, first[1:])])
+    minutes, medians = minute_medians(t, v)
     ok = meets(medians)
     # A run breaks where the rule fails or a minute is missing (no data is no evidence).
     breaks = ~ok | np.r_[True, np.diff(minutes) != 1]

@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from vitals.daily import minute_medians
 from vitals.days import ZoneSpan, day_bounds
 from vitals.summaries import (
     DAY_MS,
@@ -161,3 +162,15 @@ def test_wear_time_and_trend_follow_local_days() -> None:
     s = summarise("steps", hours, v, np.zeros(75, np.uint8), start,
                   start + 75 * 3_600_000, paris)
     assert s.trend_per_day == pytest.approx(1000.0)
+
+
+def test_minute_medians_match_numpy_median_per_minute() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(100):
+        n = int(rng.integers(1, 400))
+        t = np.sort(rng.integers(0, 10 * MINUTE_MS, n))
+        v = rng.integers(0, 5, n).astype(np.float64) - 0.5 * rng.integers(0, 2, n)
+        minutes, medians = minute_medians(t, v)
+        m = t // MINUTE_MS
+        assert minutes.tolist() == np.unique(m).tolist()
+        assert medians.tolist() == [float(np.median(v[m == k])) for k in minutes]
