@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from api.problems import Problem
 from api.requests import DEPS, bearer_claims, patient_of, strict_body
 from storage.days import MAX_DAYS, Days
 from vitals.catalogue import METRICS
-from vitals.days import DEFAULT_ZONE
+from vitals.days import DEFAULT_ZONE, day_of, local_days
 from vitals.fhir import instant
 
 
@@ -78,13 +80,19 @@ def _date(request: web.Request, name: str, default: dt.date) -> dt.date:
         raise Problem(400, f"{name} must be a date, YYYY-MM-DD") from None
 
 
+async def _today(request: web.Request, patient_id: uuid.UUID) -> dt.date:
+    """Today where I am, not in UTC: in Kolkata after 18:30 UTC it is already tomorrow."""
+    history = await _days(request).zone_history(patient_id)
+    now = np.array([int(dt.datetime.now(dt.UTC).timestamp() * 1000)], np.int64)
+    return day_of(int(local_days(now, history)[0]))
+
+
 async def get_daily(request: web.Request) -> web.Response:
     """One figure per local day (see vitals/daily.py for which), with each source's own."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
     metric = _metric(request)
-    today = dt.datetime.now(dt.UTC).date()
-    last = _date(request, "to", today)
+    last = _date(request, "to", await _today(request, patient_id))
     first = _date(request, "from", last - dt.timedelta(days=6))
     if not first <= last or (last - first).days >= MAX_DAYS:
         raise Problem(400, f"from must not be after to, at most {MAX_DAYS} days")

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -197,3 +198,19 @@ async def test_a_first_zone_from_a_past_instant_keeps_the_default_before(setup) 
     assert [z["zone"] for z in (await resp.json())["history"]] == ["Europe/Paris",
                                                                     "Asia/Kolkata"]
     assert await _day(client, headers) == before
+
+
+async def test_daily_ends_today_where_the_patient_is(setup) -> None:  # type: ignore[no-untyped-def]
+    client, headers, _ = setup
+    # Kiritimati is 14 hours ahead of UTC, Pago Pago 11 hours behind: one of the two
+    # is always on another date than UTC, and they are never on the same date.
+    answers = []
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        await client.put("/v1/me/timezone", json={"zone": zone}, headers=headers)
+        resp = await client.get("/v1/me/daily/steps", headers=headers)
+        assert resp.status == 200
+        last = (await resp.json())["days"][-1]["date"]
+        expected = dt.datetime.now(ZoneInfo(zone)).date().isoformat()
+        assert last == expected
+        answers.append(last)
+    assert answers[0] != answers[1]
