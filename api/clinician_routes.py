@@ -3,6 +3,7 @@ shared with me, and per-patient summaries and charts limited to what was shared.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 from typing import Any
@@ -27,10 +28,12 @@ from api.requests import (
 )
 from storage.clinicians import Clinicians
 from storage.consents import Consents
+from storage.days import Days
 from vitals.catalogue import METRICS
 from vitals.charts import svg_chart
+from vitals.daily import merge_sources
 from vitals.errors import InvalidProfessional
-from vitals.summaries import blood_pressure_episodes, summarise
+from vitals.summaries import blood_pressure_episodes, summarise, summarise_sources
 
 DEFAULT_PERIOD = dt.timedelta(days=7)
 MAX_PERIOD = dt.timedelta(days=366)
@@ -106,22 +109,30 @@ def _ms(moment: dt.datetime) -> int:
 
 
 async def summary(request: web.Request) -> web.Response:
-    """Per shared metric: latest, spread, trend, completeness and flagged episodes."""
+    """Per shared metric: latest, spread, trend, completeness and flagged episodes; several
+    devices of one metric counted once by the patient's priority order, days in the
+    patient's local time."""
+    deps = request.app[DEPS]
     patient_id = uuid_param(request, "patient_id", status=403)
     start, end = _period(request)
     _, access = await clinician_access(request, patient_id, action="read", resource="summary")
+    days = Days(deps.pool, deps.store)
+    history = await days.zone_history(patient_id)
     metrics: dict[str, Any] = {}
-    series = {}
+    merged = {}
     for name in sorted(access.windows):
-        samples = await read_granted(request, access, patient_id, name, start, end)
-        series[name] = samples
-        metrics[name] = summary_json(summarise(name, samples.t_ms, samples.value,
-                                                samples.flags, _ms(start), _ms(end)))
-    if "systolic_bp" in series and "diastolic_bp" in series:
-        sys_s, dia_s = series["systolic_bp"], series["diastolic_bp"]
-        clean_s, clean_d = sys_s.flags == 0, dia_s.flags == 0
-        episodes = blood_pressure_episodes(sys_s.t_ms[clean_s], sys_s.value[clean_s],
-                                           dia_s.t_ms[clean_d], dia_s.value[clean_d])
+        per_source, order = await days.by_source(patient_id, name,
+                                                 access.clip(name, start, end))
+        samples = {d: (s.t_ms, s.value, s.flags) for d, s in per_source.items()}
+        found = await asyncio.to_thread(summarise_sources, name, samples, order, _ms(start),
+                                        _ms(end), history)
+        metrics[name] = summary_json(found)
+        if name in ("systolic_bp", "diastolic_bp"):
+            clean = {d: (t[f == 0], v[f == 0]) for d, (t, v, f) in samples.items()}
+            merged[name] = merge_sources(name, clean, order)[0]
+    if "systolic_bp" in merged and "diastolic_bp" in merged:
+        (t_s, v_s), (t_d, v_d) = merged["systolic_bp"], merged["diastolic_bp"]
+        episodes = blood_pressure_episodes(t_s, v_s, t_d, v_d)
         metrics["systolic_bp"]["episodes"] = [episode_json(e) for e in episodes]
     return web.json_response({"patient_id": str(patient_id), "from": start.isoformat(),
                               "to": end.isoformat(), "metrics": metrics})

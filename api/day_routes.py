@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from api.problems import Problem
 from api.requests import DEPS, bearer_claims, patient_of, strict_body
 from storage.days import MAX_DAYS, Days
 from vitals.catalogue import METRICS
-from vitals.days import DEFAULT_ZONE, validate_zone
+from vitals.days import DEFAULT_ZONE, day_of, local_days
 from vitals.fhir import instant
 
 
@@ -47,15 +49,25 @@ async def get_zone(request: web.Request) -> web.Response:
 
 
 async def put_zone(request: web.Request) -> web.Response:
-    """Change my zone from now on: days already lived keep the zone they were lived in."""
+    """Change my zone from now on, or from ``effective_from`` (in the past: a trip recorded
+    late) until my next recorded change; days before keep the zone they were lived in."""
     patient_id = patient_of(bearer_claims(request, health_data=False))
-    body = await strict_body(request, {"zone": str})
+    body = await strict_body(request, {"zone": str, "effective_from": str},
+                             optional={"effective_from"})
+    moment = None
+    if "effective_from" in body:
+        try:
+            moment = dt.datetime.fromisoformat(body["effective_from"])
+            if moment.tzinfo is None:
+                raise Problem(422, "effective_from needs a time zone offset (e.g. Z)")
+            moment = moment.astimezone(dt.UTC)
+        except (ValueError, OverflowError):  # overflow: year 1 with an offset east of UTC
+            raise Problem(422, "effective_from must be an ISO 8601 date-time") from None
     try:
-        validate_zone(body["zone"])
-    except ValueError as exc:
+        history = await _days(request).set_zone(patient_id, body["zone"], moment)
+    except ValueError as exc:  # an unknown zone, or an instant in the future
         raise Problem(422, str(exc)) from None
-    return web.json_response(_zones_json(await _days(request).set_zone(patient_id,
-                                                                        body["zone"])))
+    return web.json_response(_zones_json(history))
 
 
 def _date(request: web.Request, name: str, default: dt.date) -> dt.date:
@@ -68,13 +80,19 @@ def _date(request: web.Request, name: str, default: dt.date) -> dt.date:
         raise Problem(400, f"{name} must be a date, YYYY-MM-DD") from None
 
 
+async def _today(request: web.Request, patient_id: uuid.UUID) -> dt.date:
+    """Today where I am, not in UTC: in Kolkata after 18:30 UTC it is already tomorrow."""
+    history = await _days(request).zone_history(patient_id)
+    now = np.array([int(dt.datetime.now(dt.UTC).timestamp() * 1000)], np.int64)
+    return day_of(int(local_days(now, history)[0]))
+
+
 async def get_daily(request: web.Request) -> web.Response:
     """One figure per local day (see vitals/daily.py for which), with each source's own."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
     metric = _metric(request)
-    today = dt.datetime.now(dt.UTC).date()
-    last = _date(request, "to", today)
+    last = _date(request, "to", await _today(request, patient_id))
     first = _date(request, "from", last - dt.timedelta(days=6))
     if not first <= last or (last - first).days >= MAX_DAYS:
         raise Problem(400, f"from must not be after to, at most {MAX_DAYS} days")

@@ -125,11 +125,14 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
         {"latest": {"type": "object"}}))},
     "/v1/me/vitals/{metric}": {"get": op(
-        "one metric over a range, raw or per 1m/1h/1d bucket", obj(
+        "one metric over a range: raw (all my devices, or one with device), per 1m/1h "
+        "bucket (all devices), or per local day (1d: sources merged as in /daily)", obj(
             {"metric": STR, "unit": STR, "loinc": STR, "from": STR, "to": STR,
-             "resolution": STR, "truncated": BOOL}),
+             "resolution": STR, "truncated": BOOL},
+            {"device": STR, "zone": STR, "source_order": {"type": "array", "items": STR}}),
         params=[METRIC_PARAM, *RANGE,
-                q("resolution", {"type": "string", "enum": ["raw", "1m", "1h", "1d"]})])},
+                q("resolution", {"type": "string", "enum": ["raw", "1m", "1h", "1d"]}),
+                q("device", STR)])},
     "/v1/me/summary": {"get": op("a summary per metric", obj(
         {"from": STR, "to": STR, "metrics": {"type": "object",
                                                "additionalProperties": SUMMARY}}),
@@ -155,7 +158,9 @@ PATHS: dict[str, dict[str, Schema]] = {
                   request=obj({"enabled": BOOL, "ins": STR}, closed=True))},
     "/v1/me/timezone": {
         "get": op("my time zone and its history", ZONE),
-        "put": op("my time zone from now on", ZONE, request=obj({"zone": STR}, closed=True))},
+        "put": op("my time zone from now, or from a past instant until my next change",
+                  ZONE, request=obj({"zone": STR}, {"effective_from": DATE_TIME},
+                                    closed=True))},
     "/v1/me/daily/{metric}": {"get": op(
         "one figure per local day, with each source's own", obj(
             {"metric": STR, "unit": STR, "zone": STR,

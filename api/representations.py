@@ -26,5 +26,7 @@ def summary_json(s: Summary) -> dict[str, Any]:
                     "trend_per_day": s.trend_per_day})
     if s.wear_minutes is not None:
         out["wear_minutes"] = s.wear_minutes
+        out["wear_minutes_by_day"] = {d.isoformat(): m for d, m in
+                                      sorted(s.wear_minutes_by_day.items())}
     out["episodes"] = [episode_json(e) for e in s.episodes]
     return out

@@ -3,6 +3,10 @@
 Hours and days come from the rollups where they are up to date; a day (or month) whose
 rollup is missing or has segments the maintenance job has not seen yet is computed from the
 raw samples instead, so a read is never stale.
+
+These buckets are technical: UTC-aligned, every source together (the rollups do not keep
+sources apart). Daily figures a patient or clinician sees come from storage/days.py instead:
+local days of the patient's zone history, one source per overlapping period.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vitals.days import ZoneSpan, day_bounds, day_of, local_days, zone_at
+from vitals.days import ZoneSpan, day_bounds, day_number, day_pieces, local_days, zone_at
 
 CUMULATIVE = frozenset({"steps"})
 NIGHTLY = frozenset({"sleep_duration"})
@@ -54,11 +54,15 @@ Series = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]
 @dataclass(frozen=True, slots=True)
 class DayFigure:
     day: dt.date
-    hours: float  # the local day's length: 23 or 25 at DST changes
+    start_ms: int  # the day's first instant (UTC ms) where the patient was
+    hours: float  # the local day's length: 23 or 25 at DST changes, other on a trip
     value: float | None  # the headline figure (see the module's docstring)
     count: int
     minimum: float | None
     maximum: float | None
+    total: float | None = None  # of the counted samples
+    mean: float | None = None
+    std: float | None = None  # population standard deviation
     sources: dict[str, float | None] = field(default_factory=dict)  # each source alone
     counted: dict[str, int] = field(default_factory=dict)  # samples kept per source
 
@@ -85,23 +89,39 @@ def merge_sources(metric: str, per_source: Mapping[str, Series], order: Sequence
     source."""
     bucket = BUCKET_MS.get(metric, DEFAULT_BUCKET_MS)
     ts, vs, rs = [], [], []
+    covered = np.zeros(0, np.int64)  # sorted buckets a better source already holds
     for rank, source in enumerate(order):
-        if source in per_source:
-            t, v = per_source[source]
-            ts.append(t)
-            vs.append(v)
-            rs.append(np.full(len(t), rank, np.int64))
+        if source not in per_source:
+            continue
+        t, v = per_source[source]
+        b = t // bucket
+        at = np.minimum(np.searchsorted(covered, b), max(len(covered) - 1, 0))
+        free = covered[at] != b if len(covered) else np.ones(len(b), bool)
+        ts.append(t[free])
+        vs.append(v[free])
+        rs.append(np.full(int(free.sum()), rank, np.int64))
+        covered = np.union1d(covered, b[free])
     if not ts:
         return (np.zeros(0, np.int64), np.zeros(0)), np.zeros(0, np.int64)
     t, v, r = np.concatenate(ts), np.concatenate(vs), np.concatenate(rs)
-    b = t // bucket
-    buckets, inverse = np.unique(b, return_inverse=True)
-    best = np.full(len(buckets), np.iinfo(np.int64).max)
-    np.minimum.at(best, inverse, r)
-    keep = r == best[inverse]
-    t, v, r = t[keep], v[keep], r[keep]
     order_t = np.argsort(t, kind="stable")
     return (t[order_t], v[order_t]), r[order_t]
+
+
+def minute_medians(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
+                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The minutes (since the epoch) with data, and the median of each, in time order."""
+    m = t // 60_000
+    if len(m) == 0:
+        return m, np.zeros(0)
+    # Sorted by minute, then value: one integer key from the minute and the value's rank
+    # (several times faster than np.lexsort on floats, and exact).
+    rank = np.empty(len(v), np.int64)
+    rank[np.argsort(v)] = np.arange(len(v))
+    by = np.argsort((m - m.min()) * len(v) + rank)
+    m, sv = m[by], v[by]
+    minutes, first, count = np.unique(m, return_index=True, return_counts=True)
+    return minutes, (sv[first + (count - 1) // 2] + sv[first + count // 2]) / 2
 
 
 def _headline(metric: str, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
@@ -111,36 +131,54 @@ def _headline(metric: str, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]
     if metric in CUMULATIVE or metric in NIGHTLY:
         return float(v.sum())
     if metric == "heart_rate":
-        minutes, first = np.unique(t // 60_000, return_index=True)
+        minutes, medians = minute_medians(t, v)
         if len(minutes) < RESTING_MIN_MINUTES:
             return None
-        medians = np.array([np.median(p) for p in np.split(v, first[1:])])
         return float(np.percentile(medians, 10))
     return float(v.mean())
 
 
+class _ByDay:
+    """Indices of a series' samples per local day, in time order: one sort, not a scan of
+    every sample for each day."""
+
+    def __init__(self, labels: npt.NDArray[np.int64]) -> None:
+        self._index = np.argsort(labels, kind="stable")
+        self._sorted = labels[self._index]
+
+    def __getitem__(self, number: int) -> npt.NDArray[np.intp]:
+        lo, hi = np.searchsorted(self._sorted, [number, number + 1])
+        return self._index[lo:hi]
+
+
 def daily(metric: str, per_source: Mapping[str, Series], order: Sequence[str],
           history: Sequence[ZoneSpan], days: Sequence[dt.date]) -> list[DayFigure]:
-    """The figure of each local day in ``days``, with each source's own figure beside it."""
+    """The figure of each local day in ``days``, with each source's own figure beside it.
+    Samples outside ``days`` are ignored; a caller that wants part of a day only passes
+    that part's samples."""
     shift = NIGHT_SHIFT_MS if metric in NIGHTLY else 0
     (t, v), ranks = merge_sources(metric, per_source, order)
-    day_of_sample = local_days(t, history, shift)
-    per_source_days = {s: (per_source[s], local_days(per_source[s][0], history, shift))
+    merged = _ByDay(local_days(t, history, shift))
+    per_source_days = {s: (per_source[s], _ByDay(local_days(per_source[s][0], history, shift)))
                        for s in order if s in per_source}
     out = []
     for day in days:
-        number = (day - dt.date(1970, 1, 1)).days
-        mask = day_of_sample == number
-        dv = v[mask]
-        noon = number * 86_400_000 + 43_200_000
-        start, end = day_bounds(day_of(number), zone_at(history, noon))
+        number = day_number(day)
+        at = merged[number]
+        dv = v[at]
+        pieces = day_pieces(history, day, shift)
         sources = {}
         for s, ((st, sv), sdays) in per_source_days.items():
-            smask = sdays == number
-            sources[s] = _headline(metric, st[smask], sv[smask])
+            sat = sdays[number]
+            sources[s] = _headline(metric, st[sat], sv[sat])
         counted = {order[i]: int(n) for i, n in
-                   zip(*np.unique(ranks[mask], return_counts=True), strict=True)}
-        out.append(DayFigure(day, (end - start) / 3_600_000, _headline(metric, t[mask], dv),
-                             int(mask.sum()), float(dv.min()) if len(dv) else None,
-                             float(dv.max()) if len(dv) else None, sources, counted))
+                   zip(*np.unique(ranks[at], return_counts=True), strict=True)}
+        some = len(dv) > 0
+        out.append(DayFigure(
+            day, pieces[0][0] if pieces else day_bounds(day, zone_at(history, 0), shift)[0],
+            sum(b - a for a, b in pieces) / 3_600_000, _headline(metric, t[at], dv),
+            len(dv), float(dv.min()) if some else None,
+            float(dv.max()) if some else None, float(dv.sum()) if some else None,
+            float(dv.mean()) if some else None, float(dv.std()) if some else None,
+            sources, counted))
     return out

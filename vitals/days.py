@@ -85,9 +85,54 @@ def day_of(number: int) -> dt.date:
     return EPOCH + dt.timedelta(days=int(number))
 
 
-def day_bounds(day: dt.date, zone: str) -> tuple[int, int]:
-    """[start, end) of a local calendar day in UTC ms: 23 h or 25 h long at DST changes."""
+def day_bounds(day: dt.date, zone: str, shift_ms: int = 0) -> tuple[int, int]:
+    """[start, end) of a local calendar day in UTC ms: 23 h or 25 h long at DST changes.
+    ``shift_ms`` as in :func:`local_days` (+12 h: from noon the day before to noon)."""
     tz = ZoneInfo(zone)
-    start = dt.datetime.combine(day, dt.time(), tz)
-    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+    # Wall-clock arithmetic on naive times, then the zone: the start of a "night" is noon
+    # on the clock, whatever DST did overnight. A midnight that does not exist (a gap)
+    # maps, with fold=0, to the instant the clocks jumped: the day's first instant.
+    wall = dt.datetime.combine(day, dt.time()) - dt.timedelta(milliseconds=shift_ms)
+    start = wall.replace(tzinfo=tz)
+    end = (wall + dt.timedelta(days=1)).replace(tzinfo=tz)
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def day_pieces(history: Sequence[ZoneSpan], day: dt.date,
+               shift_ms: int = 0) -> list[tuple[int, int]]:
+    """The UTC [start, end) pieces in which :func:`local_days` says ``day``: one piece
+    unless the zone changed that day. A flight west lengthens the day (Paris to Montreal:
+    30 h); flying east shortens it; a zone change that turns the clock back to the day
+    before splits a day in two pieces."""
+    spans = list(history) or [ZoneSpan(-(2**62), DEFAULT_ZONE)]
+    pieces = []
+    for i, span in enumerate(spans):
+        # The first zone also covers the time before the history starts (see local_days).
+        lo = span.effective_from_ms if i else -(2**62)
+        hi = spans[i + 1].effective_from_ms if i + 1 < len(spans) else 2**62
+        start, end = day_bounds(day, span.zone, shift_ms)
+        a, b = max(lo, start), min(hi, end)
+        if a < b:
+            pieces.append((a, b))
+    return pieces
+
+
+def day_hours(history: Sequence[ZoneSpan], day: dt.date, shift_ms: int = 0) -> float:
+    """How long ``day`` lasted where the patient was: 24, 23 or 25 at DST changes, other
+    lengths on the day of a zone change."""
+    return sum(b - a for a, b in day_pieces(history, day, shift_ms)) / 3_600_000
+
+
+def days_touched(history: Sequence[ZoneSpan], start_ms: int, end_ms: int,
+                 shift_ms: int = 0) -> list[dt.date]:
+    """Every local day with an instant in [start_ms, end_ms), in order."""
+    if end_ms <= start_ms:
+        return []
+    # Local days move forward with time except where a zone change turns the clock back,
+    # so the first and last instants plus both sides of each change bound them all.
+    edges = [start_ms, end_ms - 1]
+    for span in history:
+        if start_ms < span.effective_from_ms < end_ms:
+            edges += [span.effective_from_ms - 1, span.effective_from_ms]
+    numbers = local_days(np.asarray(edges, np.int64), history, shift_ms)
+    return [day_of(n) for n in range(int(numbers.min()), int(numbers.max()) + 1)]

@@ -3,15 +3,26 @@
 Pure numpy over one metric's samples in a period. Samples carrying a quality flag count in
 ``flagged`` but not in the statistics or the episode rules: an artefact must not raise an
 alarm, nor hide one by moving the median.
+
+Two devices measuring the same metric (two watches, a cuff and a watch) are merged first
+(:func:`summarise_sources`, with the same per-metric source priority as the daily figures):
+their samples interleaved would count steps twice, double the wear time and let one
+device's gaps hide in the other's data. Parts that speak of days (the trend, wear time per
+day) use the patient's local days.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from vitals.daily import CUMULATIVE, merge_sources, minute_medians
+from vitals.days import ZoneSpan, day_of, day_pieces, local_days
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -20,6 +31,8 @@ PERCENTILES = (5, 25, 75, 95)
 # Metrics a worn device streams; their completeness is counted in minutes, and the minutes
 # with data are the wear time. Spot metrics (a weighing, a cuff reading) count in days.
 CONTINUOUS = frozenset({"heart_rate", "spo2", "rr_interval", "steps"})
+
+SourceSamples = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +56,37 @@ class Summary:
     mean: float | None = None
     median: float | None = None
     percentiles: dict[int, float] = field(default_factory=dict)
-    trend_per_day: float | None = None  # least-squares slope, canonical unit per day
+    trend_per_day: float | None = None  # slope of the local days' figures, unit per day
     completeness: float = 0.0  # fraction of the period's minutes (or days) with data
     wear_minutes: int | None = None  # continuous metrics only
+    wear_minutes_by_day: dict[dt.date, int] = field(default_factory=dict)  # local days
     episodes: tuple[Episode, ...] = ()
 
 
+def summarise_sources(metric: str, per_source: Mapping[str, SourceSamples],
+                      order: Sequence[str], start_ms: int, end_ms: int,
+                      history: Sequence[ZoneSpan] = ()) -> Summary:
+    """:func:`summarise` over several sources of one metric, counted once: per time bucket
+    only the best source in ``order`` with clean data there (see vitals/daily.py). Flagged
+    samples of every source count in ``flagged``: each waits for review."""
+    clean = {}
+    flagged = 0
+    for source, (t, v, f) in per_source.items():
+        inside = (t >= start_ms) & (t < end_ms)
+        flagged += int(np.count_nonzero(inside & (f != 0)))
+        clean[source] = (t[inside & (f == 0)], v[inside & (f == 0)])
+    ranked = [*order, *sorted(set(per_source) - set(order))]
+    (t, v), _ = merge_sources(metric, clean, ranked)
+    merged = summarise(metric, t, v, np.zeros(len(t), np.uint8), start_ms, end_ms, history)
+    return dataclasses.replace(merged, flagged=flagged)
+
+
 def summarise(metric: str, t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.float64],
-              flags: npt.NDArray[np.uint8], start_ms: int, end_ms: int) -> Summary:
-    """The summary of one metric's samples in [start_ms, end_ms), sorted by time."""
+              flags: npt.NDArray[np.uint8], start_ms: int, end_ms: int,
+              history: Sequence[ZoneSpan] = ()) -> Summary:
+    """The summary of one metric's samples in [start_ms, end_ms), sorted by time, for a
+    patient whose zones are ``history`` (none: the default zone). One source, or sources
+    already merged: samples of two devices are not told apart here."""
     if end_ms <= start_ms:
         raise ValueError("the period must not be empty")
     inside = (t_ms >= start_ms) & (t_ms < end_ms)
@@ -61,11 +96,17 @@ def summarise(metric: str, t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.fl
     if len(t) == 0:
         return Summary(metric, 0, flagged)
     continuous = metric in CONTINUOUS
-    minutes = np.unique((t - start_ms) // MINUTE_MS)
+    minutes = np.unique(t // MINUTE_MS)
+    by_day: dict[dt.date, int] = {}
     if continuous:
         completeness = len(minutes) / -(-(end_ms - start_ms) // MINUTE_MS)
         wear: int | None = len(minutes)
+        numbers, counts = np.unique(local_days(minutes * MINUTE_MS, history),
+                                    return_counts=True)
+        by_day = {day_of(int(n)): int(c) for n, c in zip(numbers, counts, strict=True)}
     else:
+        # 24-hour windows from the period's start, not calendar days: "a reading in each of
+        # the last 7 days" stays 7 of 7 when the period starts mid-morning.
         days = np.unique((t - start_ms) // DAY_MS)
         completeness = len(days) / -(-(end_ms - start_ms) // DAY_MS)
         wear = None
@@ -74,17 +115,32 @@ def summarise(metric: str, t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.fl
         metric, len(t), flagged, int(t[-1]), float(v[-1]), float(v.min()), float(v.max()),
         float(v.mean()), float(np.median(v)),
         {p: float(x) for p, x in zip(PERCENTILES, pct, strict=True)},
-        _trend_per_day(t, v), completeness, wear, tuple(episodes(metric, t, v)))
+        _trend_per_day(metric, t, v, start_ms, end_ms, history), completeness, wear, by_day,
+        tuple(episodes(metric, t, v)))
 
 
-def _trend_per_day(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64]) -> float | None:
-    """Slope of a least-squares line, or None when the samples span less than a day: a
-    trend inside one day is the circadian rhythm, not a trend."""
+def _trend_per_day(metric: str, t: npt.NDArray[np.int64], v: npt.NDArray[np.float64],
+                   start_ms: int, end_ms: int, history: Sequence[ZoneSpan]) -> float | None:
+    """Least-squares slope of one figure per local day against the day: the mean, or for
+    cumulative metrics the total of each day lying whole in the period (a half day's steps
+    is not a fall). None with fewer than two such days, or samples spanning less than a
+    day: a trend inside one day is the circadian rhythm, not a trend."""
     if len(t) < 2 or t[-1] - t[0] < DAY_MS:
         return None
-    days = (t - t[0]) / DAY_MS
-    slope = np.polyfit(days, v, 1)[0]
-    return float(slope)
+    numbers, inverse = np.unique(local_days(t, history), return_inverse=True)
+    figures: npt.NDArray[np.float64]
+    if metric in CUMULATIVE:
+        figures = np.bincount(inverse, weights=v, minlength=len(numbers)).astype(np.float64)
+        whole = np.array([all(start_ms <= a and b <= end_ms
+                              for a, b in day_pieces(history, day_of(int(n))))
+                          for n in numbers], dtype=bool)
+        numbers, figures = numbers[whole], figures[whole]
+    else:
+        figures = (np.bincount(inverse, weights=v, minlength=len(numbers)).astype(np.float64)
+                   / np.bincount(inverse, minlength=len(numbers)).astype(np.float64))
+    if len(numbers) < 2:
+        return None
+    return float(np.polyfit(numbers.astype(np.float64), figures, 1)[0])
 
 
 def episodes(metric: str, t: npt.NDArray[np.int64],
@@ -111,8 +167,7 @@ def _minute_runs(t: npt.NDArray[np.int64], v: npt.NDArray[np.float64],
     Minute medians, not single samples: one noisy beat neither opens nor breaks a run."""
     if len(t) == 0:
         return []
-    minutes, first = np.unique(t // MINUTE_MS, return_index=True)
-    medians = np.array([np.median(part) for part in np.split(v, first[1:])])
+    minutes, medians = minute_medians(t, v)
     ok = meets(medians)
     # A run breaks where the rule fails or a minute is missing (no data is no evidence).
     breaks = ~ok | np.r_[True, np.diff(minutes) != 1]

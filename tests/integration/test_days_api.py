@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -93,3 +94,123 @@ async def test_a_move_keeps_past_days(setup) -> None:  # type: ignore[no-untyped
     history = (await (await client.get("/v1/me/timezone", headers=headers)).json())["history"]
     assert [h["zone"] for h in history] == ["Europe/Paris", "America/Montreal"]
     assert await _day(client, headers) == before
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+async def _hourly_steps(core, patient: uuid.UUID, device: str, start_ms: int,  # type: ignore[no-untyped-def]
+                        hours: int, value: float = 100.0) -> None:
+    t = start_ms + np.arange(hours, dtype=np.int64) * 3_600_000
+    await core.store.ingest([MessageIn(device, 2, dt.datetime.now(dt.UTC), [SegmentIn(
+        patient, "steps", Samples(t, np.full(hours, value), np.zeros(hours, np.uint8)))], 0)])
+
+
+@pytest.mark.parametrize(("day", "hours"), [(dt.date(2026, 3, 29), 23.0),
+                                            (dt.date(2026, 10, 25), 25.0)])
+async def test_vitals_1d_buckets_are_local_days_across_dst(setup, core, day: dt.date,  # type: ignore[no-untyped-def]
+                                                           hours: float) -> None:
+    client, headers, patient = setup
+    await client.put("/v1/me/timezone", json={"zone": "Europe/Paris"}, headers=headers)
+    first, _ = day_bounds(day - dt.timedelta(days=1), "Europe/Paris")
+    _, last = day_bounds(day + dt.timedelta(days=1), "Europe/Paris")
+    await core.pool.execute("DELETE FROM segments")  # this test's own data only
+    await _hourly_steps(core, patient, "watch-a", first - 48 * 3_600_000,
+                        (last - first) // 3_600_000 + 96)
+    resp = await client.get("/v1/me/vitals/steps", headers=headers, params={
+        "resolution": "1d", "from": _iso(first), "to": _iso(last)})
+    assert resp.status == 200, await resp.text()
+    buckets = (await resp.json())["buckets"]
+    assert [b["date"] for b in buckets] == [
+        (day + dt.timedelta(days=d)).isoformat() for d in (-1, 0, 1)]
+    assert [b["hours"] for b in buckets] == [24.0, hours, 24.0]
+    assert [b["value"] for b in buckets] == [2400.0, 100 * hours, 2400.0]
+    # The same as /daily, day for day.
+    resp = await client.get("/v1/me/daily/steps", headers=headers, params={
+        "from": (day - dt.timedelta(days=1)).isoformat(),
+        "to": (day + dt.timedelta(days=1)).isoformat()})
+    assert [d["value"] for d in (await resp.json())["days"]] == [b["value"] for b in buckets]
+
+
+async def test_a_trip_recorded_late_changes_days_from_its_instant_only(setup, core) -> None:  # type: ignore[no-untyped-def]
+    client, headers, patient = setup
+    await core.pool.execute("DELETE FROM segments")
+    june = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    await _hourly_steps(core, patient, "watch-a", june, 24 * 20)
+    await client.put("/v1/me/timezone", json={"zone": "Europe/Paris"}, headers=headers)
+
+    async def days() -> dict[str, tuple[float, float]]:
+        resp = await client.get("/v1/me/daily/steps", headers=headers,
+                                params={"from": "2026-06-03", "to": "2026-06-15"})
+        assert resp.status == 200, await resp.text()
+        return {d["date"]: (d["hours"], d["value"]) for d in (await resp.json())["days"]}
+
+    before = await days()
+    assert set(before.values()) == {(24.0, 2400.0)}
+    # Flew to Montreal on June 8 at 10:00 UTC, back to Paris on June 12 at 20:00 UTC,
+    # both told a month later.
+    resp = await client.put("/v1/me/timezone", headers=headers, json={
+        "zone": "America/Montreal", "effective_from": "2026-06-08T12:00:00+02:00"})
+    assert resp.status == 200, await resp.text()
+    resp = await client.put("/v1/me/timezone", headers=headers, json={
+        "zone": "Europe/Paris", "effective_from": "2026-06-12T20:00:00Z"})
+    assert resp.status == 200, await resp.text()
+    zones = (await resp.json())["history"]
+    assert [(z["effective_from"][:16], z["zone"]) for z in zones] == [
+        ("1970-01-01T00:00", "Europe/Paris"), ("2026-06-08T10:00", "America/Montreal"),
+        ("2026-06-12T20:00", "Europe/Paris")]
+    after = await days()
+    for d in ("2026-06-03", "2026-06-04", "2026-06-05", "2026-06-06", "2026-06-07",
+              "2026-06-13", "2026-06-14", "2026-06-15"):
+        assert after[d] == before[d], d  # before the flight, and after the return
+    # June 8 runs from Paris midnight to Montreal midnight: 30 hours; the day of the
+    # return (Montreal 16:00 = Paris 22:00) loses the 6 hours back.
+    assert after["2026-06-08"] == (30.0, 3000.0)
+    assert after["2026-06-12"] == (18.0, 1800.0)
+    assert after["2026-06-10"] == (24.0, 2400.0)
+    # The Montreal days start at 04:00 UTC through /vitals as well.
+    resp = await client.get("/v1/me/vitals/steps", headers=headers, params={
+        "resolution": "1d", "from": "2026-06-10T04:00:00Z", "to": "2026-06-11T04:00:00Z"})
+    (bucket,) = (await resp.json())["buckets"]
+    assert (bucket["date"], bucket["t"], bucket["value"]) == (
+        "2026-06-10", "2026-06-10T04:00:00.000Z", 2400.0)
+
+
+async def test_effective_from_must_not_be_in_the_future_nor_without_offset(setup) -> None:  # type: ignore[no-untyped-def]
+    client, headers, _ = setup
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    for moment in (future, "2026-06-08T10:00:00", "1970-01-01T00:00:00Z", "soon"):
+        resp = await client.put("/v1/me/timezone", headers=headers, json={
+            "zone": "America/Montreal", "effective_from": moment})
+        assert resp.status == 422, moment
+        assert resp.content_type == "application/problem+json"
+    resp = await client.get("/v1/me/timezone", headers=headers)
+    assert (await resp.json())["history"] == []
+
+
+async def test_a_first_zone_from_a_past_instant_keeps_the_default_before(setup) -> None:  # type: ignore[no-untyped-def]
+    client, headers, _ = setup
+    before = await _day(client, headers)  # 2026-10-25 in the default zone, Paris
+    resp = await client.put("/v1/me/timezone", headers=headers, json={
+        "zone": "Asia/Kolkata", "effective_from": "2026-10-26T00:00:00Z"})
+    assert resp.status == 200
+    assert [z["zone"] for z in (await resp.json())["history"]] == ["Europe/Paris",
+                                                                    "Asia/Kolkata"]
+    assert await _day(client, headers) == before
+
+
+async def test_daily_ends_today_where_the_patient_is(setup) -> None:  # type: ignore[no-untyped-def]
+    client, headers, _ = setup
+    # Kiritimati is 14 hours ahead of UTC, Pago Pago 11 hours behind: one of the two
+    # is always on another date than UTC, and they are never on the same date.
+    answers = []
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        await client.put("/v1/me/timezone", json={"zone": zone}, headers=headers)
+        resp = await client.get("/v1/me/daily/steps", headers=headers)
+        assert resp.status == 200
+        last = (await resp.json())["days"][-1]["date"]
+        expected = dt.datetime.now(ZoneInfo(zone)).date().isoformat()
+        assert last == expected
+        answers.append(last)
+    assert answers[0] != answers[1]

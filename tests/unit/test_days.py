@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 
 from vitals.daily import daily, merge_sources, priority_order
-from vitals.days import ZoneSpan, day_bounds, local_days, validate_zone
+from vitals.days import (
+    ZoneSpan,
+    day_bounds,
+    day_hours,
+    day_pieces,
+    days_touched,
+    local_days,
+    validate_zone,
+)
 
 H = 3_600_000
 PARIS = [ZoneSpan(0, "Europe/Paris")]
 
 
-def utc_ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)
+def utc_ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def hourly(start_ms: int, hours: int, value: float) -> tuple[np.ndarray, np.ndarray]:
@@ -116,3 +124,53 @@ def test_zone_names_are_checked() -> None:
     for bad in ("Mars/Olympus", "../etc/passwd", ""):
         with pytest.raises(ValueError, match="IANA"):
             validate_zone(bad)
+
+
+def test_the_day_of_a_flight_lasts_as_long_as_the_patient_lived_it() -> None:
+    # Paris to Montreal at 10:00 UTC on June 11: the day starts at Paris midnight and ends
+    # at Montreal midnight, 30 hours; DayFigure.hours used to take one zone at UTC noon.
+    moved = [*PARIS, ZoneSpan(utc_ms(2026, 6, 11, 10), "America/Montreal")]
+    assert day_pieces(moved, dt.date(2026, 6, 11)) == [
+        (utc_ms(2026, 6, 10, 22), utc_ms(2026, 6, 11, 10)),
+        (utc_ms(2026, 6, 11, 10), utc_ms(2026, 6, 12, 4))]
+    t, v = hourly(utc_ms(2026, 6, 9), 24 * 5, 10.0)
+    figs = daily("steps", {"w": (t, v)}, ["w"], moved,
+                 [dt.date(2026, 6, d) for d in (10, 11, 12)])
+    assert [(f.hours, f.value) for f in figs] == [(24.0, 240.0), (30.0, 300.0), (24.0, 240.0)]
+    assert figs[1].start_ms == utc_ms(2026, 6, 10, 22)
+    # Flying back east at Montreal 23:00 (Paris 05:00 the next day): June 12 loses 6 hours
+    # and June 13 starts at the landing, not at Paris midnight.
+    back = [*moved, ZoneSpan(utc_ms(2026, 6, 13, 3), "Europe/Paris")]
+    assert day_hours(back, dt.date(2026, 6, 12)) == 23.0
+    assert day_pieces(back, dt.date(2026, 6, 13)) == [
+        (utc_ms(2026, 6, 13, 3), utc_ms(2026, 6, 13, 22))]
+
+
+def test_a_day_split_by_a_clock_turned_back_counts_both_pieces() -> None:
+    # At Paris 01:00 on June 12 (23:00 UTC) the zone becomes Montreal (19:00 on June 11):
+    # June 11 resumes for five hours after one hour of June 12.
+    moved = [*PARIS, ZoneSpan(utc_ms(2026, 6, 11, 23), "America/Montreal")]
+    assert day_pieces(moved, dt.date(2026, 6, 11)) == [
+        (utc_ms(2026, 6, 10, 22), utc_ms(2026, 6, 11, 22)),
+        (utc_ms(2026, 6, 11, 23), utc_ms(2026, 6, 12, 4))]
+    assert day_hours(moved, dt.date(2026, 6, 12)) == 1 + 24
+    t = np.arange(utc_ms(2026, 6, 10, 22), utc_ms(2026, 6, 13, 4), H, dtype=np.int64)
+    labels = local_days(t, moved)
+    for day in (dt.date(2026, 6, 11), dt.date(2026, 6, 12)):
+        n = (day - dt.date(1970, 1, 1)).days
+        assert np.count_nonzero(labels == n) == day_hours(moved, day)
+
+
+def test_nights_run_from_noon_to_noon_on_the_clock() -> None:
+    # The night that ends on 2026-03-29 (clocks forward at 02:00) lasts 23 hours.
+    start, end = day_bounds(dt.date(2026, 3, 29), "Europe/Paris", 12 * H)
+    assert (start, end) == (utc_ms(2026, 3, 28, 11), utc_ms(2026, 3, 29, 10))
+    assert day_hours(PARIS, dt.date(2026, 3, 29), 12 * H) == 23.0
+
+
+def test_days_touched_by_a_range() -> None:
+    assert days_touched(PARIS, utc_ms(2026, 6, 1, 21, 59), utc_ms(2026, 6, 2, 22, 1)) == [
+        dt.date(2026, 6, 1), dt.date(2026, 6, 2), dt.date(2026, 6, 3)]
+    assert days_touched(PARIS, utc_ms(2026, 6, 1, 22), utc_ms(2026, 6, 2, 22)) == [
+        dt.date(2026, 6, 2)]
+    assert days_touched(PARIS, 5, 5) == []

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
+from vitals.daily import minute_medians
+from vitals.days import ZoneSpan, day_bounds
 from vitals.summaries import (
     DAY_MS,
     MINUTE_MS,
     blood_pressure_episodes,
     esh_category,
     summarise,
+    summarise_sources,
 )
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # a UTC midnight
@@ -117,3 +122,55 @@ def test_blood_pressure_episodes_pair_by_time() -> None:
                                     t[:2], np.array([76.0, 101.0]))
     assert [(e.rule, e.start_ms) for e in found] == [
         ("esh_grade_2_hypertension", T0 + DAY_MS)]
+
+
+def test_two_sources_are_counted_once_by_priority() -> None:
+    # Two watches every minute for two hours, 20 s apart: 60 on one, 90 on the other.
+    t = T0 + np.arange(120, dtype=np.int64) * MINUTE_MS
+    zeros = np.zeros(120, np.uint8)
+    flags = zeros.copy()
+    flags[:5] = 1  # b's first five minutes are artefacts
+    per_source = {"a": (t, np.full(120, 60.0), zeros), "b": (t + 20_000, np.full(120, 90.0),
+                                                           flags)}
+    s = summarise_sources("heart_rate", per_source, ["a", "b"], T0, T0 + DAY_MS)
+    assert (s.count, s.mean, s.wear_minutes, s.flagged) == (120, 60.0, 120, 5)
+    s = summarise_sources("heart_rate", per_source, ["b", "a"], T0, T0 + DAY_MS)
+    # b has no clean sample in the first 5-minute bucket: a fills it, b counts elsewhere.
+    assert s.count == 120 and s.maximum == 90.0 and s.minimum == 60.0
+    assert s.mean == pytest.approx((5 * 60 + 115 * 90) / 120)
+    # Interleaved, one summary of both would say 240 samples and a mean of 75.
+    both = summarise("heart_rate", np.r_[t, t + 20_000], np.r_[np.full(120, 60.0),
+                     np.full(120, 90.0)], np.zeros(240, np.uint8), T0, T0 + DAY_MS)
+    assert (both.count, both.mean) == (240, 75.0)
+
+
+def test_wear_time_and_trend_follow_local_days() -> None:
+    # Kolkata days start at 18:30 UTC: an hour of heart rate from 18:00 UTC is split.
+    kolkata = [ZoneSpan(0, "Asia/Kolkata")]
+    t = T0 + 18 * 3_600_000 + np.arange(60, dtype=np.int64) * MINUTE_MS
+    s = summarise("heart_rate", t, np.full(60, 70.0), np.zeros(60, np.uint8), T0,
+                  T0 + DAY_MS, kolkata)
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=T0 // DAY_MS)
+    assert s.wear_minutes_by_day == {day: 30, day + dt.timedelta(days=1): 30}
+    # Steps: 1000 a day, then 2000, then 3000, over whole Paris days; the period ends in
+    # the middle of a fourth day with 100 steps so far, which must not bend the trend.
+    paris = [ZoneSpan(0, "Europe/Paris")]
+    start = day_bounds(dt.date(2026, 6, 1), "Europe/Paris")[0]
+    hours = start + np.arange(75, dtype=np.int64) * 3_600_000
+    v = np.r_[np.full(24, 1000 / 24), np.full(24, 2000 / 24), np.full(24, 3000 / 24),
+              np.full(3, 100 / 3)]
+    s = summarise("steps", hours, v, np.zeros(75, np.uint8), start,
+                  start + 75 * 3_600_000, paris)
+    assert s.trend_per_day == pytest.approx(1000.0)
+
+
+def test_minute_medians_match_numpy_median_per_minute() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(100):
+        n = int(rng.integers(1, 400))
+        t = np.sort(rng.integers(0, 10 * MINUTE_MS, n))
+        v = rng.integers(0, 5, n).astype(np.float64) - 0.5 * rng.integers(0, 2, n)
+        minutes, medians = minute_medians(t, v)
+        m = t // MINUTE_MS
+        assert minutes.tolist() == np.unique(m).tolist()
+        assert medians.tolist() == [float(np.median(v[m == k])) for k in minutes]
