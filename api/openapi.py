@@ -27,6 +27,7 @@ NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
 OPT_NUM: Schema = {"type": ["number", "null"]}
+LOINC_CODE: Schema = {"type": ["string", "null"]}  # null: no LOINC code (an RR interval)
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 UUID: Schema = {"type": "string", "format": "uuid"}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
@@ -84,7 +85,7 @@ def p(name: str, schema: Schema) -> Schema:
 TOKENS = obj({"access_token": STR, "token_type": STR, "expires_in": INT,
               "refresh_token": STR, "second_factor": BOOL})
 RANGE = [q("from", DATE_TIME), q("to", DATE_TIME)]
-SUMMARY = obj({"unit": STR, "loinc": STR, "count": INT, "flagged": INT, "completeness": NUM,
+SUMMARY = obj({"unit": STR, "loinc": LOINC_CODE, "count": INT, "flagged": INT, "completeness": NUM,
                "episodes": {"type": "array", "items": obj(
                    {"rule": STR, "description": STR, "start": STR, "end": STR,
                     "value": NUM})}})
@@ -126,7 +127,7 @@ PATHS: dict[str, dict[str, Schema]] = {
         {"latest": {"type": "object"}}))},
     "/v1/me/vitals/{metric}": {"get": op(
         "one metric over a range, raw or per 1m/1h/1d bucket", obj(
-            {"metric": STR, "unit": STR, "loinc": STR, "from": STR, "to": STR,
+            {"metric": STR, "unit": STR, "loinc": LOINC_CODE, "from": STR, "to": STR,
              "resolution": STR, "truncated": BOOL}),
         params=[METRIC_PARAM, *RANGE,
                 q("resolution", {"type": "string", "enum": ["raw", "1m", "1h", "1d"]})])},

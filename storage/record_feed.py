@@ -37,6 +37,14 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What the record is told about a registered source device."""
+
+    model: str
+    serial: str
+
+
+@dataclass(frozen=True, slots=True)
 class FeedStatus:
     enabled: bool
     pending: int
@@ -74,6 +82,13 @@ class RecordFeed:
                                   _aad("ins", row["patient_id"], "", row["key_version"]))
                 out.append((row["patient_id"], ins.decode()))
             return out
+
+    async def devices(self, device_ids: Sequence[str]) -> dict[str, DeviceInfo]:
+        """The registered devices among ``device_ids`` (an unknown source is left out)."""
+        rows = await self._pool.fetch(
+            "SELECT id, model, serial FROM devices WHERE id = ANY($1::text[])",
+            list(device_ids))
+        return {r["id"]: DeviceInfo(r["model"], r["serial"]) for r in rows}
 
     async def enqueue(self, patient_id: uuid.UUID,
                       entries: Sequence[tuple[str, str, dict[str, Any]]]) -> int:

@@ -240,3 +240,30 @@ async def test_only_professions_bound_by_secrecy_with_a_valid_rpps(core) -> None
             await clinicians.create(rpps=rpps, profession=profession, display_name="x",
                                     username=f"u{rpps}", password_hash="h",
                                     totp_secret=b"s" * 20)
+
+
+async def test_each_observation_references_the_device_that_measured_it(world: World,
+                                                                        core) -> None:  # type: ignore[no-untyped-def]
+    """Two scales weigh the same patient: the FHIR answer keeps the sources apart, each
+    Observation with its own device and its own id, even at the same instant."""
+    start = int((world.now - 10 * DAY).timestamp() * 1000)
+    days = start + np.arange(10, dtype=np.int64) * 86_400_000
+    await core.store.ingest([MessageIn("scale-b", 1, world.now, [SegmentIn(
+        world.patient, "body_weight", Samples(days[:3], np.array([70.0, 70.5, 71.0]),
+                                              np.zeros(3, np.uint8)))], 0)])
+    await _grant(world, metrics=["body_weight", "heart_rate"],
+                 data_from=(world.now - 10 * DAY).isoformat())
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(), params={
+        "patient": str(world.patient), "code": "29463-7", "_count": "50",
+        "date": f"ge{(world.now - 11 * DAY).isoformat()}"})
+    bundle = await resp.json()
+    Bundle.model_validate(bundle)
+    devices = [e["resource"]["device"]["reference"] for e in bundle["entry"]]
+    assert sorted(devices) == ["Device/scale-b"] * 3 + ["Device/watch-x"] * 10
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    assert len(set(ids)) == len(ids) == 13
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(), params={
+        "patient": str(world.patient), "code": "8867-4", "_count": "5"})
+    page = await resp.json()
+    Bundle.model_validate(page)
+    assert {e["resource"]["device"]["reference"] for e in page["entry"]} == {"Device/watch-x"}

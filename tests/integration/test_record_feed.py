@@ -7,12 +7,14 @@ import datetime as dt
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.device import Device
 
 from api.record_feed import FeedConfig, FeedSender
 from healthiot.localservers import free_port
@@ -181,3 +183,73 @@ async def test_the_outbox_holds_no_health_data_in_clear(feed_setup, core):
                         for r in rows)
     ins_row = await core.pool.fetchval("SELECT ins_sealed FROM record_feed_consents")
     assert INS.encode() not in ins_row
+
+
+@dataclass
+class Capture:
+    """A receiver that keeps each accepted bundle."""
+
+    bundles: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        Bundle.model_validate(body)
+        self.bundles.append(body)
+        return web.json_response({"resourceType": "Bundle", "type": "transaction-response",
+                                  "entry": [{"response": {"status": "201 Created"}}
+                                            for _ in body["entry"]]})
+
+
+@pytest.fixture
+async def capture() -> AsyncIterator[tuple[Capture, str]]:
+    state = Capture()
+    app = web.Application()
+    app.router.add_post("/fhir", state.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield state, f"http://127.0.0.1:{port}/fhir"
+    await runner.cleanup()
+
+
+async def test_a_registered_device_travels_with_its_readings(core, capture) -> None:  # type: ignore[no-untyped-def]
+    """A reading of a registered glucometer goes with a PHD Device that the Observation
+    references; a reading of an unknown source goes alone; glucose says its moment."""
+    state, url = capture
+    patient, _, _ = await new_patient(core, "glucose")
+    await core.pool.execute(
+        "INSERT INTO devices (id, model, serial, patient_id, state)"
+        " VALUES ('glucometer-0a1b2c', 'glucometer', 'GM-0042', $1, 'paired')", patient)
+    now = dt.datetime.now(dt.UTC)
+    t = int(now.timestamp() * 1000) - 3_600_000
+    await core.store.ingest([
+        MessageIn("glucometer-0a1b2c", 1, now, [SegmentIn(
+            patient, "blood_glucose", Samples(np.array([t], np.int64), np.array([104.0]),
+                                              np.zeros(1, np.uint8)))], 0),
+        MessageIn("unknown-scale", 1, now, [SegmentIn(
+            patient, "body_weight", Samples(np.array([t + 1], np.int64), np.array([80.0]),
+                                            np.zeros(1, np.uint8)))], 0)])
+    feed = RecordFeed(core.pool, core.keyring)
+    await feed.set_consent(patient, True, INS)
+    async with aiohttp.ClientSession() as session:
+        sender = FeedSender(feed, core.store, core.audit, session,
+                            FeedConfig(url=url, sender_oid=OID, base_backoff_s=0.0))
+        assert await sender.collect() == 2
+        assert (await sender.send_due())["sent"] == 2
+    by_kind = {tuple(e["resource"]["resourceType"] for e in b["entry"]): b
+               for b in state.bundles}
+    assert set(by_kind) == {("Device", "Observation"), ("Observation",)}
+    device_entry, obs_entry = by_kind[("Device", "Observation")]["entry"]
+    Device.model_validate(device_entry["resource"])
+    assert device_entry["resource"]["identifier"] == [{"system": f"urn:oid:{OID}",
+                                                       "value": "glucometer-0a1b2c"}]
+    assert device_entry["resource"]["serialNumber"] == "GM-0042"
+    assert device_entry["request"]["ifNoneExist"] == (
+        f"identifier=urn:oid:{OID}|glucometer-0a1b2c")
+    glucose = obs_entry["resource"]
+    assert glucose["device"] == {"reference": device_entry["fullUrl"]}
+    assert glucose["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "LA46-8"
+    assert glucose["valueQuantity"]["code"] == "mg/dL"
+    alone = by_kind[("Observation",)]["entry"][0]["resource"]
+    assert "device" not in alone and alone["code"]["coding"][0]["code"] == "29463-7"
