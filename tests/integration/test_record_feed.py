@@ -13,10 +13,16 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.device import Device
 
+from api.app import create_app
 from api.record_feed import FeedConfig, FeedSender
+from api.requests import ApiDeps
+from api.tokens import TokenService
+from devices.ca import new_key
 from healthiot.localservers import free_port
 from storage.record_feed import RecordFeed
 from storage.segments import Samples
@@ -253,3 +259,73 @@ async def test_a_registered_device_travels_with_its_readings(core, capture) -> N
     assert glucose["valueQuantity"]["code"] == "mg/dL"
     alone = by_kind[("Observation",)]["entry"][0]["resource"]
     assert "device" not in alone and alone["code"]["coding"][0]["code"] == "29463-7"
+
+
+def _valid_ins(number: str = "1850775123456") -> str:
+    return number + f"{97 - int(number) % 97:02d}"
+
+
+async def test_the_patient_reads_the_feed_status_over_http(core, receiver) -> None:  # type: ignore[no-untyped-def]
+    """Consent through PUT, then the record's 403 and 422 answers, each readable through
+    GET /v1/me/record-feed in words a patient understands."""
+    state, url, _ = receiver
+    patient, _, _ = await new_patient(core, "reader")
+    tokens = TokenService(new_key(), issuer="https://test", audience="test")
+    app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
+                             core.patients, core.audit, tokens))
+    auth = {"Authorization": f"Bearer {tokens.issue(str(patient), methods=['pwd', 'otp'])}"}
+    async with TestClient(TestServer(app)) as client, aiohttp.ClientSession() as session:
+        resp = await client.get("/v1/me/record-feed", headers=auth)
+        assert resp.status == 200
+        assert await resp.json() == {"enabled": False, "pending": 0, "sent": 0, "refused": 0,
+                                     "last_refusal": None}
+        resp = await client.put("/v1/me/record-feed", headers=auth,
+                                json={"enabled": True, "ins": "185077512345699"})
+        assert resp.status == 422 and resp.content_type == "application/problem+json"
+        resp = await client.put("/v1/me/record-feed", headers=auth,
+                                json={"enabled": True, "ins": _valid_ins()})
+        assert resp.status == 200 and (await resp.json())["enabled"] is True
+
+        now = dt.datetime.now(dt.UTC)
+        t = int(now.timestamp() * 1000) - 7_200_000
+        sender = FeedSender(RecordFeed(core.pool, core.keyring), core.store, core.audit,
+                            session, FeedConfig(url=url, sender_oid=OID, base_backoff_s=0.0))
+
+        async def weigh(at_ms: int, seq: int) -> None:
+            await core.store.ingest([MessageIn("scale-9", seq, now, [SegmentIn(
+                patient, "body_weight", Samples(np.array([at_ms], np.int64),
+                                                np.array([72.5]), np.zeros(1, np.uint8)))],
+                0)])
+
+        await weigh(t, 1)
+        state.mode = "403"
+        await sender.collect()
+        assert await sender.send_due() == {"sent": 0, "refused": 1, "retry": 0}
+        status = await (await client.get("/v1/me/record-feed", headers=auth)).json()
+        assert (status["refused"], status["pending"]) == (1, 0)
+        assert status["last_refusal"] == ("the medical record refused: consent not given: "
+                                          "Consent not given")
+
+        await weigh(t + 60_000, 2)
+        state.mode = "422"
+        await sender.collect()
+        await sender.send_due()
+        status = await (await client.get("/v1/me/record-feed", headers=auth)).json()
+        assert status["refused"] == 2
+        assert status["last_refusal"] == ("the medical record refused the reading as "
+                                          "invalid: Observation.code: unknown code")
+        # The feed's attempts are in the patient's access log, named for a person.
+        log = await (await client.get("/v1/me/access-log", headers=auth)).json()
+        feeds = [e for e in log["entries"] if e["action"] == "feed"]
+        assert [(e["who"], e["outcome"]) for e in feeds] == [
+            ("the feed to your medical record", "refused")] * 2
+        resp = await client.get("/v1/me/access-log", params={"format": "fhir"}, headers=auth)
+        bundle = await resp.json()
+        Bundle.model_validate(bundle)
+        for entry in bundle["entry"]:
+            event = entry["resource"]
+            AuditEvent.model_validate(event)
+            assert event["action"] == "C" and event["outcome"] == "4"
+            assert [(a["type"]["coding"][0]["code"], a["who"]["display"])
+                    for a in event["agent"]] == [
+                ("110153", "the feed to your medical record"), ("IRCP", "Mon espace santé")]
