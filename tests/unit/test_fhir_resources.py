@@ -199,3 +199,25 @@ def test_the_search_answer_for_a_fixed_data_set() -> None:
     assert steps["valueSampledData"]["data"] == "15 7"  # summed per minute
     assert {r["device"]["reference"] for _, r in found} == {"Device/watch-1"}
     _golden("observation-search", out)
+
+
+def test_search_pages_are_sorted_before_anything_is_built() -> None:
+    """The search sorts and pages cheap stubs (time, id) and builds only the page asked:
+    each stub's time and id are those of the Observation it builds."""
+    import uuid
+
+    from api.fhir_routes import _stubs
+    from storage.segments import Samples
+
+    n = 3 * 3600
+    t = T + np.arange(n, dtype=np.int64) * 1000
+    series = {"heart_rate": Samples(t, np.full(n, 61.0), np.zeros(n, np.uint8)),
+              "body_weight": Samples(t[:2], np.array([80.0, 80.1]), np.zeros(2, np.uint8))}
+    patient = uuid.UUID("6f1c2d3e-0000-4000-8000-000000000001")
+    stubs = _stubs(patient, series, "watch-1")
+    assert len(stubs) == 3 + 2
+    for stub in stubs:
+        built = stub.build()
+        assert built["id"] == stub.id
+        start = built.get("effectiveDateTime") or built["effectivePeriod"]["start"]
+        assert start == fhir.instant(stub.t)
