@@ -1,4 +1,4 @@
-"""The FHIR R4 read API for clinicians: metadata, Patient, and Observation search.
+"""The FHIR R4 read API for clinicians: metadata, Patient, Device and Observation search.
 
 Dense streams (heart rate, SpO2, steps) are one Observation per UTC hour with SampledData;
 blood pressure readings are panels; anything else (a weighing, a temperature, an RR
@@ -21,10 +21,11 @@ from urllib.parse import urlencode
 import numpy as np
 from aiohttp import web
 
-from api.access import clinician_access
+from api.access import NO_CONSENT, clinician_access
 from api.problems import Problem
-from api.requests import DEPS
+from api.requests import DEPS, bearer_claims
 from storage.consents import Access
+from storage.device_info import device_info
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -47,6 +48,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 def register(app: web.Application) -> None:
     app.router.add_get("/fhir/metadata", metadata)
     app.router.add_get("/fhir/Patient/{patient_id}", read_patient)
+    app.router.add_get("/fhir/Device/{device_id}", read_device)
     app.router.add_get("/fhir/Observation", search_observations)
 
 
@@ -88,6 +90,23 @@ async def read_patient(request: web.Request) -> web.Response:
     patient_id = _patient_id(request.match_info["patient_id"])
     await clinician_access(request, patient_id, action="read", resource="fhir/Patient")
     return _resource({"resourceType": "Patient", "id": str(patient_id), "active": True})
+
+
+@fhir_errors
+async def read_device(request: web.Request) -> web.Response:
+    """A device that measured a patient's Observations (their ``device`` reference), for a
+    clinician the patient shares with. A device unknown or of a patient who does not share
+    with the caller answers the same 403, so device ids cannot be probed."""
+    device_id = request.match_info["device_id"]
+    found = (await device_info(request.app[DEPS].pool, [device_id])).get(device_id)
+    if found is None or found.patient_id is None:
+        bearer_claims(request, health_data=True)  # 401 before 403, as on every route
+        raise Problem(403, NO_CONSENT)
+    await clinician_access(request, found.patient_id, action="read",
+                           resource=f"fhir/Device/{device_id}")
+    return _resource(fhir.device_resource(device_id, None, device_id, found.model,
+                                          found.serial,
+                                          patient_ref=f"Patient/{found.patient_id}"))
 
 
 def _instant(raw: str) -> dt.datetime:

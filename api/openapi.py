@@ -192,6 +192,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/fhir/Patient/{patient_id}": {"get": op(
         "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
         fhir=True, params=[p("patient_id", STR)])},
+    "/fhir/Device/{device_id}": {"get": op(
+        "a device that measured a patient who shares with me", FHIR_RESOURCE,
+        media="application/fhir+json", fhir=True, params=[p("device_id", STR)])},
     "/fhir/Observation": {"get": op(
         "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
         media="application/fhir+json", fhir=True,

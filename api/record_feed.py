@@ -23,7 +23,8 @@ import aiohttp
 import numpy as np
 
 from storage.audit import Audit
-from storage.record_feed import DeviceInfo, Entry, RecordFeed
+from storage.device_info import DeviceInfo
+from storage.record_feed import Entry, RecordFeed
 from storage.segments import Samples
 from storage.store import Store
 from vitals import fhir

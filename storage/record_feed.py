@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from storage.crypto import open_sealed, seal
+from storage.device_info import DeviceInfo, device_info
 from storage.keyring import Keyring
 
 LEASE = dt.timedelta(seconds=60)
@@ -34,14 +35,6 @@ class Entry:
     identifier: str
     attempts: int
     bundle: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
-    """What the record is told about a registered source device."""
-
-    model: str
-    serial: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +78,7 @@ class RecordFeed:
 
     async def devices(self, device_ids: Sequence[str]) -> dict[str, DeviceInfo]:
         """The registered devices among ``device_ids`` (an unknown source is left out)."""
-        rows = await self._pool.fetch(
-            "SELECT id, model, serial FROM devices WHERE id = ANY($1::text[])",
-            list(device_ids))
-        return {r["id"]: DeviceInfo(r["model"], r["serial"]) for r in rows}
+        return await device_info(self._pool, device_ids)
 
     async def enqueue(self, patient_id: uuid.UUID,
                       entries: Sequence[tuple[str, str, dict[str, Any]]]) -> int:

@@ -198,14 +198,20 @@ def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
             "type": "transaction", "entry": entries}
 
 
-def device_resource(device_uuid: str, sender_oid: str, device_id: str, model: str,
-                    serial: str) -> dict[str, Any]:
-    """A personal health device as the PHD profile describes it."""
-    return {"resourceType": "Device", "id": device_uuid,
-            "meta": {"profile": [PHD_DEVICE_PROFILE]},
-            "identifier": [{"system": f"urn:oid:{sender_oid}", "value": device_id}],
-            "serialNumber": serial,
-            "deviceName": [{"name": model, "type": "model-name"}]}
+def device_resource(device_uuid: str, sender_oid: str | None, device_id: str, model: str,
+                    serial: str, *, patient_ref: str | None = None) -> dict[str, Any]:
+    """A personal health device as the PHD profile describes it. With ``sender_oid`` its
+    device id is an identifier in our OID's namespace (what the record's conditional
+    create matches on); without, the read API names it by resource id alone."""
+    out: dict[str, Any] = {"resourceType": "Device", "id": device_uuid,
+                           "meta": {"profile": [PHD_DEVICE_PROFILE]}}
+    if sender_oid:
+        out["identifier"] = [{"system": f"urn:oid:{sender_oid}", "value": device_id}]
+    out["serialNumber"] = serial
+    out["deviceName"] = [{"name": model, "type": "model-name"}]
+    if patient_ref:
+        out["patient"] = {"reference": patient_ref}
+    return out
 
 
 def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
@@ -308,6 +314,8 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                                "is checked against the patient's consent and audited."},
                   "resource": [
                       {"type": "Patient", "interaction": [{"code": "read"}]},
+                      {"type": "Device", "supportedProfile": [PHD_DEVICE_PROFILE],
+                       "interaction": [{"code": "read"}]},
                       {"type": "Observation",
                        "supportedProfile": [p for m in ANS_PROFILES
                                             if (p := profile_url(m)) is not None],

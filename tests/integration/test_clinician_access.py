@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 
@@ -303,7 +304,7 @@ async def test_fhir_metadata_over_http(world: World) -> None:
     assert cap["fhirVersion"] == "4.0.1"
     assert cap["implementation"]["url"].endswith("/fhir")
     types = {r["type"] for r in cap["rest"][0]["resource"]}
-    assert types == {"Patient", "Observation"}
+    assert types == {"Patient", "Device", "Observation"}
 
 
 async def test_revocation_closes_the_fhir_routes_on_the_next_request(world: World) -> None:
@@ -326,3 +327,35 @@ async def test_revocation_closes_the_fhir_routes_on_the_next_request(world: Worl
     mine = [(e["action"], e["outcome"]) for e in (await resp.json())["entries"] if e["rpps"]]
     assert mine[:2] == [("read", "refused"), ("search", "refused")]  # newest first
     assert ("search", "ok") in mine[2:]
+
+
+async def test_an_observations_device_reference_resolves_with_consent(world: World) -> None:
+    await world.core.pool.execute(
+        "INSERT INTO devices (id, model, serial, patient_id, state)"
+        " VALUES ('watch-x', 'watch', 'W-0007', $1, 'paired')", world.patient)
+    assert (await world.client.get("/fhir/Device/watch-x",
+                                   headers=world.as_clinician())).status == 403
+    await _grant(world)
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(),
+                                  params={"patient": str(world.patient), "_count": "1"})
+    reference = (await resp.json())["entry"][0]["resource"]["device"]["reference"]
+    resp = await world.client.get(f"/fhir/{reference}", headers=world.as_clinician())
+    assert resp.status == 200 and resp.content_type == "application/fhir+json"
+    device = await resp.json()
+    Device.model_validate(device)
+    assert (device["id"], device["serialNumber"]) == ("watch-x", "W-0007")
+    assert device["patient"] == {"reference": f"Patient/{world.patient}"}
+    # An unknown device, and another patient's, answer like no consent.
+    other, _, _ = await new_patient(world.core, "other-owner")
+    await world.core.pool.execute(
+        "INSERT INTO devices (id, model, serial, patient_id, state)"
+        " VALUES ('watch-z', 'watch', 'W-0008', $1, 'paired')", other)
+    for device_id in ("watch-z", "watch-nobody"):
+        resp = await world.client.get(f"/fhir/Device/{device_id}",
+                                      headers=world.as_clinician())
+        assert resp.status == 403, device_id
+        OperationOutcome.model_validate(await resp.json())
+    assert (await world.client.get("/fhir/Device/watch-nobody")).status == 401
+    log = await (await world.client.get("/v1/me/access-log", headers=world.as_patient())).json()
+    assert ("read", "ok", "fhir/Device/watch-x") in [
+        (e["action"], e["outcome"], e["what"]) for e in log["entries"]]
