@@ -94,28 +94,30 @@ class Clinicians:
 
     async def _bind(self, conn: asyncpg.Connection, subject: str, rpps: str,
                     profession: str, display_name: str) -> Clinician | None:
-        by_subject = await conn.fetchrow(
-            "SELECT id, rpps FROM clinicians WHERE oidc_subject = $1 FOR UPDATE", subject)
-        if by_subject is not None:
-            if by_subject["rpps"].strip() != rpps:
+        # One statement, one snapshot: two look-ups could see a concurrent first sign-in's
+        # row in the second and not the first, and take our own account for another's.
+        rows = await conn.fetch(
+            "SELECT id, rpps, oidc_subject FROM clinicians"
+            " WHERE oidc_subject = $1 OR rpps = $2 FOR UPDATE", subject, rpps)
+        mine = next((r for r in rows if r["oidc_subject"] == subject), None)
+        if mine is not None:
+            if mine["rpps"].strip() != rpps:
                 raise IdentityConflict("the identity provider now names another RPPS number "
                                        "for this account")
             row = await conn.fetchrow(
                 f"""UPDATE clinicians SET profession = $2, display_name = $3 WHERE id = $1
                     RETURNING {_COLUMNS}""",  # noqa: S608
-                by_subject["id"], profession, display_name)
+                mine["id"], profession, display_name)
             return _row(row)
-        by_rpps = await conn.fetchrow(
-            "SELECT id, oidc_subject FROM clinicians WHERE rpps = $1 FOR UPDATE", rpps)
-        if by_rpps is None:
+        if not rows:
             return None
-        if by_rpps["oidc_subject"] is not None:
+        if rows[0]["oidc_subject"] is not None:
             raise IdentityConflict("this RPPS number is already bound to another "
                                    "identity-provider account")
         row = await conn.fetchrow(
             f"""UPDATE clinicians SET oidc_subject = $2 WHERE id = $1
                 RETURNING {_COLUMNS}""",  # noqa: S608
-            by_rpps["id"], subject)
+            rows[0]["id"], subject)
         return _row(row)
 
     async def by_username(self, username: str) -> Clinician | None:
