@@ -211,7 +211,7 @@ async def export_me(request: web.Request) -> web.Response:
         resources.append(fhir.consent_resource(
             str(c.id), ref, c.active(now), _ms(c.granted_at), _ms(c.expires_at),
             _ms(c.data_from), _ms(c.data_to), who.rpps if who else None,
-            [METRICS[m].loinc for m in c.metrics]))
+            c.metrics))
     for row in await deps.audit.for_patient(patient_id, limit=100_000):
         if row["action"] in ("read", "search", "feed"):
             resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),

@@ -29,6 +29,7 @@ from api.requests import (
 from storage.clinicians import Clinicians
 from storage.consents import Consents
 from storage.days import Days
+from storage.errors import IdentityConflict
 from vitals.catalogue import METRICS
 from vitals.charts import svg_chart
 from vitals.daily import merge_sources
@@ -86,6 +87,8 @@ async def oidc_login(request: web.Request) -> web.Response:
         raise Problem(401, f"the identity provider's token is not accepted: {exc}") from None
     except InvalidProfessional as exc:
         raise Problem(403, str(exc)) from None
+    except IdentityConflict as exc:
+        raise Problem(409, f"{exc}; an administrator can resolve it") from None
     return await issue_session(request, f"{CLINICIAN_SUBJECT}{clinician.id}", ["oidc", "mfa"])
 
 

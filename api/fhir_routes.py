@@ -1,10 +1,11 @@
-"""The FHIR R4 read API for clinicians: metadata, Patient, and Observation search.
+"""The FHIR R4 read API for clinicians: metadata, Patient, Device and Observation search.
 
 Dense streams (heart rate, SpO2, steps) are one Observation per UTC hour with SampledData;
 blood pressure readings are panels; anything else (a weighing, a temperature, an RR
-interval) is one Observation per reading. Only what the
-patient shared is ever found; samples carrying a quality flag wait for review and are not
-served. Errors are OperationOutcome resources, as FHIR clients expect.
+interval) is one Observation per reading. Sources stay apart: each Observation references
+the device that measured it. Only what the patient shared is ever found; samples carrying a
+quality flag wait for review and are not served. Errors are OperationOutcome resources, as
+FHIR clients expect.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
 from aiohttp import web
 
-from api.access import clinician_access, read_granted
+from api.access import NO_CONSENT, clinician_access
 from api.problems import Problem
+from api.requests import DEPS, bearer_claims
 from storage.consents import Access
+from storage.device_info import device_info
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -36,7 +40,7 @@ SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000}
 BP = ("systolic_bp", "diastolic_bp")
 _ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
 _SEARCH_PARAMS = {"patient", "code", "date", "_count", "_page"}
-_BY_LOINC = {m.loinc: m.name for m in METRICS.values()}
+_BY_LOINC = {m.loinc: m.name for m in METRICS.values() if m.loinc}
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -44,6 +48,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 def register(app: web.Application) -> None:
     app.router.add_get("/fhir/metadata", metadata)
     app.router.add_get("/fhir/Patient/{patient_id}", read_patient)
+    app.router.add_get("/fhir/Device/{device_id}", read_device)
     app.router.add_get("/fhir/Observation", search_observations)
 
 
@@ -85,6 +90,23 @@ async def read_patient(request: web.Request) -> web.Response:
     patient_id = _patient_id(request.match_info["patient_id"])
     await clinician_access(request, patient_id, action="read", resource="fhir/Patient")
     return _resource({"resourceType": "Patient", "id": str(patient_id), "active": True})
+
+
+@fhir_errors
+async def read_device(request: web.Request) -> web.Response:
+    """A device that measured a patient's Observations (their ``device`` reference), for a
+    clinician the patient shares with. A device unknown or of a patient who does not share
+    with the caller answers the same 403, so device ids cannot be probed."""
+    device_id = request.match_info["device_id"]
+    found = (await device_info(request.app[DEPS].pool, [device_id])).get(device_id)
+    if found is None or found.patient_id is None:
+        bearer_claims(request, health_data=True)  # 401 before 403, as on every route
+        raise Problem(403, NO_CONSENT)
+    await clinician_access(request, found.patient_id, action="read",
+                           resource=f"fhir/Device/{device_id}")
+    return _resource(fhir.device_resource(device_id, None, device_id, found.model,
+                                          found.serial,
+                                          patient_ref=f"Patient/{found.patient_id}"))
 
 
 def _instant(raw: str) -> dt.datetime:
@@ -155,16 +177,38 @@ async def search_observations(request: web.Request) -> web.Response:
     what = "fhir/Observation?" + urlencode(
         [(k, v) for k, v in request.query.items() if k in ("code", "date")])
     _, access = await clinician_access(request, patient_id, action="search", resource=what)
-    metrics = _metrics(request.query.get("code"), access)
-    series = {m: _clean(await read_granted(request, access, patient_id, m, start, end))
-              for m in metrics}
-    found = observations(patient_id, series)
-    found.sort(key=lambda pair: (-pair[0], pair[1]["id"]))  # newest first, stable
-    chosen = [resource for _, resource in found[(page - 1) * count: page * count]]
+    by_source: dict[str, dict[str, Samples]] = {}
+    for metric in _metrics(request.query.get("code"), access):
+        for device_id, samples in (await _granted_by_source(
+                request, access, patient_id, metric, start, end)).items():
+            by_source.setdefault(device_id, {})[metric] = _clean(samples)
+    found = [stub for device_id, series in sorted(by_source.items())
+             for stub in _stubs(patient_id, series, device_id)]
+    found.sort(key=lambda stub: (-stub.t, stub.id))  # newest first, stable
+    # Only the requested page is built: a week of 1 Hz heart rate is 168 SampledData
+    # resources of 3600 values each, and a client paging by 10 needs ten of them.
+    chosen = [stub.build() for stub in found[(page - 1) * count: page * count]]
     links = [("self", _page_url(request, page))]
     if page * count < len(found):
         links.append(("next", _page_url(request, page + 1)))
     return _resource(fhir.bundle("searchset", chosen, total=len(found), links=links))
+
+
+async def _granted_by_source(request: web.Request, access: Access, patient_id: uuid.UUID,
+                             metric: str, start: dt.datetime, end: dt.datetime
+                             ) -> dict[str, Samples]:
+    """The samples of ``metric`` in [start, end) that the access covers, per source
+    device: each Observation names the device that measured it."""
+    store = request.app[DEPS].store
+    parts: dict[str, list[Samples]] = {}
+    for a, b in access.clip(metric, start, end):  # sorted and disjoint
+        for device_id, samples in (await store.read_by_source(patient_id, metric, a,
+                                                               b)).items():
+            parts.setdefault(device_id, []).append(samples)
+    return {d: Samples(np.concatenate([p.t_ms for p in ps]),
+                       np.concatenate([p.value for p in ps]),
+                       np.concatenate([p.flags for p in ps]))
+            for d, ps in parts.items()}
 
 
 def _page_url(request: web.Request, page: int) -> str:
@@ -181,31 +225,50 @@ def _oid(patient_id: uuid.UUID, key: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{patient_id}/{key}"))
 
 
-def observations(patient_id: uuid.UUID, series: dict[str, Samples]
-                 ) -> list[tuple[int, dict[str, Any]]]:
-    """(effective time, Observation) for every shared sample: spot readings one by one,
-    blood pressure as panels, dense streams per hour as SampledData."""
+@dataclass(frozen=True, slots=True)
+class _Stub:
+    """An Observation not built yet: its time and id, enough to sort and page."""
+
+    t: int
+    id: str
+    build: Callable[[], dict[str, Any]]
+
+
+def observations(patient_id: uuid.UUID, series: Mapping[str, Samples],
+                 device_id: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(effective time, Observation) for every shared sample of one source: spot readings
+    one by one, blood pressure as panels, dense streams per hour as SampledData. With
+    ``device_id`` each Observation references the device and its id includes it."""
+    return [(stub.t, stub.build()) for stub in _stubs(patient_id, series, device_id)]
+
+
+def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str | None
+           ) -> list[_Stub]:
     subject = f"Patient/{patient_id}"
-    out: list[tuple[int, dict[str, Any]]] = []
+    device_ref = f"Device/{device_id}" if device_id else None
+    source = f"{device_id}/" if device_id else ""  # ids stay unique across sources
+    out: list[_Stub] = []
     for metric, samples in series.items():
         if metric not in SAMPLED_PERIOD_MS and metric not in BP:
-            out += [(int(t), fhir.observation(_oid(patient_id, f"{metric}/{int(t)}"), metric,
-                                              subject, int(t), float(v)))
-                    for t, v in zip(samples.t_ms, samples.value, strict=True)]
+            for t, v in zip(samples.t_ms.tolist(), samples.value.tolist(), strict=True):
+                oid = _oid(patient_id, f"{metric}/{source}{t}")
+                out.append(_Stub(t, oid, functools.partial(
+                    fhir.observation, oid, metric, subject, t, v, device_ref=device_ref)))
         elif metric in SAMPLED_PERIOD_MS:
-            out += _hourly(patient_id, metric, samples)
+            out += _hourly(patient_id, metric, samples, device_ref, source)
     if all(m in series for m in BP):
         sys_s, dia_s = series[BP[0]], series[BP[1]]
         common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
-        out += [(int(t), fhir.blood_pressure(
-            _oid(patient_id, f"blood_pressure/{int(t)}"), subject, int(t),
-            float(sys_s.value[i[k]]), float(dia_s.value[j[k]])))
-            for k, t in enumerate(common)]
+        for k, t in enumerate(common.tolist()):
+            oid = _oid(patient_id, f"blood_pressure/{source}{t}")
+            out.append(_Stub(t, oid, functools.partial(
+                fhir.blood_pressure, oid, subject, t, float(sys_s.value[i[k]]),
+                float(dia_s.value[j[k]]), device_ref=device_ref)))
     return out
 
 
-def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples
-            ) -> list[tuple[int, dict[str, Any]]]:
+def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_ref: str | None,
+            source: str) -> list[_Stub]:
     period = SAMPLED_PERIOD_MS[metric]
     t, v = samples.t_ms, samples.value
     if metric == "steps" and len(t):  # counts add up within a grid slot
@@ -215,8 +278,9 @@ def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples
     out = []
     hours, first = np.unique(t // HOUR_MS, return_index=True)
     bounds = [*first[1:], len(t)]
-    for hour, a, b in zip(hours, first, bounds, strict=True):
-        out.append((int(hour * HOUR_MS), fhir.sampled(
-            _oid(patient_id, f"{metric}/h{int(hour)}"), metric, f"Patient/{patient_id}",
-            t[a:b], v[a:b], period)))
+    for hour, a, b in zip(hours.tolist(), first.tolist(), bounds, strict=True):
+        oid = _oid(patient_id, f"{metric}/{source}h{hour}")
+        out.append(_Stub(hour * HOUR_MS, oid, functools.partial(
+            fhir.sampled, oid, metric, f"Patient/{patient_id}", t[a:b], v[a:b], period,
+            device_ref=device_ref)))
     return out

@@ -27,6 +27,7 @@ NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
 OPT_NUM: Schema = {"type": ["number", "null"]}
+LOINC_CODE: Schema = {"type": ["string", "null"]}  # null: no LOINC code (an RR interval)
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 UUID: Schema = {"type": "string", "format": "uuid"}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
@@ -84,7 +85,7 @@ def p(name: str, schema: Schema) -> Schema:
 TOKENS = obj({"access_token": STR, "token_type": STR, "expires_in": INT,
               "refresh_token": STR, "second_factor": BOOL})
 RANGE = [q("from", DATE_TIME), q("to", DATE_TIME)]
-SUMMARY = obj({"unit": STR, "loinc": STR, "count": INT, "flagged": INT, "completeness": NUM,
+SUMMARY = obj({"unit": STR, "loinc": LOINC_CODE, "count": INT, "flagged": INT, "completeness": NUM,
                "episodes": {"type": "array", "items": obj(
                    {"rule": STR, "description": STR, "start": STR, "end": STR,
                     "value": NUM})}})
@@ -127,7 +128,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/vitals/{metric}": {"get": op(
         "one metric over a range: raw (all my devices, or one with device), per 1m/1h "
         "bucket (all devices), or per local day (1d: sources merged as in /daily)", obj(
-            {"metric": STR, "unit": STR, "loinc": STR, "from": STR, "to": STR,
+            {"metric": STR, "unit": STR, "loinc": LOINC_CODE, "from": STR, "to": STR,
              "resolution": STR, "truncated": BOOL},
             {"device": STR, "zone": STR, "source_order": {"type": "array", "items": STR}}),
         params=[METRIC_PARAM, *RANGE,
@@ -196,6 +197,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/fhir/Patient/{patient_id}": {"get": op(
         "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
         fhir=True, params=[p("patient_id", STR)])},
+    "/fhir/Device/{device_id}": {"get": op(
+        "a device that measured a patient who shares with me", FHIR_RESOURCE,
+        media="application/fhir+json", fhir=True, params=[p("device_id", STR)])},
     "/fhir/Observation": {"get": op(
         "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
         media="application/fhir+json", fhir=True,

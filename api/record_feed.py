@@ -23,6 +23,7 @@ import aiohttp
 import numpy as np
 
 from storage.audit import Audit
+from storage.device_info import DeviceInfo
 from storage.record_feed import Entry, RecordFeed
 from storage.segments import Samples
 from storage.store import Store
@@ -48,33 +49,52 @@ class FeedConfig:
 
 
 def bundles_for(patient_id: uuid.UUID, ins: str, sender_oid: str,
-                series: Mapping[str, Samples]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(identifier, metric, transaction Bundle) for every clean reading in ``series``."""
+                by_source: Mapping[str, Mapping[str, Samples]],
+                devices: Mapping[str, DeviceInfo] | None = None
+                ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(identifier, metric, transaction Bundle) for every clean reading in ``by_source``
+    (device id -> metric -> samples). A reading of a registered device (in ``devices``)
+    travels with that device as a PHD Device; one of an unknown source goes alone."""
     subject = fhir.ins_subject(ins)
     system = f"urn:oid:{sender_oid}"
-    out = []
-    for metric in SPOT_METRICS:
-        samples = series.get(metric)
-        if samples is None:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    seen: set[str] = set()
+
+    def add(ident: str, metric: str, obs: dict[str, Any],
+            device: dict[str, Any] | None) -> None:
+        # Two sources with a reading at the same millisecond: the record gets the first.
+        if ident not in seen:
+            seen.add(ident)
+            out.append((ident, metric, fhir.feed_bundle(obs, sender_oid, device)))
+
+    for device_id, series in sorted(by_source.items()):
+        info = (devices or {}).get(device_id)
+        device = None if info is None else fhir.device_resource(
+            str(uuid.uuid5(_NAMESPACE, f"device/{device_id}")), sender_oid, device_id,
+            info.model, info.serial)
+        for metric in SPOT_METRICS:
+            samples = series.get(metric)
+            if samples is None:
+                continue
+            for t, v, flags in zip(samples.t_ms.tolist(), samples.value.tolist(),
+                                   samples.flags.tolist(), strict=True):
+                if flags:
+                    continue  # a flagged value waits for review; it is not sent to a record
+                ident = f"{patient_id}/{metric}/{t}"
+                add(ident, metric, fhir.observation(
+                    str(uuid.uuid5(_NAMESPACE, ident)), metric, subject, t, v,
+                    identifier=(system, ident)), device)
+        sys_s, dia_s = series.get(BP_METRICS[0]), series.get(BP_METRICS[1])
+        if sys_s is None or dia_s is None:
             continue
-        for t, v, flags in zip(samples.t_ms, samples.value, samples.flags, strict=True):
-            if flags:
-                continue  # a flagged value waits for review; it is not sent to a record
-            ident = f"{patient_id}/{metric}/{int(t)}"
-            obs = fhir.observation(str(uuid.uuid5(_NAMESPACE, ident)), metric, subject,
-                                   int(t), float(v), identifier=(system, ident))
-            out.append((ident, metric, fhir.feed_bundle(obs, sender_oid)))
-    sys_s, dia_s = series.get(BP_METRICS[0]), series.get(BP_METRICS[1])
-    if sys_s is not None and dia_s is not None:
         common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
-        for k, t in enumerate(common):
+        for k, t in enumerate(common.tolist()):
             if sys_s.flags[i[k]] or dia_s.flags[j[k]]:
                 continue
-            ident = f"{patient_id}/blood_pressure/{int(t)}"
-            obs = fhir.blood_pressure(str(uuid.uuid5(_NAMESPACE, ident)), subject, int(t),
-                                      float(sys_s.value[i[k]]), float(dia_s.value[j[k]]),
-                                      identifier=(system, ident))
-            out.append((ident, "blood_pressure", fhir.feed_bundle(obs, sender_oid)))
+            ident = f"{patient_id}/blood_pressure/{t}"
+            add(ident, "blood_pressure", fhir.blood_pressure(
+                str(uuid.uuid5(_NAMESPACE, ident)), subject, t, float(sys_s.value[i[k]]),
+                float(dia_s.value[j[k]]), identifier=(system, ident)), device)
     return out
 
 
@@ -103,9 +123,14 @@ class FeedSender:
         start = now - dt.timedelta(seconds=DEFAULT_PAST_WINDOW_S)
         queued = 0
         for patient_id, ins in await self._feed.consenting():
-            series = {m: await self._store.read_series(patient_id, m, start, now)
-                      for m in (*SPOT_METRICS, *BP_METRICS)}
-            entries = bundles_for(patient_id, ins, self._config.sender_oid, series)
+            by_source: dict[str, dict[str, Samples]] = {}
+            for metric in (*SPOT_METRICS, *BP_METRICS):
+                for device_id, samples in (await self._store.read_by_source(
+                        patient_id, metric, start, now)).items():
+                    by_source.setdefault(device_id, {})[metric] = samples
+            devices = await self._feed.devices(sorted(by_source))
+            entries = bundles_for(patient_id, ins, self._config.sender_oid, by_source,
+                                  devices)
             queued += await self._feed.enqueue(patient_id, entries)
         return queued
 

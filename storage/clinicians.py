@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from storage.crypto import open_sealed, seal
+from storage.errors import IdentityConflict
 from storage.keyring import Keyring
 from storage.patients import SECRETS_KEY
 from vitals.rpps import validate_profession, validate_rpps
@@ -59,15 +60,64 @@ class Clinicians:
 
     async def from_identity_provider(self, *, subject: str, rpps: str, profession: str,
                                      display_name: str) -> Clinician:
-        """The account bound to the provider's ``subject``, created on first sign-in."""
+        """The account bound to the provider's ``subject``, found, linked or created.
+
+        - ``subject`` already bound: that account (profession and name refreshed), as long
+          as the provider still vouches for the same RPPS number.
+        - an account with this RPPS number and no subject yet (made by an administrator):
+          the provider vouches for the number, so the subject is linked to that account and
+          its consents keep working.
+        - neither: a new account.
+
+        Raises InvalidProfessional for a bad RPPS number or profession, IdentityConflict
+        when the number belongs to an account bound to another subject, or the subject to
+        an account with another number: a person cannot silently take over an account.
+        """
         validate_rpps(rpps)
         validate_profession(profession)
-        row = await self._pool.fetchrow(
-            f"""INSERT INTO clinicians (id, rpps, profession, display_name, oidc_subject)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (oidc_subject) DO UPDATE SET profession = $3, display_name = $4
-                RETURNING {_COLUMNS}""",  # noqa: S608 (constant column list)
-            uuid.uuid4(), rpps, profession, display_name, subject)
+        # Two attempts: a concurrent first sign-in may insert between our look-up and our
+        # insert; its row is then visible to the second look-up (read committed).
+        for _ in range(2):
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await self._bind(conn, subject, rpps, profession, display_name)
+                if found is not None:
+                    return found
+                row = await conn.fetchrow(
+                    f"""INSERT INTO clinicians (id, rpps, profession, display_name,
+                                                oidc_subject)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+                        RETURNING {_COLUMNS}""",  # noqa: S608 (constant column list)
+                    uuid.uuid4(), rpps, profession, display_name, subject)
+                if row is not None:
+                    return _row(row)
+        raise IdentityConflict("the sign-in raced with another one for the same account")
+
+    async def _bind(self, conn: asyncpg.Connection, subject: str, rpps: str,
+                    profession: str, display_name: str) -> Clinician | None:
+        # One statement, one snapshot: two look-ups could see a concurrent first sign-in's
+        # row in the second and not the first, and take our own account for another's.
+        rows = await conn.fetch(
+            "SELECT id, rpps, oidc_subject FROM clinicians"
+            " WHERE oidc_subject = $1 OR rpps = $2 FOR UPDATE", subject, rpps)
+        mine = next((r for r in rows if r["oidc_subject"] == subject), None)
+        if mine is not None:
+            if mine["rpps"].strip() != rpps:
+                raise IdentityConflict("the identity provider now names another RPPS number "
+                                       "for this account")
+            row = await conn.fetchrow(
+                f"""UPDATE clinicians SET profession = $2, display_name = $3 WHERE id = $1
+                    RETURNING {_COLUMNS}""",  # noqa: S608
+                mine["id"], profession, display_name)
+            return _row(row)
+        if not rows:
+            return None
+        if rows[0]["oidc_subject"] is not None:
+            raise IdentityConflict("this RPPS number is already bound to another "
+                                   "identity-provider account")
+        row = await conn.fetchrow(
+            f"""UPDATE clinicians SET oidc_subject = $2 WHERE id = $1
+                RETURNING {_COLUMNS}""",  # noqa: S608
+            rows[0]["id"], subject)
         return _row(row)
 
     async def by_username(self, username: str) -> Clinician | None:

@@ -3,7 +3,9 @@
     StorageError
     ├── MigrationError: a migration file failed or the recorded history does not match
     ├── KeyUnavailable (also LookupError): no data key for a patient (never created, or erased)
-    └── IntegrityError (also ValueError): a sealed blob does not open with its row's identity
+    ├── IntegrityError (also ValueError): a sealed blob does not open with its row's identity
+    └── IdentityConflict: an identity-provider sign-in whose RPPS number belongs to an
+        account bound to another identity
 """
 
 
@@ -21,3 +23,7 @@ class KeyUnavailable(StorageError, LookupError):
 
 class IntegrityError(StorageError, ValueError):
     """Authenticated decryption failed: tampered, moved to another row, or the wrong key."""
+
+
+class IdentityConflict(StorageError):
+    """The account an identity-provider sign-in would use belongs to another identity."""

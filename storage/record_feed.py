@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from storage.crypto import open_sealed, seal
+from storage.device_info import DeviceInfo, device_info
 from storage.keyring import Keyring
 
 LEASE = dt.timedelta(seconds=60)
@@ -74,6 +75,10 @@ class RecordFeed:
                                   _aad("ins", row["patient_id"], "", row["key_version"]))
                 out.append((row["patient_id"], ins.decode()))
             return out
+
+    async def devices(self, device_ids: Sequence[str]) -> dict[str, DeviceInfo]:
+        """The registered devices among ``device_ids`` (an unknown source is left out)."""
+        return await device_info(self._pool, device_ids)
 
     async def enqueue(self, patient_id: uuid.UUID,
                       entries: Sequence[tuple[str, str, dict[str, Any]]]) -> int:

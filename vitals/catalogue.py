@@ -23,7 +23,7 @@ class Conversion:
 @dataclass(frozen=True, slots=True)
 class Metric:
     name: str
-    loinc: str
+    loinc: str | None  # None: LOINC has no code for it (the FHIR code is then text only)
     unit: str  # canonical UCUM unit
     display: str
     possible: tuple[float, float]
@@ -50,7 +50,9 @@ _METRICS = (
     Metric("body_fat", "41982-0", "%", "Body fat", (1, 80), (3, 60), {"/": Conversion(100.0)}),
     Metric("steps", "55423-8", "{steps}", "Steps", (0, 100_000), (0, 60_000),
            {"{step}": Conversion(1.0), "1": Conversion(1.0)}),
-    Metric("rr_interval", "80404-7", "ms", "RR interval", (150, 3000), (250, 2000),
+    # LOINC has no code for a single RR interval: 80404-7 is the standard deviation of RR
+    # intervals (HRV, SDNN), another quantity. Text only rather than a wrong code.
+    Metric("rr_interval", None, "ms", "RR interval", (150, 3000), (250, 2000),
            {"s": Conversion(1000.0)}),
     Metric("systolic_bp", "8480-6", "mm[Hg]", "Systolic blood pressure", (40, 300), (70, 250),
            {"kPa": Conversion(7.50061683)}),

@@ -34,6 +34,21 @@ ANS_PROFILES = {
     "blood_glucose": "mesures-observation-glucose",
     "blood_pressure": "mesures-fr-observation-bp",
 }
+# The glucose profile's "moment of measurement" extension, bound (required) to the value set
+# JDV-J157-MomentGlucose-MES: LOINC codes for fasting, before a meal, after a meal, after
+# exercise and "other", plus a CISP-2 code for a malaise that no device can know. The
+# record's feed asks for it on every blood-glucose reading.
+MOMENT_EXTENSION = f"{MESURES}/StructureDefinition/mesures-moment-of-measurement"
+GLUCOSE_MOMENTS = {
+    "fasting": ("53049-3", "Glucose à jeun"),
+    "before_meal": ("88365-2", "Avant repas"),
+    "after_meal": ("16915-1", "Glucose post prandial"),
+    "after_exercise": ("LA11865-5", "Après exercice"),
+    "other": ("LA46-8", "Autre"),
+}
+# Glucometers publish a value and a time, not the meal context: "other" is the one code of
+# the value set that asserts nothing false about the reading, and the text says why.
+MOMENT_NOT_REPORTED = "moment non renseigné par l'appareil"
 INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"  # INS-NIR, the national health identifier
 # A reference ("Patient/<id>") or a Reference object (the record's: by INS identifier).
 Subject = str | dict[str, Any]
@@ -62,21 +77,39 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"value": round(float(value), 6), "unit": unit, "system": UCUM, "code": unit}
 
 
-def _coding(code: str, display: str) -> dict[str, Any]:
+def _coding(code: str | None, display: str) -> dict[str, Any]:
+    """A LOINC-coded concept; text only for a metric LOINC has no code for."""
+    if code is None:
+        return {"text": display}
     return {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display}
 
 
+def _metric_concept(metric: str) -> dict[str, Any]:
+    m = metric_named(metric)
+    return _coding(m.loinc, m.display)
+
+
+def glucose_moment(moment: str | None) -> dict[str, Any]:
+    """The moment-of-measurement extension; ``None`` when the device did not say."""
+    code, display = GLUCOSE_MOMENTS[moment or "other"]
+    concept: dict[str, Any] = {"coding": [{"system": LOINC, "code": code, "display": display}]}
+    if moment is None:
+        concept["text"] = MOMENT_NOT_REPORTED
+    return {"url": MOMENT_EXTENSION, "valueCodeableConcept": concept}
+
+
 def _base(observation_id: str, metric: str, patient_ref: Subject,
-          device_ref: str | None) -> dict[str, Any]:
+          device_ref: str | None, moment: str | None = None) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Observation", "id": observation_id}
     profile = profile_url(metric)
     if profile:
         resource["meta"] = {"profile": [profile]}
+    if metric == "blood_glucose":
+        resource["extension"] = [glucose_moment(moment)]
     resource["status"] = "final"
     resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY,
                                          "code": "vital-signs", "display": "Vital Signs"}]}]
-    m = metric_named(metric) if metric != "blood_pressure" else None
-    resource["code"] = (_coding(m.loinc, m.display) if m is not None
+    resource["code"] = (_metric_concept(metric) if metric != "blood_pressure"
                         else _coding(BP_PANEL_LOINC, "Blood pressure panel"))
     resource["subject"] = (patient_ref if isinstance(patient_ref, dict)
                            else {"reference": patient_ref})
@@ -87,10 +120,12 @@ def _base(observation_id: str, metric: str, patient_ref: Subject,
 
 def observation(observation_id: str, metric: str, patient_ref: Subject, t_ms: int,
                 value: float,
-                *, device_ref: str | None = None, identifier: tuple[str, str] | None = None
-                ) -> dict[str, Any]:
-    """One reading as an Observation with a valueQuantity in the canonical UCUM unit."""
-    resource = _base(observation_id, metric, patient_ref, device_ref)
+                *, device_ref: str | None = None, identifier: tuple[str, str] | None = None,
+                moment: str | None = None) -> dict[str, Any]:
+    """One reading as an Observation with a valueQuantity in the canonical UCUM unit.
+    ``moment`` (a key of GLUCOSE_MOMENTS) is for blood glucose only; raises KeyError for an
+    unknown one."""
+    resource = _base(observation_id, metric, patient_ref, device_ref, moment)
     if identifier:
         resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
     resource["effectiveDateTime"] = instant(t_ms)
@@ -107,7 +142,7 @@ def blood_pressure(observation_id: str, patient_ref: Subject, t_ms: int, systoli
         resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
     resource["effectiveDateTime"] = instant(t_ms)
     resource["component"] = [
-        {"code": _coding(metric_named(name).loinc, metric_named(name).display),
+        {"code": _metric_concept(name),
          "valueQuantity": _quantity(v, "mm[Hg]")}
         for name, v in (("systolic_bp", systolic), ("diastolic_bp", diastolic))]
     return _ordered(resource)
@@ -142,9 +177,15 @@ def _number(x: float) -> str:
 def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
                 device: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record-feed transaction: one Observation (and optionally its device), each
-    created only if no resource with its identifier exists yet, so a resend is harmless."""
-    if observation_resource["code"]["coding"][0]["code"] == "39156-5":
+    created only if no resource with its identifier exists yet, so a resend is harmless.
+    With a device, the Observation references it by the entry's fullUrl, which the record
+    resolves to the device it created or already had."""
+    codings = observation_resource["code"].get("coding", [])
+    if any(c.get("code") == "39156-5" for c in codings):
         raise ValueError("BMI is never fed: the medical record computes it")
+    if device:
+        observation_resource = _ordered(
+            {**observation_resource, "device": {"reference": f"urn:uuid:{device['id']}"}})
     entries = []
     for resource in ([device] if device else []) + [observation_resource]:
         ident = resource["identifier"][0]["value"]
@@ -157,14 +198,20 @@ def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
             "type": "transaction", "entry": entries}
 
 
-def device_resource(device_uuid: str, sender_oid: str, device_id: str, model: str,
-                    serial: str) -> dict[str, Any]:
-    """A personal health device as the PHD profile describes it."""
-    return {"resourceType": "Device", "id": device_uuid,
-            "meta": {"profile": [PHD_DEVICE_PROFILE]},
-            "identifier": [{"system": f"urn:oid:{sender_oid}", "value": device_id}],
-            "serialNumber": serial,
-            "deviceName": [{"name": model, "type": "model-name"}]}
+def device_resource(device_uuid: str, sender_oid: str | None, device_id: str, model: str,
+                    serial: str, *, patient_ref: str | None = None) -> dict[str, Any]:
+    """A personal health device as the PHD profile describes it. With ``sender_oid`` its
+    device id is an identifier in our OID's namespace (what the record's conditional
+    create matches on); without, the read API names it by resource id alone."""
+    out: dict[str, Any] = {"resourceType": "Device", "id": device_uuid,
+                           "meta": {"profile": [PHD_DEVICE_PROFILE]}}
+    if sender_oid:
+        out["identifier"] = [{"system": f"urn:oid:{sender_oid}", "value": device_id}]
+    out["serialNumber"] = serial
+    out["deviceName"] = [{"name": model, "type": "model-name"}]
+    if patient_ref:
+        out["patient"] = {"reference": patient_ref}
+    return out
 
 
 def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
@@ -180,7 +227,7 @@ def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int 
     return out
 
 
-_KEY_ORDER = ("resourceType", "id", "meta", "identifier", "status", "category", "code",
+_KEY_ORDER = ("resourceType", "id", "meta", "extension", "identifier", "status", "category", "code",
               "subject", "effectiveDateTime", "effectivePeriod", "valueQuantity",
               "valueSampledData", "component", "device")
 
@@ -203,15 +250,35 @@ _BALP_ACTIONS = {
 }
 
 
+_RECIPIENT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+              "code": "IRCP", "display": "information recipient"}
+_SOURCE = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153",
+           "display": "Source Role ID"}
+MEDICAL_RECORD = "Mon espace santé"  # the record the feed writes to
+
+
 def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
                 actor_display: str, patient_ref: str, what: str, *, rpps: str | None = None,
-                observer: str = "healthiot") -> dict[str, Any]:
+                observer: str = "healthiot", recipient: str = MEDICAL_RECORD
+                ) -> dict[str, Any]:
     """One audit-log entry as an IHE BALP AuditEvent: who (the clinician, by RPPS when
-    known), what (the patient and the resource or query), when, and the outcome."""
+    known), what (the patient and the resource or query), when, and the outcome.
+
+    A clinician's read has the clinician as the recipient who asked and healthiot as the
+    source. A feed is the other way round: the feed (``actor_display``) is the source that
+    acted, and the medical record (``recipient``) received the data."""
     profile, interaction, fhir_action = _BALP_ACTIONS[action]
     who: dict[str, Any] = {"display": actor_display}
     if rpps:
         who["identifier"] = {"system": RPPS_SYSTEM, "value": rpps}
+    if action == "feed":
+        agents = [{"type": {"coding": [_SOURCE]}, "who": who, "requestor": True},
+                  {"type": {"coding": [_RECIPIENT]}, "who": {"display": recipient},
+                   "requestor": False}]
+    else:
+        agents = [{"type": {"coding": [_RECIPIENT]}, "who": who, "requestor": True},
+                  {"type": {"coding": [_SOURCE]}, "who": {"display": observer},
+                   "requestor": False}]
     return {
         "resourceType": "AuditEvent", "id": event_id,
         "meta": {"profile": [f"{BALP}/{profile}"]},
@@ -220,14 +287,7 @@ def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
         "action": fhir_action,
         "recorded": instant(recorded_ms),
         "outcome": _OUTCOMES.get(outcome, "8"),
-        "agent": [{"type": {"coding": [{
-                       "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                       "code": "IRCP", "display": "information recipient"}]},
-                   "who": who, "requestor": True},
-                  {"type": {"coding": [{
-                       "system": "http://dicom.nema.org/resources/ontology/DCM",
-                       "code": "110153", "display": "Source Role ID"}]},
-                   "who": {"display": observer}, "requestor": False}],
+        "agent": agents,
         "source": {"observer": {"display": observer}},
         "entity": [{"what": {"reference": patient_ref},
                     "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
@@ -254,6 +314,8 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                                "is checked against the patient's consent and audited."},
                   "resource": [
                       {"type": "Patient", "interaction": [{"code": "read"}]},
+                      {"type": "Device", "supportedProfile": [PHD_DEVICE_PROFILE],
+                       "interaction": [{"code": "read"}]},
                       {"type": "Observation",
                        "supportedProfile": [p for m in ANS_PROFILES
                                             if (p := profile_url(m)) is not None],
@@ -264,8 +326,9 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
 
 def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms: int,
                      expires_ms: int, data_from_ms: int, data_to_ms: int,
-                     clinician_rpps: str | None, loinc_codes: Sequence[str]) -> dict[str, Any]:
-    """A patient's consent to a clinician as a FHIR Consent (privacy, permit)."""
+                     clinician_rpps: str | None, metrics: Sequence[str]) -> dict[str, Any]:
+    """A patient's consent to a clinician as a FHIR Consent (privacy, permit) covering the
+    named ``metrics``: LOINC-coded, or by name for one that LOINC has no code for."""
     actor: dict[str, Any] = {"role": {"coding": [{
         "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
         "code": "IRCP"}]}, "reference": {"display": "clinician"}}
@@ -282,7 +345,6 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
         "provision": {"type": "permit",
                       "period": {"start": instant(granted_ms), "end": instant(expires_ms)},
                       "actor": [actor],
-                      "code": [{"coding": [{"system": LOINC, "code": c}]}
-                               for c in loinc_codes],
+                      "code": [_metric_concept(m) for m in metrics],
                       "dataPeriod": {"start": instant(data_from_ms),
                                      "end": instant(data_to_ms)}}}

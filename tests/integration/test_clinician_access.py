@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
 
 from api import passwords, totp
 from api.app import create_app
@@ -47,6 +50,7 @@ class World:
     clinician_token: str
     rpps: str
     now: dt.datetime
+    core: Any
 
     def as_patient(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.patient_token}"}
@@ -83,7 +87,7 @@ async def world(core) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
     async with TestClient(TestServer(app)) as client:
         yield World(client, tokens, patient, tokens.issue(str(patient), methods=["pwd", "otp"]),
                     clinician.id, tokens.issue(f"clinician:{clinician.id}",
-                                               methods=["pwd", "otp"]), rpps, now)
+                                               methods=["pwd", "otp"]), rpps, now, core)
 
 
 async def _grant(w: World, **overrides: Any) -> dict[str, Any]:
@@ -240,3 +244,118 @@ async def test_only_professions_bound_by_secrecy_with_a_valid_rpps(core) -> None
             await clinicians.create(rpps=rpps, profession=profession, display_name="x",
                                     username=f"u{rpps}", password_hash="h",
                                     totp_secret=b"s" * 20)
+
+
+async def test_each_observation_references_the_device_that_measured_it(world: World,
+                                                                        core) -> None:  # type: ignore[no-untyped-def]
+    """Two scales weigh the same patient: the FHIR answer keeps the sources apart, each
+    Observation with its own device and its own id, even at the same instant."""
+    start = int((world.now - 10 * DAY).timestamp() * 1000)
+    days = start + np.arange(10, dtype=np.int64) * 86_400_000
+    await core.store.ingest([MessageIn("scale-b", 1, world.now, [SegmentIn(
+        world.patient, "body_weight", Samples(days[:3], np.array([70.0, 70.5, 71.0]),
+                                              np.zeros(3, np.uint8)))], 0)])
+    await _grant(world, metrics=["body_weight", "heart_rate"],
+                 data_from=(world.now - 10 * DAY).isoformat())
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(), params={
+        "patient": str(world.patient), "code": "29463-7", "_count": "50",
+        "date": f"ge{(world.now - 11 * DAY).isoformat()}"})
+    bundle = await resp.json()
+    Bundle.model_validate(bundle)
+    devices = [e["resource"]["device"]["reference"] for e in bundle["entry"]]
+    assert sorted(devices) == ["Device/scale-b"] * 3 + ["Device/watch-x"] * 10
+    ids = [e["resource"]["id"] for e in bundle["entry"]]
+    assert len(set(ids)) == len(ids) == 13
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(), params={
+        "patient": str(world.patient), "code": "8867-4", "_count": "5"})
+    page = await resp.json()
+    Bundle.model_validate(page)
+    assert {e["resource"]["device"]["reference"] for e in page["entry"]} == {"Device/watch-x"}
+
+
+async def test_fhir_patient_read_needs_consent(world: World) -> None:
+    route = f"/fhir/Patient/{world.patient}"
+    resp = await world.client.get(route, headers=world.as_clinician())
+    assert resp.status == 403 and resp.content_type == "application/fhir+json"
+    OperationOutcome.model_validate(await resp.json())
+    await _grant(world)
+    resp = await world.client.get(route, headers=world.as_clinician())
+    assert resp.status == 200 and resp.content_type == "application/fhir+json"
+    patient = await resp.json()
+    Patient.model_validate(patient)
+    assert patient["id"] == str(world.patient)
+    # Another patient, a made-up id, a malformed one: the same refusal, nothing to probe.
+    other, _, _ = await new_patient(world.core, "someone-else")
+    for bad in (other, uuid.uuid4(), "not-a-uuid"):
+        resp = await world.client.get(f"/fhir/Patient/{bad}", headers=world.as_clinician())
+        assert resp.status == 403, bad
+        OperationOutcome.model_validate(await resp.json())
+    # No token at all: 401, still an OperationOutcome.
+    resp = await world.client.get(route)
+    assert resp.status == 401
+    OperationOutcome.model_validate(await resp.json())
+
+
+async def test_fhir_metadata_over_http(world: World) -> None:
+    resp = await world.client.get("/fhir/metadata")  # public, as FHIR clients expect
+    assert resp.status == 200 and resp.content_type == "application/fhir+json"
+    cap = await resp.json()
+    CapabilityStatement.model_validate(cap)
+    assert cap["fhirVersion"] == "4.0.1"
+    assert cap["implementation"]["url"].endswith("/fhir")
+    types = {r["type"] for r in cap["rest"][0]["resource"]}
+    assert types == {"Patient", "Device", "Observation"}
+
+
+async def test_revocation_closes_the_fhir_routes_on_the_next_request(world: World) -> None:
+    consent = await _grant(world)
+    search = f"/fhir/Observation?patient={world.patient}"
+    read = f"/fhir/Patient/{world.patient}"
+    first = await world.client.get(search, headers=world.as_clinician())
+    assert first.status == 200 and (await first.json())["total"] > 0
+    assert (await world.client.get(read, headers=world.as_clinician())).status == 200
+    resp = await world.client.delete(f"/v1/me/consents/{consent['id']}",
+                                     headers=world.as_patient())
+    assert resp.status == 204
+    for route in (search, read):
+        resp = await world.client.get(route, headers=world.as_clinician())
+        assert resp.status == 403, route
+        outcome = await resp.json()
+        OperationOutcome.model_validate(outcome)
+        assert outcome["issue"][0]["code"] == "forbidden"
+    resp = await world.client.get("/v1/me/access-log", headers=world.as_patient())
+    mine = [(e["action"], e["outcome"]) for e in (await resp.json())["entries"] if e["rpps"]]
+    assert mine[:2] == [("read", "refused"), ("search", "refused")]  # newest first
+    assert ("search", "ok") in mine[2:]
+
+
+async def test_an_observations_device_reference_resolves_with_consent(world: World) -> None:
+    await world.core.pool.execute(
+        "INSERT INTO devices (id, model, serial, patient_id, state)"
+        " VALUES ('watch-x', 'watch', 'W-0007', $1, 'paired')", world.patient)
+    assert (await world.client.get("/fhir/Device/watch-x",
+                                   headers=world.as_clinician())).status == 403
+    await _grant(world)
+    resp = await world.client.get("/fhir/Observation", headers=world.as_clinician(),
+                                  params={"patient": str(world.patient), "_count": "1"})
+    reference = (await resp.json())["entry"][0]["resource"]["device"]["reference"]
+    resp = await world.client.get(f"/fhir/{reference}", headers=world.as_clinician())
+    assert resp.status == 200 and resp.content_type == "application/fhir+json"
+    device = await resp.json()
+    Device.model_validate(device)
+    assert (device["id"], device["serialNumber"]) == ("watch-x", "W-0007")
+    assert device["patient"] == {"reference": f"Patient/{world.patient}"}
+    # An unknown device, and another patient's, answer like no consent.
+    other, _, _ = await new_patient(world.core, "other-owner")
+    await world.core.pool.execute(
+        "INSERT INTO devices (id, model, serial, patient_id, state)"
+        " VALUES ('watch-z', 'watch', 'W-0008', $1, 'paired')", other)
+    for device_id in ("watch-z", "watch-nobody"):
+        resp = await world.client.get(f"/fhir/Device/{device_id}",
+                                      headers=world.as_clinician())
+        assert resp.status == 403, device_id
+        OperationOutcome.model_validate(await resp.json())
+    assert (await world.client.get("/fhir/Device/watch-nobody")).status == 401
+    log = await (await world.client.get("/v1/me/access-log", headers=world.as_patient())).json()
+    assert ("read", "ok", "fhir/Device/watch-x") in [
+        (e["action"], e["outcome"], e["what"]) for e in log["entries"]]

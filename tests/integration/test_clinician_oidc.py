@@ -3,6 +3,7 @@ like Pro Santé Connect (discovery document, JWKS, RS256 ID tokens)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from api.requests import ApiDeps
 from api.tokens import TokenService
 from devices.ca import new_key
 from healthiot.localservers import free_port
+from storage.clinicians import Clinicians
 from tests.integration.test_clinician_access import rpps_number
 
 CLIENT_ID = "healthiot-test"
@@ -126,3 +128,52 @@ async def test_a_profession_without_medical_secrecy_is_refused(client, issuer: I
     assert (await _sign_in(client, token)).status == 401
     token = issuer.id_token(SubjectNameID="812345678901")  # RPPS with a wrong check digit
     assert (await _sign_in(client, token)).status == 403
+
+
+def _subject_of(access_token: str) -> str:
+    return str(jwt.decode(access_token, options={"verify_signature": False})["sub"])
+
+
+async def test_an_account_made_by_an_administrator_is_linked_on_first_sign_in(  # type: ignore[no-untyped-def]
+        client, issuer: Issuer, core) -> None:
+    """The provider vouches for the RPPS number: the sign-in finds the existing account
+    (and the consents patients gave it) instead of failing on the duplicate number."""
+    existing = await Clinicians(core.pool, core.keyring).create(
+        rpps=rpps_number(7), profession="physician", display_name="Dr Durand",
+        username="durand", password_hash="$argon2id$placeholder",
+        totp_secret=b"s" * 20)
+    resp = await _sign_in(client, issuer.id_token())
+    assert resp.status == 200, await resp.text()
+    assert _subject_of((await resp.json())["access_token"]) == f"clinician:{existing.id}"
+    bound = await core.pool.fetchval("SELECT oidc_subject FROM clinicians WHERE id = $1",
+                                     existing.id)
+    assert bound == "psc-subject-1"
+    assert await core.pool.fetchval("SELECT count(*) FROM clinicians") == 1
+    # And again: the same account, now through its subject.
+    again = await _sign_in(client, issuer.id_token())
+    assert _subject_of((await again.json())["access_token"]) == f"clinician:{existing.id}"
+
+
+async def test_an_rpps_bound_to_another_subject_is_a_readable_conflict(  # type: ignore[no-untyped-def]
+        client, issuer: Issuer, core) -> None:
+    assert (await _sign_in(client, issuer.id_token())).status == 200
+    resp = await _sign_in(client, issuer.id_token(sub="psc-subject-2"))
+    assert resp.status == 409
+    assert resp.content_type == "application/problem+json"
+    problem = await resp.json()
+    assert "already bound to another" in problem["detail"]
+    # The same subject now vouched for with another number is refused too.
+    resp = await _sign_in(client, issuer.id_token(SubjectNameID=f"8{rpps_number(8)}"))
+    assert resp.status == 409
+    assert "another RPPS number" in (await resp.json())["detail"]
+    rows = await core.pool.fetch("SELECT rpps, oidc_subject FROM clinicians")
+    assert [(r["rpps"], r["oidc_subject"]) for r in rows] == [(rpps_number(7),
+                                                               "psc-subject-1")]
+
+
+async def test_concurrent_first_sign_ins_make_one_account(client, issuer, core) -> None:  # type: ignore[no-untyped-def]
+    answers = await asyncio.gather(*[_sign_in(client, issuer.id_token()) for _ in range(8)])
+    assert [a.status for a in answers] == [200] * 8, [await a.text() for a in answers]
+    subjects = {_subject_of((await a.json())["access_token"]) for a in answers}
+    assert len(subjects) == 1
+    assert await core.pool.fetchval("SELECT count(*) FROM clinicians") == 1

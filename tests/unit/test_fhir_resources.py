@@ -85,6 +85,36 @@ def test_feed_bundle_is_a_conditional_transaction() -> None:
     _golden("feed-bundle", feed)
 
 
+def test_glucose_carries_the_moment_of_measurement() -> None:
+    """The glucose profile binds the moment to JDV-J157; a glucometer that does not know
+    the meal context gets "other" (LA46-8) with a text saying so, never a guessed moment."""
+    unknown = fhir.observation("g-1", "blood_glucose", PATIENT, T, 104.0)
+    Observation.model_validate(unknown)
+    assert unknown["extension"] == [{
+        "url": f"{fhir.MESURES}/StructureDefinition/mesures-moment-of-measurement",
+        "valueCodeableConcept": {
+            "coding": [{"system": fhir.LOINC, "code": "LA46-8", "display": "Autre"}],
+            "text": fhir.MOMENT_NOT_REPORTED}}]
+    assert list(unknown)[:4] == ["resourceType", "id", "meta", "extension"]
+    fasting = fhir.observation("g-2", "blood_glucose", PATIENT, T, 92.0, moment="fasting")
+    Observation.model_validate(fasting)
+    concept = fasting["extension"][0]["valueCodeableConcept"]
+    assert concept == {"coding": [{"system": fhir.LOINC, "code": "53049-3",
+                                   "display": "Glucose à jeun"}]}
+    with pytest.raises(KeyError):
+        fhir.observation("g-3", "blood_glucose", PATIENT, T, 92.0, moment="brunch")
+    # Only glucose has the extension.
+    assert "extension" not in fhir.observation("w", "body_weight", PATIENT, T, 70.0)
+
+
+def test_an_rr_interval_has_no_loinc_code_rather_than_a_wrong_one() -> None:
+    obs = fhir.observation("rr-1", "rr_interval", PATIENT, T, 812.0,
+                           device_ref="Device/watch-1")
+    Observation.model_validate(obs)
+    assert obs["code"] == {"text": "RR interval"}  # 80404-7 is SDNN, not an interval
+    assert obs["valueQuantity"]["code"] == "ms"
+
+
 def test_bmi_is_never_fed() -> None:
     obs = fhir.observation("b", "body_weight", PATIENT, T, 70.0, identifier=("s", "b"))
     obs["code"]["coding"][0]["code"] = "39156-5"
@@ -111,6 +141,32 @@ def test_balp_audit_event_for_a_clinician_read() -> None:
     _golden("audit-event", event)
 
 
+def test_a_feed_audit_event_has_the_feed_as_source_and_the_record_as_recipient() -> None:
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    event = fhir.audit_event("ae-3", T, "feed", "ok", "the feed to your medical record",
+                             PATIENT, "record/body_weight")
+    AuditEvent.model_validate(event)
+    roles = [(a["type"]["coding"][0]["code"], a["who"]["display"], a["requestor"])
+             for a in event["agent"]]
+    assert roles == [("110153", "the feed to your medical record", True),
+                     ("IRCP", fhir.MEDICAL_RECORD, False)]
+    assert event["meta"]["profile"] == [f"{fhir.BALP}/IHE.BasicAudit.PatientCreate"]
+    assert event["action"] == "C"
+
+
+def test_a_consent_names_each_metric_even_without_a_loinc_code() -> None:
+    from fhir.resources.R4B.consent import Consent
+
+    consent = fhir.consent_resource("c-1", PATIENT, True, T, T + 1000, T - 1000, T, None,
+                                    ["heart_rate", "rr_interval"])
+    Consent.model_validate(consent)
+    assert consent["provision"]["code"] == [
+        {"coding": [{"system": fhir.LOINC, "code": "8867-4", "display": "Heart rate"}],
+         "text": "Heart rate"},
+        {"text": "RR interval"}]
+
+
 def test_capability_statement() -> None:
     from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
@@ -130,7 +186,7 @@ def test_the_search_answer_for_a_fixed_data_set() -> None:
         return Samples(T + np.asarray(t, np.int64), np.asarray(v), np.zeros(len(t), np.uint8))
 
     patient = uuid.UUID("6f1c2d3e-0000-4000-8000-000000000001")
-    found = observations(patient, {
+    found = observations(patient, device_id="watch-1", series={
         "heart_rate": s([0, 1000, 3_600_000], [61.0, 62.0, 70.0]),
         "steps": s([0, 20_000, 60_000], [10.0, 5.0, 7.0]),
         "body_weight": s([5000], [80.25]),
@@ -141,4 +197,27 @@ def test_the_search_answer_for_a_fixed_data_set() -> None:
     Bundle.model_validate(out)
     steps = next(r for _, r in found if r["code"]["coding"][0]["code"] == "55423-8")
     assert steps["valueSampledData"]["data"] == "15 7"  # summed per minute
+    assert {r["device"]["reference"] for _, r in found} == {"Device/watch-1"}
     _golden("observation-search", out)
+
+
+def test_search_pages_are_sorted_before_anything_is_built() -> None:
+    """The search sorts and pages cheap stubs (time, id) and builds only the page asked:
+    each stub's time and id are those of the Observation it builds."""
+    import uuid
+
+    from api.fhir_routes import _stubs
+    from storage.segments import Samples
+
+    n = 3 * 3600
+    t = T + np.arange(n, dtype=np.int64) * 1000
+    series = {"heart_rate": Samples(t, np.full(n, 61.0), np.zeros(n, np.uint8)),
+              "body_weight": Samples(t[:2], np.array([80.0, 80.1]), np.zeros(2, np.uint8))}
+    patient = uuid.UUID("6f1c2d3e-0000-4000-8000-000000000001")
+    stubs = _stubs(patient, series, "watch-1")
+    assert len(stubs) == 3 + 2
+    for stub in stubs:
+        built = stub.build()
+        assert built["id"] == stub.id
+        start = built.get("effectiveDateTime") or built["effectivePeriod"]["start"]
+        assert start == fhir.instant(stub.t)
