@@ -43,6 +43,10 @@ class BrokerFiles:
     key: Path
     acl: Path
     persistence_dir: Path
+    # The device CA's CRL. Mosquitto refuses to start when a configured crlfile is missing,
+    # so it is named only once it exists; after that, rewriting it and sending SIGHUP makes
+    # the broker refuse revoked certificates at their next handshake.
+    crl: Path | None = None
 
 
 def acl_text() -> str:
@@ -86,6 +90,7 @@ def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int) -> str:
         f"certfile {files.cert}",
         f"keyfile {files.key}",
         "require_certificate true",
+        *([f"crlfile {files.crl}"] if files.crl is not None and files.crl.exists() else []),
         "use_identity_as_username true",
         "tls_version tlsv1.2",
         f"ciphers {TLS12_CIPHERS}",
