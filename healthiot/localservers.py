@@ -234,6 +234,12 @@ class MosquittoServer:
         """Where the broker reads the device CA's CRL (named in the config if it exists)."""
         return self.directory / "device-ca.crl"
 
+    @property
+    def pid_file(self) -> Path:
+        """Written by us (Mosquitto writes one only as a daemon): `healthiot devices revoke`
+        finds the broker to reload through it."""
+        return self.directory / "mosquitto.pid"
+
     def reload(self) -> None:
         """SIGHUP: Mosquitto reloads its certificates and CRL (live sessions stay up)."""
         self._child.signal(signal.SIGHUP)
@@ -272,6 +278,8 @@ class MosquittoServer:
         # the parent-death signal that keeps it from outliving us.
         self._child.spawn([find_binary("mosquitto"), "-c", str(self.config_file)],
                           user="mosquitto" if running_as_root() else None)
+        if self._child.process is not None:
+            self.pid_file.write_text(f"{self._child.process.pid}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
         while port_is_free(self.port, self.bind):
             self._child.check_alive()
@@ -282,10 +290,12 @@ class MosquittoServer:
 
     def stop(self) -> None:
         self._child.stop(signal.SIGTERM)
+        self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Stop without a clean shutdown (fault tests)."""
         self._child.stop(signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
 
     def check_alive(self) -> None:
         self._child.check_alive()
