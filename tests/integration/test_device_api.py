@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 
 from api.app import create_app
 from api.limits import Limits
+from api.openapi import PATHS
 from api.requests import ApiDeps
 from api.tokens import TokenService
 from devices.ca import new_key
@@ -70,6 +72,12 @@ async def test_pair_list_and_unpair_my_device(api: TestClient[Any, Any], core: C
     assert listed["serial"] == "W-1000" and listed["state"] == "paired"
     assert listed["last_seen"] == seen.isoformat()
     assert listed["battery"] == {"percent": 64, "at": seen.isoformat()}
+    # The answers are what the OpenAPI document promises, battery or not.
+    for path, method, status, answer in (
+            ("/v1/me/devices/pair", "post", "201", paired),
+            ("/v1/me/devices", "get", "200", {"devices": [listed]})):
+        schema = PATHS[path][method]["responses"][status]["content"]["application/json"]
+        jsonschema_rs.validate(schema["schema"], answer)
 
     assert not crl_file.exists()
     resp = await api.delete(f"/v1/me/devices/{device_id}", headers=alice.auth())
