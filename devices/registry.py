@@ -215,7 +215,7 @@ class Registry:
             f" WHERE {column} = $1 AND at > $2", value, now - window)
         if row["n"] < count:
             return None
-        return max(1.0, (row["first"] + window - now).total_seconds())
+        return max(1.0, float((row["first"] + window - now).total_seconds()))
 
     async def _failure(self, patient_id: uuid.UUID, device_id: str | None,
                        now: dt.datetime) -> None:
@@ -274,7 +274,7 @@ class Registry:
     async def certificates(self, device_id: str) -> list[CertificateRecord]:
         rows = await self._pool.fetch(
             """SELECT serial, device_id, issued_at, expires_at, revoked_at, revocation_reason
-               FROM device_certificates WHERE device_id = $1 ORDER BY issued_at""", device_id)
+               FROM device_certificates WHERE device_id = $1 ORDER BY recorded_at""", device_id)
         return [CertificateRecord(**dict(r)) for r in rows]
 
     async def revoked_certificates(self, now: dt.datetime | None = None,

@@ -126,7 +126,7 @@ class _Child:
             raise ServerUnavailable(f"{self.name} exited with status {self.process.returncode}; "
                                     f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
 
-    def signal(self, sig: signal.Signals) -> None:
+    def send_signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
 
@@ -242,7 +242,7 @@ class MosquittoServer:
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto reloads its certificates and CRL (live sessions stay up)."""
-        self._child.signal(signal.SIGHUP)
+        self._child.send_signal(signal.SIGHUP)
 
     def write_config(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

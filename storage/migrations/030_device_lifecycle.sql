@@ -16,9 +16,10 @@ CREATE TABLE device_certificates (
     issued_at       timestamptz NOT NULL,
     expires_at      timestamptz NOT NULL,
     revoked_at      timestamptz,
-    revocation_reason text
+    revocation_reason text,
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp()  -- issued_at has seconds
 );
-CREATE INDEX device_certificates_by_device ON device_certificates (device_id, issued_at);
+CREATE INDEX device_certificates_by_device ON device_certificates (device_id, recorded_at);
 CREATE INDEX device_certificates_revoked ON device_certificates (expires_at)
     WHERE revoked_at IS NOT NULL;
 
