@@ -12,6 +12,9 @@ from pathlib import Path
 from devices.identity import SERVICE_PREFIX
 
 BRIDGE_IDENTITY = f"{SERVICE_PREFIX}bridge"
+# Ends revoked devices' live sessions by taking over their client id (devices/sessions.py);
+# it needs no ACL entry: it neither publishes nor subscribes.
+REVOKER_IDENTITY = f"{SERVICE_PREFIX}revoker"
 TELEMETRY_FILTER = "devices/+/telemetry"
 SHARED_TELEMETRY = f"$share/ingest/{TELEMETRY_FILTER}"
 # AEAD suites only: Mosquitto's default list still admits CBC (ANSSI TLS guide, R5/R6).

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     prov.add_argument("--firmware", default=None, help="firmware version at the factory")
     revoke = dev_sub.add_parser("revoke", help="revoke a device: registry, CRL, broker reload")
     revoke.add_argument("device_id")
+    revoke.add_argument("--revoker-cert", type=Path, default=None,
+                        help="service certificate (CN svc-revoker) that takes over the live "
+                        "session (default: PKI/services/revoker.pem)")
+    revoke.add_argument("--revoker-key", type=Path, default=None)
     crl = dev_sub.add_parser("crl", help="re-sign the CRL from the registry (do it monthly)")
     for p in (prov, revoke, crl):
         p.add_argument("--pki", type=Path, default=None,
@@ -166,8 +170,9 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
             settings, model=args.model, serial=args.serial, out=args.out, csr=args.csr,
             pki=args.pki, firmware=args.firmware)
     if args.devices_command == "revoke":
-        return await device_admin.revoke_device(settings, args.device_id, pki=args.pki,
-                                                crl_file=args.crl_file)
+        return await device_admin.revoke_device(
+            settings, args.device_id, pki=args.pki, crl_file=args.crl_file,
+            revoker_cert=args.revoker_cert, revoker_key=args.revoker_key)
     return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import asyncpg
 
+from broker_bridge.connection import tls_context
 from devices.ca import CertificateAuthority
 from devices.errors import DeviceError
 from devices.provisioning import provision, write_enrolment
 from devices.registry import Registry
 from devices.revocation import CrlPublisher, Revoker
+from devices.sessions import SessionTakeover
 from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
@@ -40,6 +42,19 @@ def _reload_embedded_broker(settings: Settings) -> None:
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError):
         return
+
+
+def _takeover(settings: Settings, pki: Path, cert: Path | None,
+              key: Path | None) -> SessionTakeover | None:
+    """The session takeover, when a revoker service identity is at hand (the embedded
+    stack makes one under var/pki/services); None otherwise."""
+    cert = cert or pki / "services" / "revoker.pem"
+    key = key or pki / "services" / "revoker.key"
+    if not (cert.exists() and key.exists()):
+        return None
+    ca_file = settings.mqtt_ca_file or pki / "ca.pem"
+    return SessionTakeover(settings.mqtt_host, settings.mqtt_port,
+                           tls_context(ca_file, cert, key))
 
 
 async def _pool(settings: Settings) -> asyncpg.Pool:
@@ -88,16 +103,20 @@ async def provision_device(settings: Settings, *, model: str, serial: str, out: 
 
 
 async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
-                        crl_file: Path | None) -> int:
-    """Revoke a device as unpairing does: registry, certificate history, CRL, broker."""
-    ca = CertificateAuthority.load_or_create(pki or settings.var_dir / "pki")
+                        crl_file: Path | None, revoker_cert: Path | None = None,
+                        revoker_key: Path | None = None) -> int:
+    """Revoke a device as unpairing does: registry, certificate history, CRL, broker
+    reload, and the live session taken over when a revoker identity is available."""
+    pki = pki or settings.var_dir / "pki"
+    ca = CertificateAuthority.load_or_create(pki)
+    takeover = _takeover(settings, pki, revoker_cert, revoker_key)
     pool = await _pool(settings)
     try:
         registry = Registry(pool)
         publisher = CrlPublisher(registry, ca, crl_path(settings, crl_file),
                                  lambda: _reload_embedded_broker(settings))
         try:
-            device = await Revoker(registry, publisher).revoke(device_id)
+            device = await Revoker(registry, publisher, takeover).revoke(device_id)
         except DeviceError as exc:
             raise SettingsError(str(exc)) from None
         await Audit(pool).record(actor="operator:cli", patient_id=device.patient_id,
@@ -105,7 +124,8 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
                                  outcome="revoked")
     finally:
         await pool.close()
-    print(f"revoked {device_id}; CRL written to {publisher.path}")
+    print(f"revoked {device_id}; CRL written to {publisher.path}; live session "
+          + ("taken over" if takeover else "not ended (no revoker identity: --revoker-cert)"))
     return 0
 
 
