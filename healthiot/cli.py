@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                             help="write mosquitto.conf and the ACL file for a deployment")
     broker.add_argument("--out", type=Path, required=True, help="directory to write to")
     broker.add_argument("--certs", type=Path, required=True,
-                        help="directory holding clients-ca.pem, broker.pem, broker.key")
+                        help="directory holding clients-ca.pem, broker.pem, broker.key "
+                        "and, once devices are revoked, device-ca.crl")
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
 
@@ -152,7 +153,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf
         args.out.mkdir(parents=True, exist_ok=True)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
-                            args.certs / "broker.key", args.out / "acl", args.out / "data")
+                            args.certs / "broker.key", args.out / "acl", args.out / "data",
+                            crl=args.certs / "device-ca.crl")  # named if it is there
         files.persistence_dir.mkdir(exist_ok=True)
         (args.out / "acl").write_text(acl_text())
         (args.out / "mosquitto.conf").write_text(

@@ -3,6 +3,7 @@ single-use pairing codes with attempt limits, transitions, certificate history."
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import stat
@@ -13,6 +14,7 @@ import asyncpg
 import pytest
 from cryptography import x509
 
+from aiopaho import MqttError
 from devices.ca import CertificateAuthority, make_csr, new_key
 from devices.errors import (
     DuplicateDevice,
@@ -23,7 +25,8 @@ from devices.errors import (
 )
 from devices.identity import new_device_id
 from devices.provisioning import provision, write_enrolment
-from devices.registry import PATIENT_FAILURES
+from devices.registry import DEVICE_FAILURES, PATIENT_FAILURES
+from devices.revocation import Revoker
 from healthiot.services import Core
 from tests.conftest import Pki, new_patient
 
@@ -207,3 +210,50 @@ async def test_a_renewed_certificate_joins_the_history(core: Core, pki: Pki) -> 
     with pytest.raises(UnknownDevice):
         await core.registry.add_certificate("watch-000000000000", second)
 
+
+
+async def test_guessing_spread_over_accounts_is_stopped_per_device(core: Core,
+                                                                   pki: Pki) -> None:
+    _, code, _ = await provisioned(core, pki.ca, "W-900")
+    per_patient, _ = PATIENT_FAILURES
+    per_device, window = DEVICE_FAILURES
+    guessers = [(await new_patient(core, f"guesser{i}"))[0]
+                for i in range(per_device // per_patient)]
+    for guesser in guessers:  # each stays under its own limit
+        for _ in range(per_patient):
+            with pytest.raises(PairingRefused):
+                await core.registry.pair(guesser, "W-900", "ZZZZZ-ZZZZZ")
+    owner, _, _ = await new_patient(core, "owner")
+    with pytest.raises(PairingThrottled) as caught:
+        await core.registry.pair(owner, "W-900", code)  # the device is shut for a while
+    assert 0 < caught.value.retry_after_s <= window.total_seconds()
+    later = dt.datetime.now(dt.UTC) + window + dt.timedelta(seconds=1)
+    assert (await core.registry.pair(owner, "W-900", code, now=later)).patient_id == owner
+
+
+async def test_two_patients_racing_with_the_right_code_one_wins(core: Core, pki: Pki) -> None:
+    device_id, code, _ = await provisioned(core, pki.ca, "W-950")
+    patients = [(await new_patient(core, f"racer{i}"))[0] for i in range(4)]
+    results = await asyncio.gather(*(core.registry.pair(p, "W-950", code) for p in patients),
+                                   return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, PairingRefused) for r in results if r not in winners)
+    assert (await core.registry.get(device_id)).patient_id == winners[0].patient_id
+
+
+async def test_a_broker_step_that_fails_leaves_the_revocation_in_force(core: Core,
+                                                                       pki: Pki) -> None:
+    alice, _, _ = await new_patient(core, "alice")
+    device_id, code, _ = await provisioned(core, pki.ca, "W-990")
+    await core.registry.pair(alice, "W-990", code)
+    ended: list[str] = []
+
+    async def broker_down(device: str) -> None:
+        ended.append(device)
+        raise MqttError("cannot connect to localhost:1: refused")
+
+    device = await Revoker(core.registry, None, broker_down).revoke(device_id)
+    assert device.state == "revoked" and not device.may_send
+    assert ended == [device_id]
+    assert (await core.registry.get(device_id)).state == "revoked"
