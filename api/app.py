@@ -12,6 +12,7 @@ from api import (
     clinician_routes,
     consent_routes,
     day_routes,
+    device_routes,
     fhir_routes,
     openapi,
     vitals_routes,
@@ -20,15 +21,20 @@ from api.limits import SignInGuard, TokenBucket, rate_limit_middleware
 from api.problems import problem_middleware, problem_response
 from api.requests import DEPS, ApiDeps
 from api.tokens import TokenError
+from devices.revocation import Revoker
 from storage.sessions import Sessions
 
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes)
+                 fhir_routes, device_routes)
 
 
-def create_app(deps: ApiDeps) -> web.Application:
+def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Application:
+    """The application. ``revoker`` publishes the CRL and ends live sessions when a device
+    is unpaired; without one (a process with no CA), unpairing still revokes the device in
+    the registry, so the bridge refuses its data, and the CRL waits for the next
+    publication."""
     app = web.Application(
         middlewares=[problem_middleware,
                      rate_limit_middleware(TokenBucket(deps.limits.requests_per_second,
@@ -37,6 +43,7 @@ def create_app(deps: ApiDeps) -> web.Application:
         client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
     app[account_routes.GUARD] = SignInGuard(deps.limits)
+    app[device_routes.REVOKER] = revoker or Revoker(deps.registry)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/.well-known/jwks.json", jwks)
     for module in ROUTE_MODULES:

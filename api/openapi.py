@@ -96,6 +96,13 @@ FEED = obj({"enabled": BOOL, "pending": INT, "sent": INT, "refused": INT,
             "last_refusal": {"type": ["string", "null"]}})
 ZONE = obj({"zone": STR, "history": {"type": "array", "items": obj(
     {"effective_from": STR, "zone": STR})}})
+OPT_STR: Schema = {"type": ["string", "null"]}
+DEVICE = obj({"id": STR, "model": STR, "serial": STR,
+              "state": {"type": "string",
+                        "enum": ["provisioned", "paired", "revoked", "retired"]},
+              "firmware_version": OPT_STR, "last_seen": OPT_STR, "state_changed_at": OPT_STR,
+              "battery": {"oneOf": [{"type": "null"},
+                                    obj({"percent": INT, "at": OPT_STR})]}})
 DEVICE_ORDER = obj({"metric": STR, "device_ids": {"type": "array", "items": STR}})
 
 PATHS: dict[str, dict[str, Schema]] = {
@@ -176,6 +183,15 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": op("my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM]),
         "put": op("set my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM],
                   request=obj({"device_ids": {"type": "array", "items": STR}}, closed=True))},
+    "/v1/me/devices": {"get": op(
+        "my devices: state, last seen, battery when known",
+        obj({"devices": {"type": "array", "items": DEVICE}}))},
+    "/v1/me/devices/pair": {"post": op(
+        "pair a device with its serial and the code it shows", DEVICE, status="201",
+        request=obj({"serial": STR, "pairing_code": STR}, closed=True))},
+    "/v1/me/devices/{device_id}": {"delete": op(
+        "unpair a device: its certificate is revoked", None, status="204",
+        params=[p("device_id", STR)])},
     "/v1/clinicians/login": {"post": op(
         "clinician sign-in with password and code", TOKENS, secure=False,
         request=obj({"username": STR, "password": STR, "totp": STR}, closed=True))},

@@ -12,6 +12,9 @@ from pathlib import Path
 from devices.identity import SERVICE_PREFIX
 
 BRIDGE_IDENTITY = f"{SERVICE_PREFIX}bridge"
+# Ends revoked devices' live sessions by taking over their client id (devices/sessions.py);
+# it needs no ACL entry: it neither publishes nor subscribes.
+REVOKER_IDENTITY = f"{SERVICE_PREFIX}revoker"
 TELEMETRY_FILTER = "devices/+/telemetry"
 SHARED_TELEMETRY = f"$share/ingest/{TELEMETRY_FILTER}"
 # AEAD suites only: Mosquitto's default list still admits CBC (ANSSI TLS guide, R5/R6).
@@ -43,6 +46,10 @@ class BrokerFiles:
     key: Path
     acl: Path
     persistence_dir: Path
+    # The device CA's CRL. Mosquitto refuses to start when a configured crlfile is missing,
+    # so it is named only once it exists; after that, rewriting it and sending SIGHUP makes
+    # the broker refuse revoked certificates at their next handshake.
+    crl: Path | None = None
 
 
 def acl_text() -> str:
@@ -86,6 +93,7 @@ def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int) -> str:
         f"certfile {files.cert}",
         f"keyfile {files.key}",
         "require_certificate true",
+        *([f"crlfile {files.crl}"] if files.crl is not None and files.crl.exists() else []),
         "use_identity_as_username true",
         "tls_version tlsv1.2",
         f"ciphers {TLS12_CIPHERS}",

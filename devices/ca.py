@@ -7,7 +7,8 @@ Layout under the PKI directory (keys owner-only):
     device-ca.pem/key the online CA that signs device and service client certificates
     clients-ca.pem    device CA + root: the chain the broker needs to verify a client
 
-Device certificates are issued only from a CSR: the device makes its key and keeps it.
+Device certificates are issued only from a CSR: the device makes its key and keeps it. The
+device CA also signs the certificate revocation list the broker checks at each handshake.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,9 @@ DEVICE_VALIDITY = dt.timedelta(days=365)
 SERVER_VALIDITY = dt.timedelta(days=397)  # the longest lifetime browsers accept
 CA_VALIDITY = dt.timedelta(days=3650)
 _CLOCK_SKEW = dt.timedelta(minutes=5)  # a device clock slightly behind still accepts the cert
+# OpenSSL refuses every client once a CRL is past its nextUpdate, so a CRL must be
+# re-signed well before then: each revocation does, and so does `healthiot devices crl`.
+CRL_VALIDITY = dt.timedelta(days=30)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -162,6 +167,28 @@ class CertificateAuthority:
             .sign(self.device_key, hashes.SHA256())
         )
         return cert_pem(cert)
+
+    def crl(self, revoked: Iterable[tuple[int, dt.datetime]], *,
+            validity: dt.timedelta = CRL_VALIDITY) -> bytes:
+        """A PEM CRL of the device CA listing ``revoked`` (serial, revocation time).
+
+        The broker verifies the leaf certificate only (OpenSSL's CRL_CHECK without
+        CRL_CHECK_ALL), and every client certificate is signed by the device CA, so this one
+        list covers devices and services alike."""
+        now = _now()
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(self.device_ca.subject)
+                   .last_update(now - _CLOCK_SKEW)
+                   .next_update(now + validity)
+                   .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       self.device_key.public_key()), critical=False))
+        for serial, at in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(at.astimezone(dt.UTC)).build())
+        crl = builder.sign(self.device_key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
 
     def issue_server(self, hostnames: list[str]) -> tuple[bytes, bytes]:
         """A server key and certificate (serverAuth) for the broker or the API."""

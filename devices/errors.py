@@ -2,7 +2,11 @@
 
     DeviceError
     ├── CertificateRequestError (also ValueError): a CSR that the CA will not sign
-    └── UnknownDevice (also LookupError): no such device in the registry
+    ├── UnknownDevice (also LookupError): no such device in the registry (or not yours)
+    ├── InvalidTransition (also ValueError): a life-cycle change the states do not allow
+    ├── DuplicateDevice (also ValueError): that id, or that model and serial, exists
+    └── PairingRefused: a serial and pairing code that pair nothing
+        └── PairingThrottled: too many wrong codes lately; ``retry_after_s`` says when
 """
 
 
@@ -15,4 +19,32 @@ class CertificateRequestError(DeviceError, ValueError):
 
 
 class UnknownDevice(DeviceError, LookupError):
-    """The registry holds no device with that id."""
+    """The registry holds no device with that id (for that patient, when one is named)."""
+
+
+class InvalidTransition(DeviceError, ValueError):
+    """The device's state does not allow the requested change; the message names both."""
+
+    def __init__(self, device_id: str, current: str, wanted: str,
+                 allowed: frozenset[str]) -> None:
+        options = ", ".join(sorted(allowed)) or "nothing (final state)"
+        super().__init__(f"device {device_id} is {current}: it cannot become {wanted} "
+                         f"(from {current}: {options})")
+        self.device_id, self.current, self.wanted = device_id, current, wanted
+
+
+class DuplicateDevice(DeviceError, ValueError):
+    """A device with that id, or that model and serial, is already registered."""
+
+
+class PairingRefused(DeviceError):
+    """No device waiting to be paired matches that serial and code. Deliberately vague:
+    the caller learns nothing about serials that are not theirs."""
+
+
+class PairingThrottled(PairingRefused):
+    """Too many wrong pairing codes in the window; try again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

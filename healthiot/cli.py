@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from devices.identity import MODELS
 from healthiot import logs
 from healthiot.errors import HealthiotError
 from healthiot.settings import Settings, load
@@ -58,11 +59,38 @@ def _parser() -> argparse.ArgumentParser:
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
     ca_sub.add_parser("init", help="create the root and device CA under var/pki (idempotent)")
 
+    dev = sub.add_parser("devices", help="device registry: factory provisioning, revocation")
+    dev_sub = dev.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    prov = dev_sub.add_parser(
+        "provision", help="issue a certificate from the CSR the device made (its key never "
+        "leaves it) and register it with a pairing code")
+    prov.add_argument("--model", required=True, choices=MODELS)
+    prov.add_argument("--serial", required=True)
+    prov.add_argument("--out", type=Path, required=True,
+                      help="directory the device loads: device.pem, ca.pem, enrolment.json")
+    prov.add_argument("--csr", type=Path, default=None,
+                      help="the device's CSR, CN = its device id (default: OUT/device.csr)")
+    prov.add_argument("--firmware", default=None, help="firmware version at the factory")
+    revoke = dev_sub.add_parser("revoke", help="revoke a device: registry, CRL, broker reload")
+    revoke.add_argument("device_id")
+    revoke.add_argument("--revoker-cert", type=Path, default=None,
+                        help="service certificate (CN svc-revoker) that takes over the live "
+                        "session (default: PKI/services/revoker.pem)")
+    revoke.add_argument("--revoker-key", type=Path, default=None)
+    crl = dev_sub.add_parser("crl", help="re-sign the CRL from the registry (do it monthly)")
+    for p in (prov, revoke, crl):
+        p.add_argument("--pki", type=Path, default=None,
+                       help="directory of the device CA (default: var/pki)")
+    for p in (revoke, crl):
+        p.add_argument("--crl-file", type=Path, default=None,
+                       help="the broker's crlfile (default: the embedded broker's)")
+
     broker = sub.add_parser("broker-config",
                             help="write mosquitto.conf and the ACL file for a deployment")
     broker.add_argument("--out", type=Path, required=True, help="directory to write to")
     broker.add_argument("--certs", type=Path, required=True,
-                        help="directory holding clients-ca.pem, broker.pem, broker.key")
+                        help="directory holding clients-ca.pem, broker.pem, broker.key "
+                        "and, once devices are revoked, device-ca.crl")
     broker.add_argument("--port", type=int, default=8883)
     broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
 
@@ -114,6 +142,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db":
         from healthiot.daemons import migrate_only
         return asyncio.run(migrate_only(settings))
+    if args.command == "devices":
+        return asyncio.run(_devices(args, settings))
     if args.command == "ca":
         from devices.ca import CertificateAuthority
         ca = CertificateAuthority.load_or_create(settings.var_dir / "pki")
@@ -123,7 +153,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf
         args.out.mkdir(parents=True, exist_ok=True)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
-                            args.certs / "broker.key", args.out / "acl", args.out / "data")
+                            args.certs / "broker.key", args.out / "acl", args.out / "data",
+                            crl=args.certs / "device-ca.crl")  # named if it is there
         files.persistence_dir.mkdir(exist_ok=True)
         (args.out / "acl").write_text(acl_text())
         (args.out / "mosquitto.conf").write_text(
@@ -132,6 +163,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "totp":
         return _print_totp(settings, args.username)
     raise AssertionError(args.command)
+
+
+async def _devices(args: argparse.Namespace, settings: Settings) -> int:
+    from healthiot import device_admin
+    if args.devices_command == "provision":
+        return await device_admin.provision_device(
+            settings, model=args.model, serial=args.serial, out=args.out, csr=args.csr,
+            pki=args.pki, firmware=args.firmware)
+    if args.devices_command == "revoke":
+        return await device_admin.revoke_device(
+            settings, args.device_id, pki=args.pki, crl_file=args.crl_file,
+            revoker_cert=args.revoker_cert, revoker_key=args.revoker_key)
+    return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)
 
 
 def _print_totp(settings: Settings, username: str) -> int:

@@ -126,6 +126,10 @@ class _Child:
             raise ServerUnavailable(f"{self.name} exited with status {self.process.returncode}; "
                                     f"last lines of {self.log_file}:\n{_tail(self.log_file)}")
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
     def stop(self, first_signal: signal.Signals) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
@@ -215,14 +219,30 @@ class MosquittoServer:
     """A Mosquitto broker with our generated configuration: one mTLS listener, nothing else."""
 
     def __init__(self, directory: Path, *, port: int, bind: str, clients_ca: bytes,
-                 cert: bytes, key: bytes, log_file: Path) -> None:
+                 cert: bytes, key: bytes, log_file: Path, crl: bytes | None = None) -> None:
         self.directory, self.port, self.bind = directory, port, bind
         self._material = {"clients-ca.pem": clients_ca, "broker.pem": cert, "broker.key": key}
+        self._crl = crl  # the first CRL; later ones are written to crl_file, then reload()
         self._child = _Child("mosquitto", log_file)
 
     @property
     def config_file(self) -> Path:
         return self.directory / "mosquitto.conf"
+
+    @property
+    def crl_file(self) -> Path:
+        """Where the broker reads the device CA's CRL (named in the config if it exists)."""
+        return self.directory / "device-ca.crl"
+
+    @property
+    def pid_file(self) -> Path:
+        """Written by us (Mosquitto writes one only as a daemon): `healthiot devices revoke`
+        finds the broker to reload through it."""
+        return self.directory / "mosquitto.pid"
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reloads its certificates and CRL (live sessions stay up)."""
+        self._child.send_signal(signal.SIGHUP)
 
     def write_config(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -231,11 +251,15 @@ class MosquittoServer:
             path = self.directory / name
             path.write_bytes(data)
             os.chmod(path, 0o600)
+        if self._crl is not None and not self.crl_file.exists():
+            self.crl_file.write_bytes(self._crl)
+            os.chmod(self.crl_file, 0o644)  # public, and rewritten by the CRL publisher
         files = BrokerFiles(clients_ca=self.directory / "clients-ca.pem",
                             cert=self.directory / "broker.pem",
                             key=self.directory / "broker.key",
                             acl=self.directory / "acl",
-                            persistence_dir=self.directory / "data")
+                            persistence_dir=self.directory / "data",
+                            crl=self.crl_file)
         files.persistence_dir.mkdir(exist_ok=True)
         files.acl.write_text(acl_text())
         self.config_file.write_text(mosquitto_conf(files, bind=self.bind, port=self.port))
@@ -254,6 +278,8 @@ class MosquittoServer:
         # the parent-death signal that keeps it from outliving us.
         self._child.spawn([find_binary("mosquitto"), "-c", str(self.config_file)],
                           user="mosquitto" if running_as_root() else None)
+        if self._child.process is not None:
+            self.pid_file.write_text(f"{self._child.process.pid}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
         while port_is_free(self.port, self.bind):
             self._child.check_alive()
@@ -264,10 +290,12 @@ class MosquittoServer:
 
     def stop(self) -> None:
         self._child.stop(signal.SIGTERM)
+        self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Stop without a clean shutdown (fault tests)."""
         self._child.stop(signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
 
     def check_alive(self) -> None:
         self._child.check_alive()

@@ -17,7 +17,9 @@ import aiohttp
 
 from api.tokens import TokenService
 from broker_bridge.bridge import Bridge
-from broker_bridge.connection import connect_properties
+from broker_bridge.connection import connect_properties, tls_context
+from devices.revocation import CrlPublisher, Revoker
+from devices.sessions import SessionTakeover
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
 from healthiot.localservers import MosquittoServer, PostgresServer
@@ -124,9 +126,11 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
                               issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         session = await resources.enter_async_context(aiohttp.ClientSession())
+        broker = next(s for s in servers if isinstance(s, MosquittoServer))
+        revoker = await _revoker(settings, materials, core, broker)
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
-                                 oidc=oidc_verifier(settings, session))
+                                 oidc=oidc_verifier(settings, session), revoker=revoker)
         resources.push_async_callback(runner.cleanup)
         upkeep = asyncio.create_task(
             maintenance(core, settings).run_forever(settings.maintenance_interval_s),
@@ -156,6 +160,18 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
+
+
+async def _revoker(settings: Settings, materials: stack.Materials, core: Core,
+                   broker: MosquittoServer) -> Revoker:
+    """Unpairing in the embedded stack: CRL into the broker's crlfile plus SIGHUP, then a
+    session takeover. The CRL is re-signed now, so one from a long-stopped run (past its
+    nextUpdate, which would bar every client) never stays in place."""
+    publisher = CrlPublisher(core.registry, materials.ca, broker.crl_file, broker.reload)
+    await publisher.publish()
+    takeover = SessionTakeover(settings.mqtt_host, settings.mqtt_port, tls_context(
+        materials.ca.ca_file, materials.revoker_cert, materials.revoker_key))
+    return Revoker(core.registry, publisher, takeover)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -20,6 +20,7 @@ from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import make_client, tls_context
 from devices.registry import Registry
+from devices.revocation import Revoker
 from healthiot.settings import Settings
 from storage.audit import Audit
 from storage.crypto import KekRing, KeyProvider, LocalKeyFile
@@ -70,9 +71,10 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
-                    tls: ssl.SSLContext, oidc: OidcVerifier | None = None) -> web.AppRunner:
+                    tls: ssl.SSLContext, oidc: OidcVerifier | None = None,
+                    revoker: Revoker | None = None) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
-                             core.audit, tokens, oidc))
+                             core.audit, tokens, oidc), revoker=revoker)
     # No access log: who read what is in the audit log, and URLs can carry personal data.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()

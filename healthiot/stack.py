@@ -14,7 +14,7 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from devices.broker_config import BRIDGE_IDENTITY
+from devices.broker_config import BRIDGE_IDENTITY, REVOKER_IDENTITY
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.settings import Settings
@@ -47,6 +47,8 @@ class Materials:
     jwt_key: Path
     kek: Path
     db_password: str
+    revoker_cert: Path  # the service identity that ends a revoked device's live session
+    revoker_key: Path
 
 
 def _server_pair(ca: CertificateAuthority, directory: Path, name: str) -> tuple[Path, Path]:
@@ -58,6 +60,16 @@ def _server_pair(ca: CertificateAuthority, directory: Path, name: str) -> tuple[
     return cert, key
 
 
+def _service_pair(ca: CertificateAuthority, directory: Path, name: str,
+                  identity: str) -> tuple[Path, Path]:
+    cert, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    if not (cert.exists() and key_file.exists()):
+        key = new_key()  # a service, like a device, makes its key and sends a CSR
+        write_private(key_file, key_pem(key))
+        cert.write_bytes(ca.issue_client(make_csr(key, identity), service=True))
+    return cert, key_file
+
+
 def prepare(settings: Settings) -> Materials:
     """Create (first run) or load the development PKI, keys and secrets under var/."""
     var = settings.var_dir
@@ -66,11 +78,8 @@ def prepare(settings: Settings) -> Materials:
     services.mkdir(parents=True, exist_ok=True)
     broker_cert, broker_key = _server_pair(ca, services, "broker")
     api_cert, api_key = _server_pair(ca, services, "api")
-    bridge_cert, bridge_key = services / "bridge.pem", services / "bridge.key"
-    if not (bridge_cert.exists() and bridge_key.exists()):
-        key = new_key()  # the bridge, like a device, makes its key and sends a CSR
-        write_private(bridge_key, key_pem(key))
-        bridge_cert.write_bytes(ca.issue_client(make_csr(key, BRIDGE_IDENTITY), service=True))
+    bridge_cert, bridge_key = _service_pair(ca, services, "bridge", BRIDGE_IDENTITY)
+    revoker_cert, revoker_key = _service_pair(ca, services, "revoker", REVOKER_IDENTITY)
     keys = var / "keys"
     jwt_key = settings.path("jwt_key_file", "keys/jwt-signing.key")
     if not jwt_key.exists():
@@ -79,7 +88,7 @@ def prepare(settings: Settings) -> Materials:
     kek = settings.path("kek_file", "keys/kek.bin")
     db_password = settings.database_password or _secret_text(var / "secrets" / "postgres-password")
     return Materials(ca, broker_cert, broker_key, bridge_cert, bridge_key, api_cert, api_key,
-                     jwt_key, kek, db_password)
+                     jwt_key, kek, db_password, revoker_cert, revoker_key)
 
 
 def load_jwt_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -101,7 +110,8 @@ def mosquitto_server(settings: Settings, materials: Materials) -> MosquittoServe
                            bind="127.0.0.1", clients_ca=materials.ca.clients_ca_file.read_bytes(),
                            cert=materials.broker_cert.read_bytes(),
                            key=materials.broker_key.read_bytes(),
-                           log_file=settings.var_dir / "log" / "mosquitto.log")
+                           log_file=settings.var_dir / "log" / "mosquitto.log",
+                           crl=materials.ca.crl([]))  # re-signed from the registry at start
 
 
 async def ensure_database(server_dsn: str, password: str, name: str) -> None:

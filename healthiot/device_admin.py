@@ -1,0 +1,143 @@
+"""``healthiot devices ...``: the factory station and the operator's side of the registry.
+
+They reach the database named by the settings, or the embedded stack's while ``healthiot
+run`` is up, and the device CA under ``--pki`` (default var/pki).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import asyncpg
+
+from broker_bridge.connection import tls_context
+from devices.ca import CertificateAuthority
+from devices.errors import DeviceError
+from devices.provisioning import provision, write_enrolment
+from devices.registry import Registry
+from devices.revocation import CrlPublisher, Revoker
+from devices.sessions import SessionTakeover
+from healthiot import stack
+from healthiot.errors import SettingsError
+from healthiot.settings import Settings
+from storage.audit import Audit
+
+
+def crl_path(settings: Settings, given: Path | None) -> Path:
+    """Where the broker's ``crlfile`` points: given, or the embedded broker's."""
+    return given or settings.var_dir / "mosquitto" / "device-ca.crl"
+
+
+def _reload_embedded_broker(settings: Settings) -> None:
+    """SIGHUP the embedded broker if it runs (its pid file is written by ``healthiot run``);
+    a deployment's broker is reloaded by its own supervisor (compose: ``kill -s HUP``)."""
+    pid_file = settings.var_dir / "mosquitto" / "mosquitto.pid"
+    try:
+        pid = int(pid_file.read_text())
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "mosquitto":
+            return  # a stale file naming another process: never signal it
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return
+
+
+def _takeover(settings: Settings, pki: Path, cert: Path | None,
+              key: Path | None) -> SessionTakeover | None:
+    """The session takeover, when a revoker service identity is at hand (the embedded
+    stack makes one under var/pki/services); None otherwise."""
+    cert = cert or pki / "services" / "revoker.pem"
+    key = key or pki / "services" / "revoker.key"
+    if not (cert.exists() and key.exists()):
+        return None
+    ca_file = settings.mqtt_ca_file or pki / "ca.pem"
+    return SessionTakeover(settings.mqtt_host, settings.mqtt_port,
+                           tls_context(ca_file, cert, key))
+
+
+async def _pool(settings: Settings) -> asyncpg.Pool:
+    if settings.database_url:
+        dsn, password = settings.database_url, settings.database_password
+    else:
+        secret = settings.var_dir / "secrets" / "postgres-password"
+        if not secret.exists():
+            raise SettingsError("no database: set HEALTHIOT_DATABASE_URL, or start the "
+                                "embedded stack with `healthiot run` first")
+        dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+        password = secret.read_text().strip()
+    try:
+        return await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=2,
+                                         timeout=10, command_timeout=30)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SettingsError(f"cannot reach the database: {exc}") from None
+
+
+async def provision_device(settings: Settings, *, model: str, serial: str, out: Path,
+                           csr: Path | None, pki: Path | None,
+                           firmware: str | None) -> int:
+    """Issue the certificate for the CSR the device made and register it as provisioned;
+    write the device's enrolment into ``out``; print the id and the pairing code."""
+    csr_file = csr or out / "device.csr"
+    try:
+        csr_pem = csr_file.read_bytes()
+    except OSError:
+        raise SettingsError(f"no CSR at {csr_file}: the device makes its key and CSR "
+                            "(its CN is its device id) and hands over the CSR") from None
+    ca = CertificateAuthority.load_or_create(pki or settings.var_dir / "pki")
+    pool = await _pool(settings)
+    try:
+        enrolment, cert = await provision(
+            Registry(pool), ca, model=model, serial=serial, csr_pem=csr_pem,
+            broker_host=settings.mqtt_host, broker_port=settings.mqtt_port,
+            firmware_version=firmware)
+    except DeviceError as exc:
+        raise SettingsError(str(exc)) from None
+    finally:
+        await pool.close()
+    await asyncio.to_thread(write_enrolment, out, enrolment, cert, ca)
+    print(f"provisioned {enrolment.device_id} ({model}, serial {serial}) into {out}\n"
+          f"pairing code (the device shows it): {enrolment.pairing_code}")
+    return 0
+
+
+async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
+                        crl_file: Path | None, revoker_cert: Path | None = None,
+                        revoker_key: Path | None = None) -> int:
+    """Revoke a device as unpairing does: registry, certificate history, CRL, broker
+    reload, and the live session taken over when a revoker identity is available."""
+    pki = pki or settings.var_dir / "pki"
+    ca = CertificateAuthority.load_or_create(pki)
+    takeover = _takeover(settings, pki, revoker_cert, revoker_key)
+    pool = await _pool(settings)
+    try:
+        registry = Registry(pool)
+        publisher = CrlPublisher(registry, ca, crl_path(settings, crl_file),
+                                 lambda: _reload_embedded_broker(settings))
+        try:
+            device = await Revoker(registry, publisher, takeover).revoke(device_id)
+        except DeviceError as exc:
+            raise SettingsError(str(exc)) from None
+        await Audit(pool).record(actor="operator:cli", patient_id=device.patient_id,
+                                 action="device", resource=f"device/{device_id}",
+                                 outcome="revoked")
+    finally:
+        await pool.close()
+    print(f"revoked {device_id}; CRL written to {publisher.path}; live session "
+          + ("taken over" if takeover else "not ended (no revoker identity: --revoker-cert)"))
+    return 0
+
+
+async def publish_crl(settings: Settings, *, pki: Path | None, crl_file: Path | None) -> int:
+    """Re-sign the CRL from the registry (before it expires, or after a lost publication)."""
+    ca = CertificateAuthority.load_or_create(pki or settings.var_dir / "pki")
+    pool = await _pool(settings)
+    try:
+        publisher = CrlPublisher(Registry(pool), ca, crl_path(settings, crl_file),
+                                 lambda: _reload_embedded_broker(settings))
+        count = await publisher.publish()
+    finally:
+        await pool.close()
+    print(f"CRL with {count} revoked certificate(s) written to {publisher.path}")
+    return 0
