@@ -16,6 +16,7 @@ test: system-deps venv
 bench: system-deps venv
 	$(BIN)/python bench/bench_decisions.py
 	$(BIN)/python bench/bench_storage.py
+	$(BIN)/python bench/bench_ingest.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,0 +1,288 @@
+"""Ingestion, measured side by side in one run on a stack of its own (PostgreSQL, Mosquitto
+with mTLS, QoS 1, SenML JSON of 60 heart-rate samples per message):
+
+(a) the ceiling: a bare paho subscriber that only acks, draining a backlog of messages
+    queued for it by the broker;
+(b) the full pipeline (the bridge: decode, normalise, seal, COPY, commit, then ack), draining
+    the same number of messages queued the same way;
+(c) publish-to-commit latency with devices publishing at half of (b)'s rate.
+
+Draining a queued backlog measures the consumer alone; the publishers ran before. The ratio
+(b)/(a) is what to compare across machines. Last line:
+``bench: samples_per_s=<n> msgs_per_s=<n> ratio=<r> p99_ms=<n> lost=<n> dup=<n>``.
+Run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient
+from api import totp
+from broker_bridge.bridge import Bridge, BridgeConfig
+from broker_bridge.connection import connect_properties, make_client, tls_context
+from devices.broker_config import SHARED_TELEMETRY
+from devices.ca import key_pem, make_csr, new_key, write_private
+from devices.identity import new_device_id
+from healthiot import stack
+from healthiot.localservers import free_port
+from healthiot.services import open_core
+from healthiot.settings import load
+from storage.store import MessageIn
+from vitals.senml import CONTENT_TYPE_JSON, encode_json
+
+DEVICES = 20
+BACKLOG = 20_000  # messages per drained phase: 1.2 million samples
+SAMPLES = 60  # per message, a minute of 1 Hz heart rate
+LATENCY_S = 15  # length of the paced phase
+BATCH = 500
+
+
+# --- devices, in a process of their own ------------------------------------------------
+
+
+def _payload(device_id: str, seq: int, now: float) -> bytes:
+    start = now - SAMPLES
+    return encode_json(f"{device_id}/", [("heart_rate", "/min", start + i, 60.0 + (seq + i) % 40)
+                                         for i in range(SAMPLES)])
+
+
+def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first_seq: int,
+             per_device: int, rate: float | None,
+             out: mp.Queue[list[tuple[str, int, float]]]) -> None:
+    """Publish seq first_seq.. for every device, round robin, all at once or at ``rate``
+    messages per second; report [(device, seq, publish time)] once all are PUBACKed."""
+    clients = []
+    for device_id, cert, key in devices:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
+                             protocol=mqtt.MQTTv5)
+        client.tls_set_context(tls_context(Path(ca_file), Path(cert), Path(key)))
+        client.max_inflight_messages_set(200)
+        client.max_queued_messages_set(0)
+        client.connect("localhost", port)
+        client.loop_start()
+        clients.append(client)
+    sent: list[tuple[str, int, float]] = []
+    infos = []
+    begin = time.time()
+    n = 0
+    for k in range(per_device):
+        seq = first_seq + k
+        for (device_id, _, _), client in zip(devices, clients, strict=True):
+            if rate is not None:
+                delay = begin + n / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = CONTENT_TYPE_JSON
+            props.UserProperty = ("seq", str(seq))
+            now = time.time()
+            infos.append(client.publish(f"devices/{device_id}/telemetry",
+                                        _payload(device_id, seq, now), qos=1, properties=props))
+            sent.append((device_id, seq, now))
+            n += 1
+    for info in infos:
+        info.wait_for_publish(60)
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+    out.put(sent)
+
+
+Publishing = tuple[BaseProcess, "mp.Queue[list[tuple[str, int, float]]]"]
+
+
+def publish(devices: list[tuple[str, str, str]], ca_file: Path, port: int, first_seq: int,
+            per_device: int, rate: float | None = None) -> Publishing:
+    spawn = mp.get_context("spawn")
+    out: mp.Queue[list[tuple[str, int, float]]] = spawn.Queue()
+    process = spawn.Process(
+        target=_publish, args=(devices, str(ca_file), port, first_seq, per_device, rate, out))
+    process.start()
+    return process, out
+
+
+def published(publishing: Publishing) -> list[tuple[str, int, float]]:
+    process, out = publishing
+    sent = out.get(timeout=600)
+    process.join(30)
+    return sent
+
+
+# --- consumers ----------------------------------------------------------------------------
+
+
+def _session(client_id: str, context: object, port: int, *, manual_ack: bool,
+             on_message: object = None) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    client.tls_set_context(context)  # type: ignore[arg-type]
+    if on_message is not None:
+        client.on_message = on_message  # type: ignore[assignment]
+    client.connect("localhost", port, clean_start=False,
+                   properties=connect_properties(2 * BATCH))
+    return client
+
+
+def open_session(client_id: str, context: object, port: int) -> None:
+    """Subscribe once and leave: the broker queues telemetry for the session from now on."""
+    client = _session(client_id, context, port, manual_ack=False)
+    client.loop_start()
+    client.subscribe(SHARED_TELEMETRY, qos=1)
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def drain_bare(client_id: str, context: object, port: int, expected: int) -> float:
+    """(a) A no-op subscriber: paho's own loop, auto-ack; seconds from first to last."""
+    received = 0
+    first = last = 0.0
+    done = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+        nonlocal received, first, last
+        received += 1
+        last = time.perf_counter()
+        if received == 1:
+            first = last
+        if received >= expected:
+            done.set()
+
+    client = _session(client_id, context, port, manual_ack=False, on_message=on_message)
+    client.loop_start()
+    if not done.wait(600):
+        raise RuntimeError(f"the bare subscriber got {received} of {expected}")
+    client.disconnect(properties=_end_session())
+    client.loop_stop()
+    return last - first
+
+
+def _end_session() -> Properties:
+    props = Properties(PacketTypes.DISCONNECT)
+    props.SessionExpiryInterval = 0
+    return props
+
+
+class CommitClock:
+    """Wraps the store: the wall time at which each (device, seq) was committed."""
+
+    def __init__(self, store: object) -> None:
+        self.store = store
+        self.committed: dict[tuple[str, int], float] = {}
+        self._progress = asyncio.Event()
+
+    async def reach(self, count: int, timeout: float) -> None:
+        """Return once ``count`` messages are committed, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(self.committed) < count and time.monotonic() < deadline:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+
+    async def ingest(self, messages: list[MessageIn], quarantined: object = ()) -> int:
+        new: int = await self.store.ingest(messages, quarantined)  # type: ignore[attr-defined]
+        now = time.time()
+        for m in messages:
+            self.committed.setdefault((m.device_id, m.seq), now)
+        self._progress.set()
+        return new
+
+
+async def main(workdir: Path) -> str:
+    settings = load({"HEALTHIOT_VAR_DIR": str(workdir), "HEALTHIOT_PG_PORT": str(free_port()),
+                     "HEALTHIOT_MQTT_PORT": str(free_port())})
+    materials = stack.prepare(settings)
+    pg = stack.postgres_server(settings, materials)
+    broker = stack.mosquitto_server(settings, materials)
+    await pg.start()
+    await broker.start()
+    try:
+        dsn = pg.dsn.rsplit("/", 1)[0] + "/healthiot"
+        await stack.ensure_database(pg.dsn, materials.db_password, "healthiot")
+        await stack.migrate_database(dsn, materials.db_password)
+        core = await open_core(dsn, materials.db_password, materials.kek, create_kek=True)
+        patient = (await core.patients.create("bench", "x", totp.new_secret())).id
+        devices = []
+        for _ in range(DEVICES):
+            device_id, key = new_device_id("watch"), new_key()
+            cert = materials.ca.issue_client(make_csr(key, device_id))
+            key_file, cert_file = workdir / f"{device_id}.key", workdir / f"{device_id}.pem"
+            write_private(key_file, key_pem(key))
+            cert_file.write_bytes(cert)
+            await core.registry.register(device_id, model="watch", serial=device_id,
+                                         cert_pem=cert, patient_id=patient)
+            devices.append((device_id, str(cert_file), str(key_file)))
+        context = tls_context(materials.ca.ca_file, materials.bridge_cert, materials.bridge_key)
+        port, per_device = settings.mqtt_port, BACKLOG // DEVICES
+
+        # (a) the ceiling
+        open_session("svc-bench-bare", context, port)
+        published(publish(devices, materials.ca.ca_file, port, 1, per_device))
+        bare_s = await asyncio.to_thread(drain_bare, "svc-bench-bare", context, port, BACKLOG)
+        bare_rate = BACKLOG / bare_s
+
+        # (b) the pipeline, on a backlog queued the same way
+        open_session("svc-bench-bridge", context, port)
+        sent = published(publish(devices, materials.ca.ca_file, port, 1, per_device))
+        clock = CommitClock(core.store)
+        bridge = Bridge(AsyncClient(make_client("svc-bench-bridge", context),
+                                    queue_size=4 * BATCH),
+                        clock, core.registry, BridgeConfig(batch_size=BATCH))  # type: ignore[arg-type]
+        began = time.perf_counter()
+        task = asyncio.create_task(bridge.run("localhost", port, connect_properties(2 * BATCH)))
+        await clock.reach(BACKLOG, timeout=600)
+        pipeline_s = time.perf_counter() - began
+        pipeline_rate = BACKLOG / pipeline_s
+
+        # (c) latency at half the pipeline's rate, devices publishing live
+        paced = max(1, int(pipeline_rate / 2 * LATENCY_S / DEVICES))
+        live = published(publish(devices, materials.ca.ca_file, port, per_device + 1, paced,
+                                 rate=pipeline_rate / 2))
+        sent += live
+        await clock.reach(len(sent), timeout=120)
+        latencies = np.array([clock.committed[(d, s)] - t for d, s, t in live
+                              if (d, s) in clock.committed]) * 1000
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+
+        stored = {(r["device_id"], r["seq"]) for r in await core.pool.fetch(
+            "SELECT device_id, seq FROM ingested_messages")}
+        samples = await core.pool.fetchval("SELECT coalesce(sum(samples), 0) FROM segments")
+        lost = len({(d, s) for d, s, _ in sent} - stored)
+        dup = max(0, int(samples) - len(stored) * SAMPLES) // SAMPLES
+        await core.pool.close()
+    finally:
+        broker.stop()
+        pg.stop()
+
+    p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (float("nan"),) * 2
+    print(f"(a) bare paho subscriber: {bare_rate:,.0f} msg/s", file=sys.stderr)
+    print(f"(b) full pipeline: {pipeline_rate:,.0f} msg/s = {pipeline_rate * SAMPLES:,.0f} "
+          f"samples/s ({BACKLOG:,} messages of {SAMPLES} samples)", file=sys.stderr)
+    print(f"(c) at {pipeline_rate / 2:,.0f} msg/s: publish-to-commit p50 {p50:.1f} ms, "
+          f"p99 {p99:.1f} ms over {len(latencies):,} messages", file=sys.stderr)
+    return (f"bench: samples_per_s={pipeline_rate * SAMPLES:.0f} msgs_per_s={pipeline_rate:.0f} "
+            f"ratio={pipeline_rate / bare_rate:.2f} p99_ms={p99:.0f} lost={lost} dup={dup}")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="healthiot-bench-ingest-") as tmp:
+        Path(tmp).chmod(0o755)  # the postgres and mosquitto users must traverse it as root
+        print(asyncio.run(main(Path(tmp))))
