@@ -29,6 +29,7 @@ _KNOWN_FIELDS = frozenset({"bn", "bt", "bu", "bv", "bver", "n", "u", "v", "t", "
 _CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", 0: "n", 1: "u", 2: "v",
                 6: "t", 7: "ut", 3: "vs", 4: "vb", 5: "s", 8: "vd", -6: "bs"}
 _CBOR_NAMES = {name: label for label, name in _CBOR_LABELS.items()}
+_MAX_TEXT = 256  # names and units are short; a longer one is not SenML from a device
 _CBOR_MAX_DEPTH = 3  # array of maps of scalars: anything deeper is not SenML
 
 
@@ -101,13 +102,19 @@ def _decode_records(records: Any, received_at: float) -> Pack:
     if len(records) > MAX_RECORDS:
         raise PayloadError("oversized", f"{len(records)} records > {MAX_RECORDS}")
 
-    pack = Pack([], [], [], [])
+    metrics: list[str] = []
+    units: list[str] = []
+    times: list[float] = []
+    values: list[float] = []
+    metric_of: dict[str, str] = {}  # full name -> metric: a pack repeats a few names
     base_name, base_time, base_unit, base_value = "", 0.0, "", 0.0
+    # The loop runs once per sample: the common case (a float or an int, a short string)
+    # is checked inline; anything else goes through the thorough helpers, which raise.
     for index, record in enumerate(records):
-        if not isinstance(record, dict):
+        if type(record) is not dict:
             raise PayloadError("malformed", f"record {index} is not an object")
-        unknown = record.keys() - _KNOWN_FIELDS
-        if any(key.endswith("_") for key in unknown):  # RFC 8428 must-understand fields
+        if not _KNOWN_FIELDS.issuperset(record) and any(
+                key.endswith("_") for key in record.keys() - _KNOWN_FIELDS):
             raise PayloadError("malformed", f"record {index} has must-understand fields")
         if "bn" in record:
             base_name = _text(record, "bn", index)
@@ -121,23 +128,38 @@ def _decode_records(records: Any, received_at: float) -> Pack:
             if "n" in record or "u" in record:
                 raise PayloadError("malformed", f"record {index} has no numeric value 'v'")
             continue  # a base-only record
-        name = base_name + (_text(record, "n", index) if "n" in record else "")
-        metric = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        name = base_name
+        if "n" in record:
+            n = record["n"]
+            name += n if type(n) is str and len(n) <= _MAX_TEXT else _text(record, "n", index)
+        metric = metric_of.get(name)
+        if metric is None:
+            metric = metric_of[name] = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
         if not metric:
             raise PayloadError("malformed", f"record {index} has no name")
-        time = base_time + (_number(record, "t", index) if "t" in record else 0.0)
-        if abs(time) < _RELATIVE_TIME_LIMIT:
+        time = base_time
+        if "t" in record:
+            t = record["t"]
+            time += t if type(t) is float else _number(record, "t", index)
+        if -_RELATIVE_TIME_LIMIT < time < _RELATIVE_TIME_LIMIT:
             time += received_at
-        value = base_value + _number(record, "v", index)
-        if not (math.isfinite(time) and math.isfinite(value)):  # finite parts, infinite sum
+        v = record["v"]
+        value = base_value + (v if type(v) is float else _number(record, "v", index))
+        # One check covers NaN and infinities in a float field (JSON's NaN, Infinity, 1e400)
+        # and finite parts whose sum overflows; _number has refused non-finite others.
+        if not (math.isfinite(time) and math.isfinite(value)):
             raise PayloadError("malformed", f"record {index} resolves to a non-finite number")
-        pack.metrics.append(metric)
-        pack.units.append(_text(record, "u", index) if "u" in record else base_unit)
-        pack.times.append(time)
-        pack.values.append(value)
-    if not pack.values:
+        metrics.append(metric)
+        if "u" in record:
+            u = record["u"]
+            units.append(u if type(u) is str and len(u) <= _MAX_TEXT else _text(record, "u", index))
+        else:
+            units.append(base_unit)
+        times.append(time)
+        values.append(value)
+    if not values:
         raise PayloadError("malformed", "the pack holds no measurement")
-    return pack
+    return Pack(metrics, units, times, values)
 
 
 def encode_json(base_name: str, records: Sequence[tuple[str, str, float, float]]) -> bytes:
@@ -168,7 +190,7 @@ def _encode_records(base_name: str, records: Sequence[tuple[str, str, float, flo
 
 def _text(record: dict[str, object], key: str, index: int) -> str:
     value = record[key]
-    if not isinstance(value, str) or len(value) > 256:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
         raise PayloadError("malformed", f"record {index} field {key!r} is not a short string")
     return value
 
