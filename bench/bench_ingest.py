@@ -75,13 +75,18 @@ def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first
         client.connect("localhost", port)
         client.loop_start()
         clients.append(client)
+    # Payloads are made before the clock starts: the devices' own CPU is not the subject.
+    start = time.time()
+    payloads = [[_payload(device_id, first_seq + k, start) for device_id, _, _ in devices]
+                for k in range(per_device)]
     sent: list[tuple[str, int, float]] = []
     infos = []
     begin = time.time()
     n = 0
     for k in range(per_device):
         seq = first_seq + k
-        for (device_id, _, _), client in zip(devices, clients, strict=True):
+        for (device_id, _, _), client, payload in zip(devices, clients, payloads[k],
+                                                      strict=True):
             if rate is not None:
                 delay = begin + n / rate - time.time()
                 if delay > 0:
@@ -89,10 +94,9 @@ def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = CONTENT_TYPE_JSON
             props.UserProperty = ("seq", str(seq))
-            now = time.time()
-            infos.append(client.publish(f"devices/{device_id}/telemetry",
-                                        _payload(device_id, seq, now), qos=1, properties=props))
-            sent.append((device_id, seq, now))
+            infos.append(client.publish(f"devices/{device_id}/telemetry", payload, qos=1,
+                                        properties=props))
+            sent.append((device_id, seq, time.time()))
             n += 1
     for info in infos:
         info.wait_for_publish(60)
@@ -252,8 +256,9 @@ async def main(workdir: Path) -> str:
 
         # (c) latency at half the pipeline's rate, devices publishing live
         paced = max(1, int(pipeline_rate / 2 * LATENCY_S / DEVICES))
-        live = published(publish(devices, materials.ca.ca_file, port, per_device + 1, paced,
-                                 rate=pipeline_rate / 2))
+        # Waited for in a thread: the bridge shares this event loop and must keep running.
+        live = await asyncio.to_thread(published, publish(
+            devices, materials.ca.ca_file, port, per_device + 1, paced, rate=pipeline_rate / 2))
         sent += live
         await clock.reach(len(sent), timeout=120)
         latencies = np.array([clock.committed[(d, s)] - t for d, s, t in live
