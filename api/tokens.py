@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +44,17 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 class TokenService:
-    """Signs and verifies access tokens with one ES256 key (rotation by ``kid`` later)."""
+    """Signs with one ES256 key; verifies with it and the ``other_keys``, all published in
+    the JWKS under their ``kid``. Rotation without a sign-out: publish the next key as an
+    other key first (clients and replicas learn it), then sign with it while the previous
+    key stays an other key for one access-token lifetime, then drop it."""
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey, *, issuer: str,
-                 audience: str) -> None:
+                 audience: str, other_keys: Sequence[ec.EllipticCurvePublicKey] = ()) -> None:
         self._private = private_key
         self._public = private_key.public_key()
         self.kid = key_id(self._public)
+        self._verifying = {self.kid: self._public} | {key_id(k): k for k in other_keys}
         self.issuer = issuer
         self.audience = audience
         self.ttl_s = ACCESS_TTL_S
@@ -69,10 +74,11 @@ class TokenService:
         """Verify a token; raises TokenError for anything short of a valid, current token."""
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("typ") != TOKEN_TYPE or header.get("kid") != self.kid:
+            key = self._verifying.get(str(header.get("kid")))
+            if header.get("typ") != TOKEN_TYPE or key is None:
                 raise TokenError("unknown token type or key")
             claims: dict[str, Any] = jwt.decode(
-                token, self._public, algorithms=["ES256"], audience=self.audience,
+                token, key, algorithms=["ES256"], audience=self.audience,
                 issuer=self.issuer, options={"require": _REQUIRED}, leeway=5)
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from None
@@ -86,6 +92,10 @@ class TokenService:
                       str(sid) if sid is not None else None)
 
     def jwks(self) -> dict[str, Any]:
-        jwk = json.loads(ECAlgorithm.to_jwk(self._public))
-        jwk.update({"kid": self.kid, "use": "sig", "alg": "ES256"})
-        return {"keys": [jwk]}
+        """Every key a valid token may name: the signing key first."""
+        keys = []
+        for kid, public in self._verifying.items():
+            jwk = json.loads(ECAlgorithm.to_jwk(public))
+            jwk.update({"kid": kid, "use": "sig", "alg": "ES256"})
+            keys.append(jwk)
+        return {"keys": keys}

@@ -13,7 +13,6 @@ from pathlib import Path
 import aiohttp
 
 from api import passwords, totp
-from api.tokens import TokenService
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
 from healthiot import stack
@@ -98,8 +97,7 @@ async def run_bridge(settings: Settings) -> int:
 async def run_api(settings: Settings) -> int:
     core = await _open_core(settings)
     try:
-        tokens = TokenService(stack.load_jwt_key(_required(settings, "jwt_key_file")),
-                              issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        tokens = stack.token_service(settings, _required(settings, "jwt_key_file"))
         async with aiohttp.ClientSession() as session:
             runner = await start_api(core, tokens, host=settings.api_host,
                                      port=settings.api_port,

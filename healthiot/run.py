@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from api.tokens import TokenService
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
 from devices.revocation import CrlPublisher, Revoker
@@ -123,8 +122,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         core = await open_core(dsn, materials.db_password, materials.kek,
                                create_kek=settings.environment == "development")
         resources.push_async_callback(core.pool.close)
-        tokens = TokenService(stack.load_jwt_key(materials.jwt_key),
-                              issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        tokens = stack.token_service(settings, materials.jwt_key)
         session = await resources.enter_async_context(aiohttp.ClientSession())
         broker = next(s for s in servers if isinstance(s, MosquittoServer))
         revoker = await _revoker(settings, materials, core, broker)

@@ -71,6 +71,9 @@ class Settings:
     jwt_issuer: str = field(default="https://localhost:8443", metadata=_doc(
         "iss of access tokens"))
     jwt_audience: str = field(default="healthiot-api", metadata=_doc("aud of access tokens"))
+    jwt_other_key_files: str = field(default="", metadata=_doc(
+        "comma-separated PEM files of keys that verify and are published beside the signing "
+        "key: the next key before a rotation, the previous one for 15 minutes after"))
 
     kek_file: Path | None = field(default=None, metadata=_doc(
         "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))

@@ -14,6 +14,7 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from api.tokens import TokenService
 from devices.broker_config import BRIDGE_IDENTITY, REVOKER_IDENTITY
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from healthiot.localservers import MosquittoServer, PostgresServer
@@ -96,6 +97,25 @@ def load_jwt_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} does not hold an EC private key")
     return key
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """The public half of a PEM file holding an EC public or private key."""
+    data = path.read_bytes()
+    key = (serialization.load_pem_private_key(data, None).public_key()
+           if b"PRIVATE KEY" in data else serialization.load_pem_public_key(data))
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"{path} does not hold an EC key")
+    return key
+
+
+def token_service(settings: Settings, signing_key: Path) -> TokenService:
+    """Access tokens signed with ``signing_key``; the other configured keys (the next one
+    before a rotation, the previous one after) verify too and are published."""
+    others = [load_public_key(Path(p.strip()))
+              for p in settings.jwt_other_key_files.split(",") if p.strip()]
+    return TokenService(load_jwt_key(signing_key), issuer=settings.jwt_issuer,
+                        audience=settings.jwt_audience, other_keys=others)
 
 
 def postgres_server(settings: Settings, materials: Materials) -> PostgresServer:

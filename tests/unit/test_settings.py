@@ -1,7 +1,11 @@
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from devices.ca import key_pem, write_private
+from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.settings import accepted_variables, load
 
@@ -51,3 +55,20 @@ def test_the_record_feed_and_sign_in_settings_are_checked_together():
               "HEALTHIOT_MQTT_KEY_FILE": "k", "HEALTHIOT_API_KEY_FILE": "k",
               "HEALTHIOT_JWT_KEY_FILE": "k", "HEALTHIOT_RECORD_FEED_URL": "http://x/fhir",
               "HEALTHIOT_RECORD_FEED_SENDER_OID": "1.2.3"})
+
+
+def test_other_jwt_keys_verify_and_are_published(tmp_path: Path) -> None:
+
+    current, previous, following = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    write_private(tmp_path / "current.key", key_pem(current))
+    write_private(tmp_path / "previous.key", key_pem(previous))  # a private PEM
+    (tmp_path / "next.pem").write_bytes(following.public_key().public_bytes(  # a public PEM
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    config = load({"HEALTHIOT_JWT_OTHER_KEY_FILES":
+                            f"{tmp_path / 'previous.key'}, {tmp_path / 'next.pem'}"})
+    service = stack.token_service(config, tmp_path / "current.key")
+    keys = service.jwks()["keys"]
+    assert len(keys) == 3 and not any("d" in k for k in keys)  # never a private part
+    old = stack.token_service(load({}), tmp_path / "previous.key")
+    token = old.issue("patient-1", methods=["pwd", "otp"])
+    assert service.verify(token).subject == "patient-1"

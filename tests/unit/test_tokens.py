@@ -220,3 +220,40 @@ def test_kid_is_the_rfc7638_thumbprint_of_the_public_key(service: TokenService) 
 def _es256(key: ec.EllipticCurvePrivateKey) -> Any:
     algorithm = jwt.get_algorithm_by_name("ES256")
     return lambda data: algorithm.sign(data, key)
+
+
+# --- rotation by kid -----------------------------------------------------------------------
+
+NEXT_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def test_rotation_by_kid_keeps_every_valid_token_valid_and_then_retires_the_old_key() -> None:
+    # 1. The next key is published before it signs anything: replicas and clients learn it.
+    before = TokenService(KEY, issuer=ISSUER, audience=AUDIENCE,
+                          other_keys=[NEXT_KEY.public_key()])
+    assert [k["kid"] for k in before.jwks()["keys"]] == [key_id(KEY.public_key()),
+                                                          key_id(NEXT_KEY.public_key())]
+    old_token = before.issue("patient-1", methods=["pwd", "otp"])
+    # 2. The switch: the next key signs, the previous one still verifies for a token's life.
+    during = TokenService(NEXT_KEY, issuer=ISSUER, audience=AUDIENCE,
+                          other_keys=[KEY.public_key()])
+    new_token = during.issue("patient-1", methods=["pwd", "otp"])
+    assert during.verify(old_token).subject == "patient-1"
+    assert before.verify(new_token).subject == "patient-1"  # a replica not yet switched
+    assert jwt.get_unverified_header(new_token)["kid"] == key_id(NEXT_KEY.public_key())
+    # 3. The previous key retired: its tokens stop, the new ones go on.
+    after = TokenService(NEXT_KEY, issuer=ISSUER, audience=AUDIENCE)
+    assert after.verify(new_token).subject == "patient-1"
+    refused(after, old_token)
+    assert [k["kid"] for k in after.jwks()["keys"]] == [after.kid]
+
+
+def test_a_published_key_verifies_only_tokens_naming_its_own_kid() -> None:
+    service = TokenService(KEY, issuer=ISSUER, audience=AUDIENCE,
+                           other_keys=[NEXT_KEY.public_key()])
+    # Signed by the next key but claiming the current kid: the kid picks the key, so no.
+    token = jwt.encode(claims(), NEXT_KEY, algorithm="ES256",
+                       headers={"kid": service.kid, "typ": TOKEN_TYPE})
+    refused(service, token)
+    refused(service, signed(service, ATTACKER_KEY,
+                            headers={"kid": key_id(ATTACKER_KEY.public_key())}))
