@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 
 from api import (
@@ -52,8 +54,20 @@ def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Applicat
     return app
 
 
+HEALTH_TIMEOUT_S = 2.0  # a probe that waits longer than this is as good as down
+
+
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Ready when the database answers: without it no route can do its job."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await request.app[DEPS].pool.fetchval("SELECT 1")
+    # InternalClientError: what asyncpg raises on a pooled connection the server dropped.
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError, TimeoutError):
+        return web.json_response({"status": "degraded", "database": "unreachable"},
+                                 status=503)
+    return web.json_response({"status": "ok", "database": "ok"})
 
 
 async def jwks(request: web.Request) -> web.Response:

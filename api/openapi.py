@@ -74,6 +74,14 @@ def op(summary: str, ok: Schema | None, *, status: str = "200", request: Schema 
     return out
 
 
+def _healthz() -> Schema:
+    out = op("ready: 200 when the database answers", obj({"status": STR}, {"database": STR}),
+             secure=False)
+    out["responses"]["503"] = {"description": "the database does not answer", "content": {
+        "application/json": {"schema": obj({"status": STR, "database": STR})}}}
+    return out
+
+
 def q(name: str, schema: Schema, required: bool = False) -> Schema:
     return {"name": name, "in": "query", "required": required, "schema": schema}
 
@@ -106,7 +114,7 @@ DEVICE = obj({"id": STR, "model": STR, "serial": STR,
 DEVICE_ORDER = obj({"metric": STR, "device_ids": {"type": "array", "items": STR}})
 
 PATHS: dict[str, dict[str, Schema]] = {
-    "/healthz": {"get": op("liveness", obj({"status": STR}), secure=False)},
+    "/healthz": {"get": _healthz()},
     "/.well-known/jwks.json": {"get": op("the keys that sign access tokens", obj(
         {"keys": {"type": "array"}}), secure=False)},
     "/openapi.json": {"get": op("this document", {"type": "object"}, secure=False)},

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming back
-_RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# InternalClientError: asyncpg's answer on a pooled connection the server dropped.
+_RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+              asyncpg.InternalClientError, TimeoutError)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,14 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from api.app import create_app
+from api.requests import ApiDeps
+from api.tokens import TokenService
 from broker_bridge import health
 from broker_bridge.connection import connect_properties
+from devices.ca import new_key
 from healthiot.localservers import MosquittoServer, PostgresServer, free_port
 from healthiot.services import Core, new_bridge, open_core
 from storage.migrate import migrate
@@ -199,3 +204,28 @@ async def test_bridge_killed_mid_stream_loses_nothing(core: Core, database: Data
                 process.wait(15)
         for sender in senders:
             await sender.close()
+
+
+async def test_api_health_follows_the_database(own_postgres: PostgresServer,
+                                               tmp_path: Path) -> None:
+    conn = await asyncpg.connect(own_postgres.dsn, password=own_postgres.password)
+    await migrate(conn)
+    await conn.close()
+    core = await open_core(own_postgres.dsn, own_postgres.password, tmp_path / "kek.bin",
+                           create_kek=True)
+    tokens = TokenService(new_key(), issuer="https://test", audience="test")
+    app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
+                             core.patients, core.audit, tokens))
+    try:
+        async with TestClient(TestServer(app)) as client:
+            assert (await client.get("/healthz")).status == 200
+            own_postgres.stop()
+            resp = await client.get("/healthz")
+            assert resp.status == 503 and (await resp.json())["database"] == "unreachable"
+            await own_postgres.start()
+
+            async def healthy() -> bool:
+                return (await client.get("/healthz")).status == 200
+            await wait_until(healthy)
+    finally:
+        await core.pool.close()
