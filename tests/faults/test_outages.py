@@ -84,6 +84,16 @@ async def own_postgres(workdir: Path) -> AsyncIterator[PostgresServer]:
         server.stop()
 
 
+async def core_on(server: PostgresServer, directory: Path) -> Core:
+    """The schema and the stores on ``server``; the caller closes the pool."""
+    conn = await asyncpg.connect(server.dsn, password=server.password)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return await open_core(server.dsn, server.password, directory / "kek.bin", create_kek=True)
+
+
 @pytest.fixture
 async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
     server = MosquittoServer(workdir / f"mosquitto-fault-{time.monotonic_ns()}",
@@ -102,11 +112,7 @@ async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
 async def test_database_restart_loses_nothing_and_health_shows_the_outage(
         own_postgres: PostgresServer, pki: Pki, broker: BrokerAddress,
         tmp_path: Path) -> None:
-    conn = await asyncpg.connect(own_postgres.dsn, password=own_postgres.password)
-    await migrate(conn)
-    await conn.close()
-    core = await open_core(own_postgres.dsn, own_postgres.password, tmp_path / "kek.bin",
-                           create_kek=True)
+    core = await core_on(own_postgres, tmp_path)
     patient, _, _ = await new_patient(core, "outage")
     senders = [PersistentSender(await new_watch(core, pki, broker, tmp_path, patient),
                                 broker.host, broker.port) for _ in range(2)]
@@ -208,11 +214,7 @@ async def test_bridge_killed_mid_stream_loses_nothing(core: Core, database: Data
 
 async def test_api_health_follows_the_database(own_postgres: PostgresServer,
                                                tmp_path: Path) -> None:
-    conn = await asyncpg.connect(own_postgres.dsn, password=own_postgres.password)
-    await migrate(conn)
-    await conn.close()
-    core = await open_core(own_postgres.dsn, own_postgres.password, tmp_path / "kek.bin",
-                           create_kek=True)
+    core = await core_on(own_postgres, tmp_path)
     tokens = TokenService(new_key(), issuer="https://test", audience="test")
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
                              core.patients, core.audit, tokens))
