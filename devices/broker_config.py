@@ -85,7 +85,7 @@ def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int) -> str:
         "log_type warning",
         "log_type notice",
         "connection_messages true",
-        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S%z",  # devices/takeover.py reads it
         "",
         f"listener {port} {bind}",
         "protocol mqtt",

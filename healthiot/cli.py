@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
                         "session (default: PKI/services/revoker.pem)")
     revoke.add_argument("--revoker-key", type=Path, default=None)
     crl = dev_sub.add_parser("crl", help="re-sign the CRL from the registry (do it monthly)")
+    watch = dev_sub.add_parser(
+        "watch-takeovers", help="follow the broker's log: record, count and log every "
+        "connection under another device's client id")
+    watch.add_argument("--log-file", type=Path, default=None,
+                       help="the broker's log, with connection messages (default: the "
+                       "embedded broker's)")
+    watch.add_argument("--metrics-host", default="127.0.0.1")
+    watch.add_argument("--metrics-port", type=int, default=9109,
+                       help="/metrics in the Prometheus text format; 0 turns it off")
     for p in (prov, revoke, crl):
         p.add_argument("--pki", type=Path, default=None,
                        help="directory of the device CA (default: var/pki)")
@@ -175,6 +184,11 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
         return await device_admin.revoke_device(
             settings, args.device_id, pki=args.pki, crl_file=args.crl_file,
             revoker_cert=args.revoker_cert, revoker_key=args.revoker_key)
+    if args.devices_command == "watch-takeovers":
+        from healthiot.daemons import run_takeover_watch
+        return await run_takeover_watch(
+            settings, args.log_file or settings.var_dir / "log" / "mosquitto.log",
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)
 
 

@@ -235,6 +235,11 @@ class MosquittoServer:
         return self.directory / "device-ca.crl"
 
     @property
+    def log_file(self) -> Path:
+        """The broker's log, connection messages included (devices/takeover.py reads it)."""
+        return self._child.log_file
+
+    @property
     def pid_file(self) -> Path:
         """Written by us (Mosquitto writes one only as a daemon): `healthiot devices revoke`
         finds the broker to reload through it."""

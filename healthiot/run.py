@@ -20,6 +20,7 @@ from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
 from devices.revocation import CrlPublisher, Revoker
 from devices.sessions import SessionTakeover
+from devices.takeover import TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
 from healthiot.localservers import MosquittoServer, PostgresServer
@@ -151,6 +152,11 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
         resources.push_async_callback(_cancel, bridge_task)
         await asyncio.wait_for(ready.wait(), 30)
+        # Client-id takeovers show only in the broker's connection log (devices/takeover.py).
+        watcher = asyncio.create_task(
+            TakeoverWatcher(broker.log_file, TakeoverStore(core.pool)).run(),
+            name="takeover-watcher")
+        resources.push_async_callback(_cancel, watcher)
 
         accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
         fleet = await demo.ensure_fleet(

@@ -1,0 +1,105 @@
+"""Client-id takeover against the real Mosquitto: detected in its log, recorded, reported,
+and the device that was cut off loses nothing it sent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from aiopaho import AsyncClient
+from broker_bridge.connection import tls_context
+from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
+from firmware_sim.device import Watch
+from healthiot.services import Core
+from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
+
+DETECTION_DEADLINE_S = 5.0
+
+
+@pytest.fixture
+async def watcher(core: Core, broker: BrokerAddress) -> AsyncIterator[TakeoverWatcher]:
+    running = TakeoverWatcher(broker.server.log_file, TakeoverStore(core.pool),
+                              stats=TakeoverStats(), poll_interval_s=0.1)
+    caught_up = asyncio.Event()
+    task = asyncio.create_task(running.run(caught_up), name="takeover-watcher")
+    await asyncio.wait_for(caught_up.wait(), 15)
+    try:
+        yield running
+    finally:
+        crashed = task.done() and not task.cancelled() and task.exception()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if crashed:
+        raise AssertionError("the takeover watcher crashed during the test") from crashed
+
+
+async def _as(device: Watch, client_id: str, broker: BrokerAddress) -> AsyncClient:
+    """``device``'s own certificate, connecting under ``client_id``."""
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                     protocol=mqtt.MQTTv5))
+    client.paho.tls_set_context(tls_context(device.broker.ca_file, device.flash.cert_file,
+                                            device.flash.key_file))
+    await client.connect(broker.host, broker.port, timeout=5)
+    return client
+
+
+async def test_a_device_under_another_devices_client_id_is_recorded_and_the_victim_loses_nothing(
+        core: Core, pki: Pki, broker: BrokerAddress, bridge: object,
+        watcher: TakeoverWatcher, tmp_path: object, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="devices.takeover")
+    patient, _, _ = await new_patient(core, "takeover.victim")
+    victim = await new_watch(core, pki, broker, tmp_path, patient)
+    intruder = await new_watch(core, pki, broker, tmp_path, patient)
+    stop = asyncio.Event()
+    running = asyncio.create_task(victim.run(stop), name="victim")
+
+    async def victim_sending() -> bool:
+        return victim.online and victim.ledger.messages >= 2
+    await wait_until(victim_sending)
+    sent_before = victim.ledger.messages
+
+    started = time.monotonic()
+    intrusion = await _as(intruder, victim.device_id, broker)
+    store = TakeoverStore(core.pool)
+
+    async def recorded() -> bool:
+        return bool(await store.involving(victim.device_id))
+    await wait_until(recorded, timeout=DETECTION_DEADLINE_S)
+    detected_s = time.monotonic() - started
+    (event,) = await store.involving(victim.device_id)
+    assert (event.client_id, event.identity, event.live_session_closed) == (
+        victim.device_id, intruder.device_id, True)
+    assert watcher.stats.takeovers == 1
+    warnings = [r for r in caplog.records if r.getMessage() == "client id taken over"]
+    assert [(r.levelno, r.client_id, r.identity) for r in warnings] == [  # type: ignore[attr-defined]
+        (logging.WARNING, victim.device_id, intruder.device_id)]
+
+    # The victim reconnects by itself, which closes the intruder's connection in turn...
+    await asyncio.wait_for(intrusion.disconnected.wait(), 15)
+
+    async def victim_back() -> bool:
+        return victim.online and victim.ledger.messages >= sent_before + 2
+    await wait_until(victim_back)
+    stop.set()
+    await running
+    await victim.flush(10)
+    assert victim.pending == 0
+
+    # ... and everything it measured is stored, every sequence number once.
+    async def all_stored() -> bool:
+        stored = await core.store.count_stored([victim.device_id])
+        return stored[1] + stored[2] == victim.ledger.samples
+    await wait_until(all_stored)
+    seqs = [r["seq"] for r in await core.pool.fetch(
+        "SELECT seq FROM ingested_messages WHERE device_id = $1 ORDER BY seq",
+        victim.device_id)]
+    assert seqs == list(range(1, victim.flash.load_seq()))
+    # Reconnections under one's own id are not takeovers: still the one event.
+    assert len(await store.involving(victim.device_id)) == 1
+    print(f"\ntakeover recorded {detected_s * 1000:.0f} ms after the intruder connected; "
+          f"victim sent {victim.ledger.messages} messages, {len(seqs)} stored, none lost")
