@@ -15,7 +15,10 @@ BRIDGE_IDENTITY = f"{SERVICE_PREFIX}bridge"
 # Ends revoked devices' live sessions by taking over their client id (devices/sessions.py);
 # it needs no ACL entry: it neither publishes nor subscribes.
 REVOKER_IDENTITY = f"{SERVICE_PREFIX}revoker"
+# Issues renewed device certificates (devices/renewal.py): reads CSRs, answers on inboxes.
+RENEWER_IDENTITY = f"{SERVICE_PREFIX}renewer"
 TELEMETRY_FILTER = "devices/+/telemetry"
+CSR_FILTER = "devices/+/csr"
 SHARED_TELEMETRY = f"$share/ingest/{TELEMETRY_FILTER}"
 # AEAD suites only: Mosquitto's default list still admits CBC (ANSSI TLS guide, R5/R6).
 TLS12_CIPHERS = ":".join([
@@ -37,6 +40,10 @@ def inbox_topic(device_id: str) -> str:
     return f"devices/{device_id}/inbox"
 
 
+def csr_topic(device_id: str) -> str:
+    return f"devices/{device_id}/csr"
+
+
 @dataclass(frozen=True)
 class BrokerFiles:
     """Where the broker finds its certificates and writes its state."""
@@ -54,12 +61,18 @@ class BrokerFiles:
 
 def acl_text() -> str:
     return "\n".join([
-        "# Devices: publish only their own telemetry, read only their own inbox.",
+        "# Devices: publish only their own telemetry and renewal CSR, read only their own "
+        "inbox.",
         "pattern write devices/%u/telemetry",
+        "pattern write devices/%u/csr",
         "pattern read devices/%u/inbox",
         "",
         f"user {BRIDGE_IDENTITY}",
         f"topic read {TELEMETRY_FILTER}",
+        "topic write devices/+/inbox",
+        "",
+        f"user {RENEWER_IDENTITY}",
+        f"topic read {CSR_FILTER}",
         "topic write devices/+/inbox",
         "",
     ])

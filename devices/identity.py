@@ -20,6 +20,14 @@ def is_service_id(value: str) -> bool:
     return bool(_DEVICE_ID.fullmatch(value)) and value.startswith(SERVICE_PREFIX)
 
 
+def owns_client_id(identity: str, client_id: str) -> bool:
+    """True when ``identity`` (a certificate CN) may connect under ``client_id``: its own id,
+    or its id, a dot and a suffix for a second connection (a device renewing its certificate
+    while its main session stays up). A dot never occurs in an id, so such a client id can
+    never be another identity's."""
+    return client_id == identity or client_id.startswith(identity + ".")
+
+
 def new_device_id(model: str) -> str:
     """A fresh random device id such as ``watch-3f9c0a1b2c4d``."""
     if model not in MODELS:

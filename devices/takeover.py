@@ -34,7 +34,7 @@ from pathlib import Path
 import asyncpg
 
 from devices.broker_config import REVOKER_IDENTITY
-from devices.identity import is_device_id
+from devices.identity import is_device_id, owns_client_id
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class Takeover:
 
 def is_takeover(client_id: str, identity: str) -> bool:
     """True when ``identity`` has no business under ``client_id``: a device under any id
-    but its own, or a service under a device's id (except the revoker, whose job it is)."""
-    if identity == client_id:
+    but its own (devices.identity.owns_client_id), or a service under a device's id (except
+    the revoker, whose job it is)."""
+    if owns_client_id(identity, client_id):
         return False
     if is_device_id(identity):
         return True

@@ -98,7 +98,7 @@ async def test_a_device_under_another_devices_client_id_is_recorded_and_the_vict
     seqs = [r["seq"] for r in await core.pool.fetch(
         "SELECT seq FROM ingested_messages WHERE device_id = $1 ORDER BY seq",
         victim.device_id)]
-    assert seqs == list(range(1, victim.flash.load_seq()))
+    assert seqs == list(range(1, victim.ledger.messages + 1))
     # Reconnections under one's own id are not takeovers: still the one event.
     assert len(await store.involving(victim.device_id)) == 1
     print(f"\ntakeover recorded {detected_s * 1000:.0f} ms after the intruder connected; "

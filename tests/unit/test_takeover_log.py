@@ -120,3 +120,9 @@ async def _until(predicate, timeout=5.0):
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met"
         await asyncio.sleep(0.01)
+
+
+def test_a_device_may_open_a_second_connection_under_its_own_id_and_a_suffix():
+    assert not is_takeover("watch-aaaaaaaaaaaa.renew", "watch-aaaaaaaaaaaa")
+    assert is_takeover("watch-aaaaaaaaaaaa.renew", "watch-bbbbbbbbbbbb")
+    assert is_takeover("watch-aaaaaaaaaaaax", "watch-aaaaaaaaaaaa")  # no dot: another id
