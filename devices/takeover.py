@@ -34,7 +34,7 @@ from pathlib import Path
 import asyncpg
 
 from devices.broker_config import REVOKER_IDENTITY
-from devices.identity import is_device_id, owns_client_id
+from devices.identity import RENEWAL_CLIENT_ID_SUFFIX, is_device_id, owns_client_id
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def is_takeover(client_id: str, identity: str) -> bool:
         return False
     if is_device_id(identity):
         return True
-    return is_device_id(client_id) and identity != REVOKER_IDENTITY
+    device_owned = is_device_id(client_id.removesuffix(RENEWAL_CLIENT_ID_SUFFIX))
+    return device_owned and identity != REVOKER_IDENTITY
 
 
 def log_time(text: str) -> dt.datetime | None:

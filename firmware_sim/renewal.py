@@ -39,6 +39,9 @@ CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 CSR_CONTENT_TYPE = "application/pkcs10"
 ANSWER_TIMEOUT_S = 10.0  # per attempt; the backend answers in milliseconds
 ATTEMPTS = 3
+# The second connection's client id: the device's id and this suffix, the one the backend
+# accepts from it besides its id (devices/identity.py), and takes over at revocation.
+CLIENT_ID_SUFFIX = ".renew"
 
 
 class RenewalFailed(Exception):
@@ -92,7 +95,7 @@ async def renew(flash: Flash, device_id: str, broker: Broker, *,
     context = ssl.create_default_context(cafile=str(broker.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(flash.cert_file), str(flash.key_file))  # the current one
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}.renew",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id + CLIENT_ID_SUFFIX,
                          protocol=mqtt.MQTTv5)
     client.tls_set_context(context)
     conn = AsyncClient(client, queue_size=10)

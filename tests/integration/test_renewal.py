@@ -22,7 +22,7 @@ from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.errors import RenewalRefused
 from devices.identity import new_device_id
 from devices.renewal import CertificateRenewer, RenewalService
-from devices.revocation import CrlPublisher
+from devices.revocation import CrlPublisher, Revoker
 from firmware_sim.device import Flash, Watch, enrol
 from firmware_sim.renewal import RenewalFailed, renew
 from healthiot.localservers import MosquittoServer
@@ -189,3 +189,21 @@ async def test_a_device_cannot_ask_for_another_devices_certificate(
                     attempts=1)
     assert len(await core.registry.certificates(victim.device_id)) == 1
     assert renewer.answered == 0 and renewer.refused == 0
+
+
+async def test_revocation_also_ends_the_devices_renewal_connection(
+        core: Core, pki: Pki, crl_broker: MosquittoServer, tmp_path: Path) -> None:  # noqa: F811
+    patient, _, _ = await new_patient(core, "renewal.revoked")
+    address = BrokerAddress("localhost", crl_broker.port, crl_broker)
+    device = await new_watch(core, pki, address, tmp_path, patient)
+    cert, key = device.flash.cert_file, device.flash.key_file
+    main = await _connect_with(pki, cert, key, device.device_id, crl_broker.port)
+    second = await _connect_with(pki, cert, key, device.device_id + ".renew", crl_broker.port)
+    revoker = Revoker(core.registry, CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
+                                                  crl_broker.reload),
+                      _takeover(pki, crl_broker.port, tmp_path))
+    await revoker.revoke(device.device_id)
+    await asyncio.wait_for(main.disconnected.wait(), 5)
+    await asyncio.wait_for(second.disconnected.wait(), 5)
+    with pytest.raises(MqttError):
+        await _connect_with(pki, cert, key, device.device_id + ".renew", crl_broker.port)

@@ -126,3 +126,6 @@ def test_a_device_may_open_a_second_connection_under_its_own_id_and_a_suffix():
     assert not is_takeover("watch-aaaaaaaaaaaa.renew", "watch-aaaaaaaaaaaa")
     assert is_takeover("watch-aaaaaaaaaaaa.renew", "watch-bbbbbbbbbbbb")
     assert is_takeover("watch-aaaaaaaaaaaax", "watch-aaaaaaaaaaaa")  # no dot: another id
+    assert is_takeover("watch-aaaaaaaaaaaa.other", "watch-aaaaaaaaaaaa")  # one suffix only
+    assert not is_takeover("watch-aaaaaaaaaaaa.renew", "svc-revoker")
+    assert is_takeover("watch-aaaaaaaaaaaa.renew", "svc-bridge")
