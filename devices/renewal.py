@@ -24,7 +24,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import random
+import socket
 import ssl
 
 import asyncpg
@@ -151,11 +153,14 @@ class RenewalService:
     service certificate (CN ``svc-renewer``)."""
 
     def __init__(self, renewer: CertificateRenewer, host: str, port: int,
-                 context: ssl.SSLContext, *, client_id: str = RENEWER_IDENTITY) -> None:
+                 context: ssl.SSLContext, *, client_id: str | None = None) -> None:
         self._renewer = renewer
         self._host, self._port = host, port
         self._context = context
-        self._client_id = client_id
+        # Its own id per process: renewers sharing the subscription must not take each
+        # other's sessions over (and it keeps no session to resume).
+        self._client_id = client_id or \
+            f"{RENEWER_IDENTITY}-{socket.gethostname()}-{os.getpid()}"
         self.answered = 0
         self.refused = 0
 

@@ -87,7 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--metrics-host", default="127.0.0.1")
     watch.add_argument("--metrics-port", type=int, default=9109,
                        help="/metrics in the Prometheus text format; 0 turns it off")
-    for p in (prov, revoke, crl):
+    renewer = dev_sub.add_parser(
+        "renewer", help="answer devices' certificate renewal CSRs over MQTT (holds the "
+        "device CA)")
+    renewer.add_argument("--cert", type=Path, default=None,
+                         help="service certificate, CN svc-renewer (default: "
+                         "PKI/services/renewer.pem)")
+    renewer.add_argument("--key", type=Path, default=None)
+    for p in (prov, revoke, crl, renewer):
         p.add_argument("--pki", type=Path, default=None,
                        help="directory of the device CA (default: var/pki)")
     for p in (revoke, crl):
@@ -184,9 +191,11 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
         return await device_admin.revoke_device(
             settings, args.device_id, pki=args.pki, crl_file=args.crl_file,
             revoker_cert=args.revoker_cert, revoker_key=args.revoker_key)
+    if args.devices_command == "renewer":
+        return await device_admin.run_renewer(settings, pki=args.pki, cert=args.cert,
+                                              key=args.key)
     if args.devices_command == "watch-takeovers":
-        from healthiot.daemons import run_takeover_watch
-        return await run_takeover_watch(
+        return await device_admin.run_takeover_watch(
             settings, args.log_file or settings.var_dir / "log" / "mosquitto.log",
             metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)

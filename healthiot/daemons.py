@@ -11,13 +11,11 @@ import signal
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from api import passwords, totp
 from api.tokens import TokenService
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
-from devices import takeover
 from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.services import (
@@ -128,34 +126,6 @@ async def run_record_feed(settings: Settings) -> int:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
-        await core.pool.close()
-    return 0
-
-
-async def run_takeover_watch(settings: Settings, log_file: Path, *, metrics_host: str,
-                             metrics_port: int) -> int:
-    """Follow the broker's log file (a volume shared with the broker, which must log
-    connection messages there) and record every client-id takeover."""
-    core = await _open_core(settings)
-    watcher = takeover.TakeoverWatcher(log_file, takeover.TakeoverStore(core.pool))
-    runner: web.AppRunner | None = None
-    try:
-        task = asyncio.create_task(watcher.run(), name="takeover-watcher")
-        if metrics_port:
-            async def metrics(_request: web.Request) -> web.Response:
-                return web.Response(body=takeover.render(watcher.stats).encode(),
-                                    headers={"Content-Type": bridge_health.PROMETHEUS_TEXT})
-            app = web.Application()
-            app.router.add_get("/metrics", metrics)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, metrics_host, metrics_port).start()
-        await _until_signalled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    finally:
-        if runner is not None:
-            await runner.cleanup()
         await core.pool.close()
     return 0
 

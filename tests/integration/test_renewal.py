@@ -27,12 +27,13 @@ from firmware_sim.device import Flash, Watch, enrol
 from firmware_sim.renewal import RenewalFailed, renew
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
-from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
+from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
 from tests.integration.test_device_revocation import (  # noqa: F401 (fixtures)
     _takeover,
     crl_bridge,
     crl_broker,
 )
+from tests.integration.test_takeover import _daemon, _stop
 
 
 @pytest.fixture
@@ -207,3 +208,28 @@ async def test_revocation_also_ends_the_devices_renewal_connection(
     await asyncio.wait_for(second.disconnected.wait(), 5)
     with pytest.raises(MqttError):
         await _connect_with(pki, cert, key, device.device_id + ".renew", crl_broker.port)
+
+
+async def test_the_renewer_command_answers_a_device(
+        core: Core, database: Database, pki: Pki, broker: BrokerAddress,
+        tmp_path: Path) -> None:
+    key = new_key()
+    write_private(tmp_path / "renewer.key", key_pem(key))
+    (tmp_path / "renewer.pem").write_bytes(
+        pki.ca.issue_client(make_csr(key, RENEWER_IDENTITY), service=True))
+    patient, _, _ = await new_patient(core, "renewal.cli")
+    device = await new_watch(core, pki, broker, tmp_path, patient)
+    process = _daemon(database, tmp_path / "var", "renewer", "--pki", str(pki.directory),
+                      "--cert", str(tmp_path / "renewer.pem"),
+                      "--key", str(tmp_path / "renewer.key"),
+                      HEALTHIOT_MQTT_HOST="localhost", HEALTHIOT_MQTT_PORT=str(broker.port),
+                      HEALTHIOT_MQTT_CA_FILE=str(pki.ca.ca_file))
+    try:
+        # Asked again until the process has subscribed (a CSR before that reaches no one).
+        new_pem = await renew(device.flash, device.device_id, device.broker,
+                              answer_timeout_s=1.0, attempts=30)
+    finally:
+        code, err = await _stop(process)
+    assert code == 0, err
+    assert [c.serial for c in await core.registry.certificates(device.device_id)][-1] == \
+        _serial(new_pem)

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -15,8 +21,11 @@ from aiopaho import AsyncClient
 from broker_bridge.connection import tls_context
 from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Watch
+from healthiot.localservers import free_port
 from healthiot.services import Core
-from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
+from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DETECTION_DEADLINE_S = 5.0
 
@@ -103,3 +112,49 @@ async def test_a_device_under_another_devices_client_id_is_recorded_and_the_vict
     assert len(await store.involving(victim.device_id)) == 1
     print(f"\ntakeover recorded {detected_s * 1000:.0f} ms after the intruder connected; "
           f"victim sent {victim.ledger.messages} messages, {len(seqs)} stored, none lost")
+
+
+def _daemon(database: Database, var: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``healthiot devices ...`` as a long-running operator process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHIOT_")}
+    environ.update({"HEALTHIOT_DATABASE_URL": database.dsn,
+                    "HEALTHIOT_DATABASE_PASSWORD": database.password,
+                    "HEALTHIOT_VAR_DIR": str(var), **env})
+    return subprocess.Popen([sys.executable, "-m", "healthiot.cli", "devices", *args],
+                            cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+async def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.to_thread(process.communicate, timeout=30)
+    return process.returncode, err
+
+
+async def test_the_watch_takeovers_command_records_and_serves_the_counter(
+        core: Core, database: Database, tmp_path: Path) -> None:
+    log_file = tmp_path / "mosquitto.log"
+    log_file.write_text("2026-12-02T18:09:04+0000: mosquitto version 2.0.11 starting\n")
+    port = free_port()
+    process = _daemon(database, tmp_path / "var", "watch-takeovers", "--log-file",
+                      str(log_file), "--metrics-port", str(port))
+    try:
+        with log_file.open("a") as f:
+            f.write("2026-12-02T18:09:05+0000: Client watch-aaaaaaaaaaaa already connected, "
+                    "closing old connection.\n2026-12-02T18:09:05+0000: New client connected "
+                    "from 10.0.0.7:50412 as watch-aaaaaaaaaaaa (p5, c1, k30, "
+                    "u'watch-bbbbbbbbbbbb').\n")
+        store = TakeoverStore(core.pool)
+
+        async def recorded() -> bool:
+            return bool(await store.involving("watch-aaaaaaaaaaaa"))
+        await wait_until(recorded)
+        (event,) = await store.involving("watch-bbbbbbbbbbbb")
+        assert (event.identity, event.live_session_closed) == ("watch-bbbbbbbbbbbb", True)
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert "healthiot_broker_client_id_takeovers_total 1\n" in await response.text()
+    finally:
+        code, err = await _stop(process)
+    assert code == 0, err
+    assert "client id taken over" in err and "watch-bbbbbbbbbbbb" in err
