@@ -57,6 +57,9 @@ class BrokerFiles:
     # so it is named only once it exists; after that, rewriting it and sending SIGHUP makes
     # the broker refuse revoked certificates at their next handshake.
     crl: Path | None = None
+    # A log file besides stderr, for the takeover watcher (devices/takeover.py) in a
+    # deployment: a volume it shares with the broker. Mosquitto reopens it on SIGHUP.
+    log: Path | None = None
 
 
 def acl_text() -> str:
@@ -94,6 +97,7 @@ def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int) -> str:
         # Without it every CONNACK waits ~40 ms on Nagle plus delayed ACK.
         "set_tcp_nodelay true",
         "log_dest stderr",
+        *([f"log_dest file {files.log}"] if files.log is not None else []),
         "log_type error",
         "log_type warning",
         "log_type notice",

@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="directory holding clients-ca.pem, broker.pem, broker.key "
                         "and, once devices are revoked, device-ca.crl")
     broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--log-file", type=Path, default=None,
+                        help="also log to this file (connection messages included), for "
+                        "`healthiot devices watch-takeovers`")
     broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
 
     code = sub.add_parser("totp", help="print a demo patient's current one-time code "
@@ -170,7 +173,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
                             args.certs / "broker.key", args.out / "acl", args.out / "data",
-                            crl=args.certs / "device-ca.crl")  # named if it is there
+                            crl=args.certs / "device-ca.crl",  # named if it is there
+                            log=args.log_file)
         files.persistence_dir.mkdir(exist_ok=True)
         (args.out / "acl").write_text(acl_text())
         (args.out / "mosquitto.conf").write_text(

@@ -21,7 +21,7 @@ from aiopaho import AsyncClient
 from broker_bridge.connection import tls_context
 from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Watch
-from healthiot.localservers import free_port
+from healthiot.localservers import MosquittoServer, free_port
 from healthiot.services import Core
 from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
 
@@ -158,3 +158,41 @@ async def test_the_watch_takeovers_command_records_and_serves_the_counter(
         code, err = await _stop(process)
     assert code == 0, err
     assert "client id taken over" in err and "watch-bbbbbbbbbbbb" in err
+
+
+async def test_a_broker_writing_its_own_log_file_is_watched_the_same_way(
+        core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
+    """The deployment's shape: ``log_dest file`` (healthiot broker-config --log-file)."""
+    server = MosquittoServer(workdir / "mosquitto-own-log", port=free_port(), bind="127.0.0.1",
+                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
+                             cert=pki.server_cert.read_bytes(),
+                             key=pki.server_key.read_bytes(),
+                             log_file=workdir / "mosquitto-own-log.out", own_log_file=True)
+    await server.start()
+    try:
+        assert server.own_log_file is not None
+        assert f"log_dest file {server.own_log_file}" in server.config_file.read_text()
+        address = BrokerAddress("localhost", server.port, server)
+        patient, _, _ = await new_patient(core, "takeover.ownlog")
+        victim = await new_watch(core, pki, address, tmp_path, patient)
+        intruder = await new_watch(core, pki, address, tmp_path, patient)
+        watcher = TakeoverWatcher(server.own_log_file, TakeoverStore(core.pool),
+                                  poll_interval_s=0.1)
+        task = asyncio.create_task(watcher.run(), name="own-log-watcher")
+        try:
+            own = await _as(victim, victim.device_id, address)
+            other = await _as(intruder, victim.device_id, address)
+            store = TakeoverStore(core.pool)
+
+            async def recorded() -> bool:
+                return bool(await store.involving(intruder.device_id))
+            await wait_until(recorded, timeout=DETECTION_DEADLINE_S)
+            (event,) = await store.involving(victim.device_id)
+            assert event.live_session_closed and event.identity == intruder.device_id
+            await own.disconnect()
+            await other.disconnect()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        server.stop()

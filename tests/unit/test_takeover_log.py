@@ -1,8 +1,10 @@
 """Reading takeovers out of Mosquitto's connection log."""
 
 import asyncio
+import dataclasses
 import datetime as dt
 
+from devices.broker_config import BrokerFiles, mosquitto_conf
 from devices.takeover import (
     TakeoverDetector,
     TakeoverStats,
@@ -129,3 +131,15 @@ def test_a_device_may_open_a_second_connection_under_its_own_id_and_a_suffix():
     assert is_takeover("watch-aaaaaaaaaaaa.other", "watch-aaaaaaaaaaaa")  # one suffix only
     assert not is_takeover("watch-aaaaaaaaaaaa.renew", "svc-revoker")
     assert is_takeover("watch-aaaaaaaaaaaa.renew", "svc-bridge")
+
+
+def test_the_broker_logs_connections_with_an_offset_and_to_a_file_when_asked(tmp_path):
+    files = BrokerFiles(tmp_path / "c.pem", tmp_path / "b.pem", tmp_path / "b.key",
+                        tmp_path / "acl", tmp_path / "data")
+    conf = mosquitto_conf(files, bind="127.0.0.1", port=8883).splitlines()
+    assert {"connection_messages true", "log_type notice",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S%z"} <= set(conf)
+    assert not [line for line in conf if line.startswith("log_dest file")]
+    logged = dataclasses.replace(files, log=tmp_path / "broker.log")
+    assert f"log_dest file {tmp_path / 'broker.log'}" in mosquitto_conf(
+        logged, bind="127.0.0.1", port=8883).splitlines()
