@@ -18,7 +18,18 @@ So a watcher follows that log: a device identity under a client id that is not i
 a service other than the revoker under a device's id, is recorded (table
 client_id_takeovers), counted (Prometheus counter) and logged as a WARNING with ids only.
 The victim loses nothing it sent: an unacknowledged message stays in its outbox and goes
-again when it reconnects, which in turn closes the intruder's connection.
+again when it reconnects, which in turn closes the intruder's connection. What is queued for
+it in a persistent session is another matter: the intruder does not receive it (the ACL is
+checked again for the new username) but the broker drops it, so inbox requests must be
+repeatable (the renewer answers a repeated CSR again).
+
+Prevention is possible with a second listener for the services (devices.broker_config
+.ServicesListener): the devices' listener then replaces every client id with the
+certificate's CN (``use_username_as_clientid``), while the revoker keeps taking over a
+device's id from the services' listener. It is opt-in because a device must then do
+everything on one connection (firmware_sim/renewal.py's ``<id>.renew`` connection would
+take over the device's own). The watcher stays useful either way: it also sees a services
+listener reached by a device.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import paho.mqtt.client as mqtt
@@ -19,6 +20,14 @@ import pytest
 
 from aiopaho import AsyncClient
 from broker_bridge.connection import tls_context
+from devices.broker_config import (
+    REVOKER_IDENTITY,
+    BrokerFiles,
+    ServicesListener,
+    mosquitto_conf,
+)
+from devices.ca import key_pem, make_csr, new_key, write_private
+from devices.sessions import SessionTakeover
 from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Watch
 from healthiot.localservers import MosquittoServer, free_port
@@ -196,3 +205,62 @@ async def test_a_broker_writing_its_own_log_file_is_watched_the_same_way(
             await asyncio.gather(task, return_exceptions=True)
     finally:
         server.stop()
+
+
+class _BrokerWithServicesListener(MosquittoServer):
+    """Our broker configuration with the services listener (devices.broker_config)."""
+
+    def __init__(self, *args: Any, services_port: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.services_port = services_port
+
+    def write_config(self) -> None:
+        super().write_config()
+        d = self.directory
+        files = BrokerFiles(d / "clients-ca.pem", d / "broker.pem", d / "broker.key",
+                            d / "acl", d / "data", crl=self.crl_file)
+        self.config_file.write_text(mosquitto_conf(
+            files, bind=self.bind, port=self.port,
+            services=ServicesListener("127.0.0.1", self.services_port)))
+
+
+async def test_with_a_services_listener_a_device_cannot_take_another_devices_client_id(
+        core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
+    server = _BrokerWithServicesListener(
+        workdir / "mosquitto-services", port=free_port(), bind="127.0.0.1",
+        clients_ca=pki.ca.clients_ca_file.read_bytes(), cert=pki.server_cert.read_bytes(),
+        key=pki.server_key.read_bytes(), log_file=workdir / "mosquitto-services.log",
+        services_port=free_port())
+    await server.start()
+    try:
+        assert "use_username_as_clientid true" in server.config_file.read_text()
+        devices = BrokerAddress("localhost", server.port, server)
+        patient, _, _ = await new_patient(core, "takeover.prevented")
+        victim = await new_watch(core, pki, devices, tmp_path, patient)
+        intruder = await new_watch(core, pki, devices, tmp_path, patient)
+        own = await _as(victim, victim.device_id, devices)
+        other = await _as(intruder, victim.device_id, devices)  # given its own id instead
+        await asyncio.sleep(0.5)
+        assert own.is_connected and other.is_connected
+        log = server.log_file.read_text()
+        assert f"as {intruder.device_id} (p5, c1, k60, u'{intruder.device_id}')" in log
+        assert "already connected" not in log
+
+        # The revoker's takeover still works, from the services listener only.
+        context = tls_context(pki.ca.ca_file, *_revoker_files(pki, tmp_path))
+        await SessionTakeover("localhost", server.port, context)(victim.device_id)
+        await asyncio.sleep(0.5)
+        assert own.is_connected  # on the devices' listener it became "svc-revoker"
+        await SessionTakeover("localhost", server.services_port, context)(victim.device_id)
+        await asyncio.wait_for(own.disconnected.wait(), 5)
+        await other.disconnect()
+    finally:
+        server.stop()
+
+
+def _revoker_files(pki: Pki, directory: Path) -> tuple[Path, Path]:
+    key = new_key()
+    write_private(directory / "revoker.key", key_pem(key))
+    (directory / "revoker.pem").write_bytes(
+        pki.ca.issue_client(make_csr(key, REVOKER_IDENTITY), service=True))
+    return directory / "revoker.pem", directory / "revoker.key"
