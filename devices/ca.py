@@ -131,9 +131,11 @@ class CertificateAuthority:
                    load_key("device-ca.key"))
 
     def issue_client(self, csr_pem: bytes, *, validity: dt.timedelta = DEVICE_VALIDITY,
-                     service: bool = False) -> bytes:
+                     service: bool = False, now: dt.datetime | None = None) -> bytes:
         """Sign a client-auth certificate for the CSR's CN (a device id, or a service id when
-        ``service``); raises CertificateRequestError for a CSR that is not acceptable."""
+        ``service``), valid from ``now`` (default: the current time, less the clock-skew
+        allowance) for ``validity``; raises CertificateRequestError for a CSR that is not
+        acceptable."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -148,7 +150,9 @@ class CertificateAuthority:
         valid = is_service_id(cn) if service else is_device_id(cn)
         if not valid:
             raise CertificateRequestError(f"CN {cn!r} is not an acceptable identity")
-        now = _now()
+        if validity <= dt.timedelta(0):
+            raise CertificateRequestError("a certificate's validity must be positive")
+        now = now or _now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))

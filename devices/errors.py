@@ -5,8 +5,11 @@
     ├── UnknownDevice (also LookupError): no such device in the registry (or not yours)
     ├── InvalidTransition (also ValueError): a life-cycle change the states do not allow
     ├── DuplicateDevice (also ValueError): that id, or that model and serial, exists
-    └── PairingRefused: a serial and pairing code that pair nothing
-        └── PairingThrottled: too many wrong codes lately; ``retry_after_s`` says when
+    ├── PairingRefused: a serial and pairing code that pair nothing
+    │   └── PairingThrottled: too many wrong codes lately; ``retry_after_s`` says when
+    ├── CurrentCertificate (also ValueError): revoking the certificate a device uses now
+    │   (revoke the device instead)
+    └── RenewalRefused: a renewal CSR that will not be signed; ``reason`` is a short code
 """
 
 
@@ -48,3 +51,17 @@ class PairingThrottled(PairingRefused):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class CurrentCertificate(DeviceError, ValueError):
+    """That certificate is the device's current one: revoking it alone would cut the
+    device off while the registry still lets it send. Revoke the device instead."""
+
+
+class RenewalRefused(DeviceError):
+    """A renewal request is refused; ``reason`` is a short code sent back to the device
+    (unknown_device, not_paired, certificate_invalid, bad_csr, too_many_renewals)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"renewal refused: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason = reason

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from devices import pairing
 from devices.errors import (
+    CurrentCertificate,
     DuplicateDevice,
     PairingRefused,
     PairingThrottled,
@@ -249,6 +250,28 @@ class Registry:
         """Revoke a device (unpairing, loss, theft): its certificates are marked revoked
         and the bridge refuses its data from the next batch on."""
         return await self.transition(device_id, "revoked", patient_id=patient_id)
+
+    async def revoke_certificate(self, device_id: str, serial: str, *,
+                                 reason: str = "superseded") -> bool:
+        """Revoke one of a device's earlier certificates (after a renewal); the device stays
+        in service. Returns False when it was revoked already. Raises UnknownDevice for a
+        serial that is not this device's, CurrentCertificate for the one it uses now."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT c.revoked_at, d.cert_serial FROM device_certificates c
+                   JOIN devices d ON d.id = c.device_id
+                   WHERE c.serial = $1 AND c.device_id = $2 FOR UPDATE OF c""",
+                serial, device_id)
+            if row is None:
+                raise UnknownDevice(f"{device_id} has no certificate {serial}")
+            if row["cert_serial"] == serial:
+                raise CurrentCertificate(f"{serial} is {device_id}'s current certificate")
+            if row["revoked_at"] is not None:
+                return False
+            await conn.execute(
+                "UPDATE device_certificates SET revoked_at = now(), revocation_reason = $2"
+                " WHERE serial = $1", serial, reason)
+        return True
 
     async def get(self, device_id: str) -> Device:
         found = await self.lookup([device_id])

@@ -8,7 +8,10 @@ So a service identity connects under the device's id with a clean start and no s
 expiry, then leaves: the device's connection is closed, its session discarded, and its
 reconnect is refused by the CRL, which the revoker installs first.
 
-No ACL entry is needed: the takeover connection neither publishes nor subscribes.
+No ACL entry is needed: the takeover connection neither publishes nor subscribes. Both of
+the client ids a device may use are taken over (its renewal connection's too); a device
+under any other id is reported by devices/takeover.py, and the bridge stores nothing from
+a revoked device whatever connection it comes through.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
-from devices.identity import is_device_id
+from devices.identity import client_ids, is_device_id
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,12 @@ class SessionTakeover:
     async def __call__(self, device_id: str) -> None:
         if not is_device_id(device_id):
             raise ValueError(f"{device_id!r} is not a device id")  # never a service's id
-        client = AsyncClient(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
+        for client_id in client_ids(device_id):
+            await self._take_over(client_id)
+        log.info("live session ended", extra={"device": device_id})
+
+    async def _take_over(self, client_id: str) -> None:
+        client = AsyncClient(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                          protocol=mqtt.MQTTv5), queue_size=1)
         client.paho.tls_set_context(self._context)
         props = Properties(PacketTypes.CONNECT)
@@ -50,4 +58,3 @@ class SessionTakeover:
         await client.connect(self._host, self._port, clean_start=True, properties=props,
                              timeout=self._timeout_s)
         await client.disconnect(timeout=self._timeout_s)
-        log.info("live session ended", extra={"device": device_id})

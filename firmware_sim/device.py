@@ -182,9 +182,13 @@ class SimulatedDevice:
             while not (until_empty and not self._outbox):
                 if not conn.is_connected:
                     try:
+                        # Read again at each connection: a renewed certificate
+                        # (firmware_sim/renewal.py) is used from the next one on.
+                        context.load_cert_chain(str(self.flash.cert_file),
+                                                str(self.flash.key_file))
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
                         self.online, delay = True, RECONNECT_MIN_S
-                    except MqttError:
+                    except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
                         self.online = False
                         await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
                         delay = min(delay * 2, RECONNECT_MAX_S)

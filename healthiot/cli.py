@@ -78,7 +78,23 @@ def _parser() -> argparse.ArgumentParser:
                         "session (default: PKI/services/revoker.pem)")
     revoke.add_argument("--revoker-key", type=Path, default=None)
     crl = dev_sub.add_parser("crl", help="re-sign the CRL from the registry (do it monthly)")
-    for p in (prov, revoke, crl):
+    watch = dev_sub.add_parser(
+        "watch-takeovers", help="follow the broker's log: record, count and log every "
+        "connection under another device's client id")
+    watch.add_argument("--log-file", type=Path, default=None,
+                       help="the broker's log, with connection messages (default: the "
+                       "embedded broker's)")
+    watch.add_argument("--metrics-host", default="127.0.0.1")
+    watch.add_argument("--metrics-port", type=int, default=9109,
+                       help="/metrics in the Prometheus text format; 0 turns it off")
+    renewer = dev_sub.add_parser(
+        "renewer", help="answer devices' certificate renewal CSRs over MQTT (holds the "
+        "device CA)")
+    renewer.add_argument("--cert", type=Path, default=None,
+                         help="service certificate, CN svc-renewer (default: "
+                         "PKI/services/renewer.pem)")
+    renewer.add_argument("--key", type=Path, default=None)
+    for p in (prov, revoke, crl, renewer):
         p.add_argument("--pki", type=Path, default=None,
                        help="directory of the device CA (default: var/pki)")
     for p in (revoke, crl):
@@ -92,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="directory holding clients-ca.pem, broker.pem, broker.key "
                         "and, once devices are revoked, device-ca.crl")
     broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--log-file", type=Path, default=None,
+                        help="also log to this file (connection messages included), for "
+                        "`healthiot devices watch-takeovers`")
     broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
 
     code = sub.add_parser("totp", help="print a demo patient's current one-time code "
@@ -154,7 +173,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
                             args.certs / "broker.key", args.out / "acl", args.out / "data",
-                            crl=args.certs / "device-ca.crl")  # named if it is there
+                            crl=args.certs / "device-ca.crl",  # named if it is there
+                            log=args.log_file)
         files.persistence_dir.mkdir(exist_ok=True)
         (args.out / "acl").write_text(acl_text())
         (args.out / "mosquitto.conf").write_text(
@@ -175,6 +195,13 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
         return await device_admin.revoke_device(
             settings, args.device_id, pki=args.pki, crl_file=args.crl_file,
             revoker_cert=args.revoker_cert, revoker_key=args.revoker_key)
+    if args.devices_command == "renewer":
+        return await device_admin.run_renewer(settings, pki=args.pki, cert=args.cert,
+                                              key=args.key)
+    if args.devices_command == "watch-takeovers":
+        return await device_admin.run_takeover_watch(
+            settings, args.log_file or settings.var_dir / "log" / "mosquitto.log",
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)
 
 

@@ -12,12 +12,16 @@ import signal
 from pathlib import Path
 
 import asyncpg
+from aiohttp import web
 
 from broker_bridge.connection import tls_context
+from broker_bridge.health import PROMETHEUS_TEXT
+from devices import takeover
 from devices.ca import CertificateAuthority
 from devices.errors import DeviceError
 from devices.provisioning import provision, write_enrolment
 from devices.registry import Registry
+from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
 from devices.sessions import SessionTakeover
 from healthiot import stack
@@ -140,4 +144,66 @@ async def publish_crl(settings: Settings, *, pki: Path | None, crl_file: Path | 
     finally:
         await pool.close()
     print(f"CRL with {count} revoked certificate(s) written to {publisher.path}")
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_takeover_watch(settings: Settings, log_file: Path, *, metrics_host: str,
+                             metrics_port: int) -> int:
+    """Follow the broker's log (a file the broker writes with connection messages: in a
+    deployment, a volume shared with it) and record every client-id takeover; serve the
+    counter at /metrics unless ``metrics_port`` is 0."""
+    pool = await _pool(settings)
+    watcher = takeover.TakeoverWatcher(log_file, takeover.TakeoverStore(pool))
+    runner: web.AppRunner | None = None
+    try:
+        task = asyncio.create_task(watcher.run(), name="takeover-watcher")
+        if metrics_port:
+            async def metrics(_request: web.Request) -> web.Response:
+                return web.Response(body=takeover.render(watcher.stats).encode(),
+                                    headers={"Content-Type": PROMETHEUS_TEXT})
+            app = web.Application()
+            app.router.add_get("/metrics", metrics)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, metrics_host, metrics_port).start()
+        print(f"following {log_file}", flush=True)
+        await _until_signalled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await pool.close()
+    return 0
+
+
+async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None,
+                      key: Path | None) -> int:
+    """Answer devices' renewal CSRs from the device CA under ``pki``, as ``svc-renewer``.
+    Several may run: they share the subscription."""
+    pki = pki or settings.var_dir / "pki"
+    if not (pki / "device-ca.key").exists():
+        raise SettingsError(f"no device CA in {pki}: run `healthiot ca init` or give --pki")
+    ca = CertificateAuthority.load_or_create(pki)
+    context = tls_context(settings.mqtt_ca_file or ca.ca_file,
+                          cert or pki / "services" / "renewer.pem",
+                          key or pki / "services" / "renewer.key")
+    pool = await _pool(settings)
+    try:
+        service = RenewalService(CertificateRenewer(Registry(pool), ca, pool),
+                                 settings.mqtt_host, settings.mqtt_port, context)
+        task = asyncio.create_task(service.run(), name="renewer")
+        await _until_signalled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await pool.close()
     return 0

@@ -219,8 +219,12 @@ class MosquittoServer:
     """A Mosquitto broker with our generated configuration: one mTLS listener, nothing else."""
 
     def __init__(self, directory: Path, *, port: int, bind: str, clients_ca: bytes,
-                 cert: bytes, key: bytes, log_file: Path, crl: bytes | None = None) -> None:
+                 cert: bytes, key: bytes, log_file: Path, crl: bytes | None = None,
+                 own_log_file: bool = False) -> None:
         self.directory, self.port, self.bind = directory, port, bind
+        # Besides its output in log_file, a log the broker writes itself (log_dest file), as
+        # a deployment's broker does for the takeover watcher.
+        self.own_log_file = self.directory / "broker.log" if own_log_file else None
         self._material = {"clients-ca.pem": clients_ca, "broker.pem": cert, "broker.key": key}
         self._crl = crl  # the first CRL; later ones are written to crl_file, then reload()
         self._child = _Child("mosquitto", log_file)
@@ -233,6 +237,11 @@ class MosquittoServer:
     def crl_file(self) -> Path:
         """Where the broker reads the device CA's CRL (named in the config if it exists)."""
         return self.directory / "device-ca.crl"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's log, connection messages included (devices/takeover.py reads it)."""
+        return self._child.log_file
 
     @property
     def pid_file(self) -> Path:
@@ -259,7 +268,8 @@ class MosquittoServer:
                             key=self.directory / "broker.key",
                             acl=self.directory / "acl",
                             persistence_dir=self.directory / "data",
-                            crl=self.crl_file)
+                            crl=self.crl_file,
+                            log=self.own_log_file)
         files.persistence_dir.mkdir(exist_ok=True)
         files.acl.write_text(acl_text())
         self.config_file.write_text(mosquitto_conf(files, bind=self.bind, port=self.port))

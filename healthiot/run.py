@@ -17,8 +17,10 @@ import aiohttp
 
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
+from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
 from devices.sessions import SessionTakeover
+from devices.takeover import TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
 from healthiot.localservers import MosquittoServer, PostgresServer
@@ -126,6 +128,8 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         session = await resources.enter_async_context(aiohttp.ClientSession())
         broker = next(s for s in servers if isinstance(s, MosquittoServer))
         revoker = await _revoker(settings, materials, core, broker)
+        for task in _device_services(settings, materials, core, broker):
+            resources.push_async_callback(_cancel, task)
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
                                  oidc=oidc_verifier(settings, session), revoker=revoker)
@@ -149,7 +153,6 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
         resources.push_async_callback(_cancel, bridge_task)
         await asyncio.wait_for(ready.wait(), 30)
-
         accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
         fleet = await demo.ensure_fleet(
             core, materials.ca, accounts, settings.var_dir / "demo",
@@ -158,6 +161,19 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
+
+
+def _device_services(settings: Settings, materials: stack.Materials, core: Core,
+                     broker: MosquittoServer) -> list[asyncio.Task[None]]:
+    """The takeover watcher (client-id takeovers show only in the broker's connection log)
+    and the certificate renewer (CSRs over MQTT, answered from the device CA)."""
+    watcher = TakeoverWatcher(broker.log_file, TakeoverStore(core.pool))
+    renewer = RenewalService(
+        CertificateRenewer(core.registry, materials.ca, core.pool),
+        settings.mqtt_host, settings.mqtt_port,
+        tls_context(materials.ca.ca_file, materials.renewer_cert, materials.renewer_key))
+    return [asyncio.create_task(watcher.run(), name="takeover-watcher"),
+            asyncio.create_task(renewer.run(), name="renewer")]
 
 
 async def _revoker(settings: Settings, materials: stack.Materials, core: Core,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from api.tokens import TokenService
-from devices.broker_config import BRIDGE_IDENTITY, REVOKER_IDENTITY
+from devices.broker_config import BRIDGE_IDENTITY, RENEWER_IDENTITY, REVOKER_IDENTITY
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.settings import Settings
@@ -50,6 +50,8 @@ class Materials:
     db_password: str
     revoker_cert: Path  # the service identity that ends a revoked device's live session
     revoker_key: Path
+    renewer_cert: Path  # the service identity that answers devices' renewal CSRs
+    renewer_key: Path
 
 
 def _server_pair(ca: CertificateAuthority, directory: Path, name: str) -> tuple[Path, Path]:
@@ -81,6 +83,7 @@ def prepare(settings: Settings) -> Materials:
     api_cert, api_key = _server_pair(ca, services, "api")
     bridge_cert, bridge_key = _service_pair(ca, services, "bridge", BRIDGE_IDENTITY)
     revoker_cert, revoker_key = _service_pair(ca, services, "revoker", REVOKER_IDENTITY)
+    renewer_cert, renewer_key = _service_pair(ca, services, "renewer", RENEWER_IDENTITY)
     keys = var / "keys"
     jwt_key = settings.path("jwt_key_file", "keys/jwt-signing.key")
     if not jwt_key.exists():
@@ -89,7 +92,8 @@ def prepare(settings: Settings) -> Materials:
     kek = settings.path("kek_file", "keys/kek.bin")
     db_password = settings.database_password or _secret_text(var / "secrets" / "postgres-password")
     return Materials(ca, broker_cert, broker_key, bridge_cert, bridge_key, api_cert, api_key,
-                     jwt_key, kek, db_password, revoker_cert, revoker_key)
+                     jwt_key, kek, db_password, revoker_cert, revoker_key, renewer_cert,
+                     renewer_key)
 
 
 def load_jwt_key(path: Path) -> ec.EllipticCurvePrivateKey:

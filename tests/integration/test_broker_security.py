@@ -1,9 +1,11 @@
 """The broker's transport rules, tested against the generated Mosquitto configuration."""
 
+import datetime as dt
 import ssl
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 
 from aiopaho import AsyncClient, MqttError
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
@@ -73,3 +75,37 @@ async def test_a_device_cannot_publish_as_another_device(core, pki, broker, brid
         "SELECT count(*) FROM ingested_messages WHERE device_id = $1", victim.device_id) == 0
     assert await core.pool.fetchval("SELECT count(*) FROM quarantine") == 0  # never reached us
     await client.disconnect()
+
+
+def _device_files(pki, tmp_path, device_id, **issue):
+    """A device key and a certificate from the real device CA, issued with ``issue``."""
+    key = new_key()
+    write_private(tmp_path / f"{device_id}.key", key_pem(key))
+    (tmp_path / f"{device_id}.pem").write_bytes(
+        pki.ca.issue_client(make_csr(key, device_id), **issue))
+    return tmp_path / f"{device_id}.pem", tmp_path / f"{device_id}.key"
+
+
+async def test_an_expired_certificate_is_refused(broker, pki, tmp_path):
+    device_id = new_device_id("watch")
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    cert, key = _device_files(pki, tmp_path, device_id, now=issued,
+                              validity=dt.timedelta(days=365))
+    assert x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc < \
+        dt.datetime.now(dt.UTC)
+    with pytest.raises(MqttError):
+        await _connect(broker, _context(pki, cert, key), device_id)
+    # The same CA, CN and profile, in date: accepted, so the refusal above is the date's.
+    fresh, fresh_key = _device_files(pki, tmp_path, new_device_id("watch"))
+    client = await _connect(broker, _context(pki, fresh, fresh_key), fresh.stem)
+    await client.disconnect()
+
+
+async def test_a_certificate_not_yet_valid_is_refused(broker, pki, tmp_path):
+    device_id = new_device_id("watch")
+    cert, key = _device_files(pki, tmp_path, device_id,
+                              now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    assert x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_before_utc > \
+        dt.datetime.now(dt.UTC)
+    with pytest.raises(MqttError):
+        await _connect(broker, _context(pki, cert, key), device_id)
