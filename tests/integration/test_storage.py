@@ -400,6 +400,8 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
         await conn.execute(
             "INSERT INTO devices (id, model, serial, patient_id, state)"
             " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
+        await conn.execute("INSERT INTO device_pairing_failures (patient_id, device_id)"
+                           " VALUES ($1, $2)", patient, device)
         await conn.execute(
             "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
             " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)
