@@ -237,11 +237,12 @@ def normalise(packs: Sequence[Pack], received_at: Sequence[float],
     from_other = (reject == Reject.ACCEPTED) & converted[pair_index]
     if from_other.any():
         pair_list = list(distinct)
-        combos = np.unique(pack_index[from_other].astype(np.int64) * n_pairs
-                           + pair_index[from_other])
-        for combo in combos.tolist():
-            name, unit = pair_list[combo % n_pairs]
-            raw_units.setdefault(combo // n_pairs, {}).setdefault(name, []).append(unit)
+        # A packs x pairs table (pairs are few) rather than a sort of the samples.
+        used = np.zeros((len(packs), n_pairs), dtype=bool)
+        used[pack_index[from_other], pair_index[from_other]] = True
+        for pack, pair in zip(*np.nonzero(used), strict=True):
+            name, unit = pair_list[pair]
+            raw_units.setdefault(int(pack), {}).setdefault(name, []).append(unit)
     return Normalised(pack_index, metric, t_ms, value, flags, reject, offset_s, first_ms,
                       last_ms, raw_units)
 
