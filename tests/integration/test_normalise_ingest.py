@@ -76,7 +76,7 @@ async def test_a_sample_repeated_by_a_later_message_of_the_batch_is_stored_once(
 
 async def test_a_message_delivered_twice_in_one_batch_is_normalised_once(
         core, pki, broker, tmp_path):
-    patient, device = await _device(core, pki, broker, tmp_path, "n2")
+    _, device = await _device(core, pki, broker, tmp_path, "n2")
     message = _message(device, 1, _hr(NOW - 100, [70.0, 71.0, 72.0]))
     bridge = _bridge(core)
     await bridge.process([message, message])
