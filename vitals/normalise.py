@@ -296,8 +296,12 @@ def _flag_artefacts(order: npt.NDArray[np.intp], source: npt.NDArray[np.int64],
         n = len(idx)
         if n < 3:
             continue
-        src = source[mine]
         v = value[idx]
+        # Every excursion starts with a step over the threshold: without one (the usual
+        # batch) the rule has nothing to find, for the price of one pass.
+        if not np.any(np.abs(np.diff(v)) > rule.threshold):
+            continue
+        src = source[mine]
         # linked[i]: samples i and i + 1 are neighbours (same source, close in time).
         linked = (src[1:] == src[:-1]) & (np.diff(t_ms[idx]) <= rule.max_gap_s * 1000.0)
         hit = np.zeros(n, dtype=bool)
