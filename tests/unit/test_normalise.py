@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from vitals.catalogue import METRIC_NAMES
-from vitals.normalise import Flag, Normalised, Reject, Window, normalise, raw_values
+from vitals.normalise import (
+    Flag,
+    Normalised,
+    Reject,
+    Window,
+    _group_order,
+    normalise,
+    raw_values,
+)
 from vitals.senml import Pack
 
 RECEIVED_AT = 1_750_000_000.0
@@ -454,3 +462,14 @@ def test_each_pack_reports_its_oldest_and_newest_accepted_sample_time() -> None:
     assert norm.first_ms.tolist()[0] == (T0 + 2) * 1000
     assert norm.last_ms.tolist()[0] == (T0 + 5) * 1000
     assert norm.first_ms[1] == norm.last_ms[1] == np.iinfo(np.int64).min
+
+
+@pytest.mark.parametrize("span_ms", [10**6, 2**60])  # one int64 key; too wide for one
+def test_grouping_sorts_by_source_metric_time_and_keeps_input_order_on_ties(
+        span_ms: int) -> None:
+    rng = np.random.default_rng(5)
+    source = rng.integers(0, 3, 200).astype(np.int64)
+    metric = rng.integers(0, 2, 200).astype(np.int16)
+    t_ms = rng.choice(np.array([0, 1, span_ms], np.int64), 200)
+    order = _group_order(source, metric, t_ms)
+    assert order.tolist() == np.lexsort((np.arange(200), t_ms, metric, source)).tolist()
