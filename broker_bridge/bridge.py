@@ -32,7 +32,14 @@ from storage.segments import Samples
 from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
 from vitals.catalogue import METRIC_NAMES
 from vitals.errors import PayloadError
-from vitals.normalise import CLOCK_AHEAD_FLAG_S, Normalised, Reject, Window, normalise
+from vitals.normalise import (
+    CLOCK_AHEAD_FLAG_S,
+    NO_SAMPLE_MS,
+    Normalised,
+    Reject,
+    Window,
+    normalise,
+)
 from vitals.senml import CONTENT_TYPE_JSON, DECODERS, Pack
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,6 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming back
 _RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_NO_SAMPLE = int(np.iinfo(np.int64).min)  # Normalised.first_ms of a pack with none accepted
 
 
 @dataclass(frozen=True)
@@ -303,7 +309,7 @@ class Bridge:
                     item.device_id, item.message.topic, received,
                     "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
                     json.dumps(record).encode()))
-            seen = firsts[i] != _NO_SAMPLE
+            seen = firsts[i] != NO_SAMPLE_MS
             messages.append(MessageIn(
                 item.device_id, item.seq, received, segments, len(bad),
                 first_sample_at=_EPOCH + dt.timedelta(milliseconds=firsts[i]) if seen else None,

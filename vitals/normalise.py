@@ -328,7 +328,7 @@ def _flag_artefacts(order: npt.NDArray[np.intp], source: npt.NDArray[np.int64],
         flags[idx[hit]] |= np.uint8(rule.flag)
 
 
-_NO_TIME = np.iinfo(np.int64).min
+NO_SAMPLE_MS = int(np.iinfo(np.int64).min)  # first_ms / last_ms of a pack with none accepted
 
 
 def _pack_times(pack_index: npt.NDArray[np.int32], times: npt.NDArray[np.float64],
@@ -336,10 +336,10 @@ def _pack_times(pack_index: npt.NDArray[np.int32], times: npt.NDArray[np.float64
                 accepted: npt.NDArray[np.bool_], n_packs: int
                 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Per pack: newest accepted sample time minus receive time (NaN without one), and the
-    oldest and newest accepted sample times in milliseconds (_NO_TIME without one)."""
+    oldest and newest accepted sample times in milliseconds (NO_SAMPLE_MS without one)."""
     offset = np.full(n_packs, np.nan)
-    first = np.full(n_packs, _NO_TIME, dtype=np.int64)
-    last = np.full(n_packs, _NO_TIME, dtype=np.int64)
+    first = np.full(n_packs, NO_SAMPLE_MS, dtype=np.int64)
+    last = np.full(n_packs, NO_SAMPLE_MS, dtype=np.int64)
     # Packs are contiguous in pack order: one reduceat each, over non-empty packs only
     # (reduceat gives an empty segment its next element rather than nothing).
     sizes = np.bincount(pack_index, minlength=n_packs)
@@ -348,7 +348,7 @@ def _pack_times(pack_index: npt.NDArray[np.int32], times: npt.NDArray[np.float64
         return offset, first, last
     ahead = np.maximum.reduceat(np.where(accepted, times - received, -np.inf), starts)
     low = np.minimum.reduceat(np.where(accepted, t_ms, np.iinfo(np.int64).max), starts)
-    high = np.maximum.reduceat(np.where(accepted, t_ms, _NO_TIME), starts)
+    high = np.maximum.reduceat(np.where(accepted, t_ms, NO_SAMPLE_MS), starts)
     some = ~np.isneginf(ahead)
     filled = np.flatnonzero(sizes > 0)[some]
     offset[filled], first[filled], last[filled] = ahead[some], low[some], high[some]
