@@ -55,7 +55,10 @@ BATCH = 500
 
 
 def _payload(device_id: str, seq: int, now: float) -> bytes:
-    start = now - SAMPLES
+    # Each message covers its own minute, as a real device's do (the bridge keeps one sample
+    # per device, metric and time): minute ``seq`` after midnight UTC three days ago, the
+    # same in every process and well inside the acceptance window.
+    start = (now // 86_400 - 3) * 86_400 + seq * SAMPLES
     return encode_json(f"{device_id}/", [("heart_rate", "/min", start + i, 60.0 + (seq + i) % 40)
                                          for i in range(SAMPLES)])
 

@@ -32,7 +32,14 @@ from storage.segments import Samples
 from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
 from vitals.catalogue import METRIC_NAMES
 from vitals.errors import PayloadError
-from vitals.normalise import Normalised, Reject, Window, normalise
+from vitals.normalise import (
+    CLOCK_AHEAD_FLAG_S,
+    NO_SAMPLE_MS,
+    Normalised,
+    Reject,
+    Window,
+    normalise,
+)
 from vitals.senml import CONTENT_TYPE_JSON, DECODERS, Pack
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming
 # InternalClientError: asyncpg's answer on a pooled connection the server dropped.
 _RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
               asyncpg.InternalClientError, TimeoutError)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -242,14 +250,26 @@ class Bridge:
             else:
                 accepted.append(item)
 
+        # Normalisation keeps the first copy of a sample a device sent twice: order by
+        # sequence number so that it is the earlier message's. A message delivered twice
+        # within the batch is normalised once (storage would skip the copy anyway).
+        accepted.sort(key=lambda d: (d.device_id, d.seq))
+        repeats = len(accepted)
+        accepted = [d for i, d in enumerate(accepted) if i == 0 or (
+            d.device_id, d.seq) != (accepted[i - 1].device_id, accepted[i - 1].seq)]
+        repeats -= len(accepted)
         norm = normalise([d.pack for d in accepted], [received_at] * len(accepted),
-                         self._config.window)
+                         self._config.window, sources=[d.device_id for d in accepted])
+        for i in np.flatnonzero(norm.clock_offset_s > CLOCK_AHEAD_FLAG_S).tolist():
+            log.info("device clock ahead; its samples are flagged", extra={
+                "device": accepted[i].device_id, "seq": accepted[i].seq,
+                "clock_offset_s": round(float(norm.clock_offset_s[i]), 1)})
         messages = self._to_messages(accepted, norm, devices, received, quarantined)
         new = await self._store.ingest(messages, quarantined)
 
         self.stats.batches += 1
         self.stats.messages += new
-        self.stats.duplicates += len(messages) - new
+        self.stats.duplicates += len(messages) - new + repeats
         self.stats.samples += int(np.count_nonzero(norm.reject == Reject.ACCEPTED))
         self.stats.rejected += int(np.count_nonzero(norm.reject != Reject.ACCEPTED))
         self.stats.quarantined += len(quarantined)
@@ -267,6 +287,7 @@ class Bridge:
         order = np.lexsort((norm.t_ms, norm.metric, norm.pack))
         pack_sorted = norm.pack[order]
         bounds = np.searchsorted(pack_sorted, np.arange(len(accepted) + 1))
+        firsts, lasts = norm.first_ms.tolist(), norm.last_ms.tolist()
         for i, item in enumerate(accepted):
             idx = order[bounds[i]:bounds[i + 1]]
             ok = idx[norm.reject[idx] == Reject.ACCEPTED]
@@ -290,7 +311,12 @@ class Bridge:
                     item.device_id, item.message.topic, received,
                     "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
                     json.dumps(record).encode()))
-            messages.append(MessageIn(item.device_id, item.seq, received, segments, len(bad)))
+            seen = firsts[i] != NO_SAMPLE_MS
+            messages.append(MessageIn(
+                item.device_id, item.seq, received, segments, len(bad),
+                first_sample_at=_EPOCH + dt.timedelta(milliseconds=firsts[i]) if seen else None,
+                last_sample_at=_EPOCH + dt.timedelta(milliseconds=lasts[i]) if seen else None,
+                raw_units=norm.raw_units.get(i)))
         return messages
 
     @staticmethod

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,6 +14,7 @@ import numpy as np
 from storage.crypto import open_sealed, seal
 from storage.keyring import Keyring
 from storage.segments import Samples, pack, unpack
+from vitals.normalise import Flag
 
 QUARANTINE_KEY = "quarantine"
 
@@ -33,6 +35,11 @@ class MessageIn:
     received_at: dt.datetime
     segments: list[SegmentIn]
     rejected: int
+    # Oldest and newest accepted sample, device clock (None: no sample accepted), and the
+    # non-canonical units per metric its samples were converted from (None: all canonical).
+    first_sample_at: dt.datetime | None = None
+    last_sample_at: dt.datetime | None = None
+    raw_units: Mapping[str, list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +81,19 @@ class Store:
         redelivered batch changes nothing. Returns how many messages were new."""
         async with self._pool.acquire() as conn, conn.transaction():
             new = await conn.fetch(
-                """INSERT INTO ingested_messages (device_id, seq, received_at, samples, rejected)
-                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[],
-                                        $4::int[], $5::int[])
+                """INSERT INTO ingested_messages (device_id, seq, received_at, samples, rejected,
+                                                first_sample_at, last_sample_at, raw_units)
+                   SELECT d, s, r, n, x, f, l, u::jsonb
+                   FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::int[],
+                               $5::int[], $6::timestamptz[], $7::timestamptz[], $8::text[])
+                        AS m(d, s, r, n, x, f, l, u)
                    ON CONFLICT DO NOTHING RETURNING device_id, seq""",
                 [m.device_id for m in messages], [m.seq for m in messages],
                 [m.received_at for m in messages],
                 [sum(len(s.samples) for s in m.segments) for m in messages],
-                [m.rejected for m in messages])
+                [m.rejected for m in messages], [m.first_sample_at for m in messages],
+                [m.last_sample_at for m in messages],
+                [None if m.raw_units is None else json.dumps(m.raw_units) for m in messages])
             fresh = {(r["device_id"], r["seq"]) for r in new}
             new_count = len(fresh)
             rows = []
@@ -130,19 +142,20 @@ class Store:
 
     async def read_series(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                           end: dt.datetime) -> Samples:
-        """A patient's samples of ``metric`` in [start, end), time-ordered, duplicates (same
-        time and value from redundant segments) removed. All sources together."""
-        parts = [samples for _, samples in
-                 await self._read_segments(patient_id, metric, start, end)]
-        return _in_range(parts, start, end)
+        """A patient's samples of ``metric`` in [start, end), time-ordered, all sources
+        together: one sample per (source, time) (see ``_one_per_time``), and a time and
+        value that two sources share once."""
+        by_device = await self.read_by_source(patient_id, metric, start, end)
+        return _in_range(list(by_device.values()), start, end)
 
     async def read_by_source(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                              end: dt.datetime) -> dict[str, Samples]:
-        """The same, kept apart per source device: what each device measured."""
+        """The same, kept apart per source device: what each device measured, one sample
+        per time (see ``_one_per_time``)."""
         by_device: dict[str, list[Samples]] = {}
         for device_id, samples in await self._read_segments(patient_id, metric, start, end):
             by_device.setdefault(device_id, []).append(samples)
-        return {d: _in_range(parts, start, end) for d, parts in by_device.items()}
+        return {d: _one_per_time(parts, start, end) for d, parts in by_device.items()}
 
     async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                              end: dt.datetime) -> list[tuple[str, Samples]]:
@@ -219,3 +232,34 @@ def _in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Sam
     distinct = np.ones(len(t), dtype=bool)
     distinct[1:] = (t[1:] != t[:-1]) | (v[1:] != v[:-1])
     return Samples(t[distinct], v[distinct], f[distinct])
+
+
+def _one_per_time(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Samples:
+    """One source's samples of ``parts`` in [start, end), time-ordered, one per time.
+
+    Storage is idempotent per message (device, seq), not per sample: a device that sends a
+    reading again in a later message (a replay after an offline period, with a new seq) has
+    it stored twice, and compaction keeps both when they differ. Reads give each time once:
+    copies that agree come back as one sample with the flags of all of them; copies that
+    disagree as the smallest value flagged CONFLICT (which one is right is not knowable, and
+    segments carry no arrival order), so it waits for review like a conflict within a batch.
+    """
+    if not parts:
+        return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+    t = np.concatenate([p.t_ms for p in parts])
+    v = np.concatenate([p.value for p in parts])
+    f = np.concatenate([p.flags for p in parts])
+    lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    keep = (t >= lo) & (t < hi)
+    order = np.lexsort((v[keep], t[keep]))
+    t, v, f = t[keep][order], v[keep][order], f[keep][order]
+    first = np.ones(len(t), dtype=bool)
+    first[1:] = t[1:] != t[:-1]
+    if first.all():
+        return Samples(t, v, f)
+    starts = np.flatnonzero(first)
+    flags = np.bitwise_or.reduceat(f, starts)
+    # Sorted by value within a time: the copies disagree when the last differs from the first.
+    ends = np.append(starts[1:], len(t)) - 1
+    flags[v[ends] != v[starts]] |= np.uint8(Flag.CONFLICT)
+    return Samples(t[starts], v[starts], flags.astype(np.uint8))

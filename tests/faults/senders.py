@@ -26,6 +26,9 @@ class PersistentSender:
         self.acked = 0
         self.retries = 0
         self._client: AsyncClient | None = None
+        # Each message covers its own seconds, as a real device's do: the bridge keeps one
+        # sample per (device, metric, time), so overlapping windows would lose samples here.
+        self._origin = time.time() - 3600
 
     async def _connected(self) -> AsyncClient:
         if self._client is None or not self._client.is_connected:
@@ -40,9 +43,9 @@ class PersistentSender:
         return self._client
 
     async def send(self, seq: int) -> None:
-        now = time.time()
+        start = self._origin + (seq - 1) * SAMPLES_PER_MESSAGE
         payload = encode_json(f"{self.watch.device_id}/", [
-            ("heart_rate", "/min", now - SAMPLES_PER_MESSAGE + i, 60.0 + (seq + i) % 30)
+            ("heart_rate", "/min", start + i, 60.0 + (seq + i) % 30)
             for i in range(SAMPLES_PER_MESSAGE)])
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = CONTENT_TYPE_JSON

@@ -1,6 +1,7 @@
 """The bridge against a real Mosquitto (mTLS) and a real PostgreSQL."""
 
 import asyncio
+import itertools
 import time
 
 import paho.mqtt.client as mqtt
@@ -31,9 +32,15 @@ def _props(seq):
     return props
 
 
+# Each pack covers seconds of its own, as a real device's messages do: the bridge keeps one
+# sample per device, metric and time, so packs overlapping to the millisecond lose samples.
+_ORIGIN = time.time() - 3600
+_slots = itertools.count()
+
+
 def _heart_rate(n=5, base=70.0):
-    now = time.time()
-    return encode_json("x/", [("heart_rate", "/min", now - n + i, base + i) for i in range(n)])
+    start = _ORIGIN + next(_slots) * 10
+    return encode_json("x/", [("heart_rate", "/min", start + i, base + i) for i in range(n)])
 
 
 async def _ledger(core, device_id):
