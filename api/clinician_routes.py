@@ -34,6 +34,7 @@ from vitals.catalogue import METRICS
 from vitals.charts import svg_chart
 from vitals.daily import merge_sources
 from vitals.errors import InvalidProfessional
+from vitals.normalise import reliable
 from vitals.summaries import blood_pressure_episodes, summarise, summarise_sources
 
 DEFAULT_PERIOD = dt.timedelta(days=7)
@@ -131,7 +132,7 @@ async def summary(request: web.Request) -> web.Response:
                                         _ms(end), history)
         metrics[name] = summary_json(found)
         if name in ("systolic_bp", "diastolic_bp"):
-            clean = {d: (t[f == 0], v[f == 0]) for d, (t, v, f) in samples.items()}
+            clean = {d: (t[reliable(f)], v[reliable(f)]) for d, (t, v, f) in samples.items()}
             merged[name] = merge_sources(name, clean, order)[0]
     if "systolic_bp" in merged and "diastolic_bp" in merged:
         (t_s, v_s), (t_d, v_d) = merged["systolic_bp"], merged["diastolic_bp"]
@@ -151,7 +152,7 @@ async def chart(request: web.Request) -> web.Response:
     if name not in access.windows:
         raise Problem(404, "no such chart")
     samples = await read_granted(request, access, patient_id, name, start, end)
-    clean = samples.flags == 0
+    clean = reliable(samples.flags)
     s = summarise(name, samples.t_ms, samples.value, samples.flags, _ms(start), _ms(end))
     m = METRICS[name]
     svg = svg_chart(m.display, m.unit, samples.t_ms[clean], samples.value[clean], _ms(start),

@@ -29,6 +29,7 @@ from storage.device_info import device_info
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
+from vitals.normalise import reliable
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_COUNT, MAX_COUNT = 50, 200
@@ -217,7 +218,7 @@ def _page_url(request: web.Request, page: int) -> str:
 
 
 def _clean(samples: Samples) -> Samples:
-    keep = samples.flags == 0
+    keep = reliable(samples.flags)
     return Samples(samples.t_ms[keep], samples.value[keep], samples.flags[keep])
 
 

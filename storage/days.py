@@ -14,6 +14,7 @@ from storage.segments import Samples
 from storage.store import Store
 from vitals.daily import NIGHT_SHIFT_MS, NIGHTLY, DayFigure, daily, priority_order
 from vitals.days import DEFAULT_ZONE, ZoneSpan, days_touched, validate_zone
+from vitals.normalise import reliable
 
 MAX_DAYS = 366
 CHUNK_DAYS = 31  # days read and computed at once (see _figures)
@@ -141,7 +142,7 @@ class Days:
                 lo, hi = max(lo, clip[0]), min(hi, clip[1])
             per_source, order = await self.by_source(patient_id, metric, [(lo, hi)])
             seen.update(per_source)
-            clean = {d: (s.t_ms[s.flags == 0], s.value[s.flags == 0])
+            clean = {d: (s.t_ms[reliable(s.flags)], s.value[reliable(s.flags)])
                      for d, s in per_source.items()}
             # numpy over a month of samples: off the event loop.
             out += await asyncio.to_thread(daily, metric, clean, order, history, chunk)

@@ -19,6 +19,7 @@ import numpy as np
 
 from storage.rollups import DAY_MS, HOUR_MS, Rollups, Stats, compute
 from storage.store import Store
+from vitals.normalise import reliable
 
 WIDTH_MS = {"1m": 60_000, "1h": HOUR_MS, "1d": DAY_MS}
 RESOLUTIONS = ("raw", *WIDTH_MS)
@@ -31,7 +32,7 @@ async def read_stats(pool: asyncpg.Pool, store: Store, rollups: Rollups,
     width = WIDTH_MS[resolution]
     if resolution == "1m":
         s = await store.read_series(patient_id, metric, start, end)
-        clean = s.flags == 0
+        clean = reliable(s.flags)
         return compute(s.t_ms[clean], s.value[clean], width)
     stored, windows = await rollups.read(patient_id, metric, resolution, start, end)
     stale = {r["day"] for r in await pool.fetch(
@@ -59,7 +60,7 @@ async def read_stats(pool: asyncpg.Pool, store: Store, rollups: Rollups,
         if run:
             lo, hi = max(start, run[0]), min(end, run[-1] + dt.timedelta(days=1))
             s = await store.read_series(patient_id, metric, lo, hi)
-            clean = s.flags == 0
+            clean = reliable(s.flags)
             parts.append(compute(s.t_ms[clean], s.value[clean], width))
             run = []
     return Stats.concat(parts)

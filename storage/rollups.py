@@ -23,6 +23,7 @@ from storage.crypto import open_sealed, seal
 from storage.errors import IntegrityError
 from storage.keyring import Keyring
 from storage.store import Store
+from vitals.normalise import reliable
 from vitals.resample import bucketise
 
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
@@ -170,7 +171,7 @@ class Rollups:
                    AND NOT rolled_up AND end_at >= $3 AND start_at < $4""",
                 patient_id, metric, day, end)]
         samples = await self._store.read_series(patient_id, metric, day, end)
-        clean = samples.flags == 0  # flagged samples wait for review: not in summaries
+        clean = reliable(samples.flags)  # doubtful samples wait for review: not in summaries
         t, v = samples.t_ms[clean], samples.value[clean]
         hours = compute(t, v, HOUR_MS)
         day_bucket = compute(t, v, DAY_MS)

@@ -62,6 +62,18 @@ class Flag(IntFlag):
     CONFLICT = 16  # another sample of the same device, metric and time had another value
 
 
+# Flags that put a sample's value in doubt: such samples are stored but wait for review,
+# out of summaries, rollups and daily figures. CLOCK_AHEAD is not one of them: it doubts the
+# device's clock, not the measurement, and would silence a whole device a minute fast.
+DOUBTFUL = Flag.IMPLAUSIBLE | Flag.HR_SPIKE | Flag.SPO2_DIP | Flag.CONFLICT
+
+
+def reliable(flags: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Which samples count in figures: those without a doubtful flag."""
+    out: npt.NDArray[np.bool_] = np.bitwise_and(flags, np.uint8(DOUBTFUL)) == 0
+    return out
+
+
 class Reject(IntEnum):
     """Why a sample was not accepted; 0 means accepted."""
 

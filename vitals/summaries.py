@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from vitals.daily import CUMULATIVE, merge_sources, minute_medians
 from vitals.days import ZoneSpan, day_of, day_pieces, local_days
+from vitals.normalise import reliable
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -73,8 +74,9 @@ def summarise_sources(metric: str, per_source: Mapping[str, SourceSamples],
     flagged = 0
     for source, (t, v, f) in per_source.items():
         inside = (t >= start_ms) & (t < end_ms)
-        flagged += int(np.count_nonzero(inside & (f != 0)))
-        clean[source] = (t[inside & (f == 0)], v[inside & (f == 0)])
+        flagged += int(np.count_nonzero(inside & ~reliable(f)))
+        keep = inside & reliable(f)
+        clean[source] = (t[keep], v[keep])
     ranked = [*order, *sorted(set(per_source) - set(order))]
     (t, v), _ = merge_sources(metric, clean, ranked)
     merged = summarise(metric, t, v, np.zeros(len(t), np.uint8), start_ms, end_ms, history)
@@ -90,9 +92,9 @@ def summarise(metric: str, t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.fl
     if end_ms <= start_ms:
         raise ValueError("the period must not be empty")
     inside = (t_ms >= start_ms) & (t_ms < end_ms)
-    good = inside & (flags == 0)
+    good = inside & reliable(flags)
     t, v = t_ms[good], value[good]
-    flagged = int(np.count_nonzero(inside & (flags != 0)))
+    flagged = int(np.count_nonzero(inside & ~reliable(flags)))
     if len(t) == 0:
         return Summary(metric, 0, flagged)
     continuous = metric in CONTINUOUS

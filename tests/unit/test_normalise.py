@@ -473,3 +473,11 @@ def test_grouping_sorts_by_source_metric_time_and_keeps_input_order_on_ties(
     t_ms = rng.choice(np.array([0, 1, span_ms], np.int64), 200)
     order = _group_order(source, metric, t_ms)
     assert order.tolist() == np.lexsort((np.arange(200), t_ms, metric, source)).tolist()
+
+
+def test_a_device_clock_ahead_does_not_make_its_samples_doubtful() -> None:
+    from vitals.normalise import reliable
+    flags = np.array([Flag.NONE, Flag.CLOCK_AHEAD, Flag.IMPLAUSIBLE, Flag.HR_SPIKE,
+                      Flag.SPO2_DIP, Flag.CONFLICT, Flag.CLOCK_AHEAD | Flag.CONFLICT],
+                     dtype=np.uint8)
+    assert reliable(flags).tolist() == [True, True, False, False, False, False, False]
