@@ -3,7 +3,9 @@
 Layout under the PKI directory (keys owner-only):
 
     ca.pem            the root certificate: what a client trusts for the broker and the API
-    root.key          the root key (would be offline in production)
+    root.key          the root key; `healthiot ca init --offline-root DIR` writes it to DIR
+                      instead, to be kept offline: the online CA then signs device and
+                      service certificates and CRLs, and refuses server certificates
     device-ca.pem/key the online CA that signs device and service client certificates
     clients-ca.pem    device CA + root: the chain the broker needs to verify a client
 
@@ -17,7 +19,7 @@ import datetime as dt
 import ipaddress
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -93,7 +95,7 @@ class CertificateAuthority:
 
     directory: Path
     root: x509.Certificate
-    root_key: ec.EllipticCurvePrivateKey
+    root_key: ec.EllipticCurvePrivateKey | None  # None: kept offline
     device_ca: x509.Certificate
     device_key: ec.EllipticCurvePrivateKey
 
@@ -106,14 +108,18 @@ class CertificateAuthority:
         return self.directory / "clients-ca.pem"
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> CertificateAuthority:
-        """Load the CA from ``directory``; create it there first if it does not exist."""
+    def load_or_create(cls, directory: Path, *,
+                       offline_root: Path | None = None) -> CertificateAuthority:
+        """Load the CA from ``directory``; create it there first if it does not exist, with
+        the root key in ``offline_root`` (a directory to take offline) when given."""
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / "device-ca.key").exists():
             root_key, device_key = new_key(), new_key()
             root = _ca_cert("healthiot dev root CA", root_key, None, root_key, 1)
             device_ca = _ca_cert("healthiot dev device CA", device_key, root, root_key, 0)
-            write_private(directory / "root.key", key_pem(root_key))
+            if offline_root is not None:
+                offline_root.mkdir(parents=True, exist_ok=True)
+            write_private((offline_root or directory) / "root.key", key_pem(root_key))
             (directory / "ca.pem").write_bytes(cert_pem(root))
             (directory / "device-ca.pem").write_bytes(cert_pem(device_ca))
             (directory / "clients-ca.pem").write_bytes(cert_pem(device_ca) + cert_pem(root))
@@ -126,7 +132,7 @@ class CertificateAuthority:
 
         return cls(directory,
                    x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes()),
-                   load_key("root.key"),
+                   load_key("root.key") if (directory / "root.key").exists() else None,
                    x509.load_pem_x509_certificate((directory / "device-ca.pem").read_bytes()),
                    load_key("device-ca.key"))
 
@@ -135,42 +141,13 @@ class CertificateAuthority:
         """Sign a client-auth certificate for the CSR's CN (a device id, or a service id when
         ``service``), valid from ``now`` (default: the current time, less the clock-skew
         allowance) for ``validity``; raises CertificateRequestError for a CSR that is not
-        acceptable."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise CertificateRequestError(f"not a PEM CSR: {exc}") from None
-        if not csr.is_signature_valid:
-            raise CertificateRequestError("the CSR signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise CertificateRequestError("device keys must be ECDSA P-256")
-        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        cn = str(names[0].value) if len(names) == 1 else ""
-        valid = is_service_id(cn) if service else is_device_id(cn)
-        if not valid:
-            raise CertificateRequestError(f"CN {cn!r} is not an acceptable identity")
-        if validity <= dt.timedelta(0):
-            raise CertificateRequestError("a certificate's validity must be positive")
-        now = now or _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.device_ca.subject)
-            .public_key(key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
-                                         False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.device_key.public_key()), critical=False)
-            .sign(self.device_key, hashes.SHA256())
-        )
-        return cert_pem(cert)
+        acceptable. A shortcut for :class:`ClientCertificateBuilder`."""
+        builder = ClientCertificateBuilder().validity(validity)
+        if service:
+            builder = builder.for_service()
+        if now is not None:
+            builder = builder.issued_at(now)
+        return builder.csr(csr_pem).sign(self)
 
     def crl(self, revoked: Iterable[tuple[int, dt.datetime]], *,
             validity: dt.timedelta = CRL_VALIDITY) -> bytes:
@@ -195,7 +172,11 @@ class CertificateAuthority:
         return crl.public_bytes(serialization.Encoding.PEM)
 
     def issue_server(self, hostnames: list[str]) -> tuple[bytes, bytes]:
-        """A server key and certificate (serverAuth) for the broker or the API."""
+        """A server key and certificate (serverAuth) for the broker or the API; raises
+        CertificateRequestError when the root key is offline (sign them where it is)."""
+        if self.root_key is None:
+            raise CertificateRequestError("the root key is offline: server certificates are "
+                                          "signed where it is kept")
         key = new_key()
         alt: list[x509.GeneralName] = []
         for host in hostnames:
@@ -219,6 +200,90 @@ class CertificateAuthority:
             .sign(self.root_key, hashes.SHA256())
         )
         return key_pem(key), cert_pem(cert)
+
+
+@dataclass(frozen=True)
+class ClientCertificateBuilder:
+    """An immutable builder of client certificates, in the style of cryptography's: each
+    method checks its field and returns a new builder; :meth:`sign` checks the whole.
+
+        ClientCertificateBuilder().csr(pem).validity(dt.timedelta(days=90)).sign(ca)
+
+    Every check raises CertificateRequestError. The profile is fixed: CN = the CSR's identity,
+    ECDSA P-256, client authentication only, a random serial, the device CA as issuer.
+    """
+
+    _csr: x509.CertificateSigningRequest | None = None
+    _cn: str = ""
+    _service: bool = False
+    _validity: dt.timedelta = DEVICE_VALIDITY
+    _issued_at: dt.datetime | None = None
+
+    def csr(self, pem: bytes) -> ClientCertificateBuilder:
+        """The device's (or service's) request; its key and CN are checked now."""
+        if self._csr is not None:
+            raise CertificateRequestError("the CSR is already set")
+        try:
+            csr = x509.load_pem_x509_csr(pem)
+        except ValueError as exc:
+            raise CertificateRequestError(f"not a PEM CSR: {exc}") from None
+        if not csr.is_signature_valid:
+            raise CertificateRequestError("the CSR signature does not verify")
+        key = csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise CertificateRequestError("device keys must be ECDSA P-256")
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        cn = str(names[0].value) if len(names) == 1 else ""
+        self._check_identity(cn, self._service)
+        return replace(self, _csr=csr, _cn=cn)
+
+    def for_service(self) -> ClientCertificateBuilder:
+        """A service identity (svc-...) rather than a device id."""
+        if self._csr is not None:
+            self._check_identity(self._cn, True)
+        return replace(self, _service=True)
+
+    def validity(self, validity: dt.timedelta) -> ClientCertificateBuilder:
+        if validity <= dt.timedelta(0):
+            raise CertificateRequestError("a certificate's validity must be positive")
+        if validity > CA_VALIDITY:
+            raise CertificateRequestError("a client certificate cannot outlive its CA")
+        return replace(self, _validity=validity)
+
+    def issued_at(self, at: dt.datetime) -> ClientCertificateBuilder:
+        """When the validity starts (less the clock-skew allowance); default: now."""
+        if at.tzinfo is None:
+            raise CertificateRequestError("the issue time must be timezone-aware")
+        return replace(self, _issued_at=at)
+
+    def sign(self, ca: CertificateAuthority) -> bytes:
+        """The PEM certificate, signed by ``ca``'s device CA."""
+        if self._csr is None:
+            raise CertificateRequestError("a certificate needs a CSR")
+        now = self._issued_at or _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self._cn)]))
+            .issuer_name(ca.device_ca.subject)
+            .public_key(self._csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + self._validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                         False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca.device_key.public_key()), critical=False)
+            .sign(ca.device_key, hashes.SHA256())
+        )
+        return cert_pem(cert)
+
+    @staticmethod
+    def _check_identity(cn: str, service: bool) -> None:
+        if not (is_service_id(cn) if service else is_device_id(cn)):
+            raise CertificateRequestError(f"CN {cn!r} is not an acceptable identity")
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:

@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("ca", help="the development certificate authority")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
-    ca_sub.add_parser("init", help="create the root and device CA under var/pki (idempotent)")
+    ca_init = ca_sub.add_parser(
+        "init", help="create the root and device CA under var/pki (idempotent)")
+    ca_init.add_argument("--offline-root", type=Path, metavar="DIR",
+                         help="write the root key to DIR, to be kept offline, not to var/pki")
 
     dev = sub.add_parser("devices", help="device registry: factory provisioning, revocation")
     dev_sub = dev.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
@@ -165,8 +168,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_devices(args, settings))
     if args.command == "ca":
         from devices.ca import CertificateAuthority
-        ca = CertificateAuthority.load_or_create(settings.var_dir / "pki")
+        ca = CertificateAuthority.load_or_create(settings.var_dir / "pki",
+                                                 offline_root=getattr(args, "offline_root", None))
         print(f"CA ready: trust {ca.ca_file}; client chain {ca.clients_ca_file}")
+        if ca.root_key is None:
+            print("the root key is not here: keep it offline; the online CA signs device "
+                  "and service certificates and CRLs only")
         return 0
     if args.command == "broker-config":
         from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf

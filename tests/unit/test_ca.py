@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,7 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devices.ca import DEVICE_VALIDITY, CertificateAuthority, make_csr, new_key
+from devices.ca import (
+    DEVICE_VALIDITY,
+    CertificateAuthority,
+    ClientCertificateBuilder,
+    make_csr,
+    new_key,
+)
 from devices.errors import CertificateRequestError
 from devices.identity import new_device_id
 
@@ -200,3 +208,63 @@ def test_server_certificate_covers_localhost_and_loopback_for_server_auth(
     cert.verify_directly_issued_by(ca.root)
     key = serialization.load_pem_private_key(key_pem, None)
     assert cert.public_key() == key.public_key()
+
+
+# --- the builder -------------------------------------------------------------------------
+
+
+def test_builder_is_immutable_and_each_step_returns_a_new_builder(
+        ca: CertificateAuthority, device_key: ec.EllipticCurvePrivateKey) -> None:
+    base = ClientCertificateBuilder()
+    short = base.validity(dt.timedelta(days=30))
+    assert short is not base
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base._validity = dt.timedelta(days=1)  # type: ignore[misc]
+    csr = make_csr(device_key, new_device_id("scale"))
+    month = x509.load_pem_x509_certificate(short.csr(csr).sign(ca))
+    year = x509.load_pem_x509_certificate(base.csr(csr).sign(ca))  # base kept its default
+    assert month.not_valid_after_utc - month.not_valid_before_utc < dt.timedelta(days=31)
+    assert year.not_valid_after_utc - year.not_valid_before_utc > DEVICE_VALIDITY
+
+
+@pytest.mark.parametrize("step", [
+    lambda b: b.validity(dt.timedelta(0)),
+    lambda b: b.validity(dt.timedelta(days=-1)),
+    lambda b: b.validity(dt.timedelta(days=100 * 365)),  # longer than the CA lives
+    lambda b: b.issued_at(dt.datetime(2026, 1, 1)),  # naive: which zone?
+    lambda b: b.csr(b"not a csr"),
+    lambda b: b.csr(make_csr(new_key(), "svc-bridge")),  # a service id, as a device
+    lambda b: b.for_service().csr(make_csr(new_key(), new_device_id("watch"))),
+])
+def test_each_field_is_checked_as_it_is_set(step: Any) -> None:
+    with pytest.raises(CertificateRequestError):
+        step(ClientCertificateBuilder())
+
+
+def test_signing_without_a_csr_or_setting_it_twice_is_refused(
+        ca: CertificateAuthority, device_key: ec.EllipticCurvePrivateKey) -> None:
+    with pytest.raises(CertificateRequestError, match="needs a CSR"):
+        ClientCertificateBuilder().sign(ca)
+    with_csr = ClientCertificateBuilder().csr(make_csr(device_key, new_device_id("watch")))
+    with pytest.raises(CertificateRequestError, match="already set"):
+        with_csr.csr(make_csr(device_key, new_device_id("watch")))
+
+
+# --- an offline root ---------------------------------------------------------------------
+
+
+def test_with_the_root_offline_the_online_ca_signs_clients_and_refuses_servers(
+        tmp_path: Path, device_key: ec.EllipticCurvePrivateKey) -> None:
+    online, offline = tmp_path / "pki", tmp_path / "offline"
+    created = CertificateAuthority.load_or_create(online, offline_root=offline)
+    assert not (online / "root.key").exists() and (offline / "root.key").exists()
+    assert stat.S_IMODE((offline / "root.key").stat().st_mode) == 0o600
+    loaded = CertificateAuthority.load_or_create(online)
+    assert loaded.root_key is None and created.root == loaded.root
+    cert = x509.load_pem_x509_certificate(
+        loaded.issue_client(make_csr(device_key, new_device_id("watch"))))
+    cert.verify_directly_issued_by(loaded.device_ca)
+    loaded.device_ca.verify_directly_issued_by(loaded.root)
+    with pytest.raises(CertificateRequestError, match="offline"):
+        loaded.issue_server(["localhost"])
+    assert loaded.crl([(cert.serial_number, dt.datetime.now(dt.UTC))])  # CRLs still signed
