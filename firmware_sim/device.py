@@ -1,8 +1,9 @@
 """One simulated device: its key and CSR, an MQTT v5 mTLS session, a numbered outbox.
 
-A message leaves the outbox only when the broker's PUBACK carries a success code, so a
-refused or unanswered message is sent again. The ledger counts what the broker accepted: it
-is what a loss check compares with the database.
+A message is written to the durable outbox (firmware_sim.outbox) before it is published, and
+leaves it only when the broker's PUBACK carries a success code, so a refused or unanswered
+message is sent again, by this process or by the next one started on the same flash. The
+ledger counts what the broker accepted: it is what a loss check compares with the database.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import os
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
+from firmware_sim.outbox import Message, Outbox
 from firmware_sim.signals import HeartRate, Weight
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
@@ -41,11 +42,25 @@ Issuer = Callable[[bytes], Awaitable[bytes]]  # CSR PEM in, certificate PEM out
 
 @dataclass
 class Ledger:
-    """What the broker acknowledged from this device."""
+    """What this device did since it was started (not across restarts: the database is the
+    ledger that survives). ``messages`` and ``samples`` count first acknowledgements only, so
+    they can be compared with what was stored; resends are counted apart."""
 
-    messages: int = 0
+    messages: int = 0  # acknowledged by the broker (or, under a fault, pretended so)
     samples: int = 0
     refused: int = 0  # PUBACKs with a failure reason code (the message stays queued)
+    sent: int = 0  # PUBLISH packets sent, repeats and resends included
+    resent: int = 0  # messages published again because the backend asked
+    resend_requests: int = 0
+
+
+@dataclass
+class Faults:
+    """Misbehaviour on demand. ``lost_after_ack``: sequence numbers the broker "acknowledges
+    and then loses" (as a broker crash before its autosave would): the device counts them as
+    delivered and keeps them in its replay window, but they never reach the backend."""
+
+    lost_after_ack: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -55,15 +70,8 @@ class Broker:
     ca_file: Path
 
 
-@dataclass(frozen=True, slots=True)
-class _Message:
-    seq: int
-    payload: bytes
-    samples: int
-
-
 class Flash:
-    """The device's persistent storage: its key, certificate and next sequence number."""
+    """The device's persistent storage: its key, its certificate and its outbox."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -77,16 +85,16 @@ class Flash:
     def cert_file(self) -> Path:
         return self.directory / "device.pem"
 
+    @property
+    def outbox_file(self) -> Path:
+        return self.directory / "outbox.sqlite3"
+
     def load_seq(self) -> int:
+        """The next number saved by firmware without a durable outbox (state.json)."""
         try:
             return int(json.loads((self.directory / "state.json").read_text())["next_seq"])
         except (OSError, ValueError, KeyError):
             return 1
-
-    def save_seq(self, next_seq: int) -> None:
-        tmp = self.directory / "state.json.tmp"
-        tmp.write_text(json.dumps({"next_seq": next_seq}))
-        os.replace(tmp, self.directory / "state.json")
 
 
 async def enrol(flash: Flash, device_id: str, issue: Issuer) -> None:
@@ -106,41 +114,53 @@ async def enrol(flash: Flash, device_id: str, issue: Issuer) -> None:
 
 
 class SimulatedDevice:
-    """Base of the device models: connection, outbox and ledger. Subclasses make readings."""
+    """Base of the device models: connection, outbox and ledger. Subclasses make readings.
+
+    The outbox is opened from ``flash`` at construction; ``close()`` releases it. A device
+    object made again from the same flash continues where the last one stopped.
+    """
 
     model = "device"
 
     def __init__(self, device_id: str, flash: Flash, broker: Broker, *,
-                 interval_s: float, rng: random.Random | None = None) -> None:
+                 interval_s: float, rng: random.Random | None = None,
+                 faults: Faults | None = None) -> None:
         self.device_id = device_id
         self.flash = flash
         self.broker = broker
         self.interval_s = interval_s
         self.rng = rng or random.Random()
+        self.faults = faults or Faults()
         self.ledger = Ledger()
         self.online = False
-        self._outbox: deque[_Message] = deque()
-        self._next_seq = flash.load_seq()
+        self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
         self._wake = asyncio.Event()
 
     @property
     def pending(self) -> int:
+        """Messages on flash that the broker has not accepted yet."""
         return len(self._outbox)
+
+    @property
+    def next_seq(self) -> int:
+        return self._outbox.next_seq
+
+    def close(self) -> None:
+        """Release the flash (the outbox stays on it)."""
+        self._outbox.close()
 
     def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
         """(metric, unit, time, value) records measured in [start, end)."""
         raise NotImplementedError
 
-    def measure(self, start: float, end: float) -> None:
+    def measure(self, start: float, end: float) -> Message | None:
         """Take the readings of a period into the outbox under the next sequence number."""
         records = self.readings(start, end)
         if not records:
-            return
-        payload = encode_json(f"{self.device_id}/", records)
-        self._outbox.append(_Message(self._next_seq, payload, len(records)))
-        self._next_seq += 1
-        self.flash.save_seq(self._next_seq)  # a restarted device never reuses a number
+            return None
+        message = self._outbox.add(encode_json(f"{self.device_id}/", records), len(records))
         self._wake.set()
+        return message
 
     async def run(self, stop: asyncio.Event) -> None:
         """Measure every ``interval_s`` until ``stop``, and deliver in the background."""
@@ -162,20 +182,24 @@ class SimulatedDevice:
 
     async def flush(self, timeout: float) -> None:
         """Deliver whatever the outbox still holds, within ``timeout`` seconds."""
-        deliver = asyncio.create_task(self._deliver_forever(until_empty=True))
+        deliver = asyncio.create_task(self._deliver_forever(until_empty=True),
+                                      name=f"flush-{self.device_id}")
         try:
             await asyncio.wait_for(deliver, timeout)
         except TimeoutError:
             log.warning("outbox not empty at flush", extra={"device": self.device_id,
                                                              "pending": self.pending})
 
-    async def _deliver_forever(self, until_empty: bool = False) -> None:
+    def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.broker.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(self.flash.cert_file), str(self.flash.key_file))
+        return context
+
+    async def _deliver_forever(self, until_empty: bool = False) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id,
                              protocol=mqtt.MQTTv5)
-        client.tls_set_context(context)
+        client.tls_set_context(self._tls())
         conn = AsyncClient(client, queue_size=100)
         delay = RECONNECT_MIN_S
         try:
@@ -198,21 +222,31 @@ class SimulatedDevice:
             self.online = False
             await conn.disconnect()
 
-    async def _send_one(self, conn: AsyncClient) -> None:
-        message = self._outbox[0]
+    async def _publish(self, conn: AsyncClient, message: Message) -> bool:
+        """Publish one message; True when the broker accepted it. Raises MqttError when the
+        connection failed (the caller keeps the message)."""
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = CONTENT_TYPE_JSON
         props.UserProperty = ("seq", str(message.seq))
-        try:
-            code = await conn.publish(f"devices/{self.device_id}/telemetry", message.payload,
-                                      qos=1, properties=props)
-        except MqttError:
-            return  # still queued; the connection loop reconnects
+        self.ledger.sent += 1
+        code = await conn.publish(f"devices/{self.device_id}/telemetry", message.payload,
+                                  qos=1, properties=props)
         if code.is_failure:
             self.ledger.refused += 1
-            await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
-            return
-        self._outbox.popleft()
+            return False
+        return True
+
+    async def _send_one(self, conn: AsyncClient) -> None:
+        message = self._outbox[0]
+        if message.seq not in self.faults.lost_after_ack:
+            try:
+                accepted = await self._publish(conn, message)
+            except MqttError:
+                return  # still queued; the connection loop reconnects
+            if not accepted:
+                await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
+                return
+        self._outbox.acked(message.seq)
         self.ledger.messages += 1
         self.ledger.samples += message.samples
 

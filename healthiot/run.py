@@ -153,7 +153,11 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             core, materials.ca, accounts, settings.var_dir / "demo",
             Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file))
         _say(_newcomer_help(settings, accounts))
-        totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
+        try:
+            totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
+        finally:
+            for device in fleet:
+                device.close()  # what is still queued stays on its flash for the next run
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
 
