@@ -15,6 +15,7 @@ import os
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class SimulatedDevice:
         self.ledger = Ledger()
         self.online = False
         self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
+        self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
 
     @property
@@ -144,6 +146,14 @@ class SimulatedDevice:
     @property
     def next_seq(self) -> int:
         return self._outbox.next_seq
+
+    @property
+    def telemetry_topic(self) -> str:
+        return f"devices/{self.device_id}/telemetry"
+
+    @property
+    def inbox_topic(self) -> str:
+        return f"devices/{self.device_id}/inbox"
 
     def close(self) -> None:
         """Release the flash (the outbox stays on it)."""
@@ -201,18 +211,24 @@ class SimulatedDevice:
                              protocol=mqtt.MQTTv5)
         client.tls_set_context(self._tls())
         conn = AsyncClient(client, queue_size=100)
+        inbox = asyncio.create_task(self._serve_inbox(conn), name=f"inbox-{self.device_id}")
         delay = RECONNECT_MIN_S
         try:
-            while not (until_empty and not self._outbox):
+            while not (until_empty and not self._outbox and not self._resend):
                 if not conn.is_connected:
                     try:
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
+                        await conn.subscribe(self.inbox_topic, qos=1)
                         self.online, delay = True, RECONNECT_MIN_S
                     except MqttError:
                         self.online = False
+                        await conn.disconnect()
                         await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
                         delay = min(delay * 2, RECONNECT_MAX_S)
                         continue
+                if self._resend:
+                    await self._resend_one(conn)
+                    continue
                 if not self._outbox:
                     self._wake.clear()
                     await self._wake.wait()
@@ -220,7 +236,46 @@ class SimulatedDevice:
                 await self._send_one(conn)
         finally:
             self.online = False
+            inbox.cancel()
+            await asyncio.gather(inbox, return_exceptions=True)
             await conn.disconnect()
+
+    async def _serve_inbox(self, conn: AsyncClient) -> None:
+        while True:
+            message = await conn.messages.get()
+            if message.topic == self.inbox_topic:
+                self.on_request(bytes(message.payload))
+
+    def on_request(self, payload: bytes) -> int:
+        """Honour a backend request from the inbox; returns how many messages it queued.
+
+        ``{"resend": [[from, to], ...]}``: the acknowledged messages still in the replay
+        window are published again with their original numbers. Anything else is ignored
+        (a device does not crash on what its inbox brings).
+        """
+        ranges = _resend_ranges(payload)
+        if ranges is None:
+            log.warning("inbox message ignored", extra={"device": self.device_id})
+            return 0
+        self.ledger.resend_requests += 1
+        queued = {m.seq for m in self._resend}
+        fresh = [m for m in self._outbox.replay(ranges) if m.seq not in queued]
+        self._resend.extend(fresh)
+        if fresh:
+            self._wake.set()
+        return len(fresh)
+
+    async def _resend_one(self, conn: AsyncClient) -> None:
+        message = self._resend[0]
+        try:
+            accepted = await self._publish(conn, message)
+        except MqttError:
+            return
+        if not accepted:
+            await asyncio.sleep(1.0)
+            return
+        self._resend.popleft()
+        self.ledger.resent += 1
 
     async def _publish(self, conn: AsyncClient, message: Message) -> bool:
         """Publish one message; True when the broker accepted it. Raises MqttError when the
@@ -229,7 +284,7 @@ class SimulatedDevice:
         props.ContentType = CONTENT_TYPE_JSON
         props.UserProperty = ("seq", str(message.seq))
         self.ledger.sent += 1
-        code = await conn.publish(f"devices/{self.device_id}/telemetry", message.payload,
+        code = await conn.publish(self.telemetry_topic, message.payload,
                                   qos=1, properties=props)
         if code.is_failure:
             self.ledger.refused += 1
@@ -249,6 +304,27 @@ class SimulatedDevice:
         self._outbox.acked(message.seq)
         self.ledger.messages += 1
         self.ledger.samples += message.samples
+
+
+MAX_RESEND_RANGES = 100  # a request with more is not from our backend
+
+
+def _resend_ranges(payload: bytes) -> list[tuple[int, int]] | None:
+    """The inclusive ranges of a resend request, or None when it is not one."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    spans = body.get("resend") if isinstance(body, dict) else None
+    if not isinstance(spans, list) or not 0 < len(spans) <= MAX_RESEND_RANGES:
+        return None
+    ranges = []
+    for span in spans:
+        if not (isinstance(span, list) and len(span) == 2
+                and all(type(x) is int and x > 0 for x in span) and span[0] <= span[1]):
+            return None
+        ranges.append((span[0], span[1]))
+    return ranges
 
 
 class Watch(SimulatedDevice):
