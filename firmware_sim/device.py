@@ -39,6 +39,19 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 Issuer = Callable[[bytes], Awaitable[bytes]]  # CSR PEM in, certificate PEM out
+STOP_POLL_S = 0.5  # how often a stop is re-requested from a task that ignored one
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end. Python 3.11's ``asyncio.wait_for`` returns
+    the result, swallowing the cancellation, when its future completes at the same moment
+    (gh-86296; a CONNACK or PUBACK arriving as the device is stopped): so cancel again until
+    the task really ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_POLL_S)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("device task failed", exc_info=task.exception())
 
 
 @dataclass
@@ -53,6 +66,9 @@ class Ledger:
     sent: int = 0  # PUBLISH packets sent, repeats and resends included
     resent: int = 0  # messages published again because the backend asked
     resend_requests: int = 0
+    # The outbox is sent in order, so what was acknowledged since start is one range.
+    first_acked: int | None = None
+    last_acked: int | None = None
 
 
 @dataclass
@@ -187,16 +203,24 @@ class SimulatedDevice:
                     self.measure(last, now)
                 last = now
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await stop_task(sender)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Stay connected without measuring until ``stop``: deliver what is queued and
+        honour resend requests (what a device does after its wearer took it off)."""
+        sender = asyncio.create_task(self._deliver_forever(), name=f"serve-{self.device_id}")
+        try:
+            await stop.wait()
+        finally:
+            await stop_task(sender)  # a publish cut short leaves its message in the outbox
 
     async def flush(self, timeout: float) -> None:
         """Deliver whatever the outbox still holds, within ``timeout`` seconds."""
         deliver = asyncio.create_task(self._deliver_forever(until_empty=True),
                                       name=f"flush-{self.device_id}")
-        try:
-            await asyncio.wait_for(deliver, timeout)
-        except TimeoutError:
+        await asyncio.wait({deliver}, timeout=timeout)
+        if not deliver.done():
+            await stop_task(deliver)
             log.warning("outbox not empty at flush", extra={"device": self.device_id,
                                                              "pending": self.pending})
 
@@ -236,8 +260,7 @@ class SimulatedDevice:
                 await self._send_one(conn)
         finally:
             self.online = False
-            inbox.cancel()
-            await asyncio.gather(inbox, return_exceptions=True)
+            await stop_task(inbox)
             await conn.disconnect()
 
     async def _serve_inbox(self, conn: AsyncClient) -> None:
@@ -302,8 +325,12 @@ class SimulatedDevice:
                 await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
                 return
         self._outbox.acked(message.seq)
-        self.ledger.messages += 1
-        self.ledger.samples += message.samples
+        ledger = self.ledger
+        ledger.messages += 1
+        ledger.samples += message.samples
+        if ledger.first_acked is None:
+            ledger.first_acked = message.seq
+        ledger.last_acked = message.seq
 
 
 MAX_RESEND_RANGES = 100  # a request with more is not from our backend
