@@ -31,7 +31,6 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
 from firmware_sim.outbox import Message, Outbox
-from firmware_sim.signals import HeartRate, Weight
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 log = logging.getLogger(__name__)
@@ -176,7 +175,7 @@ class SimulatedDevice:
         self._outbox.close()
 
     def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        """(metric, unit, time, value) records measured in [start, end)."""
+        """(metric, unit, Unix time, value) records measured in [start, end)."""
         raise NotImplementedError
 
     def measure(self, start: float, end: float) -> Message | None:
@@ -354,35 +353,10 @@ def _resend_ranges(payload: bytes) -> list[tuple[int, int]] | None:
     return ranges
 
 
-class Watch(SimulatedDevice):
-    """Heart rate at 1 Hz, sent in batches, and a step count per batch."""
-
-    model = "watch"
-
-    def __init__(self, *args: object, resting_hr: float = 62.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.heart = HeartRate(resting_hr, self.rng)
-
-    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        first = float(int(start) + 1)
-        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
-        records = [("heart_rate", "/min", t, self.heart.sample(t)) for t in seconds]
-        if records:
-            records.append(("steps", "{steps}", seconds[-1], float(self.rng.randint(0, 12)
-                                                                   * len(seconds) // 5)))
-        return records
-
-
-class Scale(SimulatedDevice):
-    """Weight and body fat, one weighing per interval."""
-
-    model = "scale"
-
-    def __init__(self, *args: object, kg: float = 72.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.person = Weight(kg, rng=self.rng)
-
-    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        kg, fat = self.person.measure()
-        t = round(end, 3)
-        return [("body_weight", "kg", t, kg), ("body_fat", "%", t, fat)]
+def __getattr__(name: str) -> object:
+    # The device models moved to firmware_sim.models (which imports this module); old
+    # imports of Watch and Scale from here keep working.
+    if name in ("Watch", "Scale"):
+        from firmware_sim import models
+        return getattr(models, name)
+    raise AttributeError(name)

@@ -34,14 +34,17 @@ from api import passwords, totp
 from broker_bridge.bridge import Bridge
 from devices.ca import CertificateAuthority
 from devices.identity import new_device_id
-from firmware_sim.device import Broker, Flash, Scale, SimulatedDevice, Watch, enrol
+from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol
+from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
 from healthiot import stack
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
 from healthiot.services import Core
 from healthiot.settings import Settings
 
-DEVICES_PER_PATIENT = 2  # a watch and, for one patient in two, a scale
-SCALE_EVERY = 4  # one device in four is a scale
+DEVICES_PER_PATIENT = 2
+# The fleet's mix, repeated: watches send every few seconds, the others are spot readings.
+MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "watch",
+       "glucometer", "pulse_oximeter")
 ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
 REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
 
@@ -52,7 +55,7 @@ class Scenario:
 
     description: str
     watch_interval_s: float = 5.0
-    scale_interval_s: float = 15.0
+    spot_interval_s: float = 15.0  # scales, cuffs, thermometers, glucometers
     lossy_fraction: float = 0.0  # devices whose broker "acks then loses" two messages
     offline_fraction: float = 0.0  # devices offline for the first half of the run
 
@@ -127,7 +130,7 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
     path = directory / "fleet.json"
     known: list[list[str]] = json.loads(path.read_text()) if path.exists() else []
     while len(known) < count:
-        model = "scale" if len(known) % SCALE_EVERY == SCALE_EVERY - 1 else "watch"
+        model = MIX[len(known) % len(MIX)]
         known.append([new_device_id(model), model])
     directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
     path.write_text(json.dumps(known))
@@ -149,14 +152,34 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
                     device_id, model=model, serial=f"SIM-{index:06d}",
                     cert_pem=flash.cert_file.read_bytes(),
                     patient_id=patients[index // DEVICES_PER_PATIENT])
-        rng = random.Random(index)
-        if model == "scale":
-            return Scale(device_id, flash, broker, interval_s=scenario.scale_interval_s,
-                         rng=rng, kg=rng.uniform(50, 110))
-        return Watch(device_id, flash, broker, interval_s=scenario.watch_interval_s,
-                     rng=rng, resting_hr=rng.uniform(52, 78))
+        return _model(model, index, device_id, flash, broker, scenario)
 
     return list(await asyncio.gather(*(one(i, d, m) for i, (d, m) in enumerate(chosen))))
+
+
+def _model(model: str, index: int, device_id: str, flash: Flash, broker: Broker,
+           scenario: Scenario) -> SimulatedDevice:
+    """A device of ``model``, its wearer and its units drawn from a generator seeded by its
+    index: the same fleet behaves the same on every run."""
+    rng = random.Random(index)
+    spot = scenario.spot_interval_s
+    if model == "watch":
+        return Watch(device_id, flash, broker, interval_s=scenario.watch_interval_s, rng=rng,
+                     resting_hr=rng.uniform(52, 78), utc_offset_h=rng.choice((0, 1, 2)))
+    if model == "scale":
+        return Scale(device_id, flash, broker, interval_s=spot, rng=rng,
+                     kg=rng.uniform(50, 110), pounds=rng.random() < 0.3)
+    if model == "bp_cuff":
+        return BpCuff(device_id, flash, broker, interval_s=spot, rng=rng,
+                      systolic=rng.uniform(105, 150), kpa=rng.random() < 0.2)
+    if model == "thermometer":
+        return Thermometer(device_id, flash, broker, interval_s=spot, rng=rng,
+                           fahrenheit=rng.random() < 0.3)
+    if model == "glucometer":
+        return Glucometer(device_id, flash, broker, interval_s=spot, rng=rng,
+                          mmol=rng.random() < 0.5)
+    return MODELS[model](device_id, flash, broker, interval_s=scenario.watch_interval_s,
+                         rng=rng)
 
 
 async def _patients(core: Core, indexes: list[int]) -> dict[int, uuid.UUID]:
@@ -284,11 +307,11 @@ def _report(reports: list[DeviceReport], directory: Path) -> int:
     path = directory / "report.json"
     path.write_text(json.dumps([dict(vars(r), lost=r.lost, dup=r.dup) for r in reports],
                                indent=1))
-    _say(f"{'device':<44} {'model':<6} {'sent':>6} {'acked':>6} {'refused':>7} "
+    _say(f"{'device':<30} {'model':<14} {'sent':>6} {'acked':>6} {'refused':>7} "
          f"{'resent':>6} {'buffered':>8} {'stored':>6} {'lost':>5} {'dup':>4}")
     worst = sorted(reports, key=lambda r: (-r.lost, -r.dup, -r.buffered, r.device_id))
     for r in worst[:REPORT_LINES_MAX]:
-        _say(f"{r.device_id:<44} {r.model:<6} {r.sent:>6} {r.acked:>6} {r.refused:>7} "
+        _say(f"{r.device_id:<30} {r.model:<14} {r.sent:>6} {r.acked:>6} {r.refused:>7} "
              f"{r.resent:>6} {r.buffered:>8} {r.stored_messages:>6} {r.lost:>5} {r.dup:>4}")
     if len(reports) > REPORT_LINES_MAX:
         _say(f"... {len(reports) - REPORT_LINES_MAX} more devices (worst first); all in {path}")
