@@ -18,6 +18,7 @@ bridge restart is found too, with one indexed lookup per device and worker lifet
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 import logging
@@ -291,15 +292,18 @@ class Resender:
         for device_id, islands in (await self._ledger.stored_in(due)).items():
             for lo, hi in islands:
                 tracker.settle(device_id, lo, hi)
-        sent = 0
+        requests = {}
         for device_id, ranges in due.items():
             asking = tracker.asked(device_id, ranges, now)
-            if not asking:
-                continue
-            await client.publish(inbox_topic(device_id), resend_request(asking), qos=1,
-                                 timeout=5.0)
+            if asking:
+                requests[device_id] = asking
+        # Concurrently: the consume loop waits for this, and each PUBACK is a round trip.
+        # A request that fails is asked again after retry_s, like one that went unanswered.
+        await asyncio.gather(*(
+            client.publish(inbox_topic(d), resend_request(r), qos=1, timeout=5.0)
+            for d, r in requests.items()))
+        for device_id, asking in requests.items():
             tracker.stats.requests += 1
             tracker.stats.ranges_asked += len(asking)
-            sent += 1
             log.info("resend requested", extra={"device": device_id, "ranges": len(asking)})
-        return sent
+        return len(requests)

@@ -9,6 +9,7 @@ ledger counts what the broker accepted: it is what a loss check compares with th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -72,11 +73,26 @@ class Ledger:
 
 @dataclass
 class Faults:
-    """Misbehaviour on demand. ``lost_after_ack``: sequence numbers the broker "acknowledges
-    and then loses" (as a broker crash before its autosave would): the device counts them as
-    delivered and keeps them in its replay window, but they never reach the backend."""
+    """Misbehaviour on demand, each with a documented backend reaction.
+
+    ``lost_after_ack``: sequence numbers the broker "acknowledges and then loses" (as a
+    broker crash before its autosave would): the device counts them as delivered and keeps
+    them in its replay window; the bridge finds the gap and asks for them.
+    ``duplicate_every``: every n-th message is published twice (a retransmission after a
+    lost PUBACK); storage keeps one.
+    ``clock_offset_s``: the device clock is off by this much; a small skew is stored with
+    device time, a clock reset to 2000-01-01 (``CLOCK_RESET``) is outside the acceptance
+    window and goes to quarantine.
+    """
 
     lost_after_ack: set[int] = field(default_factory=set)
+    duplicate_every: int = 0
+    clock_offset_s: float = 0.0
+
+
+def reset_clock_offset(now: float) -> float:
+    """The offset of a clock that restarted at 2000-01-01T00:00:00Z when ``now`` began."""
+    return 946_684_800.0 - now
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,9 @@ class SimulatedDevice:
         records = self.readings(start, end)
         if not records:
             return None
+        offset = self.faults.clock_offset_s
+        if offset:
+            records = [(m, u, round(t + offset, 3), v) for m, u, t, v in records]
         message = self._outbox.add(encode_json(f"{self.device_id}/", records), len(records))
         self._wake.set()
         return message
@@ -323,6 +342,10 @@ class SimulatedDevice:
             if not accepted:
                 await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
                 return
+            every = self.faults.duplicate_every
+            if every and message.seq % every == 0:
+                with contextlib.suppress(MqttError):
+                    await self._publish(conn, message)  # the same message, once more
         self._outbox.acked(message.seq)
         ledger = self.ledger
         ledger.messages += 1

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
     sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     sim.add_argument("--scenario", default="steady",
-                     choices=["steady", "lossy-broker", "offline"],
+                     choices=["steady", "lossy-broker", "offline", "duplicates",
+                              "clock-skew"],
                      help="device behaviour (default steady)")
 
     sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")

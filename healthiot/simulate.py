@@ -34,7 +34,7 @@ from api import passwords, totp
 from broker_bridge.bridge import Bridge
 from devices.ca import CertificateAuthority
 from devices.identity import new_device_id
-from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol
+from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
 from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
 from healthiot import stack
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
@@ -58,6 +58,9 @@ class Scenario:
     spot_interval_s: float = 15.0  # scales, cuffs, thermometers, glucometers
     lossy_fraction: float = 0.0  # devices whose broker "acks then loses" two messages
     offline_fraction: float = 0.0  # devices offline for the first half of the run
+    duplicate_every: int = 0  # every device publishes each n-th message twice
+    skewed_fraction: float = 0.0  # devices whose clock is a few minutes off (stored)
+    reset_fraction: float = 0.0  # devices whose clock restarted at 2000-01-01 (quarantined)
 
 
 SCENARIOS = {
@@ -67,6 +70,12 @@ SCENARIOS = {
     "lossy-broker": Scenario("one device in five has two messages acknowledged by the broker "
                              "and then lost; the bridge finds the gaps and asks for them",
                              watch_interval_s=2.0, lossy_fraction=0.2),
+    "duplicates": Scenario("every third message is published twice; storage keeps one",
+                           duplicate_every=3),
+    "clock-skew": Scenario("a third of the devices run up to 4 minutes off, one in ten has "
+                           "its clock reset to 2000-01-01: skewed readings are stored with "
+                           "device time, reset ones are quarantined (rejected)",
+                           skewed_fraction=1 / 3, reset_fraction=0.1),
     "offline": Scenario("one device in three is offline for the first half of the run, "
                         "buffers on its flash, then replays in bulk", offline_fraction=1 / 3),
 }
@@ -211,6 +220,13 @@ def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
     nowhere = Broker(broker.host, 1, broker.ca_file)  # a closed port: refused at once
     for device in offline:
         device.broker = nowhere
+    for device in fleet:
+        device.faults.duplicate_every = scenario.duplicate_every
+    skewed = round(n * scenario.skewed_fraction)
+    for device in fleet[:skewed]:
+        device.faults.clock_offset_s = device.rng.uniform(-240, 240)
+    for device in fleet[skewed:skewed + round(n * scenario.reset_fraction)]:
+        device.faults.clock_offset_s = reset_clock_offset(time.time())
 
     def back_online() -> None:
         for device in offline:

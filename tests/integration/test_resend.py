@@ -6,12 +6,13 @@ import datetime
 import json
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from aiopaho import AsyncClient
+from aiopaho import AsyncClient, MqttError
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
-from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
+from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender, resend_request
 from firmware_sim.device import Broker, Watch
 from healthiot.localservers import free_port
 from storage.store import MessageIn
@@ -181,3 +182,49 @@ async def test_a_gap_another_worker_filled_is_not_asked_for(core):
     clock[0] += 5
     assert await resender.check(inbox) == 1
     assert inbox.published == [("devices/dev-x/inbox", {"resend": [[7, 8]]}, 1)]
+
+
+async def _client(device, broker, client_id=None):
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                     client_id=client_id or device.device_id,
+                                     protocol=mqtt.MQTTv5))
+    client.paho.tls_set_context(tls_context(device.broker.ca_file, device.flash.cert_file,
+                                            device.flash.key_file))
+    await client.connect(broker.host, broker.port)
+    return client
+
+
+async def _received_within(client, seconds):
+    try:
+        return await asyncio.wait_for(client.messages.get(), seconds)
+    except TimeoutError:
+        return None
+
+
+async def test_only_the_bridge_writes_an_inbox_and_only_its_device_reads_it(core, pki, broker,
+                                                                           tmp_path):
+    alice = await new_watch(core, pki, broker, tmp_path, None)
+    mallory = await new_watch(core, pki, broker, tmp_path, None)
+    owner = await _client(alice, broker)
+    await owner.subscribe(alice.inbox_topic)
+    snoop = await _client(mallory, broker)
+    try:
+        await snoop.subscribe(alice.inbox_topic)  # refused (SUBACK 0x87), or never delivered
+    except MqttError:
+        pass
+    # A device cannot ask another one to replay (a cheap way to make it flood the broker).
+    await snoop.publish(alice.inbox_topic, resend_request([(1, 1000)]))
+    assert await _received_within(owner, 1.5) is None
+
+    bridge = AsyncClient(make_client(f"svc-bridge-inbox-{time.monotonic_ns()}", tls_context(
+        pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)))
+    await bridge.connect(broker.host, broker.port)
+    code = await bridge.publish(alice.inbox_topic, resend_request([(3, 4)]), qos=1)
+    assert not code.is_failure
+    got = await _received_within(owner, 5)
+    assert got is not None and json.loads(got.payload) == {"resend": [[3, 4]]}
+    assert await _received_within(snoop, 1.0) is None
+    for client in (owner, snoop, bridge):
+        await client.disconnect()
+    alice.close()
+    mallory.close()
