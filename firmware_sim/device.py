@@ -65,6 +65,7 @@ class Ledger:
     refused: int = 0  # PUBACKs with a failure reason code (the message stays queued)
     sent: int = 0  # PUBLISH packets sent, repeats and resends included
     resent: int = 0  # messages published again because the backend asked
+    echoed: int = 0  # last acknowledged message published again on (re)connecting
     resend_requests: int = 0
     # The outbox is sent in order, so what was acknowledged since start is one range.
     first_acked: int | None = None
@@ -262,6 +263,7 @@ class SimulatedDevice:
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
                         await conn.subscribe(self.inbox_topic, qos=1)
                         self.online, delay = True, RECONNECT_MIN_S
+                        await self._echo_last(conn)
                     except MqttError:
                         self.online = False
                         await conn.disconnect()
@@ -305,6 +307,19 @@ class SimulatedDevice:
         if fresh:
             self._wake.set()
         return len(fresh)
+
+    async def _echo_last(self, conn: AsyncClient) -> None:
+        """Publish the last acknowledged message again. A gap is seen only when a later
+        number arrives, so messages a crashing broker lost at the end of what a device sent
+        would stay unnoticed until it sends again; after a broker restart every device
+        reconnects, and this echo shows the bridge the highest number it should have (a
+        duplicate, and harmless, when nothing was lost)."""
+        last = self._outbox.last_acked()
+        if last is None or any(m.seq == last.seq for m in self._resend):
+            return
+        with contextlib.suppress(MqttError):
+            if await self._publish(conn, last):
+                self.ledger.echoed += 1
 
     async def _resend_one(self, conn: AsyncClient) -> None:
         message = self._resend[0]

@@ -134,6 +134,12 @@ class Outbox:
                 found[int(seq)] = Message(int(seq), bytes(payload), int(samples))
         return [found[s] for s in sorted(found)[:limit]]
 
+    def last_acked(self) -> Message | None:
+        """The most recent acknowledged message still in the window."""
+        row = self._db.execute("SELECT seq, payload, samples FROM outbox"
+                               " WHERE acked_at IS NOT NULL ORDER BY seq DESC LIMIT 1").fetchone()
+        return Message(int(row[0]), bytes(row[1]), int(row[2])) if row else None
+
     def close(self) -> None:
         self._db.close()
 
