@@ -165,10 +165,15 @@ class SimulatedDevice:
         self.rng = rng or random.Random()
         self.faults = faults or Faults()
         self.ledger = Ledger()
-        self.online = False
+        self._conn: AsyncClient | None = None  # the live connection, while delivering
         self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
         self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
+
+    @property
+    def online(self) -> bool:
+        """Connected to the broker right now."""
+        return self._conn is not None and self._conn.is_connected
 
     @property
     def pending(self) -> int:
@@ -253,7 +258,7 @@ class SimulatedDevice:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id,
                              protocol=mqtt.MQTTv5)
         client.tls_set_context(self._tls())
-        conn = AsyncClient(client, queue_size=100)
+        conn = self._conn = AsyncClient(client, queue_size=100)
         inbox = asyncio.create_task(self._serve_inbox(conn), name=f"inbox-{self.device_id}")
         delay = RECONNECT_MIN_S
         try:
@@ -262,10 +267,9 @@ class SimulatedDevice:
                     try:
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
                         await conn.subscribe(self.inbox_topic, qos=1)
-                        self.online, delay = True, RECONNECT_MIN_S
+                        delay = RECONNECT_MIN_S
                         await self._echo_last(conn)
                     except MqttError:
-                        self.online = False
                         await conn.disconnect()
                         await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
                         delay = min(delay * 2, RECONNECT_MAX_S)
@@ -274,12 +278,13 @@ class SimulatedDevice:
                     await self._resend_one(conn)
                     continue
                 if not self._outbox:
+                    # Idle: wake for a new reading, or reconnect at once when the connection
+                    # drops (the inbox must stay reachable).
                     self._wake.clear()
-                    await self._wake.wait()
+                    await _first_of(self._wake, conn.disconnected)
                     continue
                 await self._send_one(conn)
         finally:
-            self.online = False
             await stop_task(inbox)
             await conn.disconnect()
 
@@ -368,6 +373,15 @@ class SimulatedDevice:
         if ledger.first_acked is None:
             ledger.first_acked = message.seq
         ledger.last_acked = message.seq
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 MAX_RESEND_RANGES = 100  # a request with more is not from our backend

@@ -37,6 +37,7 @@ from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
 from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
 from healthiot import stack
+from healthiot.localservers import MosquittoServer
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
 from healthiot.services import Core
 from healthiot.settings import Settings
@@ -61,6 +62,7 @@ class Scenario:
     duplicate_every: int = 0  # every device publishes each n-th message twice
     skewed_fraction: float = 0.0  # devices whose clock is a few minutes off (stored)
     reset_fraction: float = 0.0  # devices whose clock restarted at 2000-01-01 (quarantined)
+    broker_restart: bool = False  # Mosquitto killed (SIGKILL) and restarted halfway
 
 
 SCENARIOS = {
@@ -76,6 +78,9 @@ SCENARIOS = {
                            "its clock reset to 2000-01-01: skewed readings are stored with "
                            "device time, reset ones are quarantined (rejected)",
                            skewed_fraction=1 / 3, reset_fraction=0.1),
+    "broker-restart": Scenario("Mosquitto is killed halfway (no clean shutdown) and restarted: "
+                               "devices and bridge reconnect, lost messages are asked for",
+                               broker_restart=True),
     "offline": Scenario("one device in three is offline for the first half of the run, "
                         "buffers on its flash, then replays in bulk", offline_fraction=1 / 3),
 }
@@ -261,6 +266,8 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
             if not halfway and time.monotonic() - began >= duration / 2:
                 halfway = True
                 back_online()
+                if scenario.broker_restart:
+                    await _restart_broker(servers, fleet)
             _progress(fleet, bridge, interactive)
             if time.monotonic() - began >= duration:
                 break
@@ -284,6 +291,23 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
     finally:
         done.set()
         await asyncio.gather(*serving, return_exceptions=True)
+
+
+async def _restart_broker(servers: Servers, fleet: list[SimulatedDevice]) -> None:
+    """Kill the broker, start it again, and report how long the fleet takes to be back."""
+    broker = next(s for s in servers if isinstance(s, MosquittoServer))
+    _say("killing Mosquitto (SIGKILL)")
+    broker.kill()
+    await asyncio.sleep(1.0)
+    await broker.start()
+    restarted = time.monotonic()
+    _say("Mosquitto restarted; waiting for the devices")
+    for _ in range(600):  # two minutes at most
+        if all(d.online for d in fleet):
+            break
+        await asyncio.sleep(0.2)
+    _say(f"devices back online: {sum(d.online for d in fleet)}/{len(fleet)} in "
+         f"{time.monotonic() - restarted:.1f} s after the restart")
 
 
 def _progress(fleet: list[SimulatedDevice], bridge: Bridge, interactive: bool) -> None:

@@ -76,3 +76,17 @@ def test_a_second_run_reuses_the_fleet_and_offline_devices_replay_their_buffer(s
     assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
     assert totals["messages"] > 0
     _no_server_left(var)
+
+
+def test_a_broker_killed_halfway_loses_nothing_and_the_fleet_is_back_within_a_minute(
+        sim_env):
+    var, env = sim_env
+    done, totals = _simulate(env, "--devices", "8", "--duration", "14",
+                             "--scenario", "broker-restart")
+    assert done.returncode == 0, done.stdout + done.stderr
+    back = re.search(r"^devices back online: (\d+)/(\d+) in ([\d.]+) s", done.stdout, re.M)
+    assert back, done.stdout
+    assert back.group(1) == back.group(2) == "8" and float(back.group(3)) < 60
+    assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
+    assert totals["stored"] + totals["rejected"] == totals["samples"] > 0
+    _no_server_left(var)
