@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
+from broker_bridge.gaps import Resender
 from broker_bridge.metrics import BridgeStats
 from devices.broker_config import SHARED_TELEMETRY
 from devices.identity import is_device_id
@@ -98,12 +99,14 @@ class Bridge:
 
     def __init__(self, client: AsyncClient, store: Store, registry: Registry,
                  config: BridgeConfig = BridgeConfig(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 resender: Resender | None = None) -> None:
         self._client = client
         self._store = store
         self._registry = registry
         self._config = config
         self._clock = clock
+        self.resender = resender  # sequence gaps and resend requests; None: not asked
         self.stats = BridgeStats()
         self._generation = 0  # bumped on every (re)connection
 
@@ -158,6 +161,8 @@ class Bridge:
         """Process messages of the current connection until it drops."""
         generation = self._generation = self._generation + 1
         while self._client.is_connected:
+            if self.resender is not None:
+                await self.resender.check(self._client)
             batch = await self._next_batch()
             if not batch:
                 continue
@@ -217,6 +222,7 @@ class Bridge:
                                             bytes(message.payload)))
 
         decoded: list[_Decoded] = []
+        numbered: list[tuple[str, int]] = []  # stored or quarantined: either way not lost
         for message in batch:
             device_id = _topic_device(message.topic)
             if device_id is None:
@@ -226,6 +232,7 @@ class Bridge:
             if seq is None:
                 refuse(message, device_id, "missing_sequence", "no integer 'seq' property")
                 continue
+            numbered.append((device_id, seq))
             # MQTT v5 Content Type chooses the representation; JSON when a device omits it.
             content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
             decode = DECODERS.get(content_type)
@@ -266,6 +273,8 @@ class Bridge:
                 "clock_offset_s": round(float(norm.clock_offset_s[i]), 1)})
         messages = self._to_messages(accepted, norm, devices, received, quarantined)
         new = await self._store.ingest(messages, quarantined)
+        if self.resender is not None:
+            self.resender.seen(numbered)
 
         self.stats.batches += 1
         self.stats.messages += new

@@ -1,13 +1,15 @@
 """One simulated device: its key and CSR, an MQTT v5 mTLS session, a numbered outbox.
 
-A message leaves the outbox only when the broker's PUBACK carries a success code, so a
-refused or unanswered message is sent again. The ledger counts what the broker accepted: it
-is what a loss check compares with the database.
+A message is written to the durable outbox (firmware_sim.outbox) before it is published, and
+leaves it only when the broker's PUBACK carries a success code, so a refused or unanswered
+message is sent again, by this process or by the next one started on the same flash. The
+ledger counts what the broker accepted: it is what a loss check compares with the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -29,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
-from firmware_sim.signals import HeartRate, Weight
+from firmware_sim.outbox import Message, Outbox
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 log = logging.getLogger(__name__)
@@ -37,15 +39,61 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 Issuer = Callable[[bytes], Awaitable[bytes]]  # CSR PEM in, certificate PEM out
+STOP_POLL_S = 0.5  # how often a stop is re-requested from a task that ignored one
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end. Python 3.11's ``asyncio.wait_for`` returns
+    the result, swallowing the cancellation, when its future completes at the same moment
+    (gh-86296; a CONNACK or PUBACK arriving as the device is stopped): so cancel again until
+    the task really ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_POLL_S)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("device task failed", exc_info=task.exception())
 
 
 @dataclass
 class Ledger:
-    """What the broker acknowledged from this device."""
+    """What this device did since it was started (not across restarts: the database is the
+    ledger that survives). ``messages`` and ``samples`` count first acknowledgements only, so
+    they can be compared with what was stored; resends are counted apart."""
 
-    messages: int = 0
+    messages: int = 0  # acknowledged by the broker (or, under a fault, pretended so)
     samples: int = 0
     refused: int = 0  # PUBACKs with a failure reason code (the message stays queued)
+    sent: int = 0  # PUBLISH packets sent, repeats and resends included
+    resent: int = 0  # messages published again because the backend asked
+    echoed: int = 0  # last acknowledged message published again on (re)connecting
+    resend_requests: int = 0
+    # The outbox is sent in order, so what was acknowledged since start is one range.
+    first_acked: int | None = None
+    last_acked: int | None = None
+
+
+@dataclass
+class Faults:
+    """Misbehaviour on demand, each with a documented backend reaction.
+
+    ``lost_after_ack``: sequence numbers the broker "acknowledges and then loses" (as a
+    broker crash before its autosave would): the device counts them as delivered and keeps
+    them in its replay window; the bridge finds the gap and asks for them.
+    ``duplicate_every``: every n-th message is published twice (a retransmission after a
+    lost PUBACK); storage keeps one.
+    ``clock_offset_s``: the device clock is off by this much; a small skew is stored with
+    device time, a clock reset to 2000-01-01 (``CLOCK_RESET``) is outside the acceptance
+    window and goes to quarantine.
+    """
+
+    lost_after_ack: set[int] = field(default_factory=set)
+    duplicate_every: int = 0
+    clock_offset_s: float = 0.0
+
+
+def reset_clock_offset(now: float) -> float:
+    """The offset of a clock that restarted at 2000-01-01T00:00:00Z when ``now`` began."""
+    return 946_684_800.0 - now
 
 
 @dataclass(frozen=True)
@@ -55,15 +103,8 @@ class Broker:
     ca_file: Path
 
 
-@dataclass(frozen=True, slots=True)
-class _Message:
-    seq: int
-    payload: bytes
-    samples: int
-
-
 class Flash:
-    """The device's persistent storage: its key, certificate and next sequence number."""
+    """The device's persistent storage: its key, its certificate and its outbox."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -77,16 +118,16 @@ class Flash:
     def cert_file(self) -> Path:
         return self.directory / "device.pem"
 
+    @property
+    def outbox_file(self) -> Path:
+        return self.directory / "outbox.sqlite3"
+
     def load_seq(self) -> int:
+        """The next number saved by firmware without a durable outbox (state.json)."""
         try:
             return int(json.loads((self.directory / "state.json").read_text())["next_seq"])
         except (OSError, ValueError, KeyError):
             return 1
-
-    def save_seq(self, next_seq: int) -> None:
-        tmp = self.directory / "state.json.tmp"
-        tmp.write_text(json.dumps({"next_seq": next_seq}))
-        os.replace(tmp, self.directory / "state.json")
 
 
 async def enrol(flash: Flash, device_id: str, issue: Issuer) -> None:
@@ -106,41 +147,70 @@ async def enrol(flash: Flash, device_id: str, issue: Issuer) -> None:
 
 
 class SimulatedDevice:
-    """Base of the device models: connection, outbox and ledger. Subclasses make readings."""
+    """Base of the device models: connection, outbox and ledger. Subclasses make readings.
+
+    The outbox is opened from ``flash`` at construction; ``close()`` releases it. A device
+    object made again from the same flash continues where the last one stopped.
+    """
 
     model = "device"
 
     def __init__(self, device_id: str, flash: Flash, broker: Broker, *,
-                 interval_s: float, rng: random.Random | None = None) -> None:
+                 interval_s: float, rng: random.Random | None = None,
+                 faults: Faults | None = None) -> None:
         self.device_id = device_id
         self.flash = flash
         self.broker = broker
         self.interval_s = interval_s
         self.rng = rng or random.Random()
+        self.faults = faults or Faults()
         self.ledger = Ledger()
-        self.online = False
-        self._outbox: deque[_Message] = deque()
-        self._next_seq = flash.load_seq()
+        self._conn: AsyncClient | None = None  # the live connection, while delivering
+        self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
+        self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
 
     @property
+    def online(self) -> bool:
+        """Connected to the broker right now."""
+        return self._conn is not None and self._conn.is_connected
+
+    @property
     def pending(self) -> int:
+        """Messages on flash that the broker has not accepted yet."""
         return len(self._outbox)
 
+    @property
+    def next_seq(self) -> int:
+        return self._outbox.next_seq
+
+    @property
+    def telemetry_topic(self) -> str:
+        return f"devices/{self.device_id}/telemetry"
+
+    @property
+    def inbox_topic(self) -> str:
+        return f"devices/{self.device_id}/inbox"
+
+    def close(self) -> None:
+        """Release the flash (the outbox stays on it)."""
+        self._outbox.close()
+
     def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        """(metric, unit, time, value) records measured in [start, end)."""
+        """(metric, unit, Unix time, value) records measured in [start, end)."""
         raise NotImplementedError
 
-    def measure(self, start: float, end: float) -> None:
+    def measure(self, start: float, end: float) -> Message | None:
         """Take the readings of a period into the outbox under the next sequence number."""
         records = self.readings(start, end)
         if not records:
-            return
-        payload = encode_json(f"{self.device_id}/", records)
-        self._outbox.append(_Message(self._next_seq, payload, len(records)))
-        self._next_seq += 1
-        self.flash.save_seq(self._next_seq)  # a restarted device never reuses a number
+            return None
+        offset = self.faults.clock_offset_s
+        if offset:
+            records = [(m, u, round(t + offset, 3), v) for m, u, t, v in records]
+        message = self._outbox.add(encode_json(f"{self.device_id}/", records), len(records))
         self._wake.set()
+        return message
 
     async def run(self, stop: asyncio.Event) -> None:
         """Measure every ``interval_s`` until ``stop``, and deliver in the background."""
@@ -157,29 +227,43 @@ class SimulatedDevice:
                     self.measure(last, now)
                 last = now
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await stop_task(sender)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Stay connected without measuring until ``stop``: deliver what is queued and
+        honour resend requests (what a device does after its wearer took it off)."""
+        sender = asyncio.create_task(self._deliver_forever(), name=f"serve-{self.device_id}")
+        try:
+            await stop.wait()
+        finally:
+            await stop_task(sender)  # a publish cut short leaves its message in the outbox
 
     async def flush(self, timeout: float) -> None:
         """Deliver whatever the outbox still holds, within ``timeout`` seconds."""
-        deliver = asyncio.create_task(self._deliver_forever(until_empty=True))
-        try:
-            await asyncio.wait_for(deliver, timeout)
-        except TimeoutError:
+        deliver = asyncio.create_task(self._deliver_forever(until_empty=True),
+                                      name=f"flush-{self.device_id}")
+        await asyncio.wait({deliver}, timeout=timeout)
+        if not deliver.done():
+            await stop_task(deliver)
             log.warning("outbox not empty at flush", extra={"device": self.device_id,
                                                              "pending": self.pending})
 
-    async def _deliver_forever(self, until_empty: bool = False) -> None:
+    def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.broker.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(self.flash.cert_file), str(self.flash.key_file))
+        return context
+
+    async def _deliver_forever(self, until_empty: bool = False) -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id,
                              protocol=mqtt.MQTTv5)
+        context = self._tls()
         client.tls_set_context(context)
-        conn = AsyncClient(client, queue_size=100)
+        conn = self._conn = AsyncClient(client, queue_size=100)
+        inbox = asyncio.create_task(self._serve_inbox(conn), name=f"inbox-{self.device_id}")
         delay = RECONNECT_MIN_S
         try:
-            while not (until_empty and not self._outbox):
+            while not (until_empty and not self._outbox and not self._resend):
                 if not conn.is_connected:
                     try:
                         # Read again at each connection: a renewed certificate
@@ -187,69 +271,149 @@ class SimulatedDevice:
                         context.load_cert_chain(str(self.flash.cert_file),
                                                 str(self.flash.key_file))
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
-                        self.online, delay = True, RECONNECT_MIN_S
+                        await conn.subscribe(self.inbox_topic, qos=1)
+                        delay = RECONNECT_MIN_S
+                        await self._echo_last(conn)
                     except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
-                        self.online = False
+                        await conn.disconnect()
                         await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
                         delay = min(delay * 2, RECONNECT_MAX_S)
                         continue
+                if self._resend:
+                    await self._resend_one(conn)
+                    continue
                 if not self._outbox:
+                    # Idle: wake for a new reading, or reconnect at once when the connection
+                    # drops (the inbox must stay reachable).
                     self._wake.clear()
-                    await self._wake.wait()
+                    await _first_of(self._wake, conn.disconnected)
                     continue
                 await self._send_one(conn)
         finally:
-            self.online = False
+            await stop_task(inbox)
             await conn.disconnect()
 
-    async def _send_one(self, conn: AsyncClient) -> None:
-        message = self._outbox[0]
+    async def _serve_inbox(self, conn: AsyncClient) -> None:
+        while True:
+            message = await conn.messages.get()
+            if message.topic == self.inbox_topic:
+                self.on_request(bytes(message.payload))
+
+    def on_request(self, payload: bytes) -> int:
+        """Honour a backend request from the inbox; returns how many messages it queued.
+
+        ``{"resend": [[from, to], ...]}``: the acknowledged messages still in the replay
+        window are published again with their original numbers. Anything else is ignored
+        (a device does not crash on what its inbox brings).
+        """
+        ranges = _resend_ranges(payload)
+        if ranges is None:
+            log.warning("inbox message ignored", extra={"device": self.device_id})
+            return 0
+        self.ledger.resend_requests += 1
+        queued = {m.seq for m in self._resend}
+        fresh = [m for m in self._outbox.replay(ranges) if m.seq not in queued]
+        self._resend.extend(fresh)
+        if fresh:
+            self._wake.set()
+        return len(fresh)
+
+    async def _echo_last(self, conn: AsyncClient) -> None:
+        """Publish the last acknowledged message again. A gap is seen only when a later
+        number arrives, so messages a crashing broker lost at the end of what a device sent
+        would stay unnoticed until it sends again; after a broker restart every device
+        reconnects, and this echo shows the bridge the highest number it should have (a
+        duplicate, and harmless, when nothing was lost)."""
+        last = self._outbox.last_acked()
+        if last is None or any(m.seq == last.seq for m in self._resend):
+            return
+        with contextlib.suppress(MqttError):
+            if await self._publish(conn, last):
+                self.ledger.echoed += 1
+
+    async def _resend_one(self, conn: AsyncClient) -> None:
+        message = self._resend[0]
+        try:
+            accepted = await self._publish(conn, message)
+        except MqttError:
+            return
+        if not accepted:
+            await asyncio.sleep(1.0)
+            return
+        self._resend.popleft()
+        self.ledger.resent += 1
+
+    async def _publish(self, conn: AsyncClient, message: Message) -> bool:
+        """Publish one message; True when the broker accepted it. Raises MqttError when the
+        connection failed (the caller keeps the message)."""
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = CONTENT_TYPE_JSON
         props.UserProperty = ("seq", str(message.seq))
-        try:
-            code = await conn.publish(f"devices/{self.device_id}/telemetry", message.payload,
-                                      qos=1, properties=props)
-        except MqttError:
-            return  # still queued; the connection loop reconnects
+        self.ledger.sent += 1
+        code = await conn.publish(self.telemetry_topic, message.payload,
+                                  qos=1, properties=props)
         if code.is_failure:
             self.ledger.refused += 1
-            await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
-            return
-        self._outbox.popleft()
-        self.ledger.messages += 1
-        self.ledger.samples += message.samples
+            return False
+        return True
+
+    async def _send_one(self, conn: AsyncClient) -> None:
+        message = self._outbox[0]
+        if message.seq not in self.faults.lost_after_ack:
+            try:
+                accepted = await self._publish(conn, message)
+            except MqttError:
+                return  # still queued; the connection loop reconnects
+            if not accepted:
+                await asyncio.sleep(1.0)  # keep it, and do not spin on a broker that refuses
+                return
+            every = self.faults.duplicate_every
+            if every and message.seq % every == 0:
+                with contextlib.suppress(MqttError):
+                    await self._publish(conn, message)  # the same message, once more
+        self._outbox.acked(message.seq)
+        ledger = self.ledger
+        ledger.messages += 1
+        ledger.samples += message.samples
+        if ledger.first_acked is None:
+            ledger.first_acked = message.seq
+        ledger.last_acked = message.seq
 
 
-class Watch(SimulatedDevice):
-    """Heart rate at 1 Hz, sent in batches, and a step count per batch."""
-
-    model = "watch"
-
-    def __init__(self, *args: object, resting_hr: float = 62.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.heart = HeartRate(resting_hr, self.rng)
-
-    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        first = float(int(start) + 1)
-        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
-        records = [("heart_rate", "/min", t, self.heart.sample(t)) for t in seconds]
-        if records:
-            records.append(("steps", "{steps}", seconds[-1], float(self.rng.randint(0, 12)
-                                                                   * len(seconds) // 5)))
-        return records
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
-class Scale(SimulatedDevice):
-    """Weight and body fat, one weighing per interval."""
+MAX_RESEND_RANGES = 100  # a request with more is not from our backend
 
-    model = "scale"
 
-    def __init__(self, *args: object, kg: float = 72.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.person = Weight(kg, rng=self.rng)
+def _resend_ranges(payload: bytes) -> list[tuple[int, int]] | None:
+    """The inclusive ranges of a resend request, or None when it is not one."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    spans = body.get("resend") if isinstance(body, dict) else None
+    if not isinstance(spans, list) or not 0 < len(spans) <= MAX_RESEND_RANGES:
+        return None
+    ranges = []
+    for span in spans:
+        if not (isinstance(span, list) and len(span) == 2
+                and all(type(x) is int and x > 0 for x in span) and span[0] <= span[1]):
+            return None
+        ranges.append((span[0], span[1]))
+    return ranges
 
-    def readings(self, start: float, end: float) -> list[tuple[str, str, float, float]]:
-        kg, fat = self.person.measure()
-        t = round(end, 3)
-        return [("body_weight", "kg", t, kg), ("body_fat", "%", t, fat)]
+
+def __getattr__(name: str) -> object:
+    # The device models moved to firmware_sim.models (which imports this module); old
+    # imports of Watch and Scale from here keep working.
+    if name in ("Watch", "Scale"):
+        from firmware_sim import models
+        return getattr(models, name)
+    raise AttributeError(name)

@@ -25,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=None,
                      help="stop after this many seconds and print a summary line")
 
+    sim = sub.add_parser("simulate", help="run the embedded stack with a fleet of simulated "
+                         "devices, then report what each sent and what was stored")
+    sim.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--scenario", default="steady",
+                     choices=["steady", "lossy-broker", "offline", "duplicates",
+                              "clock-skew", "broker-restart"],
+                     help="device behaviour (default steady)")
+
     sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")
     sub.add_parser("api", help="run the HTTPS API against the configured database")
     sub.add_parser("record-feed", help="run the medical-record feed (FHIR outbox sender)")
@@ -139,6 +148,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         from healthiot.run import run
         return asyncio.run(run(settings, args.duration))
+    if args.command == "simulate":
+        from healthiot.simulate import simulate
+        return asyncio.run(simulate(settings, devices=args.devices, duration=args.duration,
+                                    scenario=args.scenario))
     if args.command == "bridge":
         from healthiot.daemons import run_bridge
         return asyncio.run(run_bridge(settings))

@@ -17,7 +17,8 @@ from pathlib import Path
 from api import passwords, totp
 from devices.ca import CertificateAuthority, write_private
 from devices.identity import new_device_id
-from firmware_sim.device import Broker, Flash, Scale, SimulatedDevice, Watch, enrol
+from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol
+from firmware_sim.models import Scale, Watch
 from healthiot.services import Core
 
 DEMO_PATIENTS = ("alice", "bob")

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,7 +39,13 @@ from healthiot.services import (
 from healthiot.settings import Settings
 
 PROGRESS_EVERY_S = 1.0  # on a terminal; 5 s in a log
-DRAIN_TIMEOUT_S = 30.0  # how long the end of a run waits for the bridge to catch up
+# How long the end of a run waits for the bridge to catch up; longer than the bridge's gap
+# grace period, so that a message lost after its PUBACK can still be asked for and resent.
+DRAIN_TIMEOUT_S = 30.0
+Servers = list[PostgresServer | MosquittoServer]
+# What runs once the stack is up: the demo fleet, or `healthiot simulate`'s. Returns the
+# exit status.
+Workload = Callable[[Core, stack.Materials, Bridge, asyncio.Event, Servers], Awaitable[int]]
 
 
 @dataclass
@@ -86,8 +93,10 @@ def _newcomer_help(settings: Settings, accounts: dict[str, demo.DemoAccount]) ->
     ])
 
 
-async def run(settings: Settings, duration: float | None) -> int:
-    """Run the whole stack; returns the exit status (0 when nothing was lost)."""
+async def run(settings: Settings, duration: float | None,
+              workload: Workload | None = None) -> int:
+    """Run the whole stack with ``workload`` (by default the demo fleet for ``duration``);
+    returns the exit status (0 when nothing was lost)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,7 +112,7 @@ async def run(settings: Settings, duration: float | None) -> int:
         await broker.start()
         try:
             return await _run_services(settings, materials, [postgres, broker], stop,
-                                           duration)
+                                       duration, workload)
         finally:
             broker.stop()
     finally:
@@ -112,8 +121,8 @@ async def run(settings: Settings, duration: float | None) -> int:
 
 
 async def _run_services(settings: Settings, materials: stack.Materials,
-                        servers: list[PostgresServer | MosquittoServer], stop: asyncio.Event,
-                        duration: float | None) -> int:
+                        servers: Servers, stop: asyncio.Event,
+                        duration: float | None, workload: Workload | None) -> int:
     server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
     dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
     await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
@@ -153,12 +162,19 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
         resources.push_async_callback(_cancel, bridge_task)
         await asyncio.wait_for(ready.wait(), 30)
+        if workload is not None:
+            return await workload(core, materials, bridge, stop, servers)
+
         accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
         fleet = await demo.ensure_fleet(
             core, materials.ca, accounts, settings.var_dir / "demo",
             Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file))
         _say(_newcomer_help(settings, accounts))
-        totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
+        try:
+            totals = await _run_fleet(fleet, core, bridge, stop, duration, servers)
+        finally:
+            for device in fleet:
+                device.close()  # what is still queued stays on its flash for the next run
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
 
@@ -196,7 +212,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,
                      stop: asyncio.Event, duration: float | None,
-                     servers: list[PostgresServer | MosquittoServer]) -> Totals:
+                     servers: Servers) -> Totals:
     """Run the devices until ``stop`` or ``duration``, then flush and count."""
     baseline = await core.store.count_stored([d.device_id for d in fleet])  # earlier runs
     device_stop = asyncio.Event()
@@ -235,21 +251,30 @@ async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,
             print(flush=True)
         device_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-    _say("stopping the fleet: flushing device outboxes")
-    await asyncio.gather(*(d.flush(10.0) for d in fleet))
-    return await _drain(fleet, core, baseline)
+    _say("stopping the fleet: delivering device outboxes, answering resend requests")
+    # Devices stay connected while the bridge catches up: a gap it finds now can still be
+    # asked for and resent.
+    done = asyncio.Event()
+    serving = [asyncio.create_task(d.serve(done), name=f"serve-{d.device_id}") for d in fleet]
+    try:
+        return await _drain(fleet, core, baseline)
+    finally:
+        done.set()
+        await asyncio.gather(*serving, return_exceptions=True)
 
 
 async def _drain(fleet: list[SimulatedDevice], core: Core,
                  baseline: tuple[int, int, int]) -> Totals:
-    """Wait until the database accounts for every sample the broker accepted."""
+    """Wait until the outboxes are empty and the database accounts for every sample the
+    broker accepted."""
     ids = [d.device_id for d in fleet]
-    samples = sum(d.ledger.samples for d in fleet)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
+        samples = sum(d.ledger.samples for d in fleet)
         counts = await core.store.count_stored(ids)
         stored, rejected = counts[1] - baseline[1], counts[2] - baseline[2]
-        if stored + rejected >= samples or time.monotonic() > deadline:
+        if ((stored + rejected >= samples and not any(d.pending for d in fleet))
+                or time.monotonic() > deadline):
             break
         await asyncio.sleep(0.2)
     return Totals(len(fleet), sum(d.ledger.messages for d in fleet), samples, stored, rejected)

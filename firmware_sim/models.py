@@ -1,0 +1,165 @@
+"""The device models: a watch, a scale, a blood-pressure cuff, a thermometer, a glucometer
+and a pulse oximeter, each reporting in the units such devices use (lb, kPa, degF, mmol/L
+on some), with metric names and units from the vital-sign catalogue."""
+
+from __future__ import annotations
+
+from firmware_sim.device import SimulatedDevice
+from firmware_sim.signals import (
+    MGDL_PER_MMOLL,
+    MMHG_PER_KPA,
+    Beats,
+    BloodPressure,
+    Glucose,
+    HeartRate,
+    Sleep,
+    Spo2,
+    Temperature,
+    Weight,
+    to_fahrenheit,
+    to_pounds,
+)
+
+Record = tuple[str, str, float, float]  # (metric, unit, Unix time, value)
+HRV_EVERY_S = 300  # RR intervals are recorded for the first minute of every five
+HRV_FOR_S = 60
+
+
+class Watch(SimulatedDevice):
+    """Heart rate at 1 Hz, sent in batches; steps per batch; SpO2 and, while asleep, a
+    sleep epoch once a minute; beat-to-beat (RR) intervals one minute in five."""
+
+    model = "watch"
+
+    def __init__(self, *args: object, resting_hr: float = 62.0, utc_offset_h: float = 1.0,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.heart = HeartRate(resting_hr, self.rng)
+        self.sleep = Sleep(bedtime_h=self.rng.uniform(22, 24.5) % 24,
+                           wake_h=self.rng.uniform(6, 8), utc_offset_h=utc_offset_h)
+        self.spo2 = Spo2(rng=self.rng)
+        self.beats = Beats(self.rng)
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        first = float(int(start) + 1)
+        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
+        if not seconds:
+            return []
+        asleep = self.sleep.asleep(seconds[-1])
+        records: list[Record] = []
+        for t in seconds:
+            bpm = self.heart.sample(t, asleep)
+            records.append(("heart_rate", "/min", t, bpm))
+            if t % 60 == 0:
+                records.append(("spo2", "%", t, self.spo2.sample(asleep)))
+                if asleep:
+                    records.append(("sleep_duration", "min", t, 1.0))
+            if t % HRV_EVERY_S < HRV_FOR_S:
+                records.extend(("rr_interval", "ms", beat, rr)
+                               for beat, rr in self.beats.between(t, t + 1, bpm))
+        steps = 0 if asleep else self.rng.randint(0, 12) * len(seconds) // 5
+        records.append(("steps", "{steps}", seconds[-1], float(steps)))
+        return records
+
+
+class Scale(SimulatedDevice):
+    """Weight and body fat, one weighing per interval; in kg, or in lb when ``pounds``."""
+
+    model = "scale"
+
+    def __init__(self, *args: object, kg: float = 72.0, pounds: bool = False,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.person = Weight(kg, rng=self.rng)
+        self.pounds = pounds
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        kg, fat = self.person.measure()
+        t = round(end, 3)
+        weight = ("body_weight", "[lb_av]", t, to_pounds(kg)) if self.pounds \
+            else ("body_weight", "kg", t, kg)
+        return [weight, ("body_fat", "%", t, fat)]
+
+
+class BpCuff(SimulatedDevice):
+    """Systolic and diastolic pressure and the pulse, one reading per interval; in mmHg, or
+    in kPa when ``kpa``."""
+
+    model = "bp_cuff"
+
+    def __init__(self, *args: object, systolic: float = 122.0, kpa: bool = False,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.pressure = BloodPressure(systolic, systolic * 0.64, rng=self.rng)
+        self.heart = HeartRate(self.rng.uniform(58, 80), self.rng)
+        self.kpa = kpa
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        t = round(end, 3)
+        systolic, diastolic = self.pressure.measure(t)
+        if self.kpa:
+            return [("systolic_bp", "kPa", t, round(systolic / MMHG_PER_KPA, 2)),
+                    ("diastolic_bp", "kPa", t, round(diastolic / MMHG_PER_KPA, 2)),
+                    ("heart_rate", "/min", t, round(self.heart.sample(t)))]
+        return [("systolic_bp", "mm[Hg]", t, systolic), ("diastolic_bp", "mm[Hg]", t, diastolic),
+                ("heart_rate", "/min", t, round(self.heart.sample(t)))]
+
+
+class Thermometer(SimulatedDevice):
+    """Body temperature, one reading per interval; in degC, or in degF when ``fahrenheit``."""
+
+    model = "thermometer"
+
+    def __init__(self, *args: object, fahrenheit: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.body = Temperature(self.rng.uniform(36.5, 37.0), rng=self.rng)
+        self.fahrenheit = fahrenheit
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        t = round(end, 3)
+        celsius = self.body.measure(t)
+        if self.fahrenheit:
+            return [("body_temperature", "[degF]", t, to_fahrenheit(celsius))]
+        return [("body_temperature", "Cel", t, round(celsius, 1))]
+
+
+class Glucometer(SimulatedDevice):
+    """Capillary glucose, one strip per interval; in mg/dL, or mmol/L when ``mmol``."""
+
+    model = "glucometer"
+
+    def __init__(self, *args: object, mmol: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.glucose = Glucose(self.rng.uniform(82, 105), rng=self.rng)
+        self.mmol = mmol
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        t = round(end, 3)
+        mg_dl = self.glucose.measure(t)
+        if self.mmol:
+            return [("blood_glucose", "mmol/L", t, round(mg_dl / MGDL_PER_MMOLL, 1))]
+        return [("blood_glucose", "mg/dL", t, mg_dl)]
+
+
+class PulseOximeter(SimulatedDevice):
+    """A fingertip oximeter: SpO2 and pulse once a second while it is on, sent per interval."""
+
+    model = "pulse_oximeter"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.spo2 = Spo2(self.rng.uniform(95.5, 98.5), self.rng)
+        self.heart = HeartRate(self.rng.uniform(58, 80), self.rng)
+
+    def readings(self, start: float, end: float) -> list[Record]:
+        first = float(int(start) + 1)
+        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
+        records: list[Record] = []
+        for t in seconds:
+            records.append(("spo2", "%", t, self.spo2.sample(False)))
+            records.append(("heart_rate", "/min", t, round(self.heart.sample(t))))
+        return records
+
+
+MODELS: dict[str, type[SimulatedDevice]] = {
+    cls.model: cls for cls in (Watch, Scale, BpCuff, Thermometer, Glucometer, PulseOximeter)}

@@ -1,0 +1,368 @@
+"""``healthiot simulate``: a fleet of simulated devices against the embedded stack.
+
+The stack is the one ``healthiot run`` starts (same var/, same servers, same bridge): one
+command, nothing to start first, and the report reads the very database the bridge wrote.
+The devices share the process's event loop with the bridge and the API; a fleet too large
+for one core would move to its own process against ``make up`` (the devices only need the
+broker address, their flash and the CA to enrol).
+
+Each device has its own key (made on the device), certificate, flash directory with its
+durable outbox, and mTLS connection. The fleet persists in var/simulate/, so a second run
+reuses it and first delivers what the last one left queued.
+
+The report compares, per device, what the broker acknowledged during this run (a range of
+sequence numbers, since an outbox is sent in order) with what ingested_messages holds for
+that range: ``lost`` is samples acknowledged and not stored, ``dup`` samples stored beyond
+what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from api import passwords, totp
+from broker_bridge.bridge import Bridge
+from devices.ca import CertificateAuthority
+from devices.identity import new_device_id
+from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
+from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
+from healthiot import stack
+from healthiot.localservers import MosquittoServer
+from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
+from healthiot.services import Core
+from healthiot.settings import Settings
+
+DEVICES_PER_PATIENT = 2
+# The fleet's mix, repeated: watches send every few seconds, the others are spot readings.
+MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "watch",
+       "glucometer", "pulse_oximeter")
+ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
+REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a fleet behaves. Fractions pick devices by index, deterministically."""
+
+    description: str
+    watch_interval_s: float = 5.0
+    spot_interval_s: float = 15.0  # scales, cuffs, thermometers, glucometers
+    lossy_fraction: float = 0.0  # devices whose broker "acks then loses" two messages
+    offline_fraction: float = 0.0  # devices offline for the first half of the run
+    duplicate_every: int = 0  # every device publishes each n-th message twice
+    skewed_fraction: float = 0.0  # devices whose clock is a few minutes off (stored)
+    reset_fraction: float = 0.0  # devices whose clock restarted at 2000-01-01 (quarantined)
+    broker_restart: bool = False  # Mosquitto killed (SIGKILL) and restarted halfway
+
+
+SCENARIOS = {
+    "steady": Scenario("every device online, measuring and sending"),
+    # A loss is seen as a gap when a later number arrives: the lost numbers are early ones,
+    # and watches send often, so that even a short run shows the resend.
+    "lossy-broker": Scenario("one device in five has two messages acknowledged by the broker "
+                             "and then lost; the bridge finds the gaps and asks for them",
+                             watch_interval_s=2.0, lossy_fraction=0.2),
+    "duplicates": Scenario("every third message is published twice; storage keeps one",
+                           duplicate_every=3),
+    "clock-skew": Scenario("a third of the devices run up to 4 minutes off, one in ten has "
+                           "its clock reset to 2000-01-01: skewed readings are stored with "
+                           "device time, reset ones are quarantined (rejected)",
+                           skewed_fraction=1 / 3, reset_fraction=0.1),
+    "broker-restart": Scenario("Mosquitto is killed halfway (no clean shutdown) and restarted: "
+                               "devices and bridge reconnect, lost messages are asked for",
+                               broker_restart=True),
+    "offline": Scenario("one device in three is offline for the first half of the run, "
+                        "buffers on its flash, then replays in bulk", offline_fraction=1 / 3),
+}
+
+
+@dataclass
+class DeviceReport:
+    device_id: str
+    model: str
+    sent: int
+    acked: int
+    refused: int
+    resent: int
+    buffered: int
+    samples: int
+    stored_messages: int
+    stored: int
+    rejected: int
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.samples - self.stored - self.rejected)
+
+    @property
+    def dup(self) -> int:
+        return max(0, self.stored + self.rejected - self.samples)
+
+
+def workload(settings: Settings, *, devices: int, duration: float,
+             scenario: Scenario) -> Workload:
+    async def simulate(core: Core, materials: stack.Materials, bridge: Bridge,
+                       stop: asyncio.Event, servers: Servers) -> int:
+        directory = settings.var_dir / "simulate"
+        broker = Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file)
+        started = time.monotonic()
+        fleet = await ensure_fleet(core, materials.ca, directory, broker, devices, scenario)
+        _say(f"fleet ready: {len(fleet)} devices enrolled and paired in "
+             f"{time.monotonic() - started:.1f} s ({directory})")
+        try:
+            reports = await _run(fleet, core, bridge, stop, duration, scenario, servers)
+        finally:
+            for device in fleet:
+                device.close()
+        return _report(reports, directory)
+    return simulate
+
+
+async def simulate(settings: Settings, *, devices: int, duration: float,
+                   scenario: str) -> int:
+    """Start the stack, run the fleet for ``duration`` seconds, print the report."""
+    chosen = SCENARIOS[scenario]
+    _say(f"scenario {scenario}: {chosen.description}")
+    return await run(settings, duration,
+                     workload(settings, devices=devices, duration=duration, scenario=chosen))
+
+
+async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, broker: Broker,
+                       count: int, scenario: Scenario) -> list[SimulatedDevice]:
+    """``count`` devices, the first ones reused from earlier runs; each new one makes its
+    key, sends its CSR to the CA and is paired with a simulated patient."""
+    path = directory / "fleet.json"
+    known: list[list[str]] = json.loads(path.read_text()) if path.exists() else []
+    while len(known) < count:
+        model = MIX[len(known) % len(MIX)]
+        known.append([new_device_id(model), model])
+    directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start)
+    path.write_text(json.dumps(known))
+    chosen = known[:count]
+    registered = await core.registry.lookup(d for d, _ in chosen)
+    patients = await _patients(core, [i // DEVICES_PER_PATIENT for i, (d, _) in
+                                      enumerate(chosen) if d not in registered])
+    gate = asyncio.Semaphore(ENROL_CONCURRENCY)
+
+    async def issue(csr: bytes) -> bytes:
+        return await asyncio.to_thread(ca.issue_client, csr)
+
+    async def one(index: int, device_id: str, model: str) -> SimulatedDevice:
+        flash = Flash(directory / "devices" / device_id)
+        async with gate:
+            await enrol(flash, device_id, issue)
+            if device_id not in registered:
+                await core.registry.register(
+                    device_id, model=model, serial=f"SIM-{index:06d}",
+                    cert_pem=flash.cert_file.read_bytes(),
+                    patient_id=patients[index // DEVICES_PER_PATIENT])
+        return _model(model, index, device_id, flash, broker, scenario)
+
+    return list(await asyncio.gather(*(one(i, d, m) for i, (d, m) in enumerate(chosen))))
+
+
+def _model(model: str, index: int, device_id: str, flash: Flash, broker: Broker,
+           scenario: Scenario) -> SimulatedDevice:
+    """A device of ``model``, its wearer and its units drawn from a generator seeded by its
+    index: the same fleet behaves the same on every run."""
+    rng = random.Random(index)
+    spot = scenario.spot_interval_s
+    if model == "watch":
+        return Watch(device_id, flash, broker, interval_s=scenario.watch_interval_s, rng=rng,
+                     resting_hr=rng.uniform(52, 78), utc_offset_h=rng.choice((0, 1, 2)))
+    if model == "scale":
+        return Scale(device_id, flash, broker, interval_s=spot, rng=rng,
+                     kg=rng.uniform(50, 110), pounds=rng.random() < 0.3)
+    if model == "bp_cuff":
+        return BpCuff(device_id, flash, broker, interval_s=spot, rng=rng,
+                      systolic=rng.uniform(105, 150), kpa=rng.random() < 0.2)
+    if model == "thermometer":
+        return Thermometer(device_id, flash, broker, interval_s=spot, rng=rng,
+                           fahrenheit=rng.random() < 0.3)
+    if model == "glucometer":
+        return Glucometer(device_id, flash, broker, interval_s=spot, rng=rng,
+                          mmol=rng.random() < 0.5)
+    return MODELS[model](device_id, flash, broker, interval_s=scenario.watch_interval_s,
+                         rng=rng)
+
+
+async def _patients(core: Core, indexes: list[int]) -> dict[int, uuid.UUID]:
+    """Simulated patients ``sim-<index>``, created when missing. They cannot sign in: their
+    password is random and forgotten, hashed once for all of them."""
+    found: dict[int, uuid.UUID] = {}
+    hashed: str | None = None
+    for index in sorted(set(indexes)):
+        username = f"sim-{index:06d}"
+        patient = await core.patients.by_username(username)
+        if patient is None:
+            if hashed is None:
+                hashed = await asyncio.to_thread(passwords.hash_password,
+                                                 secrets.token_urlsafe(24))
+            patient = await core.patients.create(username, hashed, totp.new_secret())
+        found[index] = patient.id
+    return found
+
+
+def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
+           broker: Broker) -> Callable[[], None]:
+    """Set the scenario's faults up; returns what ends the offline period."""
+    n = len(fleet)
+    lossy = fleet[:round(n * scenario.lossy_fraction)]
+    for device in lossy:
+        device.faults.lost_after_ack.update({device.next_seq, device.next_seq + 2})
+    offline = fleet[n - round(n * scenario.offline_fraction):] if scenario.offline_fraction \
+        else []
+    nowhere = Broker(broker.host, 1, broker.ca_file)  # a closed port: refused at once
+    for device in offline:
+        device.broker = nowhere
+    for device in fleet:
+        device.faults.duplicate_every = scenario.duplicate_every
+    skewed = round(n * scenario.skewed_fraction)
+    for device in fleet[:skewed]:
+        device.faults.clock_offset_s = device.rng.uniform(-240, 240)
+    for device in fleet[skewed:skewed + round(n * scenario.reset_fraction)]:
+        device.faults.clock_offset_s = reset_clock_offset(time.time())
+
+    def back_online() -> None:
+        for device in offline:
+            device.broker = broker
+    return back_online
+
+
+async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: asyncio.Event,
+               duration: float, scenario: Scenario, servers: Servers) -> list[DeviceReport]:
+    back_online = _apply(scenario, fleet, fleet[0].broker) if fleet else (lambda: None)
+    measuring = asyncio.Event()
+
+    async def start(device: SimulatedDevice) -> None:
+        # Spread the fleet over one interval, or every device sends in the same instant.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(measuring.wait(), random.uniform(0, device.interval_s))
+        await device.run(measuring)
+
+    tasks = [asyncio.create_task(start(d), name=f"device-{d.device_id}") for d in fleet]
+    began = time.monotonic()
+    interactive = sys.stdout.isatty()
+    every = PROGRESS_EVERY_S if interactive else 5.0
+    _say(f"running {len(fleet)} devices for {duration:g} s")
+    halfway = False
+    try:
+        while not stop.is_set():
+            left = began + duration - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, min(every, left)))
+            for server in servers:
+                server.check_alive()
+            if not halfway and time.monotonic() - began >= duration / 2:
+                halfway = True
+                back_online()
+                if scenario.broker_restart:
+                    await _restart_broker(servers, fleet)
+            _progress(fleet, bridge, interactive)
+            if time.monotonic() - began >= duration:
+                break
+    finally:
+        if interactive:
+            print(flush=True)
+        back_online()
+        measuring.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    _say("measuring stopped: delivering outboxes and answering resend requests")
+    done = asyncio.Event()
+    serving = [asyncio.create_task(d.serve(done), name=f"serve-{d.device_id}") for d in fleet]
+    try:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            reports = await _compare(fleet, core)
+            settled = all(r.buffered == 0 and r.lost == 0 for r in reports)
+            if settled or time.monotonic() > deadline:
+                return reports
+            await asyncio.sleep(0.5)
+    finally:
+        done.set()
+        await asyncio.gather(*serving, return_exceptions=True)
+
+
+async def _restart_broker(servers: Servers, fleet: list[SimulatedDevice]) -> None:
+    """Kill the broker, start it again, and report how long the fleet takes to be back."""
+    broker = next(s for s in servers if isinstance(s, MosquittoServer))
+    _say("killing Mosquitto (SIGKILL)")
+    broker.kill()
+    await asyncio.sleep(1.0)
+    await broker.start()
+    restarted = time.monotonic()
+    _say("Mosquitto restarted; waiting for the devices")
+    for _ in range(600):  # two minutes at most
+        if all(d.online for d in fleet):
+            break
+        await asyncio.sleep(0.2)
+    _say(f"devices back online: {sum(d.online for d in fleet)}/{len(fleet)} in "
+         f"{time.monotonic() - restarted:.1f} s after the restart")
+
+
+def _progress(fleet: list[SimulatedDevice], bridge: Bridge, interactive: bool) -> None:
+    ledgers = [d.ledger for d in fleet]
+    line = (f"devices online {sum(d.online for d in fleet)}/{len(fleet)} | "
+            f"sent {sum(x.sent for x in ledgers)} | acked {sum(x.messages for x in ledgers)} | "
+            f"buffered {sum(d.pending for d in fleet)} | refused "
+            f"{sum(x.refused for x in ledgers)} | resent {sum(x.resent for x in ledgers)} | "
+            f"stored {bridge.stats.messages} msgs | db "
+            f"{'ok' if bridge.stats.healthy else 'RETRYING'}")
+    print(("\r" + line) if interactive else line, end="" if interactive else "\n", flush=True)
+
+
+async def _compare(fleet: list[SimulatedDevice], core: Core) -> list[DeviceReport]:
+    """Each device's ledger next to what the database holds for the numbers it had
+    acknowledged during this run."""
+    ranges = [(d.device_id, d.ledger.first_acked or 0, d.ledger.last_acked or -1)
+              for d in fleet]
+    rows = await core.pool.fetch(
+        """SELECT r.d, count(i.seq) AS m, coalesce(sum(i.samples), 0) AS s,
+                  coalesce(sum(i.rejected), 0) AS r
+           FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(d, lo, hi)
+           LEFT JOIN ingested_messages i ON i.device_id = r.d AND i.seq BETWEEN r.lo AND r.hi
+           GROUP BY r.d""",
+        [r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges])
+    stored = {r["d"]: (int(r["m"]), int(r["s"]), int(r["r"])) for r in rows}
+    reports = []
+    for d in fleet:
+        x = d.ledger
+        m, s, r = stored.get(d.device_id, (0, 0, 0))
+        reports.append(DeviceReport(d.device_id, d.model, x.sent, x.messages, x.refused,
+                                    x.resent, d.pending, x.samples, m, s, r))
+    return reports
+
+
+def _report(reports: list[DeviceReport], directory: Path) -> int:
+    path = directory / "report.json"
+    path.write_text(json.dumps([dict(vars(r), lost=r.lost, dup=r.dup) for r in reports],
+                               indent=1))
+    _say(f"{'device':<30} {'model':<14} {'sent':>6} {'acked':>6} {'refused':>7} "
+         f"{'resent':>6} {'buffered':>8} {'stored':>6} {'lost':>5} {'dup':>4}")
+    worst = sorted(reports, key=lambda r: (-r.lost, -r.dup, -r.buffered, r.device_id))
+    for r in worst[:REPORT_LINES_MAX]:
+        _say(f"{r.device_id:<30} {r.model:<14} {r.sent:>6} {r.acked:>6} {r.refused:>7} "
+             f"{r.resent:>6} {r.buffered:>8} {r.stored_messages:>6} {r.lost:>5} {r.dup:>4}")
+    if len(reports) > REPORT_LINES_MAX:
+        _say(f"... {len(reports) - REPORT_LINES_MAX} more devices (worst first); all in {path}")
+    lost, dup = sum(r.lost for r in reports), sum(r.dup for r in reports)
+    _say(f"simulate: devices={len(reports)} messages={sum(r.acked for r in reports)} "
+         f"samples={sum(r.samples for r in reports)} stored={sum(r.stored for r in reports)} "
+         f"rejected={sum(r.rejected for r in reports)} "
+         f"refused={sum(r.refused for r in reports)} resent={sum(r.resent for r in reports)} "
+         f"buffered={sum(r.buffered for r in reports)} lost={lost} dup={dup}")
+    return 0 if lost == 0 and dup == 0 else 1
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)

@@ -1,0 +1,92 @@
+"""`healthiot simulate`, as a user runs it: a subprocess with its own var/, the whole stack,
+a small fleet, and a report that matches the database."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from healthiot.localservers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]  # this checkout, imported first by the child
+TOTALS = re.compile(r"^simulate: devices=(\d+) messages=(\d+) samples=(\d+) stored=(\d+) "
+                    r"rejected=(\d+) refused=(\d+) resent=(\d+) buffered=(\d+) "
+                    r"lost=(\d+) dup=(\d+)$", re.M)
+ROW = re.compile(r"^[a-z]+-[0-9a-f]{12} +([a-z_]+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+) "
+                 r"+(\d+) +(\d+)$", re.M)
+
+
+@pytest.fixture
+def sim_env(workdir):
+    var = workdir / f"var-sim-{time.monotonic_ns()}"
+    env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
+               HEALTHIOT_MQTT_PORT=str(free_port()), HEALTHIOT_API_PORT=str(free_port()),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                        os.environ.get("PYTHONPATH")])))
+    return var, env
+
+
+def _simulate(env, *args):
+    done = subprocess.run([sys.executable, "-m", "healthiot.cli", "simulate", *args],
+                          env=env, text=True, capture_output=True, timeout=240, cwd=ROOT)
+    match = TOTALS.search(done.stdout)
+    assert match, done.stdout + done.stderr
+    return done, dict(zip(("devices", "messages", "samples", "stored", "rejected", "refused",
+                           "resent", "buffered", "lost", "dup"),
+                          map(int, match.groups()), strict=True))
+
+
+def _no_server_left(var: Path):
+    assert not (var / "pg" / "data" / "postmaster.pid").exists(), "PostgreSQL left running"
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(var) not in out, f"a process still uses {var}:\n{out}"
+
+
+def test_a_lossy_broker_is_repaired_by_resends_and_the_report_matches_the_database(sim_env):
+    var, env = sim_env
+    done, totals = _simulate(env, "--devices", "6", "--duration", "12",
+                             "--scenario", "lossy-broker")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert totals["devices"] == 6 and totals["messages"] > 6
+    assert totals["resent"] >= 2  # the one lossy device asked for both its lost messages
+    assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
+    assert totals["stored"] + totals["rejected"] == totals["samples"]
+    rows = ROW.findall(done.stdout)
+    assert len(rows) == 6  # a line per device: sent acked refused resent buffered stored...
+    assert sum(int(r[2]) for r in rows) == totals["messages"]  # the acked column
+    assert {r[0] for r in rows} == {"watch", "scale", "bp_cuff"}  # the fleet's mix
+    assert "devices online" in done.stdout  # the progress line
+    _no_server_left(var)
+
+
+def test_a_second_run_reuses_the_fleet_and_offline_devices_replay_their_buffer(sim_env):
+    var, env = sim_env
+    first, totals = _simulate(env, "--devices", "3", "--duration", "6")
+    assert first.returncode == 0 and totals["lost"] == 0, first.stdout + first.stderr
+    fleet = (var / "simulate" / "fleet.json").read_text()
+    second, totals = _simulate(env, "--devices", "3", "--duration", "14",
+                               "--scenario", "offline")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (var / "simulate" / "fleet.json").read_text() == fleet  # same devices
+    assert "0.0 s" in second.stdout or "enrolled" in second.stdout
+    assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
+    assert totals["messages"] > 0
+    _no_server_left(var)
+
+
+def test_a_broker_killed_halfway_loses_nothing_and_the_fleet_is_back_within_a_minute(
+        sim_env):
+    var, env = sim_env
+    done, totals = _simulate(env, "--devices", "8", "--duration", "14",
+                             "--scenario", "broker-restart")
+    assert done.returncode == 0, done.stdout + done.stderr
+    back = re.search(r"^devices back online: (\d+)/(\d+) in ([\d.]+) s", done.stdout, re.M)
+    assert back, done.stdout
+    assert back.group(1) == back.group(2) == "8" and float(back.group(3)) < 60
+    assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
+    assert totals["stored"] + totals["rejected"] == totals["samples"] > 0
+    _no_server_left(var)

@@ -1,0 +1,73 @@
+"""Device faults on demand, through the real broker, bridge and database, and the backend's
+documented reaction to each (ARCHITECTURE.md decisions 1 and 6)."""
+
+import time
+
+from firmware_sim.device import reset_clock_offset
+from tests.conftest import new_patient, new_watch, wait_until
+
+
+async def _ledger(core, device_id):
+    row = await core.pool.fetchrow(
+        "SELECT count(*) AS m, coalesce(sum(samples), 0) AS s, coalesce(sum(rejected), 0) AS r"
+        " FROM ingested_messages WHERE device_id = $1", device_id)
+    return row["m"], row["s"], row["r"]
+
+
+async def _deliver(core, watch, periods):
+    now = time.time()
+    for i in range(periods):
+        watch.measure(now - 10 * (periods - i) - 10, now - 10 * (periods - i))
+    await watch.flush(timeout=20)
+    assert watch.pending == 0
+
+    async def all_in():
+        return (await _ledger(core, watch.device_id))[0] == periods
+    await wait_until(all_in)
+    return await _ledger(core, watch.device_id)
+
+
+async def test_a_device_that_sends_every_message_twice_is_stored_once(core, pki, broker,
+                                                                      bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "dups")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    watch.faults.duplicate_every = 1
+    messages, samples, rejected = await _deliver(core, watch, 4)
+    assert watch.ledger.sent == 8 and watch.ledger.messages == 4
+    assert (messages, samples + rejected) == (4, watch.ledger.samples)
+
+    async def repeats_seen():
+        return bridge.stats.duplicates >= 4
+    await wait_until(repeats_seen)
+    assert await core.pool.fetchval(
+        "SELECT sum(samples) FROM segments WHERE device_id = $1", watch.device_id) == samples
+    watch.close()
+
+
+async def test_a_clock_a_few_minutes_off_is_stored_with_device_time(core, pki, broker, bridge,
+                                                                    tmp_path):
+    patient, _, _ = await new_patient(core, "skew")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    watch.faults.clock_offset_s = 120.0  # ahead, inside the five minutes accepted
+    _, samples, rejected = await _deliver(core, watch, 2)
+    assert (samples, rejected) == (watch.ledger.samples, 0)
+    latest = await core.pool.fetchval(
+        "SELECT max(end_at) FROM segments WHERE device_id = $1", watch.device_id)
+    assert latest.timestamp() > time.time() + 60  # device time kept, not receive time
+    watch.close()
+
+
+async def test_a_clock_reset_to_2000_is_quarantined_not_stored_and_not_lost(
+        core, pki, broker, bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "reset")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    watch.faults.clock_offset_s = reset_clock_offset(time.time())
+    _, samples, rejected = await _deliver(core, watch, 2)
+    assert (samples, rejected) == (0, watch.ledger.samples)
+    assert await core.pool.fetchval(
+        "SELECT count(*) FROM segments WHERE device_id = $1", watch.device_id) == 0
+    reasons = await core.pool.fetch(
+        "SELECT reason, detail FROM quarantine WHERE device_id = $1", watch.device_id)
+    assert len(reasons) == 2 and all(r["reason"] == "rejected_samples" for r in reasons)
+    assert all("outside_time_window" in r["detail"] for r in reasons)
+    watch.close()
