@@ -20,6 +20,7 @@ from api.requests import DEPS, bearer_claims, patient_of, strict_body
 from storage.clinicians import Clinicians
 from storage.consents import Consents
 from storage.erasure import erase_patient
+from storage.segments import Samples
 from storage.sessions import RefreshRefused, Sessions
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -200,9 +201,15 @@ async def export_me(request: web.Request) -> web.Response:
         patient_id)
     if span["lo"] is not None:
         hi = span["hi"] + dt.timedelta(milliseconds=1)
-        series = {m: await deps.store.read_series(patient_id, m, span["lo"], hi)
-                  for m in METRICS}
-        found = observations(patient_id, {m: s for m, s in series.items() if len(s)})
+        # Per source device, so that each Observation names the device that measured it.
+        by_device: dict[str, dict[str, Samples]] = {}
+        for metric in METRICS:
+            per_source = await deps.store.read_by_source(patient_id, metric, span["lo"], hi)
+            for device_id, samples in per_source.items():
+                if len(samples):
+                    by_device.setdefault(device_id, {})[metric] = samples
+        found = [pair for device_id, series in sorted(by_device.items())
+                 for pair in observations(patient_id, series, device_id)]
         resources += [r for _, r in sorted(found, key=lambda pair: (pair[0], pair[1]["id"]))]
     clinicians = Clinicians(deps.pool, deps.keyring)
     now = dt.datetime.now(dt.UTC)

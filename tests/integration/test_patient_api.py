@@ -305,6 +305,9 @@ async def test_export_is_a_valid_fhir_bundle_of_everything(api, core) -> None:  
     Bundle.model_validate(bundle)
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert kinds[0] == "Patient" and "Observation" in kinds
+    measured = {e["resource"].get("device", {}).get("reference")
+                for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"}
+    assert measured == {f"Device/watch-{account.id[:8]}"}  # the source, on each one
     values = sum(len(e["resource"]["valueSampledData"]["data"].split())
                  for e in bundle["entry"] if "valueSampledData" in e["resource"])
     assert values == 120 + sum(e["resource"]["valueSampledData"]["data"].count("E")
