@@ -319,7 +319,7 @@ class Bridge:
                 quarantined.append(QuarantineIn(
                     item.device_id, item.message.topic, received,
                     "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
-                    json.dumps(record).encode()))
+                    json.dumps(record).encode(), seq=item.seq))
             seen = firsts[i] != NO_SAMPLE_MS
             messages.append(MessageIn(
                 item.device_id, item.seq, received, segments, len(bad),

@@ -52,6 +52,9 @@ class QuarantineIn:
     reason: str
     detail: str
     payload: bytes
+    # The message whose refused samples these are: written only with that message, so a
+    # redelivery (an ack lost after the commit) quarantines nothing twice.
+    seq: int | None = None
 
 
 def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, device_id: str,
@@ -96,6 +99,8 @@ class Store:
                 [None if m.raw_units is None else json.dumps(m.raw_units) for m in messages])
             fresh = {(r["device_id"], r["seq"]) for r in new}
             new_count = len(fresh)
+            quarantined = [q for q in quarantined
+                           if q.seq is None or (q.device_id, q.seq) in fresh]
             rows = []
             for message in messages:
                 key = (message.device_id, message.seq)

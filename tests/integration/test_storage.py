@@ -25,7 +25,7 @@ from storage.maintenance import Maintenance, RetentionPolicy
 from storage.reads import read_stats
 from storage.rollups import Rollups, compute
 from storage.segments import Samples
-from storage.store import MessageIn, SegmentIn
+from storage.store import MessageIn, QuarantineIn, SegmentIn
 from tests.conftest import new_patient
 
 DAY_MS = 86_400_000
@@ -453,3 +453,20 @@ async def test_after_erasure_only_the_audit_and_its_record_name_the_patient(core
                                      erased)
         assert f"{before['rollups']} rollups" in detail
         assert await _rows_of(conn, kept) == {**before, "erasures": 0}  # nothing of theirs
+
+
+async def test_a_redelivered_message_quarantines_its_refused_samples_once(core) -> None:  # type: ignore[no-untyped-def]
+    """An ack lost after the commit brings the message back: its samples are skipped, and
+    the record of its refused samples must not be written a second time either."""
+    patient, _, _ = await new_patient(core, "redelivered")
+    now = dt.datetime.now(dt.UTC)
+    message = MessageIn("watch-redeliver", 7, now, [SegmentIn(patient, "heart_rate", Samples(
+        np.array([_ms(now)]), np.array([70.0]), np.zeros(1, np.uint8)))], 1)
+    refused = QuarantineIn("watch-redeliver", "devices/watch-redeliver/telemetry", now,
+                           "rejected_samples", "1 of 2", b"[]", seq=7)
+    other = QuarantineIn("watch-redeliver", "t", now, "malformed", "not JSON", b"{")
+    assert await core.store.ingest([message], [refused, other]) == 1
+    assert await core.store.ingest([message], [refused]) == 0
+    reasons = [r["reason"] for r in await core.pool.fetch(
+        "SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons == ["rejected_samples", "malformed"]
