@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 
 from storage.crypto import open_sealed, seal
 from storage.keyring import Keyring
@@ -222,10 +223,12 @@ class Store:
         return int(row["m"]), int(row["s"]), int(row["r"])
 
 
-def _in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Samples:
-    """Samples of ``parts`` in [start, end), time-ordered, exact duplicates removed."""
+def _sorted_in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime
+                     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                                npt.NDArray[np.uint8]]:
+    """Times, values and flags of ``parts`` in [start, end), ordered by time, then value."""
     if not parts:
-        return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+        return np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8)
     t = np.concatenate([p.t_ms for p in parts])
     v = np.concatenate([p.value for p in parts])
     f = np.concatenate([p.flags for p in parts])
@@ -233,7 +236,12 @@ def _in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Sam
     keep = (t >= lo) & (t < hi)
     t, v, f = t[keep], v[keep], f[keep]
     order = np.lexsort((v, t))
-    t, v, f = t[order], v[order], f[order]
+    return t[order], v[order], f[order]
+
+
+def _in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime) -> Samples:
+    """Samples of ``parts`` in [start, end), time-ordered, exact duplicates removed."""
+    t, v, f = _sorted_in_range(parts, start, end)
     distinct = np.ones(len(t), dtype=bool)
     distinct[1:] = (t[1:] != t[:-1]) | (v[1:] != v[:-1])
     return Samples(t[distinct], v[distinct], f[distinct])
@@ -249,15 +257,7 @@ def _one_per_time(parts: list[Samples], start: dt.datetime, end: dt.datetime) ->
     disagree as the smallest value flagged CONFLICT (which one is right is not knowable, and
     segments carry no arrival order), so it waits for review like a conflict within a batch.
     """
-    if not parts:
-        return Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
-    t = np.concatenate([p.t_ms for p in parts])
-    v = np.concatenate([p.value for p in parts])
-    f = np.concatenate([p.flags for p in parts])
-    lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    keep = (t >= lo) & (t < hi)
-    order = np.lexsort((v[keep], t[keep]))
-    t, v, f = t[keep][order], v[keep][order], f[keep][order]
+    t, v, f = _sorted_in_range(parts, start, end)
     first = np.ones(len(t), dtype=bool)
     first[1:] = t[1:] != t[:-1]
     if first.all():
