@@ -53,7 +53,8 @@ async def _open_core(settings: Settings) -> Core:
                            owner_keys_dir=_required(settings, "owner_keys_dir"))
 
 
-async def _until_signalled() -> None:
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM: how every long-running command waits."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,7 +84,7 @@ async def run_bridge(settings: Settings) -> int:
         if settings.bridge_health_port:
             probes = await bridge_health.start(bridge, settings.bridge_health_host,
                                                settings.bridge_health_port)
-        await _until_signalled()
+        await until_signalled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close()
@@ -104,7 +105,7 @@ async def run_api(settings: Settings) -> int:
                                      tls=server_tls(_required(settings, "api_cert_file"),
                                                     _required(settings, "api_key_file")),
                                      oidc=oidc_verifier(settings, session))
-            await _until_signalled()
+            await until_signalled()
             await runner.cleanup()
     finally:
         await core.pool.close()
@@ -120,7 +121,7 @@ async def run_record_feed(settings: Settings) -> int:
             if feed is None:
                 raise SettingsError("HEALTHIOT_RECORD_FEED_URL is required here")
             task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s))
-            await _until_signalled()
+            await until_signalled()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     finally:
@@ -172,7 +173,7 @@ async def run_maintenance(settings: Settings, *, once: bool) -> int:
             print(f"maintenance: {await job.run_once()}")
             return 0
         task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s))
-        await _until_signalled()
+        await until_signalled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:

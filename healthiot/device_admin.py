@@ -25,6 +25,7 @@ from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
 from devices.sessions import SessionTakeover
 from healthiot import stack
+from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
 from storage.audit import Audit
@@ -147,14 +148,6 @@ async def publish_crl(settings: Settings, *, pki: Path | None, crl_file: Path | 
     return 0
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 async def run_takeover_watch(settings: Settings, log_file: Path, *, metrics_host: str,
                              metrics_port: int) -> int:
     """Follow the broker's log (a file the broker writes with connection messages: in a
@@ -175,7 +168,7 @@ async def run_takeover_watch(settings: Settings, log_file: Path, *, metrics_host
             await runner.setup()
             await web.TCPSite(runner, metrics_host, metrics_port).start()
         print(f"following {log_file}", flush=True)
-        await _until_signalled()
+        await until_signalled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
@@ -201,7 +194,7 @@ async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None
         service = RenewalService(CertificateRenewer(Registry(pool), ca, pool),
                                  settings.mqtt_host, settings.mqtt_port, context)
         task = asyncio.create_task(service.run(), name="renewer")
-        await _until_signalled()
+        await until_signalled()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:

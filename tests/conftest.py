@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -152,17 +153,27 @@ def pki(workdir: Path) -> Pki:
                directory / "server.pem", directory / "server.key")
 
 
-@pytest.fixture(scope="session")
-async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
-    server = MosquittoServer(workdir / "mosquitto", port=free_port(), bind="127.0.0.1",
-                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
-                             cert=pki.server_cert.read_bytes(),
-                             key=pki.server_key.read_bytes(),
-                             log_file=workdir / "mosquitto.log")
+def mosquitto(workdir: Path, pki: Pki, name: str, **options: Any) -> MosquittoServer:
+    """A broker of our generated configuration in ``workdir/name``, on a free port, logging
+    to ``workdir/name.log``; not started. ``options`` go to MosquittoServer."""
+    return MosquittoServer(workdir / name, port=free_port(), bind="127.0.0.1",
+                           clients_ca=pki.ca.clients_ca_file.read_bytes(),
+                           cert=pki.server_cert.read_bytes(), key=pki.server_key.read_bytes(),
+                           log_file=workdir / f"{name}.log", **options)
+
+
+async def start_mosquitto(server: MosquittoServer) -> None:
+    """Start ``server``, or fail the test with the reason (never skip it)."""
     try:
         await server.start()
     except ServerUnavailable as exc:
         pytest.fail(f"the tests need Mosquitto and could not start one: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
+    server = mosquitto(workdir, pki, "mosquitto")
+    await start_mosquitto(server)
     try:
         yield BrokerAddress("localhost", server.port, server)
     finally:

@@ -30,10 +30,19 @@ from api.tokens import TokenService
 from broker_bridge import health
 from broker_bridge.connection import connect_properties
 from devices.ca import new_key
-from healthiot.localservers import MosquittoServer, PostgresServer, free_port
+from healthiot.localservers import PostgresServer, free_port
 from healthiot.services import Core, new_bridge, open_core
 from storage.migrate import migrate
-from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
+from tests.conftest import (
+    BrokerAddress,
+    Database,
+    Pki,
+    mosquitto,
+    new_patient,
+    new_watch,
+    start_mosquitto,
+    wait_until,
+)
 from tests.faults.senders import SAMPLES_PER_MESSAGE, PersistentSender
 
 
@@ -96,13 +105,8 @@ async def core_on(server: PostgresServer, directory: Path) -> Core:
 
 @pytest.fixture
 async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
-    server = MosquittoServer(workdir / f"mosquitto-fault-{time.monotonic_ns()}",
-                             port=free_port(), bind="127.0.0.1",
-                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
-                             cert=pki.server_cert.read_bytes(),
-                             key=pki.server_key.read_bytes(),
-                             log_file=workdir / "mosquitto-fault.log")
-    await server.start()
+    server = mosquitto(workdir, pki, f"mosquitto-fault-{time.monotonic_ns()}")
+    await start_mosquitto(server)
     try:
         yield BrokerAddress("localhost", server.port, server)
     finally:

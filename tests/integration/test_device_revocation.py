@@ -31,10 +31,9 @@ from devices.provisioning import provision
 from devices.revocation import CrlPublisher, Revoker
 from devices.sessions import SessionTakeover
 from firmware_sim.device import Flash, enrol
-from healthiot.errors import ServerUnavailable
-from healthiot.localservers import MosquittoServer, free_port
+from healthiot.localservers import MosquittoServer
 from healthiot.services import Core, new_bridge
-from tests.conftest import Pki, wait_until
+from tests.conftest import Pki, mosquitto, start_mosquitto, wait_until
 from tests.integration.test_bridge import _heart_rate, _props
 from tests.integration.test_patient_api import Account, register
 
@@ -45,15 +44,8 @@ REVOCATION_DEADLINE_S = 5.0  # issue 4: the command to the last stored reading
 @pytest.fixture
 async def crl_broker(workdir: Path, pki: Pki) -> AsyncIterator[MosquittoServer]:
     """A broker of our generated configuration that checks the CRL (empty at first)."""
-    server = MosquittoServer(workdir / f"mosquitto-crl-{next(_counter)}", port=free_port(),
-                             bind="127.0.0.1", clients_ca=pki.ca.clients_ca_file.read_bytes(),
-                             cert=pki.server_cert.read_bytes(),
-                             key=pki.server_key.read_bytes(),
-                             log_file=workdir / "mosquitto-crl.log", crl=pki.ca.crl([]))
-    try:
-        await server.start()
-    except ServerUnavailable as exc:
-        pytest.fail(f"the tests need Mosquitto and could not start one: {exc}", pytrace=False)
+    server = mosquitto(workdir, pki, f"mosquitto-crl-{next(_counter)}", crl=pki.ca.crl([]))
+    await start_mosquitto(server)
     assert f"crlfile {server.crl_file}" in server.config_file.read_text()
     try:
         yield server

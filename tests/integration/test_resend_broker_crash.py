@@ -12,8 +12,7 @@ from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
-from healthiot.localservers import MosquittoServer, free_port
-from tests.conftest import new_patient, new_watch, wait_until
+from tests.conftest import mosquitto, new_patient, new_watch, start_mosquitto, wait_until
 
 
 @dataclass(frozen=True)
@@ -24,13 +23,8 @@ class _Address:
 
 @pytest.fixture
 async def own_broker(workdir, pki):
-    server = MosquittoServer(workdir / f"mosquitto-crash-{time.monotonic_ns()}",
-                             port=free_port(), bind="127.0.0.1",
-                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
-                             cert=pki.server_cert.read_bytes(),
-                             key=pki.server_key.read_bytes(),
-                             log_file=workdir / "mosquitto-crash.log")
-    await server.start()
+    server = mosquitto(workdir, pki, f"mosquitto-crash-{time.monotonic_ns()}")
+    await start_mosquitto(server)
     yield server
     server.stop()
 

@@ -32,7 +32,16 @@ from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Watch
 from healthiot.localservers import MosquittoServer, free_port
 from healthiot.services import Core
-from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
+from tests.conftest import (
+    BrokerAddress,
+    Database,
+    Pki,
+    mosquitto,
+    new_patient,
+    new_watch,
+    start_mosquitto,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,12 +181,8 @@ async def test_the_watch_takeovers_command_records_and_serves_the_counter(
 async def test_a_broker_writing_its_own_log_file_is_watched_the_same_way(
         core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
     """The deployment's shape: ``log_dest file`` (healthiot broker-config --log-file)."""
-    server = MosquittoServer(workdir / "mosquitto-own-log", port=free_port(), bind="127.0.0.1",
-                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
-                             cert=pki.server_cert.read_bytes(),
-                             key=pki.server_key.read_bytes(),
-                             log_file=workdir / "mosquitto-own-log.out", own_log_file=True)
-    await server.start()
+    server = mosquitto(workdir, pki, "mosquitto-own-log", own_log_file=True)
+    await start_mosquitto(server)
     try:
         assert server.own_log_file is not None
         assert f"log_dest file {server.own_log_file}" in server.config_file.read_text()
