@@ -3,7 +3,6 @@ sessions, object-level authorisation on every route, GDPR rights, the audit chai
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from fhir.resources.R4B.bundle import Bundle
 
 from api import totp
+from api.account_routes import GUARD
 from api.app import create_app
 from api.limits import Limits
 from api.openapi import PATHS
@@ -210,9 +210,13 @@ async def test_logout_revokes_the_session_at_once(api) -> None:  # type: ignore[
 
 async def test_brute_force_is_limited_without_locking_the_user_out(core) -> None:  # type: ignore[no-untyped-def]
     tokens = TokenService(new_key(), issuer="https://test", audience="test")
-    limits = Limits(failures_per_account=3, failure_window_s=0.5)
+    limits = Limits(failures_per_account=3, failure_window_s=60)
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
                              core.patients, core.audit, tokens, limits=limits))
+    # The guard's clock is moved by the test: slow password hashing cannot race a window.
+    now = [1000.0]
+    guard = app[GUARD]
+    guard.accounts.clock = guard.clients.clock = lambda: now[0]
     async with TestClient(TestServer(app)) as client:
         account = await register(client, "target")
         statuses = []
@@ -222,7 +226,7 @@ async def test_brute_force_is_limited_without_locking_the_user_out(core) -> None
             statuses.append(resp.status)
         assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429]
         assert int(resp.headers["Retry-After"]) >= 1
-        await asyncio.sleep(0.6)  # the window passes: the real user is slowed down, not locked out
+        now[0] += 61  # the window passes: the real user is slowed down, not locked out
         resp = await client.post("/v1/auth/login", json={
             "username": "target", "password": PASSWORD, "totp": code(account.secret, 1)})
         assert resp.status == 200
