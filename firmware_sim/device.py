@@ -84,11 +84,34 @@ class Faults:
     ``clock_offset_s``: the device clock is off by this much; a small skew is stored with
     device time, a clock reset to 2000-01-01 (``CLOCK_RESET``) is outside the acceptance
     window and goes to quarantine.
+
+    A misbehaving device (tests/integration/test_misbehaving_devices.py shows each reaction):
+    ``foreign_device``: telemetry published on that device's topic; the broker's ACL refuses
+    it (MQTT v5 PUBACK 0x87, the session stays up), so it stays in the outbox, counted as
+    refused. ``payload_bytes``: each payload padded to this size (a string record); above
+    the broker's packet limit the broker drops the connection (no PUBACK), above the SenML
+    limit the bridge quarantines it as ``oversized``. ``malformed``: payloads that are not
+    SenML; quarantined as ``malformed``. ``client_id``: the MQTT client id used
+    (another device's takes its session over; the takeover watcher records it).
     """
 
     lost_after_ack: set[int] = field(default_factory=set)
     duplicate_every: int = 0
     clock_offset_s: float = 0.0
+    foreign_device: str | None = None
+    payload_bytes: int = 0
+    malformed: bool = False
+    client_id: str | None = None
+
+    def payload(self, payload: bytes) -> bytes:
+        """What a misbehaving device makes of a well-formed payload."""
+        if self.malformed:
+            return b'{"bn": "' + payload[:40]  # cut short: neither JSON nor SenML
+        if self.payload_bytes > len(payload):
+            # A JSON array stays one: the padding is a record with a string value.
+            pad = self.payload_bytes - len(payload) - len(b',{"vs":""}')
+            return payload[:-1] + b',{"vs":"' + b"x" * max(0, pad) + b'"}]'
+        return payload
 
 
 def reset_clock_offset(now: float) -> float:
@@ -186,7 +209,7 @@ class SimulatedDevice:
 
     @property
     def telemetry_topic(self) -> str:
-        return f"devices/{self.device_id}/telemetry"
+        return f"devices/{self.faults.foreign_device or self.device_id}/telemetry"
 
     @property
     def inbox_topic(self) -> str:
@@ -208,7 +231,8 @@ class SimulatedDevice:
         offset = self.faults.clock_offset_s
         if offset:
             records = [(m, u, round(t + offset, 3), v) for m, u, t, v in records]
-        message = self._outbox.add(encode_json(f"{self.device_id}/", records), len(records))
+        payload = self.faults.payload(encode_json(f"{self.device_id}/", records))
+        message = self._outbox.add(payload, len(records))
         self._wake.set()
         return message
 
@@ -255,7 +279,8 @@ class SimulatedDevice:
         return context
 
     async def _deliver_forever(self, until_empty: bool = False) -> None:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=self.faults.client_id or self.device_id,
                              protocol=mqtt.MQTTv5)
         context = self._tls()
         client.tls_set_context(context)
