@@ -12,6 +12,7 @@ import ctypes
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -103,6 +104,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stable_port(rng: random.Random | None = None) -> int:
+    """A free port below the ephemeral range, for a server that will be restarted on it.
+
+    A client retrying connect() to a dead port inside the ephemeral range can be given that
+    very port as its own and connect to itself (TCP simultaneous open): the restarted server
+    then finds its port taken. Below the range no outgoing connection takes it."""
+    low = _ephemeral_low()
+    rng = rng or random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low // 2, low)
+        if port_is_free(port):
+            return port
+    raise ServerUnavailable("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class _Child:

@@ -33,7 +33,7 @@ from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_p
 from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, Watch, enrol
 from healthiot.errors import ServerUnavailable
-from healthiot.localservers import MosquittoServer, PostgresServer, free_port
+from healthiot.localservers import MosquittoServer, PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
 from healthiot.stack import SERVER_NAMES
 from storage.migrate import migrate
@@ -156,7 +156,8 @@ def pki(workdir: Path) -> Pki:
 def mosquitto(workdir: Path, pki: Pki, name: str, **options: Any) -> MosquittoServer:
     """A broker of our generated configuration in ``workdir/name``, on a free port, logging
     to ``workdir/name.log``; not started. ``options`` go to MosquittoServer."""
-    return MosquittoServer(workdir / name, port=free_port(), bind="127.0.0.1",
+    # A stable port: fault tests restart brokers on theirs (see stable_port).
+    return MosquittoServer(workdir / name, port=stable_port(), bind="127.0.0.1",
                            clients_ca=pki.ca.clients_ca_file.read_bytes(),
                            cert=pki.server_cert.read_bytes(), key=pki.server_key.read_bytes(),
                            log_file=workdir / f"{name}.log", **options)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from healthiot.localservers import free_port
+from healthiot.localservers import free_port, stable_port
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout, imported first by the child
 TOTALS = re.compile(r"^simulate: devices=(\d+) messages=(\d+) samples=(\d+) stored=(\d+) "
@@ -24,7 +24,7 @@ ROW = re.compile(r"^[a-z]+-[0-9a-f]{12} +([a-z_]+) +(\d+) +(\d+) +(\d+) +(\d+) +
 def sim_env(workdir):
     var = workdir / f"var-sim-{time.monotonic_ns()}"
     env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
-               HEALTHIOT_MQTT_PORT=str(free_port()), HEALTHIOT_API_PORT=str(free_port()),
+               HEALTHIOT_MQTT_PORT=str(stable_port()), HEALTHIOT_API_PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
                                                         os.environ.get("PYTHONPATH")])))
     return var, env

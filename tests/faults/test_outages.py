@@ -30,7 +30,7 @@ from api.tokens import TokenService
 from broker_bridge import health
 from broker_bridge.connection import connect_properties
 from devices.ca import new_key
-from healthiot.localservers import PostgresServer, free_port
+from healthiot.localservers import PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
 from storage.migrate import migrate
 from tests.conftest import (
@@ -82,7 +82,7 @@ async def metrics_text(port: int) -> str:
 @pytest.fixture
 async def own_postgres(workdir: Path) -> AsyncIterator[PostgresServer]:
     password = secrets.token_urlsafe(16)
-    server = PostgresServer(workdir / f"pg-fault-{time.monotonic_ns()}", port=free_port(),
+    server = PostgresServer(workdir / f"pg-fault-{time.monotonic_ns()}", port=stable_port(),
                             user="healthiot", password=password,
                             log_file=workdir / "pg-fault.log",
                             bin_dir=os.environ.get("HEALTHIOT_PG_BIN_DIR"))
