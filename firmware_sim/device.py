@@ -301,7 +301,9 @@ class SimulatedDevice:
                         await self._echo_last(conn)
                     except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
                         await conn.disconnect()
-                        await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+                        # Full jitter: after a broker restart a fleet's retries spread over
+                        # the whole window instead of arriving together (a thundering herd).
+                        await asyncio.sleep(self.rng.uniform(0.0, delay))
                         delay = min(delay * 2, RECONNECT_MAX_S)
                         continue
                 if self._resend:

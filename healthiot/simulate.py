@@ -37,7 +37,7 @@ from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
 from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
 from healthiot import stack
-from healthiot.localservers import MosquittoServer
+from healthiot.localservers import MosquittoServer, raise_fd_limit
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
 from healthiot.services import Core
 from healthiot.settings import Settings
@@ -48,6 +48,12 @@ MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "w
        "glucometer", "pulse_oximeter")
 ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
 REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
+# Open files per device in this process: its TLS socket, and its SQLite outbox's database,
+# WAL and shared-memory files. Mosquitto needs one per session.
+FILES_PER_DEVICE = 4
+FILES_RESERVE = 2048  # the stack: PostgreSQL pool, bridge, API, logs
+ENROL_REPORT_EVERY = 1000
+RECONNECT_PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,12 @@ SCENARIOS = {
                                broker_restart=True),
     "offline": Scenario("one device in three is offline for the first half of the run, "
                         "buffers on its flash, then replays in bulk", offline_fraction=1 / 3),
+    # The 10,000-session measurement (bench/bench_fleet.py): real devices upload every minute
+    # or so, not every few seconds; the sessions, not the message rate, are what is measured.
+    "fleet-restart": Scenario("every device uploads once a minute; Mosquitto is killed "
+                              "halfway and restarted, the fleet reconnects",
+                              watch_interval_s=60.0, spot_interval_s=60.0,
+                              broker_restart=True),
 }
 
 
@@ -115,15 +127,18 @@ def workload(settings: Settings, *, devices: int, duration: float,
                        stop: asyncio.Event, servers: Servers) -> int:
         directory = settings.var_dir / "simulate"
         broker = Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file)
+        memory = Memory(_broker(servers))
         started = time.monotonic()
         fleet = await ensure_fleet(core, materials.ca, directory, broker, devices, scenario)
         _say(f"fleet ready: {len(fleet)} devices enrolled and paired in "
              f"{time.monotonic() - started:.1f} s ({directory})")
         try:
-            reports = await _run(fleet, core, bridge, stop, duration, scenario, servers)
+            reports = await _run(fleet, core, bridge, stop, duration, scenario, servers,
+                                 memory)
         finally:
             for device in fleet:
                 device.close()
+        _say(memory.report())
         return _report(reports, directory)
     return simulate
 
@@ -133,6 +148,12 @@ async def simulate(settings: Settings, *, devices: int, duration: float,
     """Start the stack, run the fleet for ``duration`` seconds, print the report."""
     chosen = SCENARIOS[scenario]
     _say(f"scenario {scenario}: {chosen.description}")
+    # Before the stack starts, so that Mosquitto inherits it too.
+    wanted = devices * FILES_PER_DEVICE + FILES_RESERVE
+    limit = raise_fd_limit(wanted)
+    if limit < wanted:
+        _say(f"warning: open files limited to {limit}; {devices} devices need about "
+             f"{wanted} (raise ulimit -n, or run as root to let simulate raise it)")
     return await run(settings, duration,
                      workload(settings, devices=devices, duration=duration, scenario=chosen))
 
@@ -153,6 +174,7 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
     patients = await _patients(core, [i // DEVICES_PER_PATIENT for i, (d, _) in
                                       enumerate(chosen) if d not in registered])
     gate = asyncio.Semaphore(ENROL_CONCURRENCY)
+    enrolled = 0
 
     async def issue(csr: bytes) -> bytes:
         return await asyncio.to_thread(ca.issue_client, csr)
@@ -166,6 +188,10 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
                     device_id, model=model, serial=f"SIM-{index:06d}",
                     cert_pem=flash.cert_file.read_bytes(),
                     patient_id=patients[index // DEVICES_PER_PATIENT])
+        nonlocal enrolled
+        enrolled += 1
+        if enrolled % ENROL_REPORT_EVERY == 0:
+            _say(f"enrolled {enrolled}/{count}")
         return _model(model, index, device_id, flash, broker, scenario)
 
     return list(await asyncio.gather(*(one(i, d, m) for i, (d, m) in enumerate(chosen))))
@@ -240,7 +266,8 @@ def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
 
 
 async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: asyncio.Event,
-               duration: float, scenario: Scenario, servers: Servers) -> list[DeviceReport]:
+               duration: float, scenario: Scenario, servers: Servers,
+               memory: Memory) -> list[DeviceReport]:
     back_online = _apply(scenario, fleet, fleet[0].broker) if fleet else (lambda: None)
     measuring = asyncio.Event()
 
@@ -256,6 +283,7 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
     every = PROGRESS_EVERY_S if interactive else 5.0
     _say(f"running {len(fleet)} devices for {duration:g} s")
     halfway = False
+    all_online = False
     try:
         while not stop.is_set():
             left = began + duration - time.monotonic()
@@ -263,10 +291,17 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
                 await asyncio.wait_for(stop.wait(), max(0.0, min(every, left)))
             for server in servers:
                 server.check_alive()
+            online = sum(d.online for d in fleet)
+            if not all_online and online == len(fleet):
+                all_online = True
+                _say(f"all {online} devices online {time.monotonic() - began:.1f} s after "
+                     "the start")
+            memory.sample(online)
             if not halfway and time.monotonic() - began >= duration / 2:
                 halfway = True
                 back_online()
                 if scenario.broker_restart:
+                    _say(memory.report())
                     await _restart_broker(servers, fleet)
             _progress(fleet, bridge, interactive)
             if time.monotonic() - began >= duration:
@@ -295,19 +330,70 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
 
 async def _restart_broker(servers: Servers, fleet: list[SimulatedDevice]) -> None:
     """Kill the broker, start it again, and report how long the fleet takes to be back."""
-    broker = next(s for s in servers if isinstance(s, MosquittoServer))
+    broker = _broker(servers)
     _say("killing Mosquitto (SIGKILL)")
     broker.kill()
     await asyncio.sleep(1.0)
     await broker.start()
     restarted = time.monotonic()
     _say("Mosquitto restarted; waiting for the devices")
+    shown = restarted
     for _ in range(600):  # two minutes at most
-        if all(d.online for d in fleet):
+        online = sum(d.online for d in fleet)
+        if online == len(fleet):
             break
+        if time.monotonic() - shown >= RECONNECT_PROGRESS_EVERY_S:
+            shown = time.monotonic()
+            _say(f"online {online}/{len(fleet)} {shown - restarted:.0f} s after the restart")
         await asyncio.sleep(0.2)
     _say(f"devices back online: {sum(d.online for d in fleet)}/{len(fleet)} in "
          f"{time.monotonic() - restarted:.1f} s after the restart")
+
+
+def _broker(servers: Servers) -> MosquittoServer:
+    return next(s for s in servers if isinstance(s, MosquittoServer))
+
+
+def _rss_kib(pid: int | str) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+class Memory:
+    """Resident memory of this process (devices, bridge and API) and of Mosquitto, against
+    their baseline before the fleet connected, at the largest number of live sessions."""
+
+    def __init__(self, broker: MosquittoServer) -> None:
+        self._broker = broker
+        self.base_self = _rss_kib("self")
+        self.base_broker = self._broker_rss()
+        self.sessions = 0
+        self.self_kib = self.base_self
+        self.broker_kib = self.base_broker
+
+    def _broker_rss(self) -> int:
+        try:
+            return _rss_kib(self._broker.pid_file.read_text().strip())
+        except OSError:
+            return 0
+
+    def sample(self, sessions: int) -> None:
+        if sessions >= self.sessions:
+            self.sessions = sessions
+            self.self_kib, self.broker_kib = _rss_kib("self"), self._broker_rss()
+
+    def report(self) -> str:
+        n = max(1, self.sessions)
+        return (f"memory at {self.sessions} sessions: simulator RSS "
+                f"{self.self_kib / 1024:.0f} MiB ({(self.self_kib - self.base_self) / n:.1f} "
+                f"KiB/session over its {self.base_self / 1024:.0f} MiB before the fleet), "
+                f"mosquitto RSS {self.broker_kib / 1024:.0f} MiB "
+                f"({(self.broker_kib - self.base_broker) / n:.1f} KiB/session over its "
+                f"{self.base_broker / 1024:.0f} MiB)")
 
 
 def _progress(fleet: list[SimulatedDevice], bridge: Bridge, interactive: bool) -> None:
