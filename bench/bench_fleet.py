@@ -22,13 +22,14 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import random
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from healthiot.localservers import free_port  # noqa: E402
+from healthiot.localservers import port_is_free  # noqa: E402
 from healthiot.settings import load  # noqa: E402
 from healthiot.simulate import SCENARIOS, simulate  # noqa: E402
 
@@ -38,6 +39,21 @@ FLEET = dataclasses.replace(
                 "and restarted, the fleet reconnects")
 
 
+def _fixed_port() -> int:
+    """A free port below the ephemeral range. Not free_port(): when the broker is killed,
+    10,000 devices retrying connect() to a port inside the ephemeral range soon have one
+    socket bound to it (a TCP self-connect, or an outgoing connection given that local
+    port), and the restarted Mosquitto fails with "Address already in use"."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low // 2, low)
+        if port_is_free(port):
+            return port
+    raise SystemExit("no free port below the ephemeral range")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
@@ -45,8 +61,9 @@ def main() -> int:
     parser.add_argument("--var", type=Path, default=ROOT / "var" / "bench-fleet")
     args = parser.parse_args()
     os.environ.update(HEALTHIOT_VAR_DIR=str(args.var.resolve()),
-                      HEALTHIOT_PG_PORT=str(free_port()), HEALTHIOT_MQTT_PORT=str(free_port()),
-                      HEALTHIOT_API_PORT=str(free_port()))
+                      HEALTHIOT_PG_PORT=str(_fixed_port()),
+                      HEALTHIOT_MQTT_PORT=str(_fixed_port()),
+                      HEALTHIOT_API_PORT=str(_fixed_port()))
     return asyncio.run(simulate(load(), devices=args.devices, duration=args.duration,
                                 scenario=FLEET))
 
