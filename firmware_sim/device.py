@@ -236,8 +236,10 @@ class SimulatedDevice:
         self._wake.set()
         return message
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Measure every ``interval_s`` until ``stop``, and deliver in the background."""
+    async def run(self, stop: asyncio.Event, serve_until: asyncio.Event | None = None) -> None:
+        """Measure every ``interval_s`` until ``stop``, and deliver in the background; with
+        ``serve_until``, then stay connected as ``serve`` does, on the same connection (a
+        fleet that stopped measuring does not reconnect all at once)."""
         sender = asyncio.create_task(self._deliver_forever(), name=f"send-{self.device_id}")
         try:
             last = time.time()
@@ -250,6 +252,8 @@ class SimulatedDevice:
                 if not stop.is_set():
                     self.measure(last, now)
                 last = now
+            if serve_until is not None:
+                await serve_until.wait()
         finally:
             await stop_task(sender)
 

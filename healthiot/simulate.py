@@ -48,9 +48,9 @@ MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "w
        "glucometer", "pulse_oximeter")
 ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
 REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
-# Open files per device in this process: its TLS socket, and its SQLite outbox's database,
-# WAL and shared-memory files. Mosquitto needs one per session.
-FILES_PER_DEVICE = 4
+# Open files per device in this process: its TLS socket, and its SQLite outbox while it is
+# being written (firmware_sim/outbox.py). Mosquitto needs one per session.
+FILES_PER_DEVICE = 2
 FILES_RESERVE = 2048  # the stack: PostgreSQL pool, bridge, API, logs
 ENROL_REPORT_EVERY = 1000
 RECONNECT_PROGRESS_EVERY_S = 5.0
@@ -265,13 +265,14 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
                duration: float, scenario: Scenario, servers: Servers,
                memory: Memory) -> list[DeviceReport]:
     back_online = _apply(scenario, fleet, fleet[0].broker) if fleet else (lambda: None)
-    measuring = asyncio.Event()
+    measuring, done = asyncio.Event(), asyncio.Event()
 
     async def start(device: SimulatedDevice) -> None:
         # Spread the fleet over one interval, or every device sends in the same instant.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(measuring.wait(), random.uniform(0, device.interval_s))
-        await device.run(measuring)
+        # After measuring, delivering and answering resend requests until done.
+        await device.run(measuring, serve_until=done)
 
     tasks = [asyncio.create_task(start(d), name=f"device-{d.device_id}") for d in fleet]
     began = time.monotonic()
@@ -302,15 +303,16 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
             _progress(fleet, bridge, interactive)
             if time.monotonic() - began >= duration:
                 break
+    except BaseException:
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     finally:
         if interactive:
             print(flush=True)
         back_online()
         measuring.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
     _say("measuring stopped: delivering outboxes and answering resend requests")
-    done = asyncio.Event()
-    serving = [asyncio.create_task(d.serve(done), name=f"serve-{d.device_id}") for d in fleet]
     try:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while True:
@@ -321,7 +323,7 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
             await asyncio.sleep(0.5)
     finally:
         done.set()
-        await asyncio.gather(*serving, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _restart_broker(servers: Servers, fleet: list[SimulatedDevice]) -> None:
