@@ -48,9 +48,9 @@ MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "w
        "glucometer", "pulse_oximeter")
 ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
 REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
-# Open files per device in this process: its TLS socket, and its SQLite outbox while it is
-# being written (firmware_sim/outbox.py). Mosquitto needs one per session.
-FILES_PER_DEVICE = 2
+# Open files per device in this process: its TLS socket (its SQLite outbox is open only
+# while it is written, firmware_sim/outbox.py). Mosquitto needs one per session.
+FILES_PER_DEVICE = 1
 FILES_RESERVE = 2048  # the stack: PostgreSQL pool, bridge, API, logs
 ENROL_REPORT_EVERY = 1000
 RECONNECT_PROGRESS_EVERY_S = 5.0
