@@ -192,6 +192,7 @@ class SimulatedDevice:
         self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
         self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
+        self._announce = False  # echo the last acknowledged message on the live connection
 
     @property
     def online(self) -> bool:
@@ -214,6 +215,13 @@ class SimulatedDevice:
     @property
     def inbox_topic(self) -> str:
         return f"devices/{self.device_id}/inbox"
+
+    def announce(self) -> None:
+        """Publish the last acknowledged message again soon, on the live connection (as on
+        every reconnection, see ``_echo_last``): what a device sends when it ends an upload
+        session, so that a loss at the very end of what it sent is seen as a gap."""
+        self._announce = True
+        self._wake.set()
 
     def close(self) -> None:
         """Release the flash (the outbox stays on it)."""
@@ -312,6 +320,10 @@ class SimulatedDevice:
                         continue
                 if self._resend:
                     await self._resend_one(conn)
+                    continue
+                if self._announce:
+                    self._announce = False
+                    await self._echo_last(conn)
                     continue
                 if not self._outbox:
                     # Idle: wake for a new reading, or reconnect at once when the connection
