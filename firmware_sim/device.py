@@ -192,6 +192,7 @@ class SimulatedDevice:
         self._outbox = Outbox(flash.outbox_file, first_seq=flash.load_seq())
         self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
+        self._announce = False  # echo the last acknowledged message on the live connection
 
     @property
     def online(self) -> bool:
@@ -215,6 +216,13 @@ class SimulatedDevice:
     def inbox_topic(self) -> str:
         return f"devices/{self.device_id}/inbox"
 
+    def announce(self) -> None:
+        """Publish the last acknowledged message again soon, on the live connection (as on
+        every reconnection, see ``_echo_last``): what a device sends when it ends an upload
+        session, so that a loss at the very end of what it sent is seen as a gap."""
+        self._announce = True
+        self._wake.set()
+
     def close(self) -> None:
         """Release the flash (the outbox stays on it)."""
         self._outbox.close()
@@ -236,8 +244,10 @@ class SimulatedDevice:
         self._wake.set()
         return message
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Measure every ``interval_s`` until ``stop``, and deliver in the background."""
+    async def run(self, stop: asyncio.Event, serve_until: asyncio.Event | None = None) -> None:
+        """Measure every ``interval_s`` until ``stop``, and deliver in the background; with
+        ``serve_until``, then stay connected as ``serve`` does, on the same connection (a
+        fleet that stopped measuring does not reconnect all at once)."""
         sender = asyncio.create_task(self._deliver_forever(), name=f"send-{self.device_id}")
         try:
             last = time.time()
@@ -250,6 +260,8 @@ class SimulatedDevice:
                 if not stop.is_set():
                     self.measure(last, now)
                 last = now
+            if serve_until is not None:
+                await serve_until.wait()
         finally:
             await stop_task(sender)
 
@@ -301,11 +313,17 @@ class SimulatedDevice:
                         await self._echo_last(conn)
                     except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
                         await conn.disconnect()
-                        await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+                        # Full jitter: after a broker restart a fleet's retries spread over
+                        # the whole window instead of arriving together (a thundering herd).
+                        await asyncio.sleep(self.rng.uniform(0.0, delay))
                         delay = min(delay * 2, RECONNECT_MAX_S)
                         continue
                 if self._resend:
                     await self._resend_one(conn)
+                    continue
+                if self._announce:
+                    self._announce = False
+                    await self._echo_last(conn)
                     continue
                 if not self._outbox:
                     # Idle: wake for a new reading, or reconnect at once when the connection

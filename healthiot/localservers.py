@@ -8,11 +8,13 @@ process dies, they die with it instead of holding the ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import glob
 import os
 import pwd
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -33,6 +35,24 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # Runs in the child after setuid (which would clear it), before exec.
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted`` (children started afterwards,
+    Mosquitto included, inherit it); returns the soft limit now in force. The soft limit
+    goes up to the hard one; root may raise the hard one too (up to fs.nr_open), as a
+    service manager would (systemd LimitNOFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    if hard < wanted and running_as_root():
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, ceiling),) * 2)
+            return min(wanted, ceiling)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    return min(wanted, hard)
 
 
 def running_as_root() -> bool:

@@ -37,7 +37,7 @@ from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
 from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
 from healthiot import stack
-from healthiot.localservers import MosquittoServer
+from healthiot.localservers import MosquittoServer, raise_fd_limit
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
 from healthiot.services import Core
 from healthiot.settings import Settings
@@ -48,6 +48,13 @@ MIX = ("watch", "watch", "scale", "watch", "bp_cuff", "watch", "thermometer", "w
        "glucometer", "pulse_oximeter")
 ENROL_CONCURRENCY = 16  # CA signing runs in threads; more only queues
 REPORT_LINES_MAX = 20  # per-device lines printed; the full report is written to a file
+# Open files per device in this process: its TLS socket (its SQLite outbox is open only
+# while it is written, firmware_sim/outbox.py). Mosquitto needs one per session.
+FILES_PER_DEVICE = 1
+FILES_RESERVE = 2048  # the stack: PostgreSQL pool, bridge, API, logs
+ENROL_REPORT_EVERY = 1000
+RECONNECT_PROGRESS_EVERY_S = 5.0
+ANNOUNCE_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -115,24 +122,35 @@ def workload(settings: Settings, *, devices: int, duration: float,
                        stop: asyncio.Event, servers: Servers) -> int:
         directory = settings.var_dir / "simulate"
         broker = Broker(settings.mqtt_host, settings.mqtt_port, materials.ca.ca_file)
+        memory = Memory(_broker(servers))
         started = time.monotonic()
         fleet = await ensure_fleet(core, materials.ca, directory, broker, devices, scenario)
         _say(f"fleet ready: {len(fleet)} devices enrolled and paired in "
              f"{time.monotonic() - started:.1f} s ({directory})")
         try:
-            reports = await _run(fleet, core, bridge, stop, duration, scenario, servers)
+            reports = await _run(fleet, core, bridge, stop, duration, scenario, servers,
+                                 memory)
         finally:
             for device in fleet:
                 device.close()
+        _say(memory.report())
         return _report(reports, directory)
     return simulate
 
 
 async def simulate(settings: Settings, *, devices: int, duration: float,
-                   scenario: str) -> int:
-    """Start the stack, run the fleet for ``duration`` seconds, print the report."""
-    chosen = SCENARIOS[scenario]
-    _say(f"scenario {scenario}: {chosen.description}")
+                   scenario: str | Scenario) -> int:
+    """Start the stack, run the fleet for ``duration`` seconds, print the report. The
+    scenario is one of SCENARIOS by name, or one of the caller's (bench/bench_fleet.py)."""
+    chosen = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    _say(f"scenario {scenario if isinstance(scenario, str) else 'custom'}: "
+         f"{chosen.description}")
+    # Before the stack starts, so that Mosquitto inherits it too.
+    wanted = devices * FILES_PER_DEVICE + FILES_RESERVE
+    limit = raise_fd_limit(wanted)
+    if limit < wanted:
+        _say(f"warning: open files limited to {limit}; {devices} devices need about "
+             f"{wanted} (raise ulimit -n, or run as root to let simulate raise it)")
     return await run(settings, duration,
                      workload(settings, devices=devices, duration=duration, scenario=chosen))
 
@@ -153,6 +171,7 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
     patients = await _patients(core, [i // DEVICES_PER_PATIENT for i, (d, _) in
                                       enumerate(chosen) if d not in registered])
     gate = asyncio.Semaphore(ENROL_CONCURRENCY)
+    enrolled = 0
 
     async def issue(csr: bytes) -> bytes:
         return await asyncio.to_thread(ca.issue_client, csr)
@@ -166,6 +185,10 @@ async def ensure_fleet(core: Core, ca: CertificateAuthority, directory: Path, br
                     device_id, model=model, serial=f"SIM-{index:06d}",
                     cert_pem=flash.cert_file.read_bytes(),
                     patient_id=patients[index // DEVICES_PER_PATIENT])
+        nonlocal enrolled
+        enrolled += 1
+        if enrolled % ENROL_REPORT_EVERY == 0:
+            _say(f"enrolled {enrolled}/{count}")
         return _model(model, index, device_id, flash, broker, scenario)
 
     return list(await asyncio.gather(*(one(i, d, m) for i, (d, m) in enumerate(chosen))))
@@ -240,15 +263,17 @@ def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
 
 
 async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: asyncio.Event,
-               duration: float, scenario: Scenario, servers: Servers) -> list[DeviceReport]:
+               duration: float, scenario: Scenario, servers: Servers,
+               memory: Memory) -> list[DeviceReport]:
     back_online = _apply(scenario, fleet, fleet[0].broker) if fleet else (lambda: None)
-    measuring = asyncio.Event()
+    measuring, done = asyncio.Event(), asyncio.Event()
 
     async def start(device: SimulatedDevice) -> None:
         # Spread the fleet over one interval, or every device sends in the same instant.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(measuring.wait(), random.uniform(0, device.interval_s))
-        await device.run(measuring)
+        # After measuring, delivering and answering resend requests until done.
+        await device.run(measuring, serve_until=done)
 
     tasks = [asyncio.create_task(start(d), name=f"device-{d.device_id}") for d in fleet]
     began = time.monotonic()
@@ -256,6 +281,7 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
     every = PROGRESS_EVERY_S if interactive else 5.0
     _say(f"running {len(fleet)} devices for {duration:g} s")
     halfway = False
+    all_online = False
     try:
         while not stop.is_set():
             left = began + duration - time.monotonic()
@@ -263,51 +289,123 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
                 await asyncio.wait_for(stop.wait(), max(0.0, min(every, left)))
             for server in servers:
                 server.check_alive()
+            online = sum(d.online for d in fleet)
+            if not all_online and online == len(fleet):
+                all_online = True
+                _say(f"all {online} devices online {time.monotonic() - began:.1f} s after "
+                     "the start")
+            memory.sample(online)
             if not halfway and time.monotonic() - began >= duration / 2:
                 halfway = True
                 back_online()
                 if scenario.broker_restart:
+                    _say(memory.report())
                     await _restart_broker(servers, fleet)
             _progress(fleet, bridge, interactive)
             if time.monotonic() - began >= duration:
                 break
+    except BaseException:
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     finally:
         if interactive:
             print(flush=True)
         back_online()
         measuring.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
     _say("measuring stopped: delivering outboxes and answering resend requests")
-    done = asyncio.Event()
-    serving = [asyncio.create_task(d.serve(done), name=f"serve-{d.device_id}") for d in fleet]
+    # Messages the broker lost after acknowledging them are found as a gap when a later
+    # number arrives; the last ones a device sent have none, so each device announces its
+    # last number now, and again while the database has not all it acknowledged (an
+    # announcement can itself be lost, e.g. while the bridge is still reconnecting after a
+    # broker restart).
+    for device in fleet:
+        device.announce()
     try:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        announced = time.monotonic()
         while True:
             reports = await _compare(fleet, core)
             settled = all(r.buffered == 0 and r.lost == 0 for r in reports)
             if settled or time.monotonic() > deadline:
                 return reports
+            if time.monotonic() - announced >= ANNOUNCE_EVERY_S:
+                announced = time.monotonic()
+                for device, r in zip(fleet, reports, strict=True):
+                    if r.lost:
+                        device.announce()
             await asyncio.sleep(0.5)
     finally:
         done.set()
-        await asyncio.gather(*serving, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _restart_broker(servers: Servers, fleet: list[SimulatedDevice]) -> None:
     """Kill the broker, start it again, and report how long the fleet takes to be back."""
-    broker = next(s for s in servers if isinstance(s, MosquittoServer))
+    broker = _broker(servers)
     _say("killing Mosquitto (SIGKILL)")
     broker.kill()
     await asyncio.sleep(1.0)
     await broker.start()
     restarted = time.monotonic()
     _say("Mosquitto restarted; waiting for the devices")
+    shown = restarted
     for _ in range(600):  # two minutes at most
-        if all(d.online for d in fleet):
+        online = sum(d.online for d in fleet)
+        if online == len(fleet):
             break
+        if time.monotonic() - shown >= RECONNECT_PROGRESS_EVERY_S:
+            shown = time.monotonic()
+            _say(f"online {online}/{len(fleet)} {shown - restarted:.0f} s after the restart")
         await asyncio.sleep(0.2)
     _say(f"devices back online: {sum(d.online for d in fleet)}/{len(fleet)} in "
          f"{time.monotonic() - restarted:.1f} s after the restart")
+
+
+def _broker(servers: Servers) -> MosquittoServer:
+    return next(s for s in servers if isinstance(s, MosquittoServer))
+
+
+def _rss_kib(pid: int | str) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+class Memory:
+    """Resident memory of this process (devices, bridge and API) and of Mosquitto, against
+    their baseline before the fleet connected, at the largest number of live sessions."""
+
+    def __init__(self, broker: MosquittoServer) -> None:
+        self._broker = broker
+        self.base_self = _rss_kib("self")
+        self.base_broker = self._broker_rss()
+        self.sessions = 0
+        self.self_kib = self.base_self
+        self.broker_kib = self.base_broker
+
+    def _broker_rss(self) -> int:
+        try:
+            return _rss_kib(self._broker.pid_file.read_text().strip())
+        except OSError:
+            return 0
+
+    def sample(self, sessions: int) -> None:
+        if sessions >= self.sessions:
+            self.sessions = sessions
+            self.self_kib, self.broker_kib = _rss_kib("self"), self._broker_rss()
+
+    def report(self) -> str:
+        n = max(1, self.sessions)
+        return (f"memory at {self.sessions} sessions: simulator RSS "
+                f"{self.self_kib / 1024:.0f} MiB ({(self.self_kib - self.base_self) / n:.1f} "
+                f"KiB/session over its {self.base_self / 1024:.0f} MiB before the fleet), "
+                f"mosquitto RSS {self.broker_kib / 1024:.0f} MiB "
+                f"({(self.broker_kib - self.base_broker) / n:.1f} KiB/session over its "
+                f"{self.base_broker / 1024:.0f} MiB)")
 
 
 def _progress(fleet: list[SimulatedDevice], bridge: Bridge, interactive: bool) -> None:

@@ -10,16 +10,60 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
+
+from broker_bridge.connection import connect_properties
 from devices.broker_config import MAX_PACKET_BYTES
-from devices.takeover import TakeoverStore, TakeoverWatcher
+from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Watch
-from healthiot.services import Core
+from healthiot.localservers import MosquittoServer, free_port
+from healthiot.services import Core, new_bridge
 from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
-from tests.integration.test_takeover import watcher  # noqa: F401 (a fixture)
 from vitals.senml import MAX_PAYLOAD_BYTES
 
 NOT_AUTHORIZED = 0x87
+
+
+@pytest.fixture
+async def own_broker(pki: Pki, workdir: Path) -> AsyncIterator[BrokerAddress]:
+    """A broker of this test's own: the takeover watcher reads a broker's whole log, and
+    the takeovers made here must not show up in other tests' counts (test_takeover.py)."""
+    directory = workdir / f"mosquitto-misbehaving-{time.monotonic_ns()}"
+    server = MosquittoServer(directory, port=free_port(), bind="127.0.0.1",
+                             clients_ca=pki.ca.clients_ca_file.read_bytes(),
+                             cert=pki.server_cert.read_bytes(),
+                             key=pki.server_key.read_bytes(),
+                             log_file=directory.with_suffix(".log"))
+    await server.start()
+    try:
+        yield BrokerAddress("localhost", server.port, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def own_stack(core: Core, pki: Pki, own_broker: BrokerAddress
+                    ) -> AsyncIterator[TakeoverWatcher]:
+    """A bridge and a takeover watcher on ``own_broker``."""
+    bridge = new_bridge(core, client_id="svc-bridge-misbehaving", ca_file=pki.ca.ca_file,
+                        cert=pki.bridge_cert, key=pki.bridge_key, batch_size=100)
+    watcher = TakeoverWatcher(own_broker.server.log_file, TakeoverStore(core.pool),
+                              stats=TakeoverStats(), poll_interval_s=0.1)
+    ready, caught_up = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(bridge.run(own_broker.host, own_broker.port,
+                                            connect_properties(200), ready)),
+             asyncio.create_task(watcher.run(caught_up))]
+    await asyncio.wait_for(asyncio.gather(ready.wait(), caught_up.wait()), 15)
+    try:
+        yield watcher
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bridge.close(end_session=True)
 
 
 async def _stored(core: Core, device_id: str) -> int:
@@ -142,11 +186,11 @@ async def test_a_malformed_payload_is_quarantined_and_the_consumer_goes_on(
 
 
 async def test_a_device_under_another_devices_client_id_is_recorded_and_the_victim_loses_nothing(
-        core: Core, pki: Pki, broker: BrokerAddress, bridge: object,
-        watcher: TakeoverWatcher, tmp_path: object) -> None:  # noqa: F811
+        core: Core, pki: Pki, own_broker: BrokerAddress, own_stack: TakeoverWatcher,
+        tmp_path: Path) -> None:
     patient, _, _ = await new_patient(core, "takeover.sim")
-    victim = await new_watch(core, pki, broker, tmp_path, patient)
-    intruder = await new_watch(core, pki, broker, tmp_path, patient)
+    victim = await new_watch(core, pki, own_broker, tmp_path, patient)
+    intruder = await new_watch(core, pki, own_broker, tmp_path, patient)
     intruder.faults.client_id = victim.device_id
     stop, intruding = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(victim.run(stop))
@@ -163,6 +207,7 @@ async def test_a_device_under_another_devices_client_id_is_recorded_and_the_vict
     events = await store.involving(victim.device_id)
     assert {(e.client_id, e.identity) for e in events} >= {
         (victim.device_id, intruder.device_id)}
+    assert own_stack.stats.takeovers >= 1
     intruding.set()
     await intrusion
     sent = victim.ledger.messages
