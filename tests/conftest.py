@@ -10,6 +10,7 @@ it, with the reason: nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -17,7 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,23 @@ async def core(database: Database, tmp_path: Path) -> AsyncIterator[Core]:
         await opened.pool.close()
 
 
+@contextlib.asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None], name: str,
+                        ready: asyncio.Event) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the body once ``ready`` is set (15 s at most); cancel it
+    after, and fail the test if it crashed meanwhile, rather than let a dead service pass."""
+    task = asyncio.create_task(work, name=name)
+    await asyncio.wait_for(ready.wait(), 15)
+    try:
+        yield
+    finally:
+        crashed = task.done() and not task.cancelled() and task.exception()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if crashed:
+        raise AssertionError(f"{name} crashed during the test") from crashed
+
+
 @pytest.fixture
 async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[Bridge]:
     """A bridge consuming from the test broker, connected and subscribed."""
@@ -199,18 +217,13 @@ async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[B
                          ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
                          batch_size=100)
     ready = asyncio.Event()
-    task = asyncio.create_task(running.run(broker.host, broker.port,
-                                           connect_properties(200), ready), name="test-bridge")
-    await asyncio.wait_for(ready.wait(), 15)
     try:
-        yield running
+        async with in_background(running.run(broker.host, broker.port,
+                                              connect_properties(200), ready),
+                                 "the bridge", ready):
+            yield running
     finally:
-        crashed = task.done() and not task.cancelled() and task.exception()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await running.close(end_session=True)  # or it keeps a share of the next tests' data
-    if crashed:
-        raise AssertionError("the bridge crashed during the test") from crashed
 
 
 async def new_patient(core: Core, username: str) -> tuple[uuid.UUID, str, bytes]:

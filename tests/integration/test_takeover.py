@@ -36,6 +36,7 @@ from tests.conftest import (
     BrokerAddress,
     Database,
     Pki,
+    in_background,
     mosquitto,
     new_patient,
     new_watch,
@@ -53,16 +54,8 @@ async def watcher(core: Core, broker: BrokerAddress) -> AsyncIterator[TakeoverWa
     running = TakeoverWatcher(broker.server.log_file, TakeoverStore(core.pool),
                               stats=TakeoverStats(), poll_interval_s=0.1)
     caught_up = asyncio.Event()
-    task = asyncio.create_task(running.run(caught_up), name="takeover-watcher")
-    await asyncio.wait_for(caught_up.wait(), 15)
-    try:
+    async with in_background(running.run(caught_up), "the takeover watcher", caught_up):
         yield running
-    finally:
-        crashed = task.done() and not task.cancelled() and task.exception()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    if crashed:
-        raise AssertionError("the takeover watcher crashed during the test") from crashed
 
 
 async def _as(device: Watch, client_id: str, broker: BrokerAddress) -> AsyncClient:
