@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from devices.ca import CertificateAuthority
 from healthiot import settings
 from healthiot.cli import _dispatch, _parser
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECRETS = "/run/secrets/"
 BRIDGES = ("bridge-1", "bridge-2")
-APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed", "maintenance")
+APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed", "maintenance", "renewer")
 # What each command reads (healthiot/daemons.py) from files: settings fields, by name.
 READS = {
     "migrate": {"database_password"},
@@ -28,6 +29,8 @@ READS = {
     "api": {"database_password", "kek_file", "jwt_key_file", "api_cert_file", "api_key_file"},
     "record-feed": {"database_password", "kek_file"},
     "maintenance": {"database_password", "kek_file"},
+    # Its certificate, key and the device CA are command-line files (tested apart below).
+    "renewer": {"database_password", "mqtt_ca_file"},
 }
 BROKER_CERT_FILES = ("clients-ca.pem", "broker.pem", "broker.key")  # healthiot/cli.py
 
@@ -127,7 +130,7 @@ def test_app_services_run_in_production(services, name):
 @pytest.mark.parametrize(("name", "expected"), [
     ("migrate", ["db", "migrate"]), ("bridge-1", ["bridge"]), ("bridge-2", ["bridge"]),
     ("api", ["api"]), ("record-feed", ["record-feed"]), ("maintenance", ["maintenance"]),
-    ("broker-config", ["broker-config"]),
+    ("broker-config", ["broker-config"]), ("renewer", ["devices", "renewer"]),
 ])
 def test_app_services_run_a_healthiot_command_of_the_image_built_here(services, name, expected):
     service = services[name]
@@ -166,7 +169,12 @@ def test_each_app_service_mounts_exactly_the_secrets_it_reads(services, name):
     assert not missing_variables, f"{name} does not set {missing_variables}"
     needed = {env[file_variable(f)] for f in READS[name]}
     needed |= set(re.findall(r"/run/secrets/[\w.-]+", healthcheck_text(service)))
-    mounted = set(secret_mounts(service))
+    files_named = {arg for arg in command(service) if arg.startswith(RUN_SECRETS)}
+    needed |= files_named
+    # A directory on the command line counts as mounted by the files mounted inside it
+    # (which files: test_the_renewer_loads_the_operator_device_ca_from_its_mounts).
+    mounted = {next((d for d in files_named if path.startswith(d + "/")), path)
+               for path in secret_mounts(service)}
     assert mounted == needed, (f"{name}: not mounted {sorted(needed - mounted)}, "
                                f"mounted without use {sorted(mounted - needed)}")
 
@@ -288,6 +296,7 @@ def test_the_bridge_connects_to_the_mosquitto_service_on_its_listener(services, 
     *((b, {"migrate": "service_completed_successfully", "mosquitto": "service_healthy"})
       for b in BRIDGES),
     ("api", {"migrate": "service_completed_successfully"}),
+    ("renewer", {"migrate": "service_completed_successfully", "mosquitto": "service_healthy"}),
 ])
 def test_services_start_only_after_what_they_need_is_ready(services, name, needs):
     assert needs.items() <= depends_on(services[name]).items()
@@ -355,3 +364,29 @@ def test_the_build_context_admits_the_sources_and_nothing_else():
 def test_every_service_that_opens_data_keys_mounts_the_owner_keys(services):
     for name in ("bridge-1", "bridge-2", "api", "record-feed", "maintenance"):
         assert "owner-keys:/var/lib/healthiot/owner-keys" in services[name].get("volumes", [])
+
+
+def test_the_renewer_loads_the_operator_device_ca_from_its_mounts(compose, services, tmp_path):
+    """The files `healthiot ca init` wrote, laid out as compose mounts them, are the CA the
+    renewer loads: nothing missing (it would make a new CA, which signs for no broker) and
+    no root key in the container."""
+    operator = tmp_path / "operator"
+    made = CertificateAuthority.load_or_create(operator / "secrets" / "device-ca")
+    renewer = services["renewer"]
+    args = _parser().parse_args(command(renewer))
+    container = tmp_path / "container"
+    for target, source in secret_mounts(renewer).items():
+        path = container / target.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        origin = operator / compose["secrets"][source]["file"]
+        path.write_bytes(origin.read_bytes() if origin.exists() else b"")
+    pki = container / str(args.pki).lstrip("/")
+    before = sorted(p.name for p in pki.iterdir())
+
+    loaded = CertificateAuthority.load_or_create(pki)
+
+    assert sorted(p.name for p in pki.iterdir()) == before  # loaded, not created
+    assert "root.key" not in before
+    assert (loaded.root, loaded.device_ca) == (made.root, made.device_ca)
+    assert loaded.root_key is None
+    assert {str(args.cert), str(args.key)} <= secret_mounts(renewer).keys()
