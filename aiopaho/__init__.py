@@ -7,5 +7,6 @@ the event loop thread; unlike aiomqtt it keeps paho's ``manual_ack``.
 """
 
 from aiopaho.client import AsyncClient, MqttError, MqttTimeout
+from aiopaho.tasks import stop_task
 
-__all__ = ["AsyncClient", "MqttError", "MqttTimeout"]
+__all__ = ["AsyncClient", "MqttError", "MqttTimeout", "stop_task"]

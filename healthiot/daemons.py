@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from aiopaho import stop_task
 from api import passwords, totp
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
@@ -85,8 +86,7 @@ async def run_bridge(settings: Settings) -> int:
             probes = await bridge_health.start(bridge, settings.bridge_health_host,
                                                settings.bridge_health_port)
         await until_signalled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
         await bridge.close()
         if probes is not None:
             await probes.cleanup()
@@ -122,8 +122,7 @@ async def run_record_feed(settings: Settings) -> int:
                 raise SettingsError("HEALTHIOT_RECORD_FEED_URL is required here")
             task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s))
             await until_signalled()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_task(task)
     finally:
         await core.pool.close()
     return 0
@@ -174,8 +173,7 @@ async def run_maintenance(settings: Settings, *, once: bool) -> int:
             return 0
         task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s))
         await until_signalled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
     finally:
         await core.pool.close()
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from aiopaho import stop_task
 from broker_bridge.connection import tls_context
 from broker_bridge.health import PROMETHEUS_TEXT
 from devices import takeover
@@ -169,8 +170,7 @@ async def run_takeover_watch(settings: Settings, log_file: Path, *, metrics_host
             await web.TCPSite(runner, metrics_host, metrics_port).start()
         print(f"following {log_file}", flush=True)
         await until_signalled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -195,8 +195,7 @@ async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None
                                  settings.mqtt_host, settings.mqtt_port, context)
         task = asyncio.create_task(service.run(), name="renewer")
         await until_signalled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
     finally:
         await pool.close()
     return 0

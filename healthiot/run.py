@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from aiopaho import stop_task
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
 from devices.renewal import CertificateRenewer, RenewalService
@@ -138,7 +139,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         broker = next(s for s in servers if isinstance(s, MosquittoServer))
         revoker = await _revoker(settings, materials, core, broker)
         for task in _device_services(settings, materials, core, broker):
-            resources.push_async_callback(_cancel, task)
+            resources.push_async_callback(stop_task, task)
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
                                  oidc=oidc_verifier(settings, session), revoker=revoker)
@@ -146,12 +147,12 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         upkeep = asyncio.create_task(
             maintenance(core, settings).run_forever(settings.maintenance_interval_s),
             name="maintenance")
-        resources.push_async_callback(_cancel, upkeep)
+        resources.push_async_callback(stop_task, upkeep)
         feed = record_feed(core, settings, session)
         if feed is not None:
             feed_task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s),
                                             name="record-feed")
-            resources.push_async_callback(_cancel, feed_task)
+            resources.push_async_callback(stop_task, feed_task)
         bridge = new_bridge(core, client_id=bridge_client_id(settings),
                             ca_file=materials.ca.ca_file, cert=materials.bridge_cert,
                             key=materials.bridge_key, batch_size=settings.bridge_batch_size)
@@ -160,7 +161,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         bridge_task = asyncio.create_task(bridge.run(
             settings.mqtt_host, settings.mqtt_port,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
-        resources.push_async_callback(_cancel, bridge_task)
+        resources.push_async_callback(stop_task, bridge_task)
         await asyncio.wait_for(ready.wait(), 30)
         if workload is not None:
             return await workload(core, materials, bridge, stop, servers)
@@ -202,12 +203,6 @@ async def _revoker(settings: Settings, materials: stack.Materials, core: Core,
     takeover = SessionTakeover(settings.mqtt_host, settings.mqtt_port, tls_context(
         materials.ca.ca_file, materials.revoker_cert, materials.revoker_key))
     return Revoker(core.registry, publisher, takeover)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,
