@@ -32,13 +32,12 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
 from firmware_sim.device import Broker, Flash
+from firmware_sim.renewal_policy import ANSWER_TIMEOUT_S, ATTEMPTS
 
 log = logging.getLogger(__name__)
 
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 CSR_CONTENT_TYPE = "application/pkcs10"
-ANSWER_TIMEOUT_S = 10.0  # per attempt; the backend answers in milliseconds
-ATTEMPTS = 3
 # The second connection's client id: the device's id and this suffix, the one the backend
 # accepts from it besides its id (devices/identity.py), and takes over at revocation.
 CLIENT_ID_SUFFIX = ".renew"
