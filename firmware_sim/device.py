@@ -200,6 +200,7 @@ class SimulatedDevice:
         self._announce = False  # echo the last acknowledged message on the live connection
         self.renewal_policy = renewal_policy or RenewalPolicy(self.rng)
         self._reconnect = False  # a renewed certificate waits for the next connection
+        self._connected = asyncio.Event()  # set at each connection
 
     @property
     def online(self) -> bool:
@@ -322,6 +323,7 @@ class SimulatedDevice:
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
                         await conn.subscribe(self.inbox_topic, qos=1)
                         delay = RECONNECT_MIN_S
+                        self._connected.set()
                         await self._echo_last(conn)
                     except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
                         await conn.disconnect()
@@ -391,6 +393,11 @@ class SimulatedDevice:
         delay: float | None = None  # None: until the current certificate's moment
         while True:
             await asyncio.sleep(self._until_renewal() if delay is None else delay)
+            if not self.online:
+                # Renewal needs the broker too: a device that cannot reach it waits for its
+                # connection rather than count failures (and renews, then switches, on it).
+                self._connected.clear()
+                await self._connected.wait()
             try:
                 await renew(self.flash, self.device_id, self.broker,
                             answer_timeout_s=policy.answer_timeout_s, attempts=policy.attempts)
