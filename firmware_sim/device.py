@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
 from firmware_sim.outbox import Message, Outbox
+from firmware_sim.renewal_policy import RenewalPolicy
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class Ledger:
     resent: int = 0  # messages published again because the backend asked
     echoed: int = 0  # last acknowledged message published again on (re)connecting
     resend_requests: int = 0
+    renewals: int = 0  # certificates renewed (and used from the next connection)
+    renewal_failures: int = 0  # renewal exchanges that failed or were refused
     # The outbox is sent in order, so what was acknowledged since start is one range.
     first_acked: int | None = None
     last_acked: int | None = None
@@ -180,7 +184,8 @@ class SimulatedDevice:
 
     def __init__(self, device_id: str, flash: Flash, broker: Broker, *,
                  interval_s: float, rng: random.Random | None = None,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None,
+                 renewal_policy: RenewalPolicy | None = None) -> None:
         self.device_id = device_id
         self.flash = flash
         self.broker = broker
@@ -193,6 +198,9 @@ class SimulatedDevice:
         self._resend: deque[Message] = deque()  # asked for by the backend, sent first
         self._wake = asyncio.Event()
         self._announce = False  # echo the last acknowledged message on the live connection
+        self.renewal_policy = renewal_policy or RenewalPolicy(self.rng)
+        self._reconnect = False  # a renewed certificate waits for the next connection
+        self._connected = asyncio.Event()  # set at each connection
 
     @property
     def online(self) -> bool:
@@ -249,6 +257,7 @@ class SimulatedDevice:
         ``serve_until``, then stay connected as ``serve`` does, on the same connection (a
         fleet that stopped measuring does not reconnect all at once)."""
         sender = asyncio.create_task(self._deliver_forever(), name=f"send-{self.device_id}")
+        renewer = asyncio.create_task(self._renew_forever(), name=f"renew-{self.device_id}")
         try:
             last = time.time()
             while not stop.is_set():
@@ -263,15 +272,18 @@ class SimulatedDevice:
             if serve_until is not None:
                 await serve_until.wait()
         finally:
+            await stop_task(renewer)
             await stop_task(sender)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Stay connected without measuring until ``stop``: deliver what is queued and
         honour resend requests (what a device does after its wearer took it off)."""
         sender = asyncio.create_task(self._deliver_forever(), name=f"serve-{self.device_id}")
+        renewer = asyncio.create_task(self._renew_forever(), name=f"renew-{self.device_id}")
         try:
             await stop.wait()
         finally:
+            await stop_task(renewer)
             await stop_task(sender)  # a publish cut short leaves its message in the outbox
 
     async def flush(self, timeout: float) -> None:
@@ -307,9 +319,11 @@ class SimulatedDevice:
                         # (firmware_sim/renewal.py) is used from the next one on.
                         context.load_cert_chain(str(self.flash.cert_file),
                                                 str(self.flash.key_file))
+                        self._reconnect = False
                         await conn.connect(self.broker.host, self.broker.port, keepalive=30)
                         await conn.subscribe(self.inbox_topic, qos=1)
                         delay = RECONNECT_MIN_S
+                        self._connected.set()
                         await self._echo_last(conn)
                     except (MqttError, ssl.SSLError):  # SSLError: a key and cert mid-swap
                         await conn.disconnect()
@@ -318,6 +332,12 @@ class SimulatedDevice:
                         await asyncio.sleep(self.rng.uniform(0.0, delay))
                         delay = min(delay * 2, RECONNECT_MAX_S)
                         continue
+                if self._reconnect:
+                    # Renewed: reconnect now, between two publishes (none is in flight), so
+                    # that the new certificate is in use long before the old one ends.
+                    self._reconnect = False
+                    await conn.disconnect()
+                    continue
                 if self._resend:
                     await self._resend_one(conn)
                     continue
@@ -339,6 +359,8 @@ class SimulatedDevice:
     async def _serve_inbox(self, conn: AsyncClient) -> None:
         while True:
             message = await conn.messages.get()
+            if getattr(message.properties, "CorrelationData", None) is not None:
+                continue  # a renewal answer: the renewal connection reads it
             if message.topic == self.inbox_topic:
                 self.on_request(bytes(message.payload))
 
@@ -360,6 +382,47 @@ class SimulatedDevice:
         if fresh:
             self._wake.set()
         return len(fresh)
+
+    async def _renew_forever(self) -> None:
+        """Renew the certificate at the policy's moment, for as long as the device runs; a
+        failed exchange is tried again with backoff, a refusal after a long wait. The new
+        certificate is used from a reconnection between two publishes."""
+        from firmware_sim.renewal import RenewalFailed, renew  # it imports this module
+        policy = self.renewal_policy
+        failures = 0
+        delay: float | None = None  # None: until the current certificate's moment
+        while True:
+            await asyncio.sleep(self._until_renewal() if delay is None else delay)
+            if not self.online:
+                # Renewal needs the broker too: a device that cannot reach it waits for its
+                # connection rather than count failures (and renews, then switches, on it).
+                self._connected.clear()
+                await self._connected.wait()
+            try:
+                await renew(self.flash, self.device_id, self.broker,
+                            answer_timeout_s=policy.answer_timeout_s, attempts=policy.attempts)
+            except (RenewalFailed, MqttError, OSError, ValueError) as exc:
+                self.ledger.renewal_failures += 1
+                reason = exc.reason if isinstance(exc, RenewalFailed) else None
+                if reason is not None:  # the renewer said no: it will not change its mind soon
+                    failures, delay = 0, policy.refused_delay()
+                else:  # no answer, no broker, an answer that is not for our key
+                    failures += 1
+                    delay = policy.retry_delay(failures)
+                log.warning("certificate renewal failed", extra={
+                    "device": self.device_id, "reason": reason or type(exc).__name__,
+                    "retry_in_s": round(delay)})
+                continue
+            failures, delay = 0, None
+            self.ledger.renewals += 1
+            self._reconnect = True
+            self._wake.set()
+
+    def _until_renewal(self) -> float:
+        """Seconds from now to the renewal moment of the certificate on flash (0 if past)."""
+        cert = x509.load_pem_x509_certificate(self.flash.cert_file.read_bytes())
+        at = self.renewal_policy.renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc)
+        return max(0.0, (at - dt.datetime.now(dt.UTC)).total_seconds())
 
     async def _echo_last(self, conn: AsyncClient) -> None:
         """Publish the last acknowledged message again. A gap is seen only when a later

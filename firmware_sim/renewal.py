@@ -4,9 +4,10 @@ The device makes a new key, publishes a CSR on ``devices/<id>/csr`` from a secon
 connection (client id ``<id>.renew``: its main session, and the readings it is sending,
 stay up), and waits on its inbox for the answer that carries the CSR's correlation data.
 It checks that the certificate is for its new key and its id, then installs key and
-certificate in its flash; its main connection uses them from its next connect. An answer
-that does not come is asked for again with the same CSR (the backend answers a repeated
-CSR with the same certificate).
+certificate in its flash; its main connection uses them from its next connect, which a
+device makes at once after renewing (firmware_sim/device.py; when it renews:
+firmware_sim/renewal_policy.py). An answer that does not come is asked for again with the
+same CSR (the backend answers a repeated CSR with the same certificate).
 
 Like the rest of firmware_sim, it knows the protocol, not the backend's code.
 """
@@ -32,13 +33,12 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
 from firmware_sim.device import Broker, Flash
+from firmware_sim.renewal_policy import ANSWER_TIMEOUT_S, ATTEMPTS
 
 log = logging.getLogger(__name__)
 
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 CSR_CONTENT_TYPE = "application/pkcs10"
-ANSWER_TIMEOUT_S = 10.0  # per attempt; the backend answers in milliseconds
-ATTEMPTS = 3
 # The second connection's client id: the device's id and this suffix, the one the backend
 # accepts from it besides its id (devices/identity.py), and takes over at revocation.
 CLIENT_ID_SUFFIX = ".renew"

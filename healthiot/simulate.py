@@ -106,6 +106,7 @@ class DeviceReport:
     stored_messages: int
     stored: int
     rejected: int
+    renewed: int = 0  # certificates the device renewed by itself during the run
 
     @property
     def lost(self) -> int:
@@ -437,7 +438,8 @@ async def _compare(fleet: list[SimulatedDevice], core: Core) -> list[DeviceRepor
         x = d.ledger
         m, s, r = stored.get(d.device_id, (0, 0, 0))
         reports.append(DeviceReport(d.device_id, d.model, x.sent, x.messages, x.refused,
-                                    x.resent, d.pending, x.samples, m, s, r))
+                                    x.resent, d.pending, x.samples, m, s, r,
+                                    renewed=x.renewals))
     return reports
 
 
@@ -458,6 +460,7 @@ def _report(reports: list[DeviceReport], directory: Path) -> int:
          f"samples={sum(r.samples for r in reports)} stored={sum(r.stored for r in reports)} "
          f"rejected={sum(r.rejected for r in reports)} "
          f"refused={sum(r.refused for r in reports)} resent={sum(r.resent for r in reports)} "
+         f"renewed={sum(r.renewed for r in reports)} "
          f"buffered={sum(r.buffered for r in reports)} lost={lost} dup={dup}")
     return 0 if lost == 0 and dup == 0 else 1
 
