@@ -3,9 +3,9 @@
 Dense streams (heart rate, SpO2, steps, skin temperature) are one Observation per UTC hour
 with SampledData; blood pressure readings are panels; anything else (a weighing, a
 thermometer's temperature, an RR interval) is one Observation per reading. Sources stay
-apart: each Observation references the device that measured it. Only what the patient shared is ever found; samples carrying a
-quality flag wait for review and are not served. Errors are OperationOutcome resources, as
-FHIR clients expect.
+apart: each Observation references the device that measured it. Only what the patient
+shared is ever found; samples carrying a quality flag wait for review and are not served.
+Errors are OperationOutcome resources, as FHIR clients expect.
 """
 
 from __future__ import annotations
