@@ -150,7 +150,7 @@ def test_the_signal_is_plausible_all_day_and_warmer_asleep_than_awake() -> None:
     assert statistics.mean(night) - statistics.mean(day) > 1.0
 
 
-def test_the_watch_sends_it_once_a_minute(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_watch_sends_it_once_a_minute(tmp_path):
     watch = Watch("watch-0123456789ab", Flash(tmp_path / "w"),
                   Broker("localhost", 1, tmp_path / "ca.pem"), interval_s=10.0,
                   rng=random.Random(5))
