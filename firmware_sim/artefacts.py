@@ -41,8 +41,12 @@ class Schedule:
 
 
 def _next(due: float | None, first: float, every_s: float, rng: random.Random) -> float:
-    """The first due time counts from the device's first reading, later ones from the last."""
-    return (first if due is None else due) + every_s * rng.uniform(0.5, 1.5)
+    """The first due time falls anywhere in the first interval after the device's first
+    reading (a fleet's devices are out of phase); each later one 0.5-1.5 intervals after
+    the last."""
+    if due is None:
+        return first + every_s * rng.uniform(0.0, 1.0)
+    return due + every_s * rng.uniform(0.5, 1.5)
 
 
 def inject(records: list[Record], rng: random.Random, schedule: Schedule, *,
