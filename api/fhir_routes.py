@@ -1,11 +1,11 @@
 """The FHIR R4 read API for clinicians: metadata, Patient, Device and Observation search.
 
-Dense streams (heart rate, SpO2, steps) are one Observation per UTC hour with SampledData;
-blood pressure readings are panels; anything else (a weighing, a temperature, an RR
-interval) is one Observation per reading. Sources stay apart: each Observation references
-the device that measured it. Only what the patient shared is ever found; samples carrying a
-quality flag wait for review and are not served. Errors are OperationOutcome resources, as
-FHIR clients expect.
+Dense streams (heart rate, SpO2, steps, skin temperature) are one Observation per UTC hour
+with SampledData; blood pressure readings are panels; anything else (a weighing, a
+thermometer's temperature, an RR interval) is one Observation per reading. Sources stay
+apart: each Observation references the device that measured it. Only what the patient
+shared is ever found; samples carrying a quality flag wait for review and are not served.
+Errors are OperationOutcome resources, as FHIR clients expect.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ DEFAULT_RANGE = dt.timedelta(days=7)
 MAX_RANGE = dt.timedelta(days=92)
 HOUR_MS = 3_600_000
 # Dense metrics: the SampledData grid of each; steps are summed per minute first.
-SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000}
+SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000,
+                     "skin_temperature": 60_000}
 BP = ("systolic_bp", "diastolic_bp")
 _ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
 _SEARCH_PARAMS = {"patient", "code", "date", "_count", "_page"}

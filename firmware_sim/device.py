@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
+from firmware_sim import artefacts
 from firmware_sim.outbox import Message, Outbox
 from firmware_sim.renewal_policy import RenewalPolicy
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
@@ -74,6 +75,10 @@ class Ledger:
     # The outbox is sent in order, so what was acknowledged since start is one range.
     first_acked: int | None = None
     last_acked: int | None = None
+    # Sensor artefacts injected (Faults), as sent: the ground truth to compare with storage.
+    spikes: list[tuple[float, float]] = field(default_factory=list)  # (time, heart rate)
+    dips: list[tuple[float, float]] = field(default_factory=list)  # (time, SpO2)
+    not_taken: list[tuple[str, float]] = field(default_factory=list)  # (metric, time)
 
 
 @dataclass
@@ -97,6 +102,13 @@ class Faults:
     limit the bridge quarantines it as ``oversized``. ``malformed``: payloads that are not
     SenML; quarantined as ``malformed``. ``client_id``: the MQTT client id used
     (another device's takes its session over; the takeover watcher records it).
+
+    Sensor artefacts (firmware_sim/artefacts.py; README "Normalisation" says what the
+    backend does with each): ``hr_spike_every_s``: about this often one heart-rate sample
+    is absurd (250-295 /min: stored, flagged; or 0: rejected as impossible, quarantined).
+    ``spo2_dip_every_s``: about this often the SpO2 samples of 3 s drop to 60-75 % (stored,
+    flagged). ``dropout_every_s`` and ``dropout_s``: about this often the sensor takes no
+    sample at all for ``dropout_s`` seconds (a gap, no zeros). Each lands in the ledger.
     """
 
     lost_after_ack: set[int] = field(default_factory=set)
@@ -106,6 +118,26 @@ class Faults:
     payload_bytes: int = 0
     malformed: bool = False
     client_id: str | None = None
+    hr_spike_every_s: float = 0.0
+    spo2_dip_every_s: float = 0.0
+    dropout_every_s: float = 0.0
+    dropout_s: float = 0.0
+    _artefacts: artefacts.Schedule = field(default_factory=artefacts.Schedule)
+
+    def sensor(self, records: list[tuple[str, str, float, float]], rng: random.Random,
+               ledger: Ledger) -> list[tuple[str, str, float, float]]:
+        """What a faulty sensor makes of ``records``: the artefacts due in them, each
+        written to ``ledger``."""
+        if not (self.hr_spike_every_s or self.spo2_dip_every_s or self.dropout_every_s):
+            return records  # no fault: not a draw from the device's generator either
+        records, injected = artefacts.inject(
+            records, rng, self._artefacts, hr_spike_every_s=self.hr_spike_every_s,
+            spo2_dip_every_s=self.spo2_dip_every_s, dropout_every_s=self.dropout_every_s,
+            dropout_s=self.dropout_s)
+        ledger.spikes += injected.spikes
+        ledger.dips += injected.dips
+        ledger.not_taken += injected.not_taken
+        return records
 
     def payload(self, payload: bytes) -> bytes:
         """What a misbehaving device makes of a well-formed payload."""
@@ -247,6 +279,9 @@ class SimulatedDevice:
         offset = self.faults.clock_offset_s
         if offset:
             records = [(m, u, round(t + offset, 3), v) for m, u, t, v in records]
+        records = self.faults.sensor(records, self.rng, self.ledger)
+        if not records:
+            return None  # the sensor took nothing in the whole period
         payload = self.faults.payload(encode_json(f"{self.device_id}/", records))
         message = self._outbox.add(payload, len(records))
         self._wake.set()

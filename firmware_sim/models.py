@@ -12,6 +12,7 @@ from firmware_sim.signals import (
     BloodPressure,
     Glucose,
     HeartRate,
+    SkinTemperature,
     Sleep,
     Spo2,
     Temperature,
@@ -26,8 +27,9 @@ HRV_FOR_S = 60
 
 
 class Watch(SimulatedDevice):
-    """Heart rate at 1 Hz, sent in batches; steps per batch; SpO2 and, while asleep, a
-    sleep epoch once a minute; beat-to-beat (RR) intervals one minute in five."""
+    """Heart rate at 1 Hz, sent in batches; steps per batch; SpO2, skin temperature and,
+    while asleep, a sleep epoch once a minute; beat-to-beat (RR) intervals one minute in
+    five."""
 
     model = "watch"
 
@@ -39,6 +41,7 @@ class Watch(SimulatedDevice):
                            wake_h=self.rng.uniform(6, 8), utc_offset_h=utc_offset_h)
         self.spo2 = Spo2(rng=self.rng)
         self.beats = Beats(self.rng)
+        self.skin = SkinTemperature(rng=self.rng)
 
     def readings(self, start: float, end: float) -> list[Record]:
         first = float(int(start) + 1)
@@ -54,6 +57,7 @@ class Watch(SimulatedDevice):
                 records.append(("spo2", "%", t, self.spo2.sample(asleep)))
                 if asleep:
                     records.append(("sleep_duration", "min", t, 1.0))
+                records.append(("skin_temperature", "Cel", t, self.skin.sample(t, asleep)))
             if t % HRV_EVERY_S < HRV_FOR_S:
                 records.extend(("rr_interval", "ms", beat, rr)
                                for beat, rr in self.beats.between(t, t + 1, bpm))

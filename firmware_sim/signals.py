@@ -143,6 +143,30 @@ class Temperature:
 
 
 @dataclass
+class SkinTemperature:
+    """Wrist skin temperature in degrees Celsius. Opposite to the core: the skin is cooler by
+    day (~32-33) and warmer in sleep (~34-35), as the body sheds heat through the extremities
+    at night. Between the two it drifts over tens of minutes, not in a step."""
+
+    day: float = 32.5
+    night: float = 34.5
+    rng: random.Random = field(default_factory=random.Random)
+    settle_s: float = 1200.0  # time constant of the drift after falling asleep or waking
+    _level: float | None = None
+    _last_t: float | None = None
+
+    def sample(self, t: float, asleep: bool) -> float:
+        target = self.night if asleep else self.day
+        if self._level is None or self._last_t is None or t - self._last_t > DAY_S:
+            self._level = target
+        else:
+            self._level += (target - self._level) * (1 - math.exp(-(t - self._last_t)
+                                                                  / self.settle_s))
+        self._last_t = t
+        return round(self._level + self.rng.gauss(0, 0.15), 2)
+
+
+@dataclass
 class Glucose:
     """Capillary glucose in mg/dL: a fasting level and a rise after each meal."""
 

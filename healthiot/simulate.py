@@ -70,6 +70,11 @@ class Scenario:
     skewed_fraction: float = 0.0  # devices whose clock is a few minutes off (stored)
     reset_fraction: float = 0.0  # devices whose clock restarted at 2000-01-01 (quarantined)
     broker_restart: bool = False  # Mosquitto killed (SIGKILL) and restarted halfway
+    # Sensor artefacts on every device that measures the metric (firmware_sim/artefacts.py).
+    hr_spike_every_s: float = 0.0
+    spo2_dip_every_s: float = 0.0
+    dropout_every_s: float = 0.0
+    dropout_s: float = 0.0
 
 
 SCENARIOS = {
@@ -90,6 +95,11 @@ SCENARIOS = {
                                broker_restart=True),
     "offline": Scenario("one device in three is offline for the first half of the run, "
                         "buffers on its flash, then replays in bulk", offline_fraction=1 / 3),
+    "artefacts": Scenario("sensors misread: a heart-rate spike about every 30 s (stored and "
+                          "flagged, or a 0 rejected as impossible), an SpO2 dip about every "
+                          "2 minutes (flagged), 10 s dropouts about every minute (gaps)",
+                          hr_spike_every_s=30.0, spo2_dip_every_s=120.0,
+                          dropout_every_s=60.0, dropout_s=10.0),
 }
 
 
@@ -107,6 +117,9 @@ class DeviceReport:
     stored: int
     rejected: int
     renewed: int = 0  # certificates the device renewed by itself during the run
+    spikes: int = 0  # sensor artefacts injected (the scenario's ground truth)
+    dips: int = 0
+    not_taken: int = 0
 
     @property
     def lost(self) -> int:
@@ -135,6 +148,8 @@ def workload(settings: Settings, *, devices: int, duration: float,
             for device in fleet:
                 device.close()
         _say(memory.report())
+        if scenario.hr_spike_every_s or scenario.spo2_dip_every_s or scenario.dropout_every_s:
+            _say(_artefacts_line(fleet, bridge))
         return _report(reports, directory)
     return simulate
 
@@ -251,6 +266,10 @@ def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
         device.broker = nowhere
     for device in fleet:
         device.faults.duplicate_every = scenario.duplicate_every
+        device.faults.hr_spike_every_s = scenario.hr_spike_every_s
+        device.faults.spo2_dip_every_s = scenario.spo2_dip_every_s
+        device.faults.dropout_every_s = scenario.dropout_every_s
+        device.faults.dropout_s = scenario.dropout_s
     skewed = round(n * scenario.skewed_fraction)
     for device in fleet[:skewed]:
         device.faults.clock_offset_s = device.rng.uniform(-240, 240)
@@ -439,8 +458,20 @@ async def _compare(fleet: list[SimulatedDevice], core: Core) -> list[DeviceRepor
         m, s, r = stored.get(d.device_id, (0, 0, 0))
         reports.append(DeviceReport(d.device_id, d.model, x.sent, x.messages, x.refused,
                                     x.resent, d.pending, x.samples, m, s, r,
-                                    renewed=x.renewals))
+                                    renewed=x.renewals, spikes=len(x.spikes),
+                                    dips=len(x.dips), not_taken=len(x.not_taken)))
     return reports
+
+
+def _artefacts_line(fleet: list[SimulatedDevice], bridge: Bridge) -> str:
+    """The sensor artefacts injected, beside what the bridge rejected as impossible (the
+    spikes of 0 /min; the others are stored with a flag, see README "Normalisation")."""
+    ledgers = [d.ledger for d in fleet]
+    spikes = [v for x in ledgers for _, v in x.spikes]
+    return (f"artefacts: spikes={len(spikes)} (zero={spikes.count(0.0)}) "
+            f"dips={sum(len(x.dips) for x in ledgers)} "
+            f"not_taken={sum(len(x.not_taken) for x in ledgers)} | bridge rejected "
+            f"impossible_value={bridge.stats.rejected_by_reason.get('impossible_value', 0)}")
 
 
 def _report(reports: list[DeviceReport], directory: Path) -> int:

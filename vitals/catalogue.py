@@ -63,6 +63,11 @@ _METRICS = (
     # Minutes asleep, reported per interval by a watch (a 1-minute epoch is worth 1).
     Metric("sleep_duration", "93832-4", "min", "Sleep duration", (0, 1440), (0, 960),
            {"h": Conversion(60.0), "s": Conversion(1 / 60)}),
+    # Skin temperature at the wrist, a watch's once-a-minute reading: 61008-9 "Body surface
+    # temperature" (39106-0 is a qualitative finding, not a measured value). Skin runs
+    # cooler than the core and follows the room, hence the wider ranges than body_temperature.
+    Metric("skin_temperature", "61008-9", "Cel", "Body surface temperature", (15, 45), (25, 40),
+           {"[degF]": Conversion(5 / 9, -32 * 5 / 9), "K": Conversion(1.0, -273.15)}),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _METRICS})

@@ -10,7 +10,7 @@ from vitals.catalogue import METRICS
 CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "cardiac": ("heart_rate", "rr_interval", "systolic_bp", "diastolic_bp"),
     "respiratory": ("spo2",),
-    "body": ("body_weight", "body_fat", "body_temperature"),
+    "body": ("body_weight", "body_fat", "body_temperature", "skin_temperature"),
     "activity": ("steps",),
     "sleep": ("sleep_duration",),
     "metabolic": ("blood_glucose",),

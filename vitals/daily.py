@@ -13,7 +13,7 @@ Headline figure of a day, per metric kind:
   at least 30 minutes of data;
 - sleep: minutes asleep in the night that ends that morning (a night runs noon to noon and
   belongs to the day it ends on);
-- anything else: the mean.
+- anything else (skin temperature, weight, glucose...): the mean.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ DEFAULT_MODEL_PRIORITY: Mapping[str, tuple[str, ...]] = {
     "diastolic_bp": ("bp_cuff", "watch"),
     "body_temperature": ("thermometer", "watch"),
     "blood_glucose": ("glucometer",),
+    "skin_temperature": ("watch",),
 }
 
 Series = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]

@@ -31,7 +31,7 @@ PERCENTILES = (5, 25, 75, 95)
 
 # Metrics a worn device streams; their completeness is counted in minutes, and the minutes
 # with data are the wear time. Spot metrics (a weighing, a cuff reading) count in days.
-CONTINUOUS = frozenset({"heart_rate", "spo2", "rr_interval", "steps"})
+CONTINUOUS = frozenset({"heart_rate", "spo2", "rr_interval", "steps", "skin_temperature"})
 
 SourceSamples = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.uint8]]
 

@@ -1,16 +1,10 @@
 """`healthiot simulate`, as a user runs it: a subprocess with its own var/, the whole stack,
 a small fleet, and a report that matches the database."""
 
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
-
-from healthiot.localservers import free_port, stable_port
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout, imported first by the child
 TOTALS = re.compile(r"^simulate: devices=(\d+) messages=(\d+) samples=(\d+) stored=(\d+) "
@@ -18,16 +12,6 @@ TOTALS = re.compile(r"^simulate: devices=(\d+) messages=(\d+) samples=(\d+) stor
                     r"lost=(\d+) dup=(\d+)$", re.M)
 ROW = re.compile(r"^[a-z]+-[0-9a-f]{12} +([a-z_]+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+) +(\d+) "
                  r"+(\d+) +(\d+)$", re.M)
-
-
-@pytest.fixture
-def sim_env(workdir):
-    var = workdir / f"var-sim-{time.monotonic_ns()}"
-    env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
-               HEALTHIOT_MQTT_PORT=str(stable_port()), HEALTHIOT_API_PORT=str(free_port()),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                        os.environ.get("PYTHONPATH")])))
-    return var, env
 
 
 def _simulate(env, *args):

@@ -1,10 +1,13 @@
 """Device faults on demand, through the real broker, bridge and database, and the backend's
 documented reaction to each (ARCHITECTURE.md decisions 1 and 6)."""
 
+import json
+import re
 import time
 
 from firmware_sim.device import reset_clock_offset
 from tests.conftest import new_patient, new_watch, wait_until
+from tests.e2e.test_simulate_command import _simulate
 
 
 async def _ledger(core, device_id):
@@ -71,3 +74,33 @@ async def test_a_clock_reset_to_2000_is_quarantined_not_stored_and_not_lost(
     assert len(reasons) == 2 and all(r["reason"] == "rejected_samples" for r in reasons)
     assert all("outside_time_window" in r["detail"] for r in reasons)
     watch.close()
+
+
+ARTEFACTS = re.compile(r"^artefacts: spikes=(\d+) \(zero=(\d+)\) dips=(\d+) not_taken=(\d+) "
+                       r"\| bridge rejected impossible_value=(\d+)$", re.M)
+
+
+def test_the_artefacts_scenario_reports_what_it_injected_and_loses_nothing(sim_env):
+    """`simulate --scenario artefacts` as a user runs it: spikes, dips and dropouts are
+    counted from the devices' ledgers; the zero beats are exactly what the bridge rejected;
+    everything acknowledged is stored or rejected (lost=0 dup=0)."""
+    var, env = sim_env
+    done, totals = _simulate(env, "--devices", "4", "--duration", "40",
+                             "--scenario", "artefacts")
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = ARTEFACTS.search(done.stdout)
+    assert match, done.stdout
+    spikes, zero, dips, not_taken, impossible = map(int, match.groups())
+    # Three watches and a scale (the fleet's mix) measuring for about 40 s: each watch's
+    # first spike is due within 30 s; dropouts (every minute or so) and dips (every two)
+    # may or may not have begun.
+    assert spikes >= 3, done.stdout
+    assert zero == impossible  # a 0 /min spike is the only impossible value sent
+    assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
+    assert totals["stored"] + totals["rejected"] == totals["samples"]
+    assert totals["rejected"] == zero
+    report = json.loads((var / "simulate" / "report.json").read_text())
+    assert [sum(r[k] for r in report) for k in ("spikes", "dips", "not_taken")] == [
+        spikes, dips, not_taken]
+    assert all(r["spikes"] == r["dips"] == r["not_taken"] == 0
+               for r in report if r["model"] == "scale")

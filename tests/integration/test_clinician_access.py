@@ -234,7 +234,8 @@ async def test_bad_grants_are_refused(world: World, change: dict[str, Any], stat
 
 async def test_categories_expand_at_grant_time(world: World) -> None:
     granted = await _grant(world, metrics=[], categories=["body"])
-    assert granted["metrics"] == ["body_fat", "body_temperature", "body_weight"]
+    assert granted["metrics"] == ["body_fat", "body_temperature", "body_weight",
+                                  "skin_temperature"]
 
 
 async def test_only_professions_bound_by_secrecy_with_a_valid_rpps(core) -> None:  # type: ignore[no-untyped-def]
