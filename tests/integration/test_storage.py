@@ -307,7 +307,8 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     # Gone: the hours of 10 March and of 5 May (that day ended 12 h before the cutoff) and
     # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
     # days of May.
-    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "audit": 0}
+    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "unclaimed": 0,
+                              "audit": 0}
     left = await core.pool.fetch(
         "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
     assert [(r["resolution"], r["window_start"]) for r in left] == [
