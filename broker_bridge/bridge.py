@@ -295,10 +295,17 @@ class Bridge:
         """Messages of shared scales with each weighing given to its user or held; the
         others unchanged."""
         users = await self._registry.users(m.device_id for m in messages)
-        shared = [m for m in messages if len(users.get(m.device_id, ())) > 1]
+        # A redelivered message is stored already: storage skips it, and it is not
+        # attributed (nor counted) a second time.
+        stored = await self._store.stored_already(
+            [(m.device_id, m.seq) for m in messages if len(users.get(m.device_id, ())) > 1])
+
+        def is_new_shared(m: MessageIn) -> bool:
+            return len(users.get(m.device_id, ())) > 1 and (m.device_id, m.seq) not in stored
+
         split = iter(await SharedScales(self._store).split(
-            shared, users, self.stats.shared_scale_weighings))
-        return [next(split) if len(users.get(m.device_id, ())) > 1 else m for m in messages]
+            [m for m in messages if is_new_shared(m)], users, self.stats.shared_scale_weighings))
+        return [next(split) if is_new_shared(m) else m for m in messages]
 
     def _to_messages(self, accepted: list[_Decoded], norm: Normalised,
                      devices: dict[str, Device], received: dt.datetime,

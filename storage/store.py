@@ -236,6 +236,14 @@ class Store:
                                [r["id"] for r in rows])
         return len(rows)
 
+    async def stored_already(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (device id, seq) messages are stored already (redeliveries)."""
+        rows = await self._pool.fetch(
+            """SELECT device_id, seq FROM ingested_messages
+               WHERE (device_id, seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))""",
+            [d for d, _ in keys], [s for _, s in keys])
+        return {(r["device_id"], r["seq"]) for r in rows}
+
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
         """(messages, samples, rejected samples) stored for these devices: the loss ledger."""
         async with self._pool.acquire() as conn:

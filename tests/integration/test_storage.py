@@ -403,6 +403,17 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
             " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
         await conn.execute("INSERT INTO device_pairing_failures (patient_id, device_id)"
                            " VALUES ($1, $2)", patient, device)
+        # A scale of theirs, shared, with a held weighing they dismissed (migration 090).
+        scale, reading = f"scale-{tag}", uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO devices (id, model, serial, patient_id, state)"
+            " VALUES ($1, 'scale', $1, $2, 'paired')", scale, patient)
+        await conn.execute(
+            "INSERT INTO unclaimed_readings (id, device_id, seq, measured_at, held_at, reason,"
+            " key_version, sealed) VALUES ($1, $2, 1, now(), now(), 'ambiguous', 1, '\\x00')",
+            reading, scale)
+        await conn.execute("INSERT INTO unclaimed_dismissals (reading_id, patient_id)"
+                           " VALUES ($1, $2)", reading, patient)
         await conn.execute(
             "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
             " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)
