@@ -16,6 +16,7 @@ from api import (
     day_routes,
     device_routes,
     fhir_routes,
+    household_routes,
     openapi,
     vitals_routes,
 )
@@ -29,7 +30,7 @@ from storage.sessions import Sessions
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes, device_routes)
+                 fhir_routes, device_routes, household_routes)
 
 
 def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Application:

@@ -121,7 +121,7 @@ async def access_log(request: web.Request) -> web.Response:
     for row in rows:
         actor = row["actor"]
         if actor not in names:
-            names[actor] = await _who(clinicians, actor)
+            names[actor] = await _who(clinicians, actor, patient_id)
         who, rpps = names[actor]
         entries.append({"id": row["id"], "at": row["at"].isoformat(), "who": who, "rpps": rpps,
                         "actor": actor, "action": row["action"],
@@ -149,14 +149,15 @@ def _int_param(request: web.Request, name: str, default: int, top: int) -> int:
     return int(raw)
 
 
-async def _who(clinicians: Clinicians, actor: str) -> tuple[str, str | None]:
+async def _who(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str, str | None]:
     kind, _, ident = actor.partition(":")
     if kind == "clinician":
         found = await clinicians.by_id(uuid.UUID(ident))
         if found:
             return f"{found.display_name} ({found.profession})", found.rpps
     if kind == "patient":
-        return "you", None
+        # Another patient appears only as a user of a scale shared with me.
+        return ("you" if ident == str(me) else "another user of a shared device"), None
     if actor == "service:record-feed":
         return "the feed to your medical record", None
     return actor, None

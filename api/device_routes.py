@@ -1,4 +1,5 @@
-"""My devices: pair one with its serial and the code it shows, list them, unpair one.
+"""My devices: pair one with its serial and the code it shows, list them (with my role:
+owner, or member of a shared scale, api/household_routes.py), unpair one.
 
 Every route needs the second factor (a device's state and last contact say when a person
 was measured) and writes an audit event. Another patient's device answers as a device that
@@ -19,6 +20,7 @@ from devices.errors import InvalidTransition, PairingRefused, PairingThrottled, 
 from devices.identity import is_device_id
 from devices.registry import MAX_SERIAL_LENGTH, DeviceInfo
 from devices.revocation import Revoker
+from storage.held import device_owner
 
 REVOKER = web.AppKey("revoker", Revoker)
 MAX_CODE_LENGTH = 32  # a code is 10 characters; room for dashes and spaces
@@ -31,7 +33,7 @@ def register(app: web.Application) -> None:
 
 
 def device_json(d: DeviceInfo) -> dict[str, Any]:
-    return {"id": d.id, "model": d.model, "serial": d.serial, "state": d.state,
+    return {"id": d.id, "model": d.model, "serial": d.serial, "state": d.state, "role": d.role,
             "firmware_version": d.firmware_version,
             "last_seen": d.last_seen.isoformat() if d.last_seen else None,
             "battery": None if d.battery_percent is None else {
@@ -93,6 +95,9 @@ async def unpair(request: web.Request) -> web.Response:
         await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
                                 resource=f"device/{device_id}", outcome="refused")
         raise Problem(409, f"this device is already {exc.current}") from None
+    # A shared scale's held weighings went with it (migration 090); the secret half of
+    # their key goes too, so that no copy opens again.
+    deps.keyring.forget(device_owner(device_id))
     await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
                             resource=f"device/{device_id}", outcome="revoked")
     return web.Response(status=204)

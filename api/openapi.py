@@ -105,12 +105,20 @@ FEED = obj({"enabled": BOOL, "pending": INT, "sent": INT, "refused": INT,
 ZONE = obj({"zone": STR, "history": {"type": "array", "items": obj(
     {"effective_from": STR, "zone": STR})}})
 OPT_STR: Schema = {"type": ["string", "null"]}
+ROLE: Schema = {"type": "string", "enum": ["owner", "member"]}
 DEVICE = obj({"id": STR, "model": STR, "serial": STR,
               "state": {"type": "string",
                         "enum": ["provisioned", "paired", "revoked", "retired"]},
+              "role": ROLE,
               "firmware_version": OPT_STR, "last_seen": OPT_STR, "state_changed_at": OPT_STR,
               "battery": {"oneOf": [{"type": "null"},
                                     obj({"percent": INT, "at": OPT_STR})]}})
+HELD = obj({"id": UUID, "device_id": STR, "measured_at": STR, "held_at": STR,
+            "expires_at": STR, "reason": STR,
+            "values": {"type": "object", "additionalProperties": obj({"value": NUM,
+                                                                       "unit": STR})}})
+DEVICE_PARAM = p("device_id", STR)
+READING_PARAMS = [DEVICE_PARAM, p("reading_id", STR)]
 DEVICE_ORDER = obj({"metric": STR, "device_ids": {"type": "array", "items": STR}})
 
 PATHS: dict[str, dict[str, Schema]] = {
@@ -200,6 +208,28 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/devices/{device_id}": {"delete": op(
         "unpair a device: its certificate is revoked", None, status="204",
         params=[p("device_id", STR)])},
+    "/v1/me/devices/join": {"post": op(
+        "join a shared scale with an invitation code, as a member",
+        DEVICE, status="201", request=obj({"code": STR}, closed=True))},
+    "/v1/me/devices/{device_id}/invitations": {"post": op(
+        "the owner's one-time code inviting a member to a scale", obj(
+            {"device_id": STR, "code": STR, "expires_at": STR}), status="201",
+        params=[DEVICE_PARAM])},
+    "/v1/me/devices/{device_id}/users": {"get": op(
+        "who uses a shared scale", obj({"users": {"type": "array", "items": obj(
+            {"patient_id": UUID, "username": STR, "role": ROLE, "joined_at": STR,
+             "me": BOOL})}}), params=[DEVICE_PARAM])},
+    "/v1/me/devices/{device_id}/users/{user}": {"delete": op(
+        "the owner removes a member (a patient id), or a member leaves (me)", None,
+        status="204", params=[DEVICE_PARAM, p("user", STR)])},
+    "/v1/me/devices/{device_id}/unclaimed": {"get": op(
+        "weighings of a shared scale held for its users to claim",
+        obj({"readings": {"type": "array", "items": HELD}}), params=[DEVICE_PARAM])},
+    "/v1/me/devices/{device_id}/unclaimed/{reading_id}/claim": {"post": op(
+        "claim a held weighing: it becomes my data", HELD, params=READING_PARAMS)},
+    "/v1/me/devices/{device_id}/unclaimed/{reading_id}/dismiss": {"post": op(
+        "not mine: hide a held weighing from my list", None, status="204",
+        params=READING_PARAMS)},
     "/v1/clinicians/login": {"post": op(
         "clinician sign-in with password and code", TOKENS, secure=False,
         request=obj({"username": STR, "password": STR, "totp": STR}, closed=True))},

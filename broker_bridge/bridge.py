@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from aiopaho import AsyncClient, MqttError
 from broker_bridge.gaps import Resender
 from broker_bridge.metrics import BridgeStats
+from broker_bridge.shared_scale import SharedScales
 from devices.broker_config import SHARED_TELEMETRY
 from devices.identity import is_device_id
 from devices.registry import Device, Registry
@@ -272,6 +273,8 @@ class Bridge:
                 "device": accepted[i].device_id, "seq": accepted[i].seq,
                 "clock_offset_s": round(float(norm.clock_offset_s[i]), 1)})
         messages = self._to_messages(accepted, norm, devices, received, quarantined)
+        if any(devices[m.device_id].shared for m in messages):
+            messages = await self._attribute_shared(messages)
         new = await self._store.ingest(messages, quarantined)
         if self.resender is not None:
             self.resender.seen(numbered)
@@ -287,6 +290,22 @@ class Bridge:
         for code, n in enumerate(np.bincount(refused)):
             if n:
                 self.stats.rejected_by_reason[Reject(code).name.lower()] += int(n)
+
+    async def _attribute_shared(self, messages: list[MessageIn]) -> list[MessageIn]:
+        """Messages of shared scales with each weighing given to its user or held; the
+        others unchanged."""
+        users = await self._registry.users(m.device_id for m in messages)
+        # A redelivered message is stored already: storage skips it, and it is not
+        # attributed (nor counted) a second time.
+        stored = await self._store.stored_already(
+            [(m.device_id, m.seq) for m in messages if len(users.get(m.device_id, ())) > 1])
+
+        def is_new_shared(m: MessageIn) -> bool:
+            return len(users.get(m.device_id, ())) > 1 and (m.device_id, m.seq) not in stored
+
+        split = iter(await SharedScales(self._store).split(
+            [m for m in messages if is_new_shared(m)], users, self.stats.shared_scale_weighings))
+        return [next(split) if is_new_shared(m) else m for m in messages]
 
     def _to_messages(self, accepted: list[_Decoded], norm: Normalised,
                      devices: dict[str, Device], received: dt.datetime,

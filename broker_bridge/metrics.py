@@ -44,6 +44,8 @@ class BridgeStats:
     connected: bool = False
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
     quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    # Weighings of shared scales: attributed, or held and why (broker_bridge/attribution.py).
+    shared_scale_weighings: Counter[str] = field(default_factory=Counter)
     receive_to_commit_s: Histogram = field(default_factory=Histogram)
     backlog: int = 0  # messages received and waiting for a batch; set when rendered
 
@@ -74,7 +76,9 @@ def render(stats: BridgeStats, prefix: str = "healthiot_bridge") -> str:
             ("rejected_samples_by_reason_total", stats.rejected_by_reason,
              "samples refused, by reason"),
             ("quarantined_by_reason_total", stats.quarantined_by_reason,
-             "quarantine records, by reason")):
+             "quarantine records, by reason"),
+            ("shared_scale_weighings_total", stats.shared_scale_weighings,
+             "weighings of shared scales: attributed, or held for the users and why")):
         full = family(name, "counter", help_text)
         lines.extend(f'{full}{{reason="{_label(reason)}"}} {n}'
                      for reason, n in sorted(counter.items()))

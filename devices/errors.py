@@ -7,6 +7,11 @@
     ├── DuplicateDevice (also ValueError): that id, or that model and serial, exists
     ├── PairingRefused: a serial and pairing code that pair nothing
     │   └── PairingThrottled: too many wrong codes lately; ``retry_after_s`` says when
+    ├── InvitationRefused: a household invitation code that invites to nothing (unknown,
+    │   used or expired: one answer)
+    ├── HouseholdRefused (also ValueError): a sharing change the device does not allow
+    │   (not a scale, full, already a user, the owner leaving); ``forbidden`` when only the
+    │   owner may do it
     ├── CurrentCertificate (also ValueError): revoking the certificate a device uses now
     │   (revoke the device instead)
     └── RenewalRefused: a renewal CSR that will not be signed; ``reason`` is a short code
@@ -51,6 +56,19 @@ class PairingThrottled(PairingRefused):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InvitationRefused(DeviceError):
+    """No open invitation has that code. Deliberately vague, as PairingRefused."""
+
+
+class HouseholdRefused(DeviceError, ValueError):
+    """A change to who uses a device that is not allowed; the message says why.
+    ``forbidden``: the caller uses the device but only its owner may do this."""
+
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
 
 
 class CurrentCertificate(DeviceError, ValueError):

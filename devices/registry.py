@@ -43,8 +43,9 @@ _DUMMY_SALT = os.urandom(pairing.SALT_BYTES)
 class Device:
     id: str
     model: str
-    patient_id: uuid.UUID | None
+    patient_id: uuid.UUID | None  # the owner
     state: str
+    shared: bool = False  # members joined it (a shared scale): readings need attributing
 
     @property
     def may_send(self) -> bool:
@@ -65,6 +66,7 @@ class DeviceInfo:
     battery_percent: int | None
     battery_at: dt.datetime | None
     state_changed_at: dt.datetime | None
+    role: str = "owner"  # or "member" of a shared scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +160,7 @@ class Registry:
         matches (an unknown serial, a wrong, used or expired code: one answer, so serials
         cannot be probed). The code is used up by a success."""
         now = now or _now()
-        retry = await self._throttle(patient_id=patient_id, now=now, limit=PATIENT_FAILURES)
-        if retry is not None:
-            raise PairingThrottled("too many wrong pairing codes; try again later", retry)
+        await self.check_guesses(patient_id, now)
         rows = await self._pool.fetch(
             """SELECT d.id, p.salt, p.code_hash, p.expires_at
                FROM devices d JOIN device_pairing p ON p.device_id = d.id
@@ -204,6 +204,17 @@ class Registry:
             if used is None or row is None:
                 raise PairingRefused(NO_MATCH)
         return Device(row["id"], row["model"], row["patient_id"], row["state"])
+
+    async def check_guesses(self, patient_id: uuid.UUID, now: dt.datetime) -> None:
+        """Raise PairingThrottled when ``patient_id`` got too many device codes wrong
+        lately (pairing and household invitation codes share the budget)."""
+        retry = await self._throttle(patient_id=patient_id, now=now, limit=PATIENT_FAILURES)
+        if retry is not None:
+            raise PairingThrottled("too many wrong codes; try again later", retry)
+
+    async def wrong_code(self, patient_id: uuid.UUID, now: dt.datetime) -> None:
+        """Count a wrong device code typed by ``patient_id`` (see ``check_guesses``)."""
+        await self._failure(patient_id, None, now)
 
     async def _throttle(self, *, now: dt.datetime, limit: tuple[int, dt.timedelta],
                         patient_id: uuid.UUID | None = None,
@@ -282,16 +293,34 @@ class Registry:
     async def lookup(self, device_ids: Iterable[str]) -> dict[str, Device]:
         """The registry rows of the given ids; unknown ids are simply absent."""
         rows = await self._pool.fetch(
-            "SELECT id, model, patient_id, state FROM devices WHERE id = ANY($1::text[])",
-            list(set(device_ids)))
-        return {r["id"]: Device(r["id"], r["model"], r["patient_id"], r["state"]) for r in rows}
+            """SELECT id, model, patient_id, state,
+                      EXISTS (SELECT 1 FROM device_users u
+                              WHERE u.device_id = d.id AND u.role = 'member') AS shared
+               FROM devices d WHERE id = ANY($1::text[])""", list(set(device_ids)))
+        return {r["id"]: Device(r["id"], r["model"], r["patient_id"], r["state"], r["shared"])
+                for r in rows}
+
+    async def users(self, device_ids: Iterable[str]) -> dict[str, list[uuid.UUID]]:
+        """The patients who use each device (owner and members), by id."""
+        rows = await self._pool.fetch(
+            "SELECT device_id, patient_id FROM device_users WHERE device_id = ANY($1::text[])"
+            " ORDER BY device_id, joined_at, patient_id", list(set(device_ids)))
+        users: dict[str, list[uuid.UUID]] = {}
+        for r in rows:
+            users.setdefault(r["device_id"], []).append(r["patient_id"])
+        return users
 
     async def for_patient(self, patient_id: uuid.UUID) -> list[DeviceInfo]:
-        """The patient's devices, in the order they were added, in every state."""
+        """The patient's devices, in the order they were added, in every state, and the
+        shared scales they are a member of."""
         rows = await self._pool.fetch(
             """SELECT id, model, serial, state, firmware_version, last_seen, battery_percent,
-                      battery_at, state_changed_at
-               FROM devices WHERE patient_id = $1 ORDER BY created_at, id""", patient_id)
+                      battery_at, state_changed_at,
+                      CASE WHEN patient_id = $1 THEN 'owner' ELSE 'member' END AS role
+               FROM devices d WHERE patient_id = $1 OR EXISTS (
+                   SELECT 1 FROM device_users u WHERE u.device_id = d.id
+                   AND u.patient_id = $1 AND u.role = 'member')
+               ORDER BY created_at, id""", patient_id)
         return [DeviceInfo(**dict(r)) for r in rows]
 
     async def certificates(self, device_id: str) -> list[CertificateRecord]:

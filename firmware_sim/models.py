@@ -4,7 +4,10 @@ on some), with metric names and units from the vital-sign catalogue."""
 
 from __future__ import annotations
 
-from firmware_sim.device import SimulatedDevice
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from firmware_sim.device import Ledger, SimulatedDevice
 from firmware_sim.signals import (
     MGDL_PER_MMOLL,
     MMHG_PER_KPA,
@@ -66,20 +69,46 @@ class Watch(SimulatedDevice):
         return records
 
 
+@dataclass
+class ScaleLedger(Ledger):
+    """A scale's ledger, with the ground truth of who stepped on it: (Unix time of the
+    weighing, index of the person in ``people``, the weight shown in kg), one per weighing."""
+
+    weighed: list[tuple[float, int, float]] = field(default_factory=list)
+
+
 class Scale(SimulatedDevice):
-    """Weight and body fat, one weighing per interval; in kg, or in lb when ``pounds``."""
+    """Weight and body fat, one weighing per interval; in kg, or in lb when ``pounds``.
+
+    ``people`` (weights in kg) makes it a household's shared scale: each weighing is of one
+    of them, picked at random, and ``ledger.weighed`` records who, so that a test can check
+    what the backend attributed to whom."""
 
     model = "scale"
+    MIN_KG, MAX_KG = 2.0, 300.0  # babies held aside, to the heaviest plausible adult
 
     def __init__(self, *args: object, kg: float = 72.0, pounds: bool = False,
-                 **kwargs: object) -> None:
+                 people: Sequence[float] | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.person = Weight(kg, rng=self.rng)
+        if people is not None and not people:
+            raise ValueError("a shared scale needs at least one person")
+        for weight in people or (kg,):
+            if not self.MIN_KG <= weight <= self.MAX_KG:
+                raise ValueError(f"{weight} kg is not a plausible person's weight")
+        self.ledger: ScaleLedger = ScaleLedger()
+        if people is None:
+            self.people = [Weight(kg, rng=self.rng)]  # one person: the sequence as before
+        else:
+            self.people = [Weight(w, body_fat=self.rng.uniform(14.0, 34.0), rng=self.rng)
+                           for w in people]
+        self.person = self.people[0]
         self.pounds = pounds
 
     def readings(self, start: float, end: float) -> list[Record]:
-        kg, fat = self.person.measure()
+        who = self.rng.randrange(len(self.people)) if len(self.people) > 1 else 0
+        kg, fat = self.people[who].measure()
         t = round(end, 3)
+        self.ledger.weighed.append((t, who, kg))
         weight = ("body_weight", "[lb_av]", t, to_pounds(kg)) if self.pounds \
             else ("body_weight", "kg", t, kg)
         return [weight, ("body_fat", "%", t, fat)]

@@ -12,6 +12,7 @@ import uuid
 
 import asyncpg
 
+from storage.held import device_owner
 from storage.keyring import Keyring
 
 
@@ -29,6 +30,9 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
         # Rollups, like segments, have no foreign key to patients to cascade from.
         rollups = await conn.execute("DELETE FROM rollups WHERE patient_id = $1", patient_id)
         # Their devices are revoked, not reassigned: what they still send is quarantined.
+        # A shared scale goes with its owner: its members lose it, and its held weighings
+        # and their key are deleted (migration 090); the key's secret half is destroyed
+        # below. Memberships of this patient in others' scales go with the patient row.
         await conn.execute(
             "UPDATE devices SET patient_id = NULL, state = 'revoked' WHERE id = ANY($1::text[])",
             devices)
@@ -37,6 +41,8 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
         # Consents, zones, source orders and the record feed go with the patient (cascade).
         await conn.execute("DELETE FROM patients WHERE id = $1", patient_id)
         segments = int(status.split()[-1])
+        for device_id in devices:
+            keyring.forget(device_owner(device_id))
         await conn.execute(
             "INSERT INTO erasures (patient_id, requested_by, detail) VALUES ($1, $2, $3)",
             patient_id, requested_by,

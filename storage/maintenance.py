@@ -29,6 +29,9 @@ class RetentionPolicy:
     rollups_days: int = 1825
     quarantine_days: int = 30
     audit_days: int = 1825  # CNIL: access traces kept long enough to answer a patient
+    # A shared scale's weighing nobody claimed: a month is time enough to notice it in the
+    # app; after that it is most likely nobody's (a guest) and must not linger.
+    unclaimed_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ class Maintenance:
         cutoffs = {"raw": now - dt.timedelta(days=p.raw_days),
                    "rollups": now - dt.timedelta(days=p.rollups_days),
                    "quarantine": now - dt.timedelta(days=p.quarantine_days),
-                   "audit": now - dt.timedelta(days=p.audit_days)}
+                   "audit": now - dt.timedelta(days=p.audit_days),
+                   "unclaimed": now - dt.timedelta(days=p.unclaimed_days)}
         removed: dict[str, int] = {}
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -104,6 +108,12 @@ class Maintenance:
             status = await conn.execute("DELETE FROM quarantine WHERE received_at < $1",
                                         cutoffs["quarantine"])
             removed["quarantine"] = int(status.split()[-1])
+            status = await conn.execute("DELETE FROM unclaimed_readings WHERE held_at < $1",
+                                        cutoffs["unclaimed"])
+            removed["unclaimed"] = int(status.split()[-1])
+            # Invitations, used or not, are only a record of who joined: gone with them.
+            await conn.execute("DELETE FROM device_invitations WHERE expires_at < $1",
+                               cutoffs["unclaimed"])
         removed["audit"] = await self._audit.cut_before(cutoffs["audit"])
         async with self._pool.acquire() as conn:
             await conn.executemany(

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storage.crypto import open_sealed, seal
+from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
 from storage.segments import Samples, pack, unpack
 from vitals.normalise import Flag
@@ -41,6 +42,15 @@ class MessageIn:
     first_sample_at: dt.datetime | None = None
     last_sample_at: dt.datetime | None = None
     raw_units: Mapping[str, list[str]] | None = None
+    # Weighings of a shared scale that no user could be sure of: held, not stored as
+    # anyone's data (storage/held.py).
+    held: Sequence[HeldWeighing] = ()
+
+    @property
+    def samples(self) -> int:
+        """Samples stored from this message, held ones included: the loss ledger's count."""
+        return (sum(len(s.samples) for s in self.segments)
+                + sum(len(h.values) for h in self.held))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,7 @@ class Store:
                    ON CONFLICT DO NOTHING RETURNING device_id, seq""",
                 [m.device_id for m in messages], [m.seq for m in messages],
                 [m.received_at for m in messages],
-                [sum(len(s.samples) for s in m.segments) for m in messages],
+                [m.samples for m in messages],
                 [m.rejected for m in messages], [m.first_sample_at for m in messages],
                 [m.last_sample_at for m in messages],
                 [None if m.raw_units is None else json.dumps(m.raw_units) for m in messages])
@@ -110,11 +120,10 @@ class Store:
                 fresh.discard(key)  # the same message twice in one batch is stored once
                 for segment in message.segments:
                     rows.append(await self._sealed_segment(conn, message.device_id, segment))
-            if rows:
-                await conn.copy_records_to_table(
-                    "segments", records=rows,
-                    columns=["id", "patient_id", "metric", "device_id", "start_at", "end_at",
-                             "samples", "key_version", "sealed"])
+                if message.held:
+                    await hold(conn, self._keyring, message.device_id, message.seq,
+                               message.received_at, message.held)
+            await self._copy_segments(conn, rows)
             if quarantined:
                 await self._quarantine(conn, quarantined)
             if messages:
@@ -124,6 +133,21 @@ class Store:
                        WHERE d.id = s.id""",
                     [m.device_id for m in messages], [m.received_at for m in messages])
         return new_count
+
+    async def write_segments(self, conn: asyncpg.Connection, device_id: str,
+                             segments: Sequence[SegmentIn]) -> None:
+        """Seal and write segments measured by ``device_id`` in the caller's transaction
+        (a held weighing claimed by a patient becomes their data this way)."""
+        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, s)
+                                         for s in segments])
+
+    @staticmethod
+    async def _copy_segments(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
+        if rows:
+            await conn.copy_records_to_table(
+                "segments", records=rows,
+                columns=["id", "patient_id", "metric", "device_id", "start_at", "end_at",
+                         "samples", "key_version", "sealed"])
 
     async def _sealed_segment(self, conn: asyncpg.Connection, device_id: str,
                               segment: SegmentIn) -> tuple[object, ...]:
@@ -211,6 +235,14 @@ class Store:
             await conn.execute("DELETE FROM segments WHERE id = ANY($1::uuid[])",
                                [r["id"] for r in rows])
         return len(rows)
+
+    async def stored_already(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (device id, seq) messages are stored already (redeliveries)."""
+        rows = await self._pool.fetch(
+            """SELECT device_id, seq FROM ingested_messages
+               WHERE (device_id, seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))""",
+            [d for d, _ in keys], [s for _, s in keys])
+        return {(r["device_id"], r["seq"]) for r in rows}
 
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
         """(messages, samples, rejected samples) stored for these devices: the loss ledger."""

@@ -109,7 +109,8 @@ ONE_FACTOR_ENOUGH = {
     ("delete", "/v1/me/consents/{consent_id}"),
 }
 PATH_VALUES = {"metric": "heart_rate", "consent_id": str(uuid.uuid4()),
-               "device_id": str(uuid.uuid4()), "patient_id": str(uuid.uuid4())}
+               "device_id": str(uuid.uuid4()), "patient_id": str(uuid.uuid4()),
+               "user": "me", "reading_id": str(uuid.uuid4())}
 
 
 async def test_without_the_second_factor_every_health_route_is_403(api) -> None:  # type: ignore[no-untyped-def]

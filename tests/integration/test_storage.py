@@ -307,7 +307,8 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     # Gone: the hours of 10 March and of 5 May (that day ended 12 h before the cutoff) and
     # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
     # days of May.
-    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "audit": 0}
+    assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "unclaimed": 0,
+                              "audit": 0}
     left = await core.pool.fetch(
         "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
     assert [(r["resolution"], r["window_start"]) for r in left] == [
@@ -402,6 +403,17 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
             " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
         await conn.execute("INSERT INTO device_pairing_failures (patient_id, device_id)"
                            " VALUES ($1, $2)", patient, device)
+        # A scale of theirs, shared, with a held weighing they dismissed (migration 090).
+        scale, reading = f"scale-{tag}", uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO devices (id, model, serial, patient_id, state)"
+            " VALUES ($1, 'scale', $1, $2, 'paired')", scale, patient)
+        await conn.execute(
+            "INSERT INTO unclaimed_readings (id, device_id, seq, measured_at, held_at, reason,"
+            " key_version, sealed) VALUES ($1, $2, 1, now(), now(), 'ambiguous', 1, '\\x00')",
+            reading, scale)
+        await conn.execute("INSERT INTO unclaimed_dismissals (reading_id, patient_id)"
+                           " VALUES ($1, $2)", reading, patient)
         await conn.execute(
             "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
             " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)

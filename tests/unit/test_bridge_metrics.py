@@ -47,3 +47,12 @@ def test_label_values_are_escaped() -> None:
     stats = BridgeStats()
     stats.rejected_by_reason['odd "reason"\\x'] = 1
     assert r'{reason="odd \"reason\"\\x"} 1' in render(stats)
+
+
+def test_shared_scale_weighings_are_counted_by_reason() -> None:
+    stats = BridgeStats()
+    stats.shared_scale_weighings.update(["attributed", "attributed", "ambiguous"])
+    text = render(stats)
+    assert "# TYPE healthiot_bridge_shared_scale_weighings_total counter" in text
+    assert 'healthiot_bridge_shared_scale_weighings_total{reason="attributed"} 2' in text
+    assert 'healthiot_bridge_shared_scale_weighings_total{reason="ambiguous"} 1' in text
