@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aiopaho import AsyncClient, MqttError
+from aiopaho import AsyncClient, MqttError, stop_task
 from firmware_sim import artefacts
 from firmware_sim.outbox import Message, Outbox
 from firmware_sim.renewal_policy import RenewalPolicy
@@ -42,19 +42,6 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 Issuer = Callable[[bytes], Awaitable[bytes]]  # CSR PEM in, certificate PEM out
-STOP_POLL_S = 0.5  # how often a stop is re-requested from a task that ignored one
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to end. Python 3.11's ``asyncio.wait_for`` returns
-    the result, swallowing the cancellation, when its future completes at the same moment
-    (gh-86296; a CONNACK or PUBACK arriving as the device is stopped): so cancel again until
-    the task really ends."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=STOP_POLL_S)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("device task failed", exc_info=task.exception())
 
 
 @dataclass
