@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     sim.add_argument("--scenario", default="steady",
                      choices=["steady", "lossy-broker", "offline", "duplicates",
-                              "clock-skew", "broker-restart", "artefacts"],
+                              "clock-skew", "broker-restart", "artefacts", "shared-scale"],
                      help="device behaviour (default steady)")
 
     sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import random
-import secrets
 import sys
 import time
 import uuid
@@ -30,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from api import passwords, totp
 from broker_bridge.bridge import Bridge
 from devices.ca import CertificateAuthority
 from devices.identity import new_device_id
 from firmware_sim.device import Broker, Flash, SimulatedDevice, enrol, reset_clock_offset
 from firmware_sim.models import MODELS, BpCuff, Glucometer, Scale, Thermometer, Watch
+from healthiot import simulate_households as households
 from healthiot import stack
 from healthiot.localservers import MosquittoServer, raise_fd_limit
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
@@ -75,6 +74,8 @@ class Scenario:
     spo2_dip_every_s: float = 0.0
     dropout_every_s: float = 0.0
     dropout_s: float = 0.0
+    # Every scale shared by a household of 2 or 3 (healthiot/simulate_households.py).
+    shared_scales: bool = False
 
 
 SCENARIOS = {
@@ -100,6 +101,11 @@ SCENARIOS = {
                           "2 minutes (flagged), 10 s dropouts about every minute (gaps)",
                           hr_spike_every_s=30.0, spo2_dip_every_s=120.0,
                           dropout_every_s=60.0, dropout_s=10.0),
+    "shared-scale": Scenario("every scale is shared by 2 or 3 people of distinct weights, "
+                             "two of them 0.6 kg apart in every other household: each "
+                             "weighing goes to the person it is clearly theirs, the close "
+                             "pair's are held for the app to claim; scales weigh every 3 s",
+                             spot_interval_s=3.0, shared_scales=True),
 }
 
 
@@ -120,6 +126,12 @@ class DeviceReport:
     spikes: int = 0  # sensor artefacts injected (the scenario's ground truth)
     dips: int = 0
     not_taken: int = 0
+    people: int = 0  # a shared scale's users, and where its weighings went
+    weighings: int = 0
+    attributed: int = 0
+    right: int = 0
+    wrong: int = 0
+    held: int = 0
 
     @property
     def lost(self) -> int:
@@ -139,6 +151,8 @@ def workload(settings: Settings, *, devices: int, duration: float,
         memory = Memory(_broker(servers))
         started = time.monotonic()
         fleet = await ensure_fleet(core, materials.ca, directory, broker, devices, scenario)
+        shared = await households.ensure_households(
+            core, [d for d in fleet if isinstance(d, Scale)]) if scenario.shared_scales else {}
         _say(f"fleet ready: {len(fleet)} devices enrolled and paired in "
              f"{time.monotonic() - started:.1f} s ({directory})")
         try:
@@ -150,7 +164,8 @@ def workload(settings: Settings, *, devices: int, duration: float,
         _say(memory.report())
         if scenario.hr_spike_every_s or scenario.spo2_dip_every_s or scenario.dropout_every_s:
             _say(_artefacts_line(fleet, bridge))
-        return _report(reports, directory)
+        wrong = await _attribution(fleet, core, shared, reports) if shared else 0
+        return _report(reports, directory) or (1 if wrong else 0)
     return simulate
 
 
@@ -220,8 +235,12 @@ def _model(model: str, index: int, device_id: str, flash: Flash, broker: Broker,
         return Watch(device_id, flash, broker, interval_s=scenario.watch_interval_s, rng=rng,
                      resting_hr=rng.uniform(52, 78), utc_offset_h=rng.choice((0, 1, 2)))
     if model == "scale":
-        return Scale(device_id, flash, broker, interval_s=spot, rng=rng,
-                     kg=rng.uniform(50, 110), pounds=rng.random() < 0.3)
+        kg, pounds = rng.uniform(50, 110), rng.random() < 0.3
+        # Every other household of the mix has three people, two of them close.
+        people = households.household_weights(rng, kg, three=index // len(MIX) % 2 == 0) \
+            if scenario.shared_scales else None
+        return Scale(device_id, flash, broker, interval_s=spot, rng=rng, kg=kg,
+                     pounds=pounds, people=people)
     if model == "bp_cuff":
         return BpCuff(device_id, flash, broker, interval_s=spot, rng=rng,
                       systolic=rng.uniform(105, 150), kpa=rng.random() < 0.2)
@@ -236,20 +255,28 @@ def _model(model: str, index: int, device_id: str, flash: Flash, broker: Broker,
 
 
 async def _patients(core: Core, indexes: list[int]) -> dict[int, uuid.UUID]:
-    """Simulated patients ``sim-<index>``, created when missing. They cannot sign in: their
-    password is random and forgotten, hashed once for all of them."""
-    found: dict[int, uuid.UUID] = {}
-    hashed: str | None = None
-    for index in sorted(set(indexes)):
-        username = f"sim-{index:06d}"
-        patient = await core.patients.by_username(username)
-        if patient is None:
-            if hashed is None:
-                hashed = await asyncio.to_thread(passwords.hash_password,
-                                                 secrets.token_urlsafe(24))
-            patient = await core.patients.create(username, hashed, totp.new_secret())
-        found[index] = patient.id
-    return found
+    """Simulated patients ``sim-<index>``, created when missing."""
+    found = await households.ensure_patients(core, [f"sim-{i:06d}" for i in
+                                                    sorted(set(indexes))])
+    return {i: found[f"sim-{i:06d}"] for i in set(indexes)}
+
+
+async def _attribution(fleet: list[SimulatedDevice], core: Core,
+                       shared: dict[str, list[uuid.UUID]], reports: list[DeviceReport]) -> int:
+    """Each shared scale's weighings against where storage put them, into its report;
+    prints the fleet's line and returns how many went to the wrong person."""
+    by_id = {r.device_id: r for r in reports}
+    checks = []
+    for device in fleet:
+        if isinstance(device, Scale) and device.device_id in shared:
+            found = await households.check(core, device, shared[device.device_id])
+            checks.append(found)
+            report = by_id[device.device_id]
+            report.people, report.weighings = len(device.people), found.weighings
+            report.attributed, report.right = found.attributed, found.right
+            report.wrong, report.held = found.wrong, found.held
+    _say(households.summary(checks, sum(len(p) for p in shared.values())))
+    return sum(c.wrong for c in checks)
 
 
 def _apply(scenario: Scenario, fleet: list[SimulatedDevice],
