@@ -112,34 +112,38 @@ SHARED = re.compile(r"^shared scales: scales=(\d+) people=(\d+) weighings=(\d+) 
 
 
 def test_the_shared_scale_scenario_gives_each_weighing_to_its_person_or_holds_it(sim_env):
-    """`simulate --scenario shared-scale`: the fleet's scale is shared by three people
-    joined through the household code, two of them 0.6 kg apart; every weighing is found
-    with the person who stood on the scale or held, none with someone else, and the held
-    ones count as stored in the loss ledger (lost=0 dup=0). A second run reuses the
-    household."""
+    """`simulate --scenario shared-scale`: the fleet's two scales are shared by households
+    joined through the household code, one of three people (two of them 0.6 kg apart), one
+    of two; every weighing is found with the person who stood on the scale or held, none
+    with someone else, and the held ones count as stored in the loss ledger (lost=0 dup=0).
+    A second run reuses the households."""
     var, env = sim_env
     held_per_run = []
     for duration in ("35", "10"):
-        done, totals = _simulate(env, "--devices", "4", "--duration", duration,
+        done, totals = _simulate(env, "--devices", "13", "--duration", duration,
                                  "--scenario", "shared-scale")
         assert done.returncode == 0, done.stdout + done.stderr
         match = SHARED.search(done.stdout)
         assert match, done.stdout
         scales, people, weighings, attributed, right, wrong, held, missing = map(
             int, match.groups())
-        assert (scales, people) == (1, 3)  # the mix's one scale: a household of three
+        assert (scales, people) == (2, 5)  # the mix's scales, at indexes 2 and 12
         assert wrong == 0 and missing == 0
-        assert right == attributed > 0
+        assert right == attributed > 0  # the household of two is always told apart
         assert attributed + held == weighings
         assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
         assert totals["stored"] + totals["rejected"] == totals["samples"]
         report = json.loads((var / "simulate" / "report.json").read_text())
-        [scale] = [r for r in report if r["model"] == "scale"]
-        assert [scale[k] for k in ("people", "weighings", "attributed", "right", "wrong",
-                                   "held")] == [people, weighings, attributed, right, wrong,
-                                                held]
-        assert scale["samples"] == 2 * weighings  # weight and body fat, held ones included
-        held_per_run.append(held)
-    # The scale's people take turns at random (seeded by its index: the same on every run);
-    # the close pair has stepped on it within the first 35 s and was held.
+        scale_rows = [r for r in report if r["model"] == "scale"]
+        assert sorted(r["people"] for r in scale_rows) == [2, 3]
+        for key, total in zip(("weighings", "attributed", "right", "wrong", "held"),
+                              (weighings, attributed, right, wrong, held), strict=True):
+            assert sum(r[key] for r in scale_rows) == total, key
+        for r in scale_rows:
+            assert r["samples"] == 2 * r["weighings"]  # weight and body fat, held ones too
+            assert r["attributed"] + r["held"] == r["weighings"]
+        [pair] = [r for r in scale_rows if r["people"] == 3]
+        held_per_run.append(pair["held"])
+        assert [r["held"] for r in scale_rows if r["people"] == 2] == [0]
+    # Two of three steps on that scale are the close pair's: some in 35 s were held.
     assert held_per_run[0] > 0
