@@ -4,6 +4,7 @@ on some), with metric names and units from the vital-sign catalogue."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,13 @@ HRV_EVERY_S = 300  # RR intervals are recorded for the first minute of every fiv
 HRV_FOR_S = 60
 
 
+def whole_seconds(start: float, end: float) -> list[float]:
+    """The whole seconds in [start, end): back-to-back windows measure every second once,
+    including one that a window starts on exactly."""
+    first = math.ceil(start)
+    return [float(t) for t in range(first, math.ceil(end))]
+
+
 class Watch(SimulatedDevice):
     """Heart rate at 1 Hz, sent in batches; steps per batch; SpO2, skin temperature and,
     while asleep, a sleep epoch once a minute; beat-to-beat (RR) intervals one minute in
@@ -47,8 +55,7 @@ class Watch(SimulatedDevice):
         self.skin = SkinTemperature(rng=self.rng)
 
     def readings(self, start: float, end: float) -> list[Record]:
-        first = float(int(start) + 1)
-        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
+        seconds = whole_seconds(start, end)
         if not seconds:
             return []
         asleep = self.sleep.asleep(seconds[-1])
@@ -185,8 +192,7 @@ class PulseOximeter(SimulatedDevice):
         self.heart = HeartRate(self.rng.uniform(58, 80), self.rng)
 
     def readings(self, start: float, end: float) -> list[Record]:
-        first = float(int(start) + 1)
-        seconds = [first + i for i in range(int(end - first) + 1) if first + i < end]
+        seconds = whole_seconds(start, end)
         records: list[Record] = []
         for t in seconds:
             records.append(("spo2", "%", t, self.spo2.sample(False)))

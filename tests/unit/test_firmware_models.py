@@ -2,6 +2,7 @@
 as plausible, and the physiology each model claims (sleep, meals, RR following the pulse)."""
 
 import itertools
+import math
 import random
 import statistics
 import time
@@ -18,6 +19,7 @@ from firmware_sim.models import (
     Scale,
     Thermometer,
     Watch,
+    whole_seconds,
 )
 from firmware_sim.signals import Glucose, Sleep
 from vitals.catalogue import METRIC_NAMES, METRICS
@@ -61,6 +63,20 @@ def test_every_model_sends_catalogue_metrics_the_normaliser_accepts_as_plausible
     device.close()
 
 
+@pytest.mark.parametrize("start", [NOON, NOON + 0.5])
+def test_back_to_back_windows_measure_every_second_once(tmp_path, start):
+    """A watch measuring [a, a + 10) then [a + 10, a + 20) sends each second once, including
+    a window's first second when it starts on a whole second (once it was skipped)."""
+    watch = _device(Watch, tmp_path)
+    windows = [(start + 10 * k, start + 10 * (k + 1)) for k in range(12)]
+    beats = [t for a, b in windows for m, _, t, _ in watch.readings(a, b) if m == "heart_rate"]
+    expected = whole_seconds(start, start + 120)
+    assert beats == expected
+    assert len(expected) == 120 and expected[0] == math.ceil(start)
+    assert sum(1 for a, b in windows for m, *_ in watch.readings(a, b) if m == "spo2") == 2
+    watch.close()
+
+
 def test_the_registry_knows_every_simulated_model():
     from devices.identity import MODELS as REGISTRY_MODELS
     assert set(MODELS) == set(REGISTRY_MODELS)
@@ -75,15 +91,15 @@ def test_a_watch_at_night_records_sleep_and_no_steps_and_a_lower_pulse(tmp_path)
     def values(records, metric):
         return [v for m, _, _, v in records if m == metric]
 
-    # Seconds NIGHT+1 .. NIGHT+599 (the reading at NIGHT belonged to the period before):
-    # nine minute boundaries, so nine sleep epochs and nine SpO2 readings.
-    assert values(night, "sleep_duration") == [1.0] * 9
+    # Seconds NIGHT .. NIGHT+599 (the one at NIGHT+600 belongs to the next period): ten
+    # minute boundaries, so ten sleep epochs and ten SpO2 readings.
+    assert values(night, "sleep_duration") == [1.0] * 10
     assert values(day, "sleep_duration") == []
     assert values(night, "steps") == [0.0]
-    assert len(values(night, "spo2")) == len(values(day, "spo2")) == 9
+    assert len(values(night, "spo2")) == len(values(day, "spo2")) == 10
     assert statistics.mean(values(night, "heart_rate")) < statistics.mean(
         values(day, "heart_rate"))
-    assert len(values(day, "heart_rate")) == 599
+    assert len(values(day, "heart_rate")) == 600
 
 
 def test_rr_intervals_follow_the_pulse_one_minute_in_five(tmp_path):

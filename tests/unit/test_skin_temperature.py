@@ -159,6 +159,6 @@ def test_the_watch_sends_it_once_a_minute(tmp_path):
     pack = decode_json(message.payload, received_at=RECEIVED_AT)
     times = [t for m, t in zip(pack.metrics, pack.times, strict=True)
              if m == "skin_temperature"]
-    # Minute boundaries strictly inside the 10 minutes (each end belongs to a neighbour).
-    assert len(times) == 9 and all(t % 60 == 0 for t in times)
+    # The minute boundaries in [start, end): the end belongs to the next message.
+    assert len(times) == 10 and all(t % 60 == 0 for t in times)
     watch.close()
