@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import os
 import secrets
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -30,9 +31,16 @@ from api import passwords, totp
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties
 from devices.broker_config import BRIDGE_IDENTITY
-from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
+from devices.ca import (
+    DEVICE_VALIDITY,
+    CertificateAuthority,
+    key_pem,
+    make_csr,
+    new_key,
+    write_private,
+)
 from devices.identity import new_device_id
-from firmware_sim.device import Broker, Flash, Watch, enrol
+from firmware_sim.device import Broker, Flash, SimulatedDevice, Watch, enrol
 from healthiot.errors import ServerUnavailable
 from healthiot.localservers import MosquittoServer, PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
@@ -234,20 +242,32 @@ async def new_patient(core: Core, username: str) -> tuple[uuid.UUID, str, bytes]
     return patient.id, password, secret
 
 
-async def new_watch(core: Core, pki: Pki, broker: BrokerAddress, directory: Path,
-                    patient_id: uuid.UUID | None) -> Watch:
-    """A simulated watch that made its key, got its certificate and is registered."""
-    device_id = new_device_id("watch")
+D = TypeVar("D", bound=SimulatedDevice)
+
+
+async def new_device(
+        core: Core, pki: Pki, broker: BrokerAddress, directory: Path,
+        patient_id: uuid.UUID | None, model: type[D], *,
+        validity: dt.timedelta = DEVICE_VALIDITY, **options: Any) -> D:
+    """A simulated ``model`` that made its key, got a certificate valid for ``validity``
+    and is registered (paired when ``patient_id`` is given)."""
+    device_id = new_device_id(model.model)
     flash = Flash(directory / device_id)
 
     async def issue(csr: bytes) -> bytes:
-        return await asyncio.to_thread(pki.ca.issue_client, csr)
+        return await asyncio.to_thread(pki.ca.issue_client, csr, validity=validity)
 
     await enrol(flash, device_id, issue)
-    await core.registry.register(device_id, model="watch", serial=device_id,
+    await core.registry.register(device_id, model=model.model, serial=device_id,
                                  cert_pem=flash.cert_file.read_bytes(), patient_id=patient_id)
-    return Watch(device_id, flash, Broker(broker.host, broker.port, pki.ca.ca_file),
-                 interval_s=1.0)
+    return model(device_id, flash, Broker(broker.host, broker.port, pki.ca.ca_file),
+                 **options)
+
+
+async def new_watch(core: Core, pki: Pki, broker: BrokerAddress, directory: Path,
+                    patient_id: uuid.UUID | None) -> Watch:
+    """A simulated watch that made its key, got its certificate and is registered."""
+    return await new_device(core, pki, broker, directory, patient_id, Watch, interval_s=1.0)
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:

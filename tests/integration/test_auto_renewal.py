@@ -27,14 +27,12 @@ from broker_bridge.bridge import Bridge
 from broker_bridge.connection import tls_context
 from devices.broker_config import RENEWER_IDENTITY
 from devices.ca import key_pem, make_csr, new_key, write_private
-from devices.identity import new_device_id
 from devices.renewal import RenewalService
-from firmware_sim.device import Broker, Flash, enrol
 from firmware_sim.models import Watch
 from firmware_sim.renewal_policy import RenewalPolicy
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
-from tests.conftest import Pki, new_patient, wait_until
+from tests.conftest import BrokerAddress, Pki, new_device, new_patient, wait_until
 from tests.integration.test_device_revocation import (  # noqa: F401 (fixtures)
     _takeover,
     crl_bridge,
@@ -58,21 +56,13 @@ def _fast(seed: int) -> RenewalPolicy:
                          attempts=1, refused_wait_s=REFUSED_WAIT_S)
 
 
-async def _short_lived_watch(core: Core, pki: Pki, port: int, directory: Path,
+async def _short_lived_watch(core: Core, pki: Pki, server: MosquittoServer, directory: Path,
                              life: dt.timedelta, policy: RenewalPolicy) -> Watch:
     """A paired watch whose certificate, issued by the CA, ends ``life`` from now."""
     patient, _, _ = await new_patient(core, f"auto.{time.monotonic_ns()}")
-    device_id = new_device_id("watch")
-    flash = Flash(directory / device_id)
-
-    async def issue(csr: bytes) -> bytes:
-        return await asyncio.to_thread(pki.ca.issue_client, csr, validity=life)
-
-    await enrol(flash, device_id, issue)
-    await core.registry.register(device_id, model="watch", serial=device_id,
-                                 cert_pem=flash.cert_file.read_bytes(), patient_id=patient)
-    return Watch(device_id, flash, Broker("localhost", port, pki.ca.ca_file), interval_s=0.2,
-                 renewal_policy=policy)
+    return await new_device(core, pki, BrokerAddress("localhost", server.port, server),
+                            directory, patient, Watch, validity=life, interval_s=0.2,
+                            renewal_policy=policy)
 
 
 def _connections(server: MosquittoServer, client_id: str) -> int:
@@ -115,7 +105,7 @@ async def csr_spy(pki: Pki, crl_broker: MosquittoServer,  # noqa: F811
 async def test_a_short_lived_certificate_is_renewed_by_the_device_while_it_publishes(
         core: Core, pki: Pki, crl_broker: MosquittoServer,  # noqa: F811
         crl_bridge: Bridge, renewer: RenewalService, tmp_path: Path) -> None:  # noqa: F811
-    device = await _short_lived_watch(core, pki, crl_broker.port, tmp_path, SHORT_LIFE,
+    device = await _short_lived_watch(core, pki, crl_broker, tmp_path, SHORT_LIFE,
                                       RenewalPolicy(random.Random(1)))  # the firmware's timing
     old_pem = device.flash.cert_file.read_bytes()
     old_end = x509.load_pem_x509_certificate(old_pem).not_valid_after_utc
@@ -171,7 +161,7 @@ async def test_a_short_lived_certificate_is_renewed_by_the_device_while_it_publi
 async def test_without_a_renewer_the_device_retries_with_growing_waits_and_keeps_sending(
         core: Core, pki: Pki, crl_broker: MosquittoServer,  # noqa: F811
         crl_bridge: Bridge, csr_spy: list[tuple[float, str]], tmp_path: Path) -> None:  # noqa: F811
-    device = await _short_lived_watch(core, pki, crl_broker.port, tmp_path,
+    device = await _short_lived_watch(core, pki, crl_broker, tmp_path,
                                       dt.timedelta(minutes=1), _fast(2))
     stop = asyncio.Event()
     running = asyncio.create_task(device.run(stop), name="unanswered-watch")
@@ -203,7 +193,7 @@ async def test_without_a_renewer_the_device_retries_with_growing_waits_and_keeps
 async def test_a_refused_device_waits_long_before_asking_again(
         core: Core, pki: Pki, crl_broker: MosquittoServer,  # noqa: F811
         renewer: RenewalService, tmp_path: Path) -> None:  # noqa: F811
-    device = await _short_lived_watch(core, pki, crl_broker.port, tmp_path,
+    device = await _short_lived_watch(core, pki, crl_broker, tmp_path,
                                       dt.timedelta(minutes=1), _fast(3))
     await core.registry.revoke(device.device_id)  # unpaired; its CRL entry is not out yet
     stop = asyncio.Event()

@@ -23,7 +23,7 @@ from devices.errors import RenewalRefused
 from devices.identity import new_device_id
 from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
-from firmware_sim.device import Flash, Watch, enrol
+from firmware_sim.device import Watch
 from firmware_sim.renewal import RenewalFailed, renew
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
@@ -162,14 +162,8 @@ async def test_a_repeated_csr_gets_the_same_certificate_and_refusals_say_why(
     await renewer.renew(device.device_id, make_csr(new_key(), device.device_id))
     assert await refused(device.device_id,
                          make_csr(new_key(), device.device_id)) == "too_many_renewals"
-    waiting_id = new_device_id("watch")
-    waiting = Flash(tmp_path / waiting_id)
-
-    async def issue(c: bytes) -> bytes:
-        return await asyncio.to_thread(pki.ca.issue_client, c)
-    await enrol(waiting, waiting_id, issue)
-    await core.registry.register(waiting_id, model="watch", serial=waiting_id,
-                                 cert_pem=waiting.cert_file.read_bytes(), patient_id=None)
+    waiting = await new_watch(core, pki, address, tmp_path, None)
+    waiting_id = waiting.device_id
     assert await refused(waiting_id, make_csr(new_key(), waiting_id)) == "not_paired"
     await core.registry.revoke(other.device_id)
     assert await refused(other.device_id, make_csr(new_key(), other.device_id)) == "not_paired"

@@ -8,7 +8,6 @@ device, or with its owner's erasure; and every access to them is in the users' a
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 import uuid
@@ -29,9 +28,7 @@ from api.tokens import TokenService
 from broker_bridge.bridge import Bridge
 from devices.ca import new_key
 from devices.household import INVITATION_VALIDITY
-from devices.identity import new_device_id
 from devices.registry import PATIENT_FAILURES
-from firmware_sim.device import Broker, Flash, enrol
 from firmware_sim.models import Scale
 from healthiot.services import Core
 from storage.errors import IntegrityError, KeyUnavailable
@@ -41,7 +38,7 @@ from storage.rollups import Rollups
 from storage.segments import Samples
 from storage.store import MessageIn, SegmentIn
 from storage.unclaimed import Unclaimed
-from tests.conftest import BrokerAddress, Pki, wait_until
+from tests.conftest import BrokerAddress, Pki, new_device, wait_until
 from tests.integration.test_device_registry import provisioned
 from tests.integration.test_patient_api import PASSWORD, Account, code, register
 
@@ -289,17 +286,8 @@ async def test_codes_are_one_time_expire_and_guessing_gets_429(
 async def _shared_scale(core: Core, pki: Pki, broker: BrokerAddress, directory: Path,
                         owner: uuid.UUID, people: list[float]) -> Scale:
     """A simulated scale that made its key, got its certificate and is paired to ``owner``."""
-    device_id = new_device_id("scale")
-    flash = Flash(directory / device_id)
-
-    async def issue(csr: bytes) -> bytes:
-        return await asyncio.to_thread(pki.ca.issue_client, csr)
-
-    await enrol(flash, device_id, issue)
-    await core.registry.register(device_id, model="scale", serial=device_id,
-                                 cert_pem=flash.cert_file.read_bytes(), patient_id=owner)
-    return Scale(device_id, flash, Broker(broker.host, broker.port, pki.ca.ca_file),
-                 interval_s=60.0, people=people)
+    return await new_device(core, pki, broker, directory, owner, Scale, interval_s=60.0,
+                            people=people)
 
 
 async def _weigh(core: Core, scale: Scale, count: int, start: float = 0.0) -> None:
