@@ -13,6 +13,7 @@ import asyncpg
 from aiohttp import web
 
 from api import credentials, passwords, totp
+from api.device_routes import REVOKER
 from api.fhir_routes import observations
 from api.limits import SignInGuard, TooMany, too_many
 from api.problems import Problem
@@ -168,7 +169,12 @@ async def erase_me(request: web.Request) -> web.Response:
             functools.partial(deps.patients.accept_totp_step, patient_id))
     if not ok:
         raise Problem(403, "confirm with your password and a current code")
+    owned = [d.id for d in await deps.registry.for_patient(patient_id) if d.role == "owner"]
     segments = await erase_patient(deps.pool, deps.keyring, patient_id, f"patient:{patient_id}")
+    # Erasure revoked the devices in the registry; the broker must know too: a current CRL
+    # and every live session ended, as when a device is unpaired.
+    for device_id in owned:
+        await request.app[REVOKER].enforce(device_id)
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="erase", resource="account", outcome="ok")
     return web.json_response({"erased": True, "segments_removed": segments,

@@ -14,7 +14,9 @@
     │   owner may do it
     ├── CurrentCertificate (also ValueError): revoking the certificate a device uses now
     │   (revoke the device instead)
-    └── RenewalRefused: a renewal CSR that will not be signed; ``reason`` is a short code
+    ├── RenewalRefused: a renewal CSR that will not be signed; ``reason`` is a short code
+    └── PluginBuildFailed: the broker's policy plugin could not be compiled (no compiler or
+        no Mosquitto headers)
 """
 
 
@@ -83,3 +85,7 @@ class RenewalRefused(DeviceError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"renewal refused: {reason}" + (f" ({detail})" if detail else ""))
         self.reason = reason
+
+
+class PluginBuildFailed(DeviceError):
+    """The broker's policy plugin could not be compiled; the message says what to install."""

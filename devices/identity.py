@@ -20,19 +20,11 @@ def is_service_id(value: str) -> bool:
     return bool(_DEVICE_ID.fullmatch(value)) and value.startswith(SERVICE_PREFIX)
 
 
-# A device's second connection, while its main session stays up: certificate renewal
-# (firmware_sim/renewal.py). A dot never occurs in an id, so this is never another's id.
-RENEWAL_CLIENT_ID_SUFFIX = ".renew"
-
-
-def client_ids(device_id: str) -> tuple[str, str]:
-    """Every client id a device may connect under: its id, and its renewal connection's."""
-    return device_id, device_id + RENEWAL_CLIENT_ID_SUFFIX
-
-
 def owns_client_id(identity: str, client_id: str) -> bool:
-    """True when ``identity`` (a certificate CN) may connect under ``client_id``."""
-    return client_id in client_ids(identity)
+    """True when ``identity`` (a certificate CN) may connect under ``client_id``: a device
+    has one session, under its id (the devices' listener imposes it; renewal uses that
+    session too)."""
+    return client_id == identity
 
 
 def new_device_id(model: str) -> str:

@@ -2,11 +2,13 @@
 
 MQTT gives a client id one live connection: a second CONNECT under the same id closes the
 first (MQTT v5 DISCONNECT 0x8E, "session taken over"). Mosquitto cannot tie the client id
-to the certificate (``use_identity_as_username`` sets the username only, and certificate
-logins skip the authentication plugins), so any device with a valid certificate can cut
-another device off by connecting under its id. The ACL still holds (it is keyed on the
-username): the intruder cannot publish in the victim's name. What is left is a denial of
-service, and it must not go unnoticed.
+to the certificate with a check (certificate logins skip the authentication plugins), so
+the devices' listener imposes it instead (``use_username_as_clientid``,
+devices/broker_config.py): there, a device gets its CN as client id whatever it asks for,
+and cannot take over another's. The services' listener lets clients choose their ids (each
+bridge worker its own); it is meant to be out of devices' reach, and the broker's plugin
+gives a device connected there under a foreign id nothing at all. Cutting another device
+off from there is still possible, and must not go unnoticed.
 
 The only place where the broker says which certificate connected under which client id is
 its connection log (``connection_messages true``)::
@@ -15,21 +17,8 @@ its connection log (``connection_messages true``)::
     <time>: New client connected from 10.0.0.7:50412 as watch-a (p5, c1, k30, u'watch-b').
 
 So a watcher follows that log: a device identity under a client id that is not its own, or
-a service other than the revoker under a device's id, is recorded (table
-client_id_takeovers), counted (Prometheus counter) and logged as a WARNING with ids only.
-The victim loses nothing it sent: an unacknowledged message stays in its outbox and goes
-again when it reconnects, which in turn closes the intruder's connection. What is queued for
-it in a persistent session is another matter: the intruder does not receive it (the ACL is
-checked again for the new username) but the broker drops it, so inbox requests must be
-repeatable (the renewer answers a repeated CSR again).
-
-Prevention is possible with a second listener for the services (devices.broker_config
-.ServicesListener): the devices' listener then replaces every client id with the
-certificate's CN (``use_username_as_clientid``), while the revoker keeps taking over a
-device's id from the services' listener. It is opt-in because a device must then do
-everything on one connection (firmware_sim/renewal.py's ``<id>.renew`` connection would
-take over the device's own). The watcher stays useful either way: it also sees a services
-listener reached by a device.
+a service under a device's id, is recorded (table client_id_takeovers), counted
+(Prometheus counter) and logged as a WARNING with ids only.
 """
 
 from __future__ import annotations
@@ -44,8 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
-from devices.broker_config import REVOKER_IDENTITY
-from devices.identity import RENEWAL_CLIENT_ID_SUFFIX, is_device_id, owns_client_id
+from devices.identity import is_device_id, owns_client_id
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +63,10 @@ class Takeover:
 
 def is_takeover(client_id: str, identity: str) -> bool:
     """True when ``identity`` has no business under ``client_id``: a device under any id
-    but its own (devices.identity.owns_client_id), or a service under a device's id (except
-    the revoker, whose job it is)."""
+    but its own (devices.identity.owns_client_id), or a service under a device's id."""
     if owns_client_id(identity, client_id):
         return False
-    if is_device_id(identity):
-        return True
-    device_owned = is_device_id(client_id.removesuffix(RENEWAL_CLIENT_ID_SUFFIX))
-    return device_owned and identity != REVOKER_IDENTITY
+    return is_device_id(identity) or is_device_id(client_id)
 
 
 def log_time(text: str) -> dt.datetime | None:

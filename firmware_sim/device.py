@@ -220,6 +220,8 @@ class SimulatedDevice:
         self.renewal_policy = renewal_policy or RenewalPolicy(self.rng)
         self._reconnect = False  # a renewed certificate waits for the next connection
         self._connected = asyncio.Event()  # set at each connection
+        # Inbox messages that answer a renewal CSR (they carry its correlation data).
+        self._renewal_answers: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue(maxsize=10)
 
     @property
     def online(self) -> bool:
@@ -382,7 +384,9 @@ class SimulatedDevice:
         while True:
             message = await conn.messages.get()
             if getattr(message.properties, "CorrelationData", None) is not None:
-                continue  # a renewal answer: the renewal connection reads it
+                with contextlib.suppress(asyncio.QueueFull):  # none is waiting: a stale one
+                    self._renewal_answers.put_nowait(message)
+                continue
             if message.topic == self.inbox_topic:
                 self.on_request(bytes(message.payload))
 
@@ -409,20 +413,24 @@ class SimulatedDevice:
         """Renew the certificate at the policy's moment, for as long as the device runs; a
         failed exchange is tried again with backoff, a refusal after a long wait. The new
         certificate is used from a reconnection between two publishes."""
-        from firmware_sim.renewal import RenewalFailed, renew  # it imports this module
+        from firmware_sim.renewal import RenewalFailed, renew_on  # it imports this module
         policy = self.renewal_policy
         failures = 0
         delay: float | None = None  # None: until the current certificate's moment
         while True:
             await asyncio.sleep(self._until_renewal() if delay is None else delay)
-            if not self.online:
+            while not self.online:
                 # Renewal needs the broker too: a device that cannot reach it waits for its
                 # connection rather than count failures (and renews, then switches, on it).
                 self._connected.clear()
                 await self._connected.wait()
+            assert self._conn is not None
+            while not self._renewal_answers.empty():  # answers to an earlier exchange
+                self._renewal_answers.get_nowait()
             try:
-                await renew(self.flash, self.device_id, self.broker,
-                            answer_timeout_s=policy.answer_timeout_s, attempts=policy.attempts)
+                await renew_on(self._conn, self._renewal_answers, self.flash, self.device_id,
+                               answer_timeout_s=policy.answer_timeout_s,
+                               attempts=policy.attempts)
             except (RenewalFailed, MqttError, OSError, ValueError) as exc:
                 self.ledger.renewal_failures += 1
                 reason = exc.reason if isinstance(exc, RenewalFailed) else None

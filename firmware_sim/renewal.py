@@ -1,8 +1,9 @@
 """A device renewing its certificate over MQTT (the backend side: devices/renewal.py).
 
-The device makes a new key, publishes a CSR on ``devices/<id>/csr`` from a second
-connection (client id ``<id>.renew``: its main session, and the readings it is sending,
-stay up), and waits on its inbox for the answer that carries the CSR's correlation data.
+The device makes a new key, publishes a CSR on ``devices/<id>/csr`` over its one session
+(the broker binds a device's client id to its certificate, so there is no second
+connection; the readings it is sending go on around the exchange), and waits on its inbox
+for the answer that carries the CSR's correlation data.
 It checks that the certificate is for its new key and its id, then installs key and
 certificate in its flash; its main connection uses them from its next connect, which a
 device makes at once after renewing (firmware_sim/device.py; when it renews:
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 CSR_CONTENT_TYPE = "application/pkcs10"
-# The second connection's client id: the device's id and this suffix, the one the backend
-# accepts from it besides its id (devices/identity.py), and takes over at revocation.
-CLIENT_ID_SUFFIX = ".renew"
 
 
 class RenewalFailed(Exception):
@@ -88,41 +86,52 @@ def install(flash: Flash, key: ec.EllipticCurvePrivateKey, cert_pem: bytes) -> N
 
 async def renew(flash: Flash, device_id: str, broker: Broker, *,
                 answer_timeout_s: float = ANSWER_TIMEOUT_S, attempts: int = ATTEMPTS) -> bytes:
-    """Renew the device's certificate; returns the new certificate (PEM), installed.
-    Raises RenewalFailed (refused, or no answer after ``attempts``) or MqttError."""
-    key, csr_pem = await asyncio.to_thread(_new_request, device_id)
-    correlation = hashlib.sha256(csr_pem).digest()
+    """Renew the certificate of a device that is not connected otherwise, over a session
+    of its own (under its id: it would replace a live one). Returns the new certificate
+    (PEM), installed. Raises RenewalFailed (refused, or no answer after ``attempts``) or
+    MqttError."""
     context = ssl.create_default_context(cafile=str(broker.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(flash.cert_file), str(flash.key_file))  # the current one
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id + CLIENT_ID_SUFFIX,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
                          protocol=mqtt.MQTTv5)
     client.tls_set_context(context)
     conn = AsyncClient(client, queue_size=10)
-    inbox = f"devices/{device_id}/inbox"
     try:
         await conn.connect(broker.host, broker.port, keepalive=30)
-        await conn.subscribe(inbox, qos=1)
-        for _ in range(attempts):
-            props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = CSR_CONTENT_TYPE
-            props.CorrelationData = correlation
-            code = await conn.publish(f"devices/{device_id}/csr", csr_pem, qos=1,
-                                      properties=props)
-            if code.is_failure:
-                raise RenewalFailed(f"CSR refused by the broker: {code}")
-            cert_pem = await _answer(conn, inbox, correlation, answer_timeout_s)
-            if cert_pem is not None:
-                _check(cert_pem, key, device_id)
-                await asyncio.to_thread(install, flash, key, cert_pem)
-                log.info("certificate renewed", extra={"device": device_id})
-                return cert_pem
-        raise RenewalFailed(f"no answer after {attempts} attempts")
+        await conn.subscribe(f"devices/{device_id}/inbox", qos=1)
+        return await renew_on(conn, conn.messages, flash, device_id,
+                              answer_timeout_s=answer_timeout_s, attempts=attempts)
     finally:
         await conn.disconnect()
 
 
-async def _answer(conn: AsyncClient, inbox: str, correlation: bytes,
+async def renew_on(conn: AsyncClient, answers: asyncio.Queue[mqtt.MQTTMessage], flash: Flash,
+                   device_id: str, *, answer_timeout_s: float = ANSWER_TIMEOUT_S,
+                   attempts: int = ATTEMPTS) -> bytes:
+    """The renewal exchange on ``conn``, a connection subscribed to the device's inbox;
+    ``answers`` brings what arrives there. Returns the new certificate, installed."""
+    key, csr_pem = await asyncio.to_thread(_new_request, device_id)
+    correlation = hashlib.sha256(csr_pem).digest()
+    inbox = f"devices/{device_id}/inbox"
+    for _ in range(attempts):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CSR_CONTENT_TYPE
+        props.CorrelationData = correlation
+        code = await conn.publish(f"devices/{device_id}/csr", csr_pem, qos=1,
+                                  properties=props)
+        if code.is_failure:
+            raise RenewalFailed(f"CSR refused by the broker: {code}")
+        cert_pem = await _answer(answers, inbox, correlation, answer_timeout_s)
+        if cert_pem is not None:
+            _check(cert_pem, key, device_id)
+            await asyncio.to_thread(install, flash, key, cert_pem)
+            log.info("certificate renewed", extra={"device": device_id})
+            return cert_pem
+    raise RenewalFailed(f"no answer after {attempts} attempts")
+
+
+async def _answer(answers: asyncio.Queue[mqtt.MQTTMessage], inbox: str, correlation: bytes,
                   timeout: float) -> bytes | None:
     """The certificate that answers ``correlation``, None after ``timeout``; raises
     RenewalFailed for a refusal. Other inbox messages are not for this exchange."""
@@ -130,7 +139,7 @@ async def _answer(conn: AsyncClient, inbox: str, correlation: bytes,
     deadline = loop.time() + timeout
     while (left := deadline - loop.time()) > 0:
         try:
-            message = await asyncio.wait_for(conn.messages.get(), left)
+            message = await asyncio.wait_for(answers.get(), left)
         except TimeoutError:
             return None
         props = message.properties

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,12 +115,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="the broker's crlfile (default: the embedded broker's)")
 
     broker = sub.add_parser("broker-config",
-                            help="write mosquitto.conf and the ACL file for a deployment")
+                            help="write mosquitto.conf and the policy plugin for a deployment")
     broker.add_argument("--out", type=Path, required=True, help="directory to write to")
     broker.add_argument("--certs", type=Path, required=True,
                         help="directory holding clients-ca.pem, broker.pem, broker.key "
                         "and, once devices are revoked, device-ca.crl")
-    broker.add_argument("--port", type=int, default=8883)
+    broker.add_argument("--port", type=int, default=8883, help="the devices' listener")
+    broker.add_argument("--services-port", type=int, default=8884,
+                        help="the services' listener (bridge, renewer, revoker): publish "
+                        "it to no network devices reach")
+    broker.add_argument("--plugin", type=Path, default=None,
+                        help="the policy plugin as the broker sees it (default: build it "
+                        "into --out)")
     broker.add_argument("--log-file", type=Path, default=None,
                         help="also log to this file (connection messages included), for "
                         "`healthiot devices watch-takeovers`")
@@ -189,16 +196,21 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                   "and service certificates and CRLs only")
         return 0
     if args.command == "broker-config":
-        from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf
+        from devices.broker_config import BrokerFiles, ServicesListener, mosquitto_conf
+        from devices.broker_plugin import build_plugin
         args.out.mkdir(parents=True, exist_ok=True)
+        plugin = args.plugin
+        if plugin is None:
+            plugin = args.out / "healthiot_acl.so"
+            shutil.copyfile(build_plugin(), plugin)
         files = BrokerFiles(args.certs / "clients-ca.pem", args.certs / "broker.pem",
-                            args.certs / "broker.key", args.out / "acl", args.out / "data",
+                            args.certs / "broker.key", plugin, args.out / "data",
                             crl=args.certs / "device-ca.crl",  # named if it is there
                             log=args.log_file)
         files.persistence_dir.mkdir(exist_ok=True)
-        (args.out / "acl").write_text(acl_text())
-        (args.out / "mosquitto.conf").write_text(
-            mosquitto_conf(files, bind=args.bind, port=args.port))
+        (args.out / "mosquitto.conf").write_text(mosquitto_conf(
+            files, bind=args.bind, port=args.port,
+            services=ServicesListener(args.bind, args.services_port)))
         return 0
     if args.command == "totp":
         return _print_totp(settings, args.username)

@@ -79,7 +79,7 @@ async def run_bridge(settings: Settings) -> int:
                             key=_required(settings, "mqtt_key_file"),
                             batch_size=settings.bridge_batch_size)
         task = asyncio.create_task(bridge.run(
-            settings.mqtt_host, settings.mqtt_port,
+            settings.mqtt_host, settings.mqtt_services_port,
             connect_properties(settings.bridge_batch_size * 2)), name="bridge")
         probes = None
         if settings.bridge_health_port:

@@ -24,7 +24,7 @@ from devices.provisioning import provision, write_enrolment
 from devices.registry import Registry
 from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
-from devices.sessions import SessionTakeover
+from devices.sessions import SessionEnder
 from healthiot import stack
 from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
@@ -51,7 +51,7 @@ def _reload_embedded_broker(settings: Settings) -> None:
 
 
 def _takeover(settings: Settings, pki: Path, cert: Path | None,
-              key: Path | None) -> SessionTakeover | None:
+              key: Path | None) -> SessionEnder | None:
     """The session takeover, when a revoker service identity is at hand (the embedded
     stack makes one under var/pki/services); None otherwise."""
     cert = cert or pki / "services" / "revoker.pem"
@@ -59,7 +59,7 @@ def _takeover(settings: Settings, pki: Path, cert: Path | None,
     if not (cert.exists() and key.exists()):
         return None
     ca_file = settings.mqtt_ca_file or pki / "ca.pem"
-    return SessionTakeover(settings.mqtt_host, settings.mqtt_port,
+    return SessionEnder(settings.mqtt_host, settings.mqtt_services_port,
                            tls_context(ca_file, cert, key))
 
 
@@ -192,7 +192,7 @@ async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None
     pool = await _pool(settings)
     try:
         service = RenewalService(CertificateRenewer(Registry(pool), ca, pool),
-                                 settings.mqtt_host, settings.mqtt_port, context)
+                                 settings.mqtt_host, settings.mqtt_services_port, context)
         task = asyncio.create_task(service.run(), name="renewer")
         await until_signalled()
         await stop_task(task)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import asyncpg
 
-from devices.broker_config import BrokerFiles, acl_text, mosquitto_conf
+from devices.broker_config import BrokerFiles, ServicesListener, mosquitto_conf
+from devices.broker_plugin import build_plugin
 from healthiot.errors import ServerUnavailable
 
 START_TIMEOUT_S = 60.0  # initdb plus first start on a loaded 2-core machine
@@ -259,12 +260,14 @@ class PostgresServer:
 
 
 class MosquittoServer:
-    """A Mosquitto broker with our generated configuration: one mTLS listener, nothing else."""
+    """A Mosquitto broker with our generated configuration: an mTLS listener for devices
+    on ``port``, one for the backend's services on ``services_port``, nothing else."""
 
-    def __init__(self, directory: Path, *, port: int, bind: str, clients_ca: bytes,
-                 cert: bytes, key: bytes, log_file: Path, crl: bytes | None = None,
-                 own_log_file: bool = False) -> None:
+    def __init__(self, directory: Path, *, port: int, services_port: int, bind: str,
+                 clients_ca: bytes, cert: bytes, key: bytes, log_file: Path,
+                 crl: bytes | None = None, own_log_file: bool = False) -> None:
         self.directory, self.port, self.bind = directory, port, bind
+        self.services_port = services_port
         # Besides its output in log_file, a log the broker writes itself (log_dest file), as
         # a deployment's broker does for the takeover watcher.
         self.own_log_file = self.directory / "broker.log" if own_log_file else None
@@ -309,13 +312,15 @@ class MosquittoServer:
         files = BrokerFiles(clients_ca=self.directory / "clients-ca.pem",
                             cert=self.directory / "broker.pem",
                             key=self.directory / "broker.key",
-                            acl=self.directory / "acl",
+                            plugin=self.directory / "healthiot_acl.so",
                             persistence_dir=self.directory / "data",
                             crl=self.crl_file,
                             log=self.own_log_file)
         files.persistence_dir.mkdir(exist_ok=True)
-        files.acl.write_text(acl_text())
-        self.config_file.write_text(mosquitto_conf(files, bind=self.bind, port=self.port))
+        shutil.copyfile(build_plugin(), files.plugin)
+        self.config_file.write_text(mosquitto_conf(
+            files, bind=self.bind, port=self.port,
+            services=ServicesListener(self.bind, self.services_port)))
         if running_as_root():
             # Mosquitto runs as "mosquitto", which must read its keys and write its state.
             _check_traversable(self.directory, "mosquitto")
@@ -323,9 +328,11 @@ class MosquittoServer:
 
     async def start(self) -> None:
         """Start the broker and wait until its listener accepts TCP connections."""
-        if not port_is_free(self.port, self.bind):
-            raise ServerUnavailable(f"port {self.port} is taken: is another stack running? "
-                                    "Choose another with HEALTHIOT_MQTT_PORT")
+        for port, variable in ((self.port, "HEALTHIOT_MQTT_PORT"),
+                               (self.services_port, "HEALTHIOT_MQTT_SERVICES_PORT")):
+            if not port_is_free(port, self.bind):
+                raise ServerUnavailable(f"port {port} is taken: is another stack running? "
+                                        f"Choose another with {variable}")
         self.write_config()
         # As root, start it as "mosquitto" ourselves: its own privilege drop would also clear
         # the parent-death signal that keeps it from outliving us.
@@ -334,7 +341,7 @@ class MosquittoServer:
         if self._child.process is not None:
             self.pid_file.write_text(f"{self._child.process.pid}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
-        while port_is_free(self.port, self.bind):
+        while port_is_free(self.port, self.bind) or port_is_free(self.services_port, self.bind):
             self._child.check_alive()
             if time.monotonic() > deadline:
                 raise ServerUnavailable(f"mosquitto did not listen in {START_TIMEOUT_S}s:\n"

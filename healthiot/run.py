@@ -21,7 +21,7 @@ from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
 from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher, Revoker
-from devices.sessions import SessionTakeover
+from devices.sessions import SessionEnder
 from devices.takeover import TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
@@ -159,7 +159,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         resources.push_async_callback(bridge.close)
         ready = asyncio.Event()
         bridge_task = asyncio.create_task(bridge.run(
-            settings.mqtt_host, settings.mqtt_port,
+            settings.mqtt_host, settings.mqtt_services_port,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
         resources.push_async_callback(stop_task, bridge_task)
         await asyncio.wait_for(ready.wait(), 30)
@@ -187,7 +187,7 @@ def _device_services(settings: Settings, materials: stack.Materials, core: Core,
     watcher = TakeoverWatcher(broker.log_file, TakeoverStore(core.pool))
     renewer = RenewalService(
         CertificateRenewer(core.registry, materials.ca, core.pool),
-        settings.mqtt_host, settings.mqtt_port,
+        settings.mqtt_host, settings.mqtt_services_port,
         tls_context(materials.ca.ca_file, materials.renewer_cert, materials.renewer_key))
     return [asyncio.create_task(watcher.run(), name="takeover-watcher"),
             asyncio.create_task(renewer.run(), name="renewer")]
@@ -200,7 +200,7 @@ async def _revoker(settings: Settings, materials: stack.Materials, core: Core,
     nextUpdate, which would bar every client) never stays in place."""
     publisher = CrlPublisher(core.registry, materials.ca, broker.crl_file, broker.reload)
     await publisher.publish()
-    takeover = SessionTakeover(settings.mqtt_host, settings.mqtt_port, tls_context(
+    takeover = SessionEnder(settings.mqtt_host, settings.mqtt_services_port, tls_context(
         materials.ca.ca_file, materials.revoker_cert, materials.revoker_key))
     return Revoker(core.registry, publisher, takeover)
 

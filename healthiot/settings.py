@@ -43,7 +43,10 @@ class Settings:
 
     mqtt_host: str = field(default="localhost", metadata=_doc(
         "broker host name, as written in its certificate"))
-    mqtt_port: int = field(default=8883, metadata=_doc("broker mTLS port"))
+    mqtt_port: int = field(default=8883, metadata=_doc("broker mTLS port for devices"))
+    mqtt_services_port: int = field(default=8884, metadata=_doc(
+        "broker mTLS port for the backend's services (bridge, renewer, revoker), on an "
+        "address devices cannot reach; there, unlike on mqtt_port, a client chooses its id"))
     mqtt_ca_file: Path | None = field(default=None, metadata=_doc(
         "CA that signed the broker certificate (embedded: var/pki/ca.pem)"))
     mqtt_cert_file: Path | None = field(default=None, metadata=_doc(

@@ -131,6 +131,7 @@ def postgres_server(settings: Settings, materials: Materials) -> PostgresServer:
 
 def mosquitto_server(settings: Settings, materials: Materials) -> MosquittoServer:
     return MosquittoServer(settings.var_dir / "mosquitto", port=settings.mqtt_port,
+                           services_port=settings.mqtt_services_port,
                            bind="127.0.0.1", clients_ca=materials.ca.clients_ca_file.read_bytes(),
                            cert=materials.broker_cert.read_bytes(),
                            key=materials.broker_key.read_bytes(),

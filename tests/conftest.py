@@ -70,8 +70,13 @@ class Pki:
 @dataclass(frozen=True)
 class BrokerAddress:
     host: str
-    port: int
+    port: int  # the devices' listener
     server: MosquittoServer
+
+    @property
+    def services_port(self) -> int:
+        """The listener of the bridge, renewer and revoker (they choose their client ids)."""
+        return self.server.services_port
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +171,7 @@ def mosquitto(workdir: Path, pki: Pki, name: str, **options: Any) -> MosquittoSe
     """A broker of our generated configuration in ``workdir/name``, on a free port, logging
     to ``workdir/name.log``; not started. ``options`` go to MosquittoServer."""
     # A stable port: fault tests restart brokers on theirs (see stable_port).
+    options.setdefault("services_port", stable_port())
     return MosquittoServer(workdir / name, port=stable_port(), bind="127.0.0.1",
                            clients_ca=pki.ca.clients_ca_file.read_bytes(),
                            cert=pki.server_cert.read_bytes(), key=pki.server_key.read_bytes(),
@@ -226,7 +232,7 @@ async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[B
                          batch_size=100)
     ready = asyncio.Event()
     try:
-        async with in_background(running.run(broker.host, broker.port,
+        async with in_background(running.run(broker.host, broker.services_port,
                                               connect_properties(200), ready),
                                  "the bridge", ready):
             yield running
