@@ -16,7 +16,7 @@ BRIDGE_IDENTITY = f"{SERVICE_PREFIX}bridge"
 REVOKER_IDENTITY = f"{SERVICE_PREFIX}revoker"
 # Its publications on this topic (a device id) make the broker's plugin end every session
 # of that identity, under any client id (devices/sessions.py).
-REVOKE_CONTROL_TOPIC = "$CONTROL/healthiot/v1/revoke"
+DISCONNECT_CONTROL_TOPIC = "$CONTROL/healthiot/v1/disconnect"
 # Issues renewed device certificates (devices/renewal.py): reads CSRs, answers on inboxes.
 RENEWER_IDENTITY = f"{SERVICE_PREFIX}renewer"
 TELEMETRY_FILTER = "devices/+/telemetry"
@@ -69,7 +69,7 @@ class BrokerFiles:
 SERVICE_GRANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     BRIDGE_IDENTITY: ((TELEMETRY_FILTER,), ("devices/+/inbox",)),
     RENEWER_IDENTITY: ((CSR_FILTER,), ("devices/+/inbox",)),
-    REVOKER_IDENTITY: ((), (REVOKE_CONTROL_TOPIC,)),
+    REVOKER_IDENTITY: ((), (DISCONNECT_CONTROL_TOPIC,)),
 }
 
 

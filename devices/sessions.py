@@ -2,10 +2,10 @@
 
 Mosquitto checks the CRL only at the handshake, so a session that is up when a device is
 revoked stays up. The broker's policy plugin (devices/broker_plugin/healthiot_acl.c) ends
-them: the revoker service publishes the device id on its control topic, and the plugin
-denies that identity everything from then on and disconnects every session it has, under
-whatever client id. The revoker installs the CRL first, so the device's reconnect fails at
-the handshake.
+them: the revoker service publishes the device id on its control topic, and the plugin disconnects
+every session of that identity, under whatever client id. The revoker installs the CRL
+first, so the device's reconnect fails at the handshake (or, when only an old certificate
+was revoked, succeeds with the new one).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aiopaho import AsyncClient, MqttError
-from devices.broker_config import REVOKE_CONTROL_TOPIC, REVOKER_IDENTITY
+from devices.broker_config import DISCONNECT_CONTROL_TOPIC, REVOKER_IDENTITY
 from devices.identity import is_device_id
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class SessionEnder:
         client.paho.tls_set_context(self._context)
         await client.connect(self._host, self._port, timeout=self._timeout_s)
         try:
-            code = await client.publish(REVOKE_CONTROL_TOPIC, device_id.encode(), qos=1,
+            code = await client.publish(DISCONNECT_CONTROL_TOPIC, device_id.encode(), qos=1,
                                         timeout=self._timeout_s)
             if code.is_failure:
                 raise MqttError(f"the broker refused to end the sessions: {code}")

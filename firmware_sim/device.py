@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from aiopaho import AsyncClient, MqttError, stop_task
 from firmware_sim import artefacts
 from firmware_sim.outbox import Message, Outbox
-from firmware_sim.renewal_policy import RenewalPolicy
+from firmware_sim.renewal_policy import ANSWER_TIMEOUT_S, ATTEMPTS, RenewalPolicy
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 log = logging.getLogger(__name__)
@@ -413,24 +413,15 @@ class SimulatedDevice:
         """Renew the certificate at the policy's moment, for as long as the device runs; a
         failed exchange is tried again with backoff, a refusal after a long wait. The new
         certificate is used from a reconnection between two publishes."""
-        from firmware_sim.renewal import RenewalFailed, renew_on  # it imports this module
+        from firmware_sim.renewal import RenewalFailed  # it imports this module
         policy = self.renewal_policy
         failures = 0
         delay: float | None = None  # None: until the current certificate's moment
         while True:
             await asyncio.sleep(self._until_renewal() if delay is None else delay)
-            while not self.online:
-                # Renewal needs the broker too: a device that cannot reach it waits for its
-                # connection rather than count failures (and renews, then switches, on it).
-                self._connected.clear()
-                await self._connected.wait()
-            assert self._conn is not None
-            while not self._renewal_answers.empty():  # answers to an earlier exchange
-                self._renewal_answers.get_nowait()
             try:
-                await renew_on(self._conn, self._renewal_answers, self.flash, self.device_id,
-                               answer_timeout_s=policy.answer_timeout_s,
-                               attempts=policy.attempts)
+                await self.renew_certificate(answer_timeout_s=policy.answer_timeout_s,
+                                             attempts=policy.attempts)
             except (RenewalFailed, MqttError, OSError, ValueError) as exc:
                 self.ledger.renewal_failures += 1
                 reason = exc.reason if isinstance(exc, RenewalFailed) else None
@@ -444,9 +435,28 @@ class SimulatedDevice:
                     "retry_in_s": round(delay)})
                 continue
             failures, delay = 0, None
-            self.ledger.renewals += 1
-            self._reconnect = True
-            self._wake.set()
+
+    async def renew_certificate(self, *, answer_timeout_s: float = ANSWER_TIMEOUT_S,
+                                attempts: int = ATTEMPTS) -> bytes:
+        """Renew the certificate now, over the device's one session (waiting for it);
+        returns the new certificate, installed and used from a reconnection between two
+        publishes. Raises firmware_sim.renewal.RenewalFailed or MqttError."""
+        from firmware_sim.renewal import renew_on  # it imports this module
+        while not self.online:
+            # Renewal needs the broker too: a device that cannot reach it waits for its
+            # connection rather than count failures (and renews, then switches, on it).
+            self._connected.clear()
+            await self._connected.wait()
+        assert self._conn is not None
+        while not self._renewal_answers.empty():  # answers to an earlier exchange
+            self._renewal_answers.get_nowait()
+        cert_pem = await renew_on(self._conn, self._renewal_answers, self.flash,
+                                  self.device_id, answer_timeout_s=answer_timeout_s,
+                                  attempts=attempts)
+        self.ledger.renewals += 1
+        self._reconnect = True
+        self._wake.set()
+        return cert_pem
 
     def _until_renewal(self) -> float:
         """Seconds from now to the renewal moment of the certificate on flash (0 if past)."""

@@ -16,9 +16,10 @@
  *     client id other than its id;
  *   - a service identity gets what its plugin_opt_read / plugin_opt_write grants say; a
  *     grant to read a filter also allows subscribing to it inside a $share group;
- *   - the revoker publishes a device id to $CONTROL/healthiot/v1/revoke: the plugin
- *     denies that identity everything from then on and ends every session it has, under
- *     any client id (the CRL, reloaded first, refuses its next handshake).
+ *   - the revoker publishes a device id to $CONTROL/healthiot/v1/disconnect: the plugin
+ *     ends every session of that identity, under any client id. The revoker reloads the
+ *     CRL first, so a revoked certificate's next handshake fails; a device whose old
+ *     certificate alone was revoked comes back with its new one.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
-#define CONTROL_TOPIC "$CONTROL/healthiot/v1/revoke"
+#define CONTROL_TOPIC "$CONTROL/healthiot/v1/disconnect"
 #define MAX_GRANTS 32
 #define MAX_ID 64
 
@@ -44,20 +45,10 @@ static struct grant grants[MAX_GRANTS];
 static int grant_count;
 static char *service_prefix;
 static char *revoker;
-static char **revoked;  /* identities revoked since the broker started */
-static size_t revoked_count;
 
 static bool is_service(const char *username)
 {
 	return strncmp(username, service_prefix, strlen(service_prefix)) == 0;
-}
-
-static bool is_revoked(const char *username)
-{
-	for(size_t i = 0; i < revoked_count; i++){
-		if(strcmp(revoked[i], username) == 0) return true;
-	}
-	return false;
 }
 
 /* "devices/<id>/<leaf>", exactly. */
@@ -132,7 +123,6 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	if(username == NULL || ed->topic == NULL) return MOSQ_ERR_ACL_DENIED;
 	if(is_service(username)) return service_check(username, ed->topic, ed->access);
-	if(is_revoked(username)) return MOSQ_ERR_ACL_DENIED;
 	return device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access);
 }
 
@@ -158,17 +148,9 @@ static int on_control(int event, void *event_data, void *userdata)
 	char id[MAX_ID];
 	memcpy(id, ed->payload, ed->payloadlen);
 	id[ed->payloadlen] = '\0';
-	if(!is_revoked(id)){
-		char **grown = mosquitto_realloc(revoked, (revoked_count + 1) * sizeof(char *));
-		if(grown == NULL) return MOSQ_ERR_NOMEM;
-		revoked = grown;
-		revoked[revoked_count] = mosquitto_strdup(id);
-		if(revoked[revoked_count] == NULL) return MOSQ_ERR_NOMEM;
-		revoked_count++;
-	}
 	/* Every session of the identity, whatever its client id; no will is sent. */
 	mosquitto_kick_client_by_username(id, false);
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, "healthiot: revoked %s, its sessions ended", id);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "healthiot: every session of %s ended", id);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -235,10 +217,6 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		mosquitto_free(grants[i].filter);
 	}
 	grant_count = 0;
-	for(size_t i = 0; i < revoked_count; i++) mosquitto_free(revoked[i]);
-	mosquitto_free(revoked);
-	revoked = NULL;
-	revoked_count = 0;
 	mosquitto_free(service_prefix);
 	mosquitto_free(revoker);
 	service_prefix = revoker = NULL;

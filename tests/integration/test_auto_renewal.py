@@ -34,7 +34,7 @@ from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
 from tests.conftest import BrokerAddress, Pki, new_device, new_patient, wait_until
 from tests.integration.test_device_revocation import (  # noqa: F401 (fixtures)
-    _takeover,
+    _ender,
     crl_bridge,
     crl_broker,
 )
@@ -84,7 +84,7 @@ async def csr_spy(pki: Pki, crl_broker: MosquittoServer,  # noqa: F811
                                      client_id="svc-renewer-spy", protocol=mqtt.MQTTv5))
     client.paho.tls_set_context(tls_context(pki.ca.ca_file, tmp_path / "spy.pem",
                                             tmp_path / "spy.key"))
-    await client.connect("localhost", crl_broker.port, timeout=5)
+    await client.connect("localhost", crl_broker.services_port, timeout=5)
     await client.subscribe("devices/+/csr", qos=1)
     seen: list[tuple[float, str]] = []
 
@@ -137,13 +137,13 @@ async def test_a_short_lived_certificate_is_renewed_by_the_device_while_it_publi
     sent = device.ledger.messages
     await wait_until(lambda: sending(sent + 5))
 
-    # Past the old certificate's end the broker refuses it; the device, cut off by a
-    # takeover, is back at once and sends on: with the new certificate.
+    # Past the old certificate's end the broker refuses it; the device, cut off by the
+    # revoker, is back at once and sends on: with the new certificate.
     await asyncio.sleep(max(0.0, (old_end - dt.datetime.now(dt.UTC)).total_seconds()) + 1)
     with pytest.raises(MqttError):
         await _connect_with(pki, tmp_path / "old.pem", tmp_path / "old.key",
                             f"{device.device_id}.probe", crl_broker.port)
-    await _takeover(pki, crl_broker.port, tmp_path)(device.device_id)
+    await _ender(pki, crl_broker.services_port, tmp_path)(device.device_id)
     sent = device.ledger.messages
     await wait_until(lambda: sending(sent + 5))
     assert device.ledger.renewals == 1 and device.ledger.renewal_failures == 0

@@ -2,7 +2,9 @@
 PostgreSQL: a device enrolled the factory way, paired and then unpaired through the API.
 
 After unpairing: nothing it sends is stored (quarantined with the reason), a new handshake
-is refused (CRL reloaded by SIGHUP), and with the session takeover its live session ends.
+is refused (CRL reloaded by SIGHUP), and every live session of its identity ends (the
+broker's plugin, told by the revoker), whatever client id it was opened under. Erasing the
+patient does the same to each of their devices.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
 
 from aiopaho import AsyncClient, MqttError
 from api.app import create_app
@@ -29,13 +32,13 @@ from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
 from devices.provisioning import provision
 from devices.revocation import CrlPublisher, Revoker
-from devices.sessions import SessionTakeover
+from devices.sessions import SessionEnder
 from firmware_sim.device import Flash, enrol
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core, new_bridge
 from tests.conftest import Pki, mosquitto, start_mosquitto, wait_until
 from tests.integration.test_bridge import _heart_rate, _props
-from tests.integration.test_patient_api import Account, register
+from tests.integration.test_patient_api import PASSWORD, Account, code, register
 
 _counter = itertools.count()
 REVOCATION_DEADLINE_S = 5.0  # issue 4: the command to the last stored reading
@@ -60,7 +63,7 @@ async def crl_bridge(core: Core, crl_broker: MosquittoServer, pki: Pki
                          ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
                          batch_size=100)
     ready = asyncio.Event()
-    task = asyncio.create_task(running.run("localhost", crl_broker.port,
+    task = asyncio.create_task(running.run("localhost", crl_broker.services_port,
                                            connect_properties(200), ready), name="crl-bridge")
     await asyncio.wait_for(ready.wait(), 15)
     try:
@@ -71,13 +74,13 @@ async def crl_bridge(core: Core, crl_broker: MosquittoServer, pki: Pki
         await running.close(end_session=True)
 
 
-def _takeover(pki: Pki, port: int, directory: Path) -> SessionTakeover:
+def _ender(pki: Pki, port: int, directory: Path) -> SessionEnder:
     """The revoker's own service identity: it made its key, the CA signed its CSR."""
     key = new_key()
     write_private(directory / "revoker.key", key_pem(key))
     (directory / "revoker.pem").write_bytes(
         pki.ca.issue_client(make_csr(key, "svc-revoker"), service=True))
-    return SessionTakeover("localhost", port, tls_context(
+    return SessionEnder("localhost", port, tls_context(
         pki.ca.ca_file, directory / "revoker.pem", directory / "revoker.key"))
 
 
@@ -110,9 +113,10 @@ async def _factory_device(core: Core, pki: Pki, directory: Path, serial: str
     return flash, device_id, codes[0]
 
 
-async def _connect(pki: Pki, flash: Flash, device_id: str, port: int) -> AsyncClient:
-    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
-                                     protocol=mqtt.MQTTv5))
+async def _connect(pki: Pki, flash: Flash, device_id: str, port: int,
+                   client_id: str | None = None) -> AsyncClient:
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                     client_id=client_id or device_id, protocol=mqtt.MQTTv5))
     client.paho.tls_set_context(tls_context(pki.ca.ca_file, flash.cert_file, flash.key_file))
     await client.connect("localhost", port, timeout=5)
     return client
@@ -176,12 +180,19 @@ async def test_unpairing_ends_the_live_session_within_five_seconds(
     revoker = Revoker(core.registry,
                       CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
                                    crl_broker.reload),
-                      _takeover(pki, crl_broker.port, tmp_path))
+                      _ender(pki, crl_broker.services_port, tmp_path))
     api = await _api(core, revoker)
     try:
         account, flash, device_id = await _paired(api, core, pki, tmp_path, "bob.rv", "R-2")
         _, other_flash, other_id = await _paired(api, core, pki, tmp_path, "carol.rv", "R-3")
         device = await _connect(pki, flash, device_id, crl_broker.port)
+        # The same certificate under another client id, where one can be chosen (the
+        # services' listener, reached here as a stolen key's holder might): its session
+        # must end too, and meanwhile it gets nothing through.
+        other_session = await _connect(pki, flash, device_id, crl_broker.services_port,
+                                       client_id="zz-other-client")
+        with pytest.raises(MqttError):
+            await other_session.subscribe(f"devices/{device_id}/inbox")
         bystander = await _connect(pki, other_flash, other_id, crl_broker.port)
         topic = f"devices/{device_id}/telemetry"
         stop = asyncio.Event()
@@ -207,6 +218,7 @@ async def test_unpairing_ends_the_live_session_within_five_seconds(
         resp = await api.delete(f"/v1/me/devices/{device_id}", headers=account.auth())
         assert resp.status == 204
         await asyncio.wait_for(device.disconnected.wait(), REVOCATION_DEADLINE_S)
+        await asyncio.wait_for(other_session.disconnected.wait(), REVOCATION_DEADLINE_S)
         session_ended_s = time.monotonic() - started
         stop.set()
         await sender
@@ -223,7 +235,7 @@ async def test_unpairing_ends_the_live_session_within_five_seconds(
               f"{refused} message(s) quarantined in between")
         assert session_ended_s <= REVOCATION_DEADLINE_S
         assert last_stored_s <= REVOCATION_DEADLINE_S
-        # Another device's session is untouched by the takeover.
+        # Another device's session is untouched.
         assert bystander.is_connected
         assert not (await bystander.publish(f"devices/{other_id}/telemetry", _heart_rate(),
                                             properties=_props(1))).is_failure
@@ -233,5 +245,34 @@ async def test_unpairing_ends_the_live_session_within_five_seconds(
         await wait_until(bystander_stored)
         await bystander.disconnect()
         await device.disconnect()
+    finally:
+        await api.close()
+
+
+async def test_erasing_the_patient_ends_their_devices_sessions_and_refuses_the_next_handshake(
+        core: Core, pki: Pki, crl_broker: MosquittoServer, crl_bridge: Bridge,
+        tmp_path: Path) -> None:
+    revoker = Revoker(core.registry,
+                      CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
+                                   crl_broker.reload),
+                      _ender(pki, crl_broker.services_port, tmp_path))
+    api = await _api(core, revoker)
+    try:
+        account, flash, device_id = await _paired(api, core, pki, tmp_path, "erin.rv", "R-4")
+        device = await _connect(pki, flash, device_id, crl_broker.port)
+        serial = x509.load_pem_x509_certificate(flash.cert_file.read_bytes()).serial_number
+        started = time.monotonic()
+        resp = await api.delete("/v1/me", headers=account.auth(),
+                                json={"password": PASSWORD, "totp": code(account.secret, 1)})
+        assert resp.status == 200, await resp.text()
+        await asyncio.wait_for(device.disconnected.wait(), REVOCATION_DEADLINE_S)
+        ended_s = time.monotonic() - started
+        crl = x509.load_pem_x509_crl(crl_broker.crl_file.read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+        with pytest.raises(MqttError):
+            await _connect(pki, flash, device_id, crl_broker.port)
+        print(f"\nerasure: the device's session ended {ended_s * 1000:.0f} ms after DELETE "
+              "/v1/me; its certificate is in the CRL")
+        assert ended_s <= REVOCATION_DEADLINE_S
     finally:
         await api.close()

@@ -1,0 +1,165 @@
+"""A hostile device with a valid certificate, against the real broker and bridge: it can
+subscribe to nothing but its own inbox, and another device loses nothing meanwhile.
+
+Before the broker's policy plugin, Mosquitto 2.0 granted any subscription (its acl_file
+checks only publish and delivery): a device joined ``$share/ingest/devices/+/telemetry``,
+took every second message of every device and dropped it on the read ACL after the sender
+had its PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient
+from broker_bridge.connection import tls_context
+from firmware_sim.device import Watch
+from healthiot.services import Core
+from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
+from tests.integration.test_bridge import _connected_device, _heart_rate, _props
+
+MESSAGES = 1_000
+
+
+def _forbidden_filters(own: str, other: str) -> list[str]:
+    return ["#", "$SYS/#", "devices/+/inbox", f"devices/{other}/inbox",
+            "$share/ingest/devices/+/telemetry", "$share/x/devices/+/telemetry",
+            "$share/renew/devices/+/csr", "devices/+/telemetry", f"devices/{other}/telemetry",
+            f"devices/{own}/telemetry", f"devices/{own}/#", "devices/#", "+/+/+",
+            f"$share/ingest/devices/{own}/inbox", "$CONTROL/#"]
+
+
+async def _suback_codes(client: AsyncClient, topic_filter: str) -> list[int]:
+    """The reason codes of one SUBSCRIBE (>= 0x80: refused)."""
+    result, mid = client.paho.subscribe(topic_filter, 1)
+    assert result == mqtt.MQTT_ERR_SUCCESS and mid is not None
+    future = client._subscribed[mid] = asyncio.get_running_loop().create_future()
+    try:
+        codes = await asyncio.wait_for(future, 5)
+    finally:
+        client._subscribed.pop(mid, None)
+    return [code.value for code in codes]
+
+
+def _mosquitto_sub(device: Watch, broker: BrokerAddress, topic_filter: str,
+                   client_id: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["mosquitto_sub", "-V", "mqttv5", "-h", "localhost", "-p", str(broker.port),
+         "--cafile", str(device.broker.ca_file), "--cert", str(device.flash.cert_file),
+         "--key", str(device.flash.key_file), "-i", client_id, "-q", "1", "-t", topic_filter,
+         "-W", "3", "-d"], capture_output=True, text=True, timeout=20, check=False)
+
+
+async def test_a_device_can_subscribe_to_its_own_inbox_only(
+        core: Core, pki: Pki, broker: BrokerAddress, tmp_path: Path) -> None:
+    patient, _, _ = await new_patient(core, "attack.subscriber")
+    attacker = await new_watch(core, pki, broker, tmp_path, patient)
+    other = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _connected_device(attacker, broker)
+    try:
+        refused = {f: await _suback_codes(client, f)
+                   for f in _forbidden_filters(attacker.device_id, other.device_id)}
+        assert {f: c for f, c in refused.items() if c[0] < 0x80} == {}
+        assert await _suback_codes(client, f"devices/{attacker.device_id}/inbox") == [1]
+    finally:
+        await client.disconnect()
+    # The same with Mosquitto's own client, under any client id it asks for.
+    for topic_filter in ("$share/ingest/devices/+/telemetry", "#", "$SYS/#"):
+        done = await asyncio.to_thread(_mosquitto_sub, attacker, broker, topic_filter,
+                                       "zz-other-client")
+        assert "All subscription requests were denied" in done.stdout + done.stderr, done
+
+
+async def test_another_devices_messages_are_all_stored_while_an_attacker_tries_to_subscribe(
+        core: Core, pki: Pki, broker: BrokerAddress, bridge: object, tmp_path: Path) -> None:
+    patient, _, _ = await new_patient(core, "attack.victim")
+    victim = await new_watch(core, pki, broker, tmp_path, patient)
+    attacker = await new_watch(core, pki, broker, tmp_path, patient)
+    hostile = await _connected_device(attacker, broker)
+    sender = await _connected_device(victim, broker)
+    stop = asyncio.Event()
+    granted: list[str] = []
+
+    async def keep_trying() -> None:  # a fresh attempt on every group, all the time
+        while not stop.is_set():
+            for topic_filter in ("$share/ingest/devices/+/telemetry", "devices/+/telemetry",
+                                 "#", f"$share/ingest/devices/{victim.device_id}/telemetry"):
+                if (await _suback_codes(hostile, topic_filter))[0] < 0x80:
+                    granted.append(topic_filter)
+            await asyncio.sleep(0.01)
+
+    attack = asyncio.create_task(keep_trying(), name="attacker")
+    try:
+        topic = f"devices/{victim.device_id}/telemetry"
+        pending = []
+        for seq in range(1, MESSAGES + 1):
+            pending.append(asyncio.create_task(
+                sender.publish(topic, _heart_rate(2), properties=_props(seq))))
+            if len(pending) >= 50:  # a window of 50 unacknowledged messages
+                codes = await asyncio.gather(*pending)
+                assert not any(c.is_failure for c in codes)
+                pending = []
+        assert not any(c.is_failure for c in await asyncio.gather(*pending))
+
+        async def all_stored() -> bool:
+            return await core.pool.fetchval(
+                "SELECT count(*) FROM ingested_messages WHERE device_id = $1",
+                victim.device_id) == MESSAGES
+        await wait_until(all_stored, timeout=60)
+    finally:
+        stop.set()
+        await attack
+        await sender.disconnect()
+        await hostile.disconnect()
+    assert granted == []
+    seqs = [r["seq"] for r in await core.pool.fetch(
+        "SELECT seq FROM ingested_messages WHERE device_id = $1 ORDER BY seq",
+        victim.device_id)]
+    assert seqs == list(range(1, MESSAGES + 1))
+    assert hostile.messages.empty()  # nothing of the victim's ever reached the attacker
+
+
+async def test_a_device_cannot_publish_to_the_control_topic_or_retain_on_others(
+        core: Core, pki: Pki, broker: BrokerAddress, tmp_path: Path) -> None:
+    patient, _, _ = await new_patient(core, "attack.control")
+    attacker = await new_watch(core, pki, broker, tmp_path, patient)
+    victim = await new_watch(core, pki, broker, tmp_path, patient)
+    own = await _connected_device(victim, broker)
+    hostile = await _connected_device(attacker, broker)
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        code = await hostile.publish("$CONTROL/healthiot/v1/disconnect",
+                                     victim.device_id.encode(), properties=props)
+        assert code.is_failure  # not the revoker: refused, and nobody is disconnected
+        for topic in (f"devices/{victim.device_id}/inbox", "devices/x/telemetry", "$SYS/x"):
+            assert (await hostile.publish(topic, b"{}", properties=props)).is_failure
+        await asyncio.sleep(0.3)
+        assert own.is_connected
+    finally:
+        await hostile.disconnect()
+        await own.disconnect()
+
+
+async def test_services_still_share_their_subscription(
+        core: Core, pki: Pki, broker: BrokerAddress, tmp_path: Path) -> None:
+    """The bridge identity, on the services' listener, joins the shared group (the
+    bridge fixture does too) and reads telemetry; on the devices' listener its id is
+    imposed but its grant stays its own."""
+    context = tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                     client_id="svc-bridge-share-probe", protocol=mqtt.MQTTv5))
+    client.paho.tls_set_context(context)
+    await client.connect(broker.host, broker.services_port, timeout=5)
+    try:
+        assert await _suback_codes(client, "$share/probe/devices/+/telemetry") == [1]
+        assert (await _suback_codes(client, "#"))[0] >= 0x80  # its grant, not more
+        with_inbox = await _suback_codes(client, "devices/+/inbox")
+        assert with_inbox[0] >= 0x80  # it writes inboxes, never reads them
+    finally:
+        await client.disconnect(timeout=5)
