@@ -30,6 +30,7 @@ from broker_bridge.shared_scale import SharedScales
 from devices.broker_config import SHARED_TELEMETRY
 from devices.identity import is_device_id
 from devices.registry import Device, Registry
+from storage.errors import KeyUnavailable
 from storage.segments import Samples
 from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
 from vitals.catalogue import METRIC_NAMES
@@ -49,8 +50,10 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming back
 # InternalClientError: asyncpg's answer on a pooled connection the server dropped.
+# KeyUnavailable: a batch met a patient's erasure between the device lookup and the seal;
+# tried again, it finds the device unbound and quarantines instead.
 _RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-              asyncpg.InternalClientError, TimeoutError)
+              asyncpg.InternalClientError, TimeoutError, KeyUnavailable)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -119,8 +122,11 @@ class Bridge:
     async def run(self, host: str, port: int, properties: Properties,
                   ready: asyncio.Event | None = None) -> None:
         """Stay connected and consume, forever: reconnect with jittered exponential backoff,
-        resuming the persistent session so that unacked messages come back."""
-        delay = RECONNECT_MIN_S
+        resuming the persistent session so that unacked messages come back. A consume loop
+        that fails is never left connected (the broker would go on handing this worker
+        its share of the telemetry, stored by nobody): the worker disconnects, keeping its
+        session and what it has not acked, and starts again after the same backoff."""
+        delay = crash_delay = RECONNECT_MIN_S
         while True:
             self._drop_stale_messages()
             try:
@@ -136,8 +142,18 @@ class Bridge:
             self.stats.connected = True
             if ready is not None:
                 ready.set()
+            committed = self.stats.batches
             try:
                 await self.consume()
+            except Exception:
+                self.stats.worker_failures += 1
+                self.stats.healthy = False
+                log.exception("consume loop failed; reconnecting")
+                await self._client.disconnect()
+                if self.stats.batches > committed:  # it had recovered meanwhile
+                    crash_delay = RECONNECT_MIN_S
+                await asyncio.sleep(crash_delay * random.uniform(0.5, 1.0))
+                crash_delay = min(crash_delay * 2, RECONNECT_MAX_S)
             finally:
                 self.stats.connected = False
 

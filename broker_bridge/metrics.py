@@ -40,6 +40,7 @@ class BridgeStats:
     quarantined: int = 0  # quarantine records (whole messages, or a message's refused samples)
     duplicates: int = 0  # messages delivered again and stored nothing new
     batches: int = 0
+    worker_failures: int = 0  # consume loops that failed (and were started again)
     healthy: bool = True  # false while the database refuses a batch
     connected: bool = False
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
@@ -57,6 +58,7 @@ _COUNTERS = (
     ("quarantined", "quarantine records written"),
     ("duplicates", "messages delivered again, stored nothing new"),
     ("batches", "batches committed"),
+    ("worker_failures", "consume loops that failed, disconnected and started again"),
 )
 
 

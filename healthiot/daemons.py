@@ -6,6 +6,7 @@ Unlike ``run``, they start no servers: the database, broker and files are named 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import signal
 from pathlib import Path
@@ -33,6 +34,8 @@ from healthiot.settings import Settings
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
 from vitals.errors import InvalidProfessional
+
+log = logging.getLogger(__name__)
 
 
 def _required(settings: Settings, name: str) -> Path:
@@ -85,14 +88,22 @@ async def run_bridge(settings: Settings) -> int:
         if settings.bridge_health_port:
             probes = await bridge_health.start(bridge, settings.bridge_health_host,
                                                settings.bridge_health_port)
-        await until_signalled()
+        # The worker recovers from a failed loop by itself; should it end all the same,
+        # the process ends with it, non-zero, for its supervisor to start it again, rather
+        # than linger half-alive.
+        signalled = asyncio.create_task(until_signalled(), name="signals")
+        await asyncio.wait({signalled, task}, return_when=asyncio.FIRST_COMPLETED)
+        failed = task.done()
+        if failed:
+            log.error("the bridge worker ended", exc_info=task.exception())
+        await stop_task(signalled)
         await stop_task(task)
         await bridge.close()
         if probes is not None:
             await probes.cleanup()
     finally:
         await core.pool.close()
-    return 0
+    return 1 if failed else 0
 
 
 async def run_api(settings: Settings) -> int:

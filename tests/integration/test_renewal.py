@@ -24,7 +24,7 @@ from devices.identity import new_device_id
 from devices.renewal import CertificateRenewer, RenewalService
 from devices.revocation import CrlPublisher
 from firmware_sim.device import Watch
-from firmware_sim.renewal import RenewalFailed, renew
+from firmware_sim.renewal import renew
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
 from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until

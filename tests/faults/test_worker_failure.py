@@ -1,0 +1,78 @@
+"""A bridge worker whose consume loop fails: it must not stay connected and take its share
+of the telemetry for nobody. The failure is injected in the store (an error the retry loop
+does not know); afterwards every reading the devices sent is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiopaho import AsyncClient
+from broker_bridge.bridge import Bridge, BridgeConfig
+from broker_bridge.connection import connect_properties, make_client, tls_context
+from healthiot.services import Core
+from storage.store import MessageIn, QuarantineIn, Store
+from tests.conftest import (
+    BrokerAddress,
+    Pki,
+    mosquitto,
+    new_patient,
+    new_watch,
+    start_mosquitto,
+    wait_until,
+)
+from tests.faults.senders import PersistentSender
+from tests.faults.test_outages import all_stored, assert_exactly_once
+
+MESSAGES = 60
+
+
+class FailingOnce(Store):
+    """The real store, except that its ``fail_at``-th batch raises an unexpected error."""
+
+    def __init__(self, core: Core, fail_at: int) -> None:
+        super().__init__(core.pool, core.keyring)
+        self.calls, self.fail_at = 0, fail_at
+
+    async def ingest(self, messages: Sequence[MessageIn],
+                     quarantined: Sequence[QuarantineIn] = ()) -> int:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("injected store failure")
+        return await super().ingest(messages, quarantined)
+
+
+async def test_a_worker_whose_loop_fails_disconnects_recovers_and_nothing_is_lost(
+        core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
+    server = mosquitto(workdir, pki, f"mosquitto-worker-{time.monotonic_ns()}")
+    await start_mosquitto(server)
+    broker = BrokerAddress("localhost", server.port, server)
+    client_id = f"svc-bridge-failing-{time.monotonic_ns()}"
+    client = AsyncClient(make_client(client_id, tls_context(pki.ca.ca_file, pki.bridge_cert,
+                                                            pki.bridge_key)), queue_size=200)
+    store = FailingOnce(core, fail_at=2)
+    bridge = Bridge(client, store, core.registry, BridgeConfig(batch_size=10))
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                          connect_properties(100), ready), name="bridge")
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        patient, _, _ = await new_patient(core, "worker.failure")
+        senders = [PersistentSender(await new_watch(core, pki, broker, tmp_path, patient),
+                                    broker.host, broker.port) for _ in range(2)]
+        await asyncio.gather(*(s.send_all(1, MESSAGES) for s in senders))
+        await wait_until(lambda: all_stored(core, 2 * MESSAGES), timeout=40)
+        await assert_exactly_once(core, senders, MESSAGES)
+        assert bridge.stats.worker_failures == 1
+        # It dropped its connection when the loop failed, then came back on its own.
+        log = server.log_file.read_text()
+        assert log.count(f"as {client_id} ") >= 2, log
+        assert bridge.stats.connected and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+        server.stop()
