@@ -106,10 +106,11 @@ class AsyncClient:
         return code
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                      properties: Properties | None = None, timeout: float = 10.0) -> ReasonCode:
+                      properties: Properties | None = None, timeout: float = 10.0,
+                      retain: bool = False) -> ReasonCode:
         """Publish and wait for the PUBACK; returns its reason code (a failure is not raised:
         a refused message is the caller's to keep). Raises MqttError when not delivered."""
-        info = self.paho.publish(topic, payload, qos=qos, properties=properties)
+        info = self.paho.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise MqttError(f"publish failed: {mqtt.error_string(info.rc)}", int(info.rc))
         if qos == 0:

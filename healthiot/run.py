@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from aiopaho import stop_task
+from broker_bridge import health as bridge_health
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
 from devices.renewal import CertificateRenewer, RenewalService
@@ -109,7 +110,8 @@ async def run(settings: Settings, duration: float | None,
     _say(f"starting PostgreSQL on 127.0.0.1:{settings.pg_port} ({settings.var_dir}/pg)")
     await postgres.start()
     try:
-        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port}")
+        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port} (devices) "
+             f"and :{settings.mqtt_services_port} (services)")
         await broker.start()
         try:
             return await _run_services(settings, materials, [postgres, broker], stop,
@@ -162,6 +164,10 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             settings.mqtt_host, settings.mqtt_services_port,
             connect_properties(settings.bridge_batch_size * 2), ready), name="bridge")
         resources.push_async_callback(stop_task, bridge_task)
+        if settings.bridge_health_port:
+            probes = await bridge_health.start(bridge, settings.bridge_health_host,
+                                               settings.bridge_health_port)
+            resources.push_async_callback(probes.cleanup)
         await asyncio.wait_for(ready.wait(), 30)
         if workload is not None:
             return await workload(core, materials, bridge, stop, servers)

@@ -11,7 +11,7 @@
  *
  * Policy (every option is written by devices/broker_config.py):
  *   - a device identity (any username without the service prefix) may publish only to
- *     devices/<id>/telemetry and devices/<id>/csr, subscribe only to exactly
+ *     devices/<id>/telemetry and devices/<id>/csr, never retained, subscribe only to exactly
  *     devices/<id>/inbox (no wildcard, no $share group), and is denied everything under a
  *     client id other than its id;
  *   - a service identity gets what its plugin_opt_read / plugin_opt_write grants say; a
@@ -67,11 +67,14 @@ static bool owns_client_id(const char *username, const char *client_id)
 }
 
 static int device_check(const char *username, const char *client_id,
-		const char *topic, int access)
+		const char *topic, int access, bool retain)
 {
 	if(!owns_client_id(username, client_id)) return MOSQ_ERR_ACL_DENIED;
 	switch(access){
 		case MOSQ_ACL_WRITE:
+			/* Nothing a device sends is kept for later subscribers: a retained message
+			 * would reach every bridge that subscribes, again and again. */
+			if(retain) return MOSQ_ERR_ACL_DENIED;
 			return is_own_topic(topic, username, "telemetry") || is_own_topic(topic, username, "csr")
 				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_SUBSCRIBE:
@@ -123,7 +126,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	const char *username = mosquitto_client_username(ed->client);
 	if(username == NULL || ed->topic == NULL) return MOSQ_ERR_ACL_DENIED;
 	if(is_service(username)) return service_check(username, ed->topic, ed->access);
-	return device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access);
+	return device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access,
+			ed->retain);
 }
 
 static bool is_device_id(const char *value, uint32_t len)

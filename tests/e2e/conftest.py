@@ -18,6 +18,8 @@ def sim_env(workdir):
     var = workdir / f"var-sim-{time.monotonic_ns()}"
     env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
                HEALTHIOT_MQTT_PORT=str(stable_port()), HEALTHIOT_API_PORT=str(free_port()),
+               HEALTHIOT_MQTT_SERVICES_PORT=str(stable_port()),
+               HEALTHIOT_BRIDGE_HEALTH_PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
                                                         os.environ.get("PYTHONPATH")])))
     return var, env

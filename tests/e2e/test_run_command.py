@@ -24,7 +24,9 @@ SUMMARY = re.compile(r"^summary: devices=(\d+) messages=(\d+) samples=(\d+) stor
 def run_env(workdir):
     var = workdir / f"var-{time.monotonic_ns()}"
     env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
-               HEALTHIOT_MQTT_PORT=str(free_port()), HEALTHIOT_API_PORT=str(free_port()))
+               HEALTHIOT_MQTT_PORT=str(free_port()), HEALTHIOT_API_PORT=str(free_port()),
+               HEALTHIOT_MQTT_SERVICES_PORT=str(free_port()),
+               HEALTHIOT_BRIDGE_HEALTH_PORT=str(free_port()))
     return var, env
 
 
@@ -66,9 +68,19 @@ def test_ctrl_c_stops_everything_cleanly(run_env):
         output.append(line)
         if line.startswith("devices online") or time.monotonic() > deadline:
             break
+    # While it runs, the bridge's probes answer where the README says (curl, as a probe).
+    port = env["HEALTHIOT_BRIDGE_HEALTH_PORT"]
+    health = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                             f"http://127.0.0.1:{port}/healthz"], capture_output=True,
+                            text=True, timeout=30)
+    metrics = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"],
+                             capture_output=True, text=True, timeout=30)
     process.send_signal(signal.SIGINT)
     rest, _ = process.communicate(timeout=90)
     text = "".join(output) + rest
     assert process.returncode == 0, text
     assert SUMMARY.search(text), text
     _no_server_left(var)
+    assert health.stdout == "200", health
+    assert "healthiot_bridge_messages_total " in metrics.stdout, metrics
+    assert "healthiot_bridge_worker_failures_total 0" in metrics.stdout, metrics

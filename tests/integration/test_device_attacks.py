@@ -125,7 +125,7 @@ async def test_another_devices_messages_are_all_stored_while_an_attacker_tries_t
     assert hostile.messages.empty()  # nothing of the victim's ever reached the attacker
 
 
-async def test_a_device_cannot_publish_to_the_control_topic_or_retain_on_others(
+async def test_a_device_cannot_publish_to_the_control_topic_nor_retain_anything(
         core: Core, pki: Pki, broker: BrokerAddress, tmp_path: Path) -> None:
     patient, _, _ = await new_patient(core, "attack.control")
     attacker = await new_watch(core, pki, broker, tmp_path, patient)
@@ -139,6 +139,10 @@ async def test_a_device_cannot_publish_to_the_control_topic_or_retain_on_others(
         assert code.is_failure  # not the revoker: refused, and nobody is disconnected
         for topic in (f"devices/{victim.device_id}/inbox", "devices/x/telemetry", "$SYS/x"):
             assert (await hostile.publish(topic, b"{}", properties=props)).is_failure
+        # Nothing retained, not even on its own topic: it would reach every later bridge.
+        assert (await hostile.publish(f"devices/{attacker.device_id}/telemetry",
+                                      _heart_rate(), properties=_props(1),
+                                      retain=True)).is_failure
         await asyncio.sleep(0.3)
         assert own.is_connected
     finally:
