@@ -247,7 +247,8 @@ def test_no_service_publishes_or_exposes_the_plaintext_mqtt_port(services):
     assert not offenders
 
 
-def test_broker_config_writes_one_mtls_listener_on_the_published_port(services, tmp_path):
+def test_broker_config_writes_two_mtls_listeners_and_only_the_devices_one_is_published(
+        services, tmp_path):
     args = _parser().parse_args(command(services["broker-config"]))
     published = container_ports(services["mosquitto"])
     args.out = tmp_path  # the same command, writing here instead of into the volume
@@ -256,10 +257,23 @@ def test_broker_config_writes_one_mtls_listener_on_the_published_port(services, 
 
     conf = (tmp_path / "mosquitto.conf").read_text()
     listeners = re.findall(r"^listener .*$", conf, flags=re.MULTILINE)
-    assert listeners == [f"listener {args.port} {args.bind}"]
-    assert "require_certificate true" in conf
-    assert published == {args.port}
+    assert listeners == [f"listener {args.port} {args.bind}",
+                         f"listener {args.services_port} {args.bind}"]
+    assert conf.count("require_certificate true") == 2
+    assert published == {args.port}  # the services' listener stays on the compose network
     assert f"cafile {args.certs / 'clients-ca.pem'}" in conf
+    # The devices' listener binds client ids to certificates; the policy is the plugin the
+    # broker image carries, not an acl_file (which lets any subscription through).
+    devices_block = conf.split(listeners[1])[0]
+    assert "use_username_as_clientid true" in devices_block
+    assert f"plugin {args.plugin}" in conf and "acl_file" not in conf
+
+
+def test_the_broker_image_carries_the_plugin_the_config_names(services):
+    args = _parser().parse_args(command(services["broker-config"]))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert services["mosquitto"]["build"]["target"] == "broker"
+    assert f"COPY --from=plugin /healthiot_acl.so {args.plugin}" in dockerfile
 
 
 def test_mosquitto_runs_the_generated_config_with_the_operator_certificates(services):
@@ -288,7 +302,8 @@ def test_the_bridge_connects_to_the_mosquitto_service_on_its_listener(services, 
     env = environment(services[name])
     args = _parser().parse_args(command(services["broker-config"]))
     assert env["HEALTHIOT_MQTT_HOST"] == "mosquitto"
-    assert int(env.get("HEALTHIOT_MQTT_PORT", settings.Settings.mqtt_port)) == args.port
+    assert int(env.get("HEALTHIOT_MQTT_SERVICES_PORT",
+                       settings.Settings.mqtt_services_port)) == args.services_port
 
 
 @pytest.mark.parametrize(("name", "needs"), [
