@@ -28,7 +28,8 @@ import datetime as dt
 import logging
 import os
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -103,11 +104,24 @@ class TakeoverDetector:
         return Takeover(at, client_id[:MAX_CLIENT_ID_CHARS], identity, connected["peer"], live)
 
 
+# Written by the broker's policy plugin for each SUBSCRIBE or PUBLISH it refuses.
+_REFUSED = re.compile(r"^\S+: healthiot: refused (?P<kind>subscribe|publish) by [a-z0-9-]+$")
+
+
+def refusal_kind(line: str) -> str | None:
+    """``subscribe`` or ``publish`` when ``line`` is the broker refusing one, else None."""
+    refused = _REFUSED.match(line)
+    return refused["kind"] if refused else None
+
+
 @dataclass
 class TakeoverStats:
     takeovers: int = 0  # recorded (a line read again after a restart is not counted twice)
     lines: int = 0  # log lines read
     following: bool = False  # false while the log file cannot be read
+    # Subscriptions and publications the broker refused (counted from the log's top after a
+    # restart, as a counter that was reset).
+    refusals: Counter[str] = field(default_factory=Counter)
 
 
 def render(stats: TakeoverStats, prefix: str = "healthiot_broker") -> str:
@@ -122,6 +136,10 @@ def render(stats: TakeoverStats, prefix: str = "healthiot_broker") -> str:
     for name, kind, value, help_text in families:
         full = f"{prefix}_{name}"
         lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}", f"{full} {value}"]
+    full = f"{prefix}_refusals_total"
+    lines += [f"# HELP {full} subscriptions and publications the broker refused a client",
+              f"# TYPE {full} counter"]
+    lines += [f'{full}{{kind="{k}"}} {stats.refusals[k]}' for k in ("publish", "subscribe")]
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +218,10 @@ class TakeoverWatcher:
             *lines, pending = (pending + data).split(b"\n")
             position = new_position
             for raw in lines:
-                event = detector.feed(raw.decode("utf-8", "replace"))
+                line = raw.decode("utf-8", "replace")
+                if (kind := refusal_kind(line)) is not None:
+                    self.stats.refusals[kind] += 1
+                event = detector.feed(line)
                 if event is not None:
                     await self._report(event)
                 self.stats.lines += 1

@@ -125,9 +125,16 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event; (void)userdata;
 	const char *username = mosquitto_client_username(ed->client);
 	if(username == NULL || ed->topic == NULL) return MOSQ_ERR_ACL_DENIED;
-	if(is_service(username)) return service_check(username, ed->topic, ed->access);
-	return device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access,
+	int rc = is_service(username)
+		? service_check(username, ed->topic, ed->access)
+		: device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access,
 			ed->retain);
+	if(rc != MOSQ_ERR_SUCCESS && (ed->access == MOSQ_ACL_SUBSCRIBE || ed->access == MOSQ_ACL_WRITE)){
+		/* Counted by the log watcher (devices/takeover.py); ids only, never the topic. */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "healthiot: refused %s by %s",
+			ed->access == MOSQ_ACL_SUBSCRIBE ? "subscribe" : "publish", username);
+	}
+	return rc;
 }
 
 static bool is_device_id(const char *value, uint32_t len)

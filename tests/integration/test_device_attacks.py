@@ -19,9 +19,17 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
 from broker_bridge.connection import tls_context
+from devices.takeover import TakeoverStats, TakeoverStore, TakeoverWatcher, render
 from firmware_sim.device import Watch
 from healthiot.services import Core
-from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
+from tests.conftest import (
+    BrokerAddress,
+    Pki,
+    in_background,
+    new_patient,
+    new_watch,
+    wait_until,
+)
 from tests.integration.test_bridge import _connected_device, _heart_rate, _props
 
 MESSAGES = 1_000
@@ -74,6 +82,19 @@ async def test_a_device_can_subscribe_to_its_own_inbox_only(
         done = await asyncio.to_thread(_mosquitto_sub, attacker, broker, topic_filter,
                                        "zz-other-client")
         assert "All subscription requests were denied" in done.stdout + done.stderr, done
+
+    # Each refusal is in the broker's log, where the log watcher counts it for Prometheus.
+    stats = TakeoverStats()
+    watcher = TakeoverWatcher(broker.server.log_file, TakeoverStore(core.pool), stats=stats,
+                              poll_interval_s=0.05)
+    caught_up = asyncio.Event()
+    async with in_background(watcher.run(caught_up), "the log watcher", caught_up):
+        pass
+    mine = [line for line in broker.server.log_file.read_text().splitlines()
+            if line.endswith(f"healthiot: refused subscribe by {attacker.device_id}")]
+    assert len(mine) == len(refused) + 3
+    assert stats.refusals["subscribe"] >= len(mine)
+    assert 'healthiot_broker_refusals_total{kind="subscribe"}' in render(stats)
 
 
 async def test_another_devices_messages_are_all_stored_while_an_attacker_tries_to_subscribe(

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devices import pairing
-from devices.broker_config import BrokerFiles, mosquitto_conf
+from devices.broker_config import BrokerFiles, ServicesListener, mosquitto_conf
 from devices.ca import CRL_VALIDITY, CertificateAuthority, make_csr, new_key
 from devices.errors import InvalidTransition
 from devices.identity import new_device_id
@@ -116,13 +116,17 @@ def test_an_empty_crl_is_valid_and_later_ones_number_higher(ca: CertificateAutho
     assert later.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number >= number
 
 
+SERVICES = ServicesListener("127.0.0.1", 8884)
+
+
 def test_the_broker_config_names_the_crl_only_once_it_exists(tmp_path: Path) -> None:
     files = BrokerFiles(tmp_path / "clients-ca.pem", tmp_path / "b.pem", tmp_path / "b.key",
-                        tmp_path / "acl", tmp_path / "data", crl=tmp_path / "device-ca.crl")
-    assert "crlfile" not in mosquitto_conf(files, bind="127.0.0.1", port=8883)
+                        tmp_path / "healthiot_acl.so", tmp_path / "data",
+                        crl=tmp_path / "device-ca.crl")
+    assert "crlfile" not in mosquitto_conf(files, bind="127.0.0.1", port=8883, services=SERVICES)
     files.crl.write_text("-----BEGIN X509 CRL-----\n")  # type: ignore[union-attr]
-    conf = mosquitto_conf(files, bind="127.0.0.1", port=8883)
+    conf = mosquitto_conf(files, bind="127.0.0.1", port=8883, services=SERVICES)
     assert f"crlfile {tmp_path / 'device-ca.crl'}" in conf.splitlines()
     no_crl = BrokerFiles(tmp_path / "c.pem", tmp_path / "b.pem", tmp_path / "b.key",
-                         tmp_path / "acl", tmp_path / "data")
-    assert "crlfile" not in mosquitto_conf(no_crl, bind="127.0.0.1", port=8883)
+                         tmp_path / "healthiot_acl.so", tmp_path / "data")
+    assert "crlfile" not in mosquitto_conf(no_crl, bind="127.0.0.1", port=8883, services=SERVICES)

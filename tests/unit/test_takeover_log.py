@@ -4,13 +4,14 @@ import asyncio
 import dataclasses
 import datetime as dt
 
-from devices.broker_config import BrokerFiles, mosquitto_conf
+from devices.broker_config import BrokerFiles, ServicesListener, mosquitto_conf
 from devices.takeover import (
     TakeoverDetector,
     TakeoverStats,
     TakeoverWatcher,
     is_takeover,
     log_time,
+    refusal_kind,
     render,
 )
 
@@ -39,15 +40,14 @@ def test_an_offline_victim_is_still_recorded_without_a_closed_session():
     assert event is not None and not event.live_session_closed
 
 
-def test_own_client_id_bridge_and_revoker_are_not_takeovers():
+def test_own_client_id_bridge_and_revoker_ids_are_not_takeovers():
     detector = TakeoverDetector()
     assert detector.feed(_connected("watch-aaaaaaaaaaaa", "watch-aaaaaaaaaaaa")) is None
     assert detector.feed(_connected("svc-bridge-host1", "svc-bridge")) is None
-    assert detector.feed(f"{T}: Client watch-aaaaaaaaaaaa already connected, closing old "
-                         "connection.") is None
-    assert detector.feed(_connected("watch-aaaaaaaaaaaa", "svc-revoker")) is None
-    assert not is_takeover("watch-aaaaaaaaaaaa", "svc-revoker")
-    assert is_takeover("watch-aaaaaaaaaaaa", "svc-bridge")  # only the revoker may
+    assert detector.feed(_connected("svc-revoker-0a1b2c3d", "svc-revoker")) is None
+    # The revoker ends sessions through the broker's plugin, never under a device's id.
+    assert is_takeover("watch-aaaaaaaaaaaa", "svc-revoker")
+    assert is_takeover("watch-aaaaaaaaaaaa", "svc-bridge")
     assert is_takeover("anything-else", "watch-bbbbbbbbbbbb")  # a device keeps its own id
 
 
@@ -124,22 +124,33 @@ async def _until(predicate, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
-def test_a_device_may_open_a_second_connection_under_its_own_id_and_a_suffix():
-    assert not is_takeover("watch-aaaaaaaaaaaa.renew", "watch-aaaaaaaaaaaa")
-    assert is_takeover("watch-aaaaaaaaaaaa.renew", "watch-bbbbbbbbbbbb")
-    assert is_takeover("watch-aaaaaaaaaaaax", "watch-aaaaaaaaaaaa")  # no dot: another id
-    assert is_takeover("watch-aaaaaaaaaaaa.other", "watch-aaaaaaaaaaaa")  # one suffix only
-    assert not is_takeover("watch-aaaaaaaaaaaa.renew", "svc-revoker")
-    assert is_takeover("watch-aaaaaaaaaaaa.renew", "svc-bridge")
+def test_a_device_has_one_client_id_its_own():
+    assert not is_takeover("watch-aaaaaaaaaaaa", "watch-aaaaaaaaaaaa")
+    assert is_takeover("watch-aaaaaaaaaaaa.renew", "watch-aaaaaaaaaaaa")  # no second one
+    assert is_takeover("watch-aaaaaaaaaaaax", "watch-aaaaaaaaaaaa")
+
+
+def test_the_plugins_refusals_are_counted_by_kind_and_nothing_else_is():
+    assert refusal_kind(f"{T}: healthiot: refused subscribe by watch-aaaaaaaaaaaa") == \
+        "subscribe"
+    assert refusal_kind(f"{T}: healthiot: refused publish by watch-aaaaaaaaaaaa") == "publish"
+    assert refusal_kind(f"{T}: healthiot: refused subscribe by watch-a (p5)") is None
+    assert refusal_kind(_connected("watch-aaaaaaaaaaaa", "watch-aaaaaaaaaaaa")) is None
+    stats = TakeoverStats()
+    stats.refusals["subscribe"] += 3
+    text = render(stats)
+    assert 'healthiot_broker_refusals_total{kind="subscribe"} 3\n' in text
+    assert 'healthiot_broker_refusals_total{kind="publish"} 0\n' in text
 
 
 def test_the_broker_logs_connections_with_an_offset_and_to_a_file_when_asked(tmp_path):
     files = BrokerFiles(tmp_path / "c.pem", tmp_path / "b.pem", tmp_path / "b.key",
-                        tmp_path / "acl", tmp_path / "data")
-    conf = mosquitto_conf(files, bind="127.0.0.1", port=8883).splitlines()
+                        tmp_path / "healthiot_acl.so", tmp_path / "data")
+    services = ServicesListener("127.0.0.1", 8884)
+    conf = mosquitto_conf(files, bind="127.0.0.1", port=8883, services=services).splitlines()
     assert {"connection_messages true", "log_type notice",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S%z"} <= set(conf)
     assert not [line for line in conf if line.startswith("log_dest file")]
     logged = dataclasses.replace(files, log=tmp_path / "broker.log")
     assert f"log_dest file {tmp_path / 'broker.log'}" in mosquitto_conf(
-        logged, bind="127.0.0.1", port=8883).splitlines()
+        logged, bind="127.0.0.1", port=8883, services=services).splitlines()
