@@ -124,8 +124,8 @@ async def test_database_restart_loses_nothing_and_health_shows_the_outage(
                         ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
                         batch_size=50)
     ready = asyncio.Event()
-    task = asyncio.create_task(bridge.run(broker.host, broker.port, connect_properties(100),
-                                          ready))
+    task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                          connect_properties(100), ready))
     port = free_port()
     probes = await health.start(bridge, "127.0.0.1", port)
     try:
@@ -168,7 +168,8 @@ def _bridge_process(database: Database, broker: BrokerAddress, pki: Pki, kek: Pa
     env = dict(os.environ, HEALTHIOT_DATABASE_URL=database.dsn,
                HEALTHIOT_DATABASE_PASSWORD=database.password,
                HEALTHIOT_KEK_FILE=str(kek), HEALTHIOT_OWNER_KEYS_DIR=str(kek.parent / "owner-keys"),
-               HEALTHIOT_MQTT_HOST=broker.host, HEALTHIOT_MQTT_PORT=str(broker.port),
+               HEALTHIOT_MQTT_HOST=broker.host,
+               HEALTHIOT_MQTT_SERVICES_PORT=str(broker.services_port),
                HEALTHIOT_MQTT_CA_FILE=str(pki.ca.ca_file),
                HEALTHIOT_MQTT_CERT_FILE=str(pki.bridge_cert),
                HEALTHIOT_MQTT_KEY_FILE=str(pki.bridge_key),

@@ -125,7 +125,7 @@ async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, br
     first = Bridge(AsyncClient(make_client(client_id, context)), stuck_store, core.registry,
                    BridgeConfig(batch_size=10))
     ready = asyncio.Event()
-    task = asyncio.create_task(first.run(broker.host, broker.port, connect_properties(20),
+    task = asyncio.create_task(first.run(broker.host, broker.services_port, connect_properties(20),
                                          ready))
     await asyncio.wait_for(ready.wait(), 15)
     device = await _connected_device(watch, broker)
@@ -141,7 +141,7 @@ async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, br
     second = Bridge(AsyncClient(make_client(client_id, context)), core.store, core.registry,
                     BridgeConfig(batch_size=10))
     ready = asyncio.Event()
-    task = asyncio.create_task(second.run(broker.host, broker.port, connect_properties(20),
+    task = asyncio.create_task(second.run(broker.host, broker.services_port, connect_properties(20),
                                           ready))
     try:
         await asyncio.wait_for(ready.wait(), 15)
@@ -209,7 +209,7 @@ async def test_two_bridge_workers_share_the_subscription_without_duplicates(
                             ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
                             batch_size=20)
         ready = asyncio.Event()
-        tasks.append(asyncio.create_task(worker.run(broker.host, broker.port,
+        tasks.append(asyncio.create_task(worker.run(broker.host, broker.services_port,
                                                     connect_properties(200), ready)))
         await asyncio.wait_for(ready.wait(), 15)
         workers.append(worker)

@@ -53,7 +53,7 @@ async def own_stack(core: Core, pki: Pki, own_broker: BrokerAddress
     watcher = TakeoverWatcher(own_broker.server.log_file, TakeoverStore(core.pool),
                               stats=TakeoverStats(), poll_interval_s=0.1)
     ready, caught_up = asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(bridge.run(own_broker.host, own_broker.port,
+    tasks = [asyncio.create_task(bridge.run(own_broker.host, own_broker.services_port,
                                             connect_properties(200), ready)),
              asyncio.create_task(watcher.run(caught_up))]
     await asyncio.wait_for(asyncio.gather(ready.wait(), caught_up.wait()), 15)

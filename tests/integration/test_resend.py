@@ -97,8 +97,9 @@ def _gap_bridge(core, pki, config):
 async def gap_bridge(core, pki, broker):
     running = _gap_bridge(core, pki, GapConfig(grace_s=1.0, retry_s=2.0, check_every_s=0.2))
     ready = asyncio.Event()
-    task = asyncio.create_task(running.run(broker.host, broker.port, connect_properties(100),
-                                           ready), name="gap-bridge")
+    task = asyncio.create_task(running.run(broker.host, broker.services_port,
+                                           connect_properties(100), ready),
+                               name="gap-bridge")
     await asyncio.wait_for(ready.wait(), 15)
     yield running
     task.cancel()
@@ -219,7 +220,7 @@ async def test_only_the_bridge_writes_an_inbox_and_only_its_device_reads_it(core
 
     bridge = AsyncClient(make_client(f"svc-bridge-inbox-{time.monotonic_ns()}", tls_context(
         pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)))
-    await bridge.connect(broker.host, broker.port)
+    await bridge.connect(broker.host, broker.services_port)
     code = await bridge.publish(alice.inbox_topic, resend_request([(3, 4)]), qos=1)
     assert not code.is_failure
     got = await _received_within(owner, 5)

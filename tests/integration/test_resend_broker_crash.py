@@ -18,7 +18,8 @@ from tests.conftest import mosquitto, new_patient, new_watch, start_mosquitto, w
 @dataclass(frozen=True)
 class _Address:
     host: str
-    port: int
+    port: int  # the devices'
+    services_port: int  # the bridge's
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ class _BridgeProcess:
                              resender=Resender(tracker, PgLedger(self._core.pool)))
         ready = asyncio.Event()
         self._task = asyncio.create_task(self.bridge.run(
-            self._address.host, self._address.port, connect_properties(100), ready))
+            self._address.host, self._address.services_port, connect_properties(100), ready))
         await asyncio.wait_for(ready.wait(), 20)
 
     async def stop(self, *, end_session=False):
@@ -69,7 +70,7 @@ async def test_messages_lost_by_a_killed_broker_are_asked_for_and_stored_once(
         core, pki, own_broker, tmp_path, measuring_after):
     # When the lost messages were a device's last, no later number shows the gap: the
     # device's echo of its last acknowledged message on reconnecting does.
-    address = _Address("localhost", own_broker.port)
+    address = _Address("localhost", own_broker.port, own_broker.services_port)
     bridge = _BridgeProcess(core, pki, address)
     await bridge.start()
     patient, _, _ = await new_patient(core, "crash")
