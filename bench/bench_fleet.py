@@ -47,6 +47,7 @@ def main() -> int:
     os.environ.update(HEALTHIOT_VAR_DIR=str(args.var.resolve()),
                       HEALTHIOT_PG_PORT=str(stable_port()),
                       HEALTHIOT_MQTT_PORT=str(stable_port()),
+                      HEALTHIOT_MQTT_SERVICES_PORT=str(stable_port()),
                       HEALTHIOT_API_PORT=str(stable_port()))
     return asyncio.run(simulate(load(), devices=args.devices, duration=args.duration,
                                 scenario=FLEET))

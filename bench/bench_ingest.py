@@ -213,7 +213,8 @@ class CommitClock:
 
 async def main(workdir: Path) -> str:
     settings = load({"HEALTHIOT_VAR_DIR": str(workdir), "HEALTHIOT_PG_PORT": str(free_port()),
-                     "HEALTHIOT_MQTT_PORT": str(free_port())})
+                     "HEALTHIOT_MQTT_PORT": str(free_port()),
+                     "HEALTHIOT_MQTT_SERVICES_PORT": str(free_port())})
     materials = stack.prepare(settings)
     pg = stack.postgres_server(settings, materials)
     broker = stack.mosquitto_server(settings, materials)
@@ -237,22 +238,23 @@ async def main(workdir: Path) -> str:
             devices.append((device_id, str(cert_file), str(key_file)))
         context = tls_context(materials.ca.ca_file, materials.bridge_cert, materials.bridge_key)
         port, per_device = settings.mqtt_port, BACKLOG // DEVICES
+        services = settings.mqtt_services_port  # the subscribers' listener
 
         # (a) the ceiling
-        open_session("svc-bench-bare", context, port)
+        open_session("svc-bench-bare", context, services)
         published(publish(devices, materials.ca.ca_file, port, 1, per_device))
-        bare_s = await asyncio.to_thread(drain_bare, "svc-bench-bare", context, port, BACKLOG)
+        bare_s = await asyncio.to_thread(drain_bare, "svc-bench-bare", context, services, BACKLOG)
         bare_rate = BACKLOG / bare_s
 
         # (b) the pipeline, on a backlog queued the same way
-        open_session("svc-bench-bridge", context, port)
+        open_session("svc-bench-bridge", context, services)
         sent = published(publish(devices, materials.ca.ca_file, port, 1, per_device))
         clock = CommitClock(core.store)
         bridge = Bridge(AsyncClient(make_client("svc-bench-bridge", context),
                                     queue_size=4 * BATCH),
                         clock, core.registry, BridgeConfig(batch_size=BATCH))  # type: ignore[arg-type]
         began = time.perf_counter()
-        task = asyncio.create_task(bridge.run("localhost", port, connect_properties(2 * BATCH)))
+        task = asyncio.create_task(bridge.run("localhost", services, connect_properties(2 * BATCH)))
         await clock.reach(BACKLOG, timeout=600)
         pipeline_s = time.perf_counter() - began
         pipeline_rate = BACKLOG / pipeline_s

@@ -32,7 +32,8 @@ async def own_broker(pki: Pki, workdir: Path) -> AsyncIterator[BrokerAddress]:
     """A broker of this test's own: the takeover watcher reads a broker's whole log, and
     the takeovers made here must not show up in other tests' counts (test_takeover.py)."""
     directory = workdir / f"mosquitto-misbehaving-{time.monotonic_ns()}"
-    server = MosquittoServer(directory, port=free_port(), bind="127.0.0.1",
+    server = MosquittoServer(directory, port=free_port(), services_port=free_port(),
+                             bind="127.0.0.1",
                              clients_ca=pki.ca.clients_ca_file.read_bytes(),
                              cert=pki.server_cert.read_bytes(),
                              key=pki.server_key.read_bytes(),
