@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -31,6 +32,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.integration.test_bridge import _connected_device, _heart_rate, _props
+from vitals.senml import encode_json
 
 MESSAGES = 1_000
 
@@ -119,9 +121,12 @@ async def test_another_devices_messages_are_all_stored_while_an_attacker_tries_t
     try:
         topic = f"devices/{victim.device_id}/telemetry"
         pending = []
+        origin = time.time() - 2 * MESSAGES  # each message two seconds of its own, past
         for seq in range(1, MESSAGES + 1):
+            payload = encode_json("x/", [("heart_rate", "/min", origin + 2 * seq + i, 70.0)
+                                         for i in range(2)])
             pending.append(asyncio.create_task(
-                sender.publish(topic, _heart_rate(2), properties=_props(seq))))
+                sender.publish(topic, payload, properties=_props(seq))))
             if len(pending) >= 50:  # a window of 50 unacknowledged messages
                 codes = await asyncio.gather(*pending)
                 assert not any(c.is_failure for c in codes)

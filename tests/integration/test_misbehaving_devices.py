@@ -186,7 +186,7 @@ async def test_a_malformed_payload_is_quarantined_and_the_consumer_goes_on(
     watch.close()
 
 
-async def test_a_device_under_another_devices_client_id_is_recorded_and_the_victim_loses_nothing(
+async def test_a_device_asking_for_another_devices_client_id_gets_its_own_and_cuts_nobody_off(
         core: Core, pki: Pki, own_broker: BrokerAddress, own_stack: TakeoverWatcher,
         tmp_path: Path) -> None:
     patient, _, _ = await new_patient(core, "takeover.sim")
@@ -199,23 +199,24 @@ async def test_a_device_under_another_devices_client_id_is_recorded_and_the_vict
     async def victim_sending() -> bool:
         return victim.online and victim.ledger.messages >= 2
     await wait_until(victim_sending)
+    victim_connection = victim._conn
     intrusion = asyncio.create_task(intruder.serve(intruding))
-    store = TakeoverStore(core.pool)
 
-    async def recorded() -> bool:
-        return bool(await store.involving(victim.device_id))
-    await wait_until(recorded, timeout=10)
-    events = await store.involving(victim.device_id)
-    assert {(e.client_id, e.identity) for e in events} >= {
-        (victim.device_id, intruder.device_id)}
-    assert own_stack.stats.takeovers >= 1
-    intruding.set()
-    await intrusion
+    async def intruder_in() -> bool:
+        return intruder.online
+    await wait_until(intruder_in)
     sent = victim.ledger.messages
 
-    async def victim_back() -> bool:
-        return victim.online and victim.ledger.messages >= sent + 2
-    await wait_until(victim_back)
+    async def victim_goes_on() -> bool:
+        return victim.ledger.messages >= sent + 3
+    await wait_until(victim_goes_on)
+    # The broker gave the intruder its own id: the victim's connection never dropped.
+    assert victim._conn is victim_connection and not victim_connection.disconnected.is_set()
+    log = own_broker.server.log_file.read_text()
+    assert f"as {intruder.device_id} (p5" in log and "already connected" not in log
+    assert await TakeoverStore(core.pool).involving(victim.device_id) == []
+    intruding.set()
+    await intrusion
     stop.set()
     await running
     await victim.flush(10)
