@@ -1,0 +1,228 @@
+"""A sequence number a device uses twice, and the epoch that lets a reset device number from 1
+again (issue 17). Real MQTT v5 clients with ``seq``/``epoch`` user properties, the real
+broker (mTLS), the real bridge and PostgreSQL."""
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import logging
+import time
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiopaho import AsyncClient
+from broker_bridge.bridge import Bridge, BridgeConfig
+from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
+from broker_bridge.metrics import render
+from tests.conftest import new_patient, new_watch, wait_until
+from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON, encode_json
+
+_ORIGIN = time.time() - 3600
+_slots = itertools.count()
+
+
+def _heart_rate(base=70.0, n=5):
+    start = _ORIGIN + next(_slots) * 10  # seconds of its own, as a real device's messages
+    return encode_json("x/", [("heart_rate", "/min", start + i, base + i) for i in range(n)])
+
+
+def _props(seq, epoch=None, content_type=CONTENT_TYPE_JSON):
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = content_type
+    props.UserProperty = ("seq", str(seq))
+    if epoch is not None:
+        props.UserProperty = ("epoch", str(epoch))  # paho appends user properties
+    return props
+
+
+async def _device_client(watch, broker):
+    client = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                     client_id=watch.device_id, protocol=mqtt.MQTTv5))
+    client.paho.tls_set_context(tls_context(watch.broker.ca_file, watch.flash.cert_file,
+                                            watch.flash.key_file))
+    await client.connect(broker.host, broker.port)
+    return client
+
+
+async def _publish(client, watch, payload, props):
+    code = await client.publish(f"devices/{watch.device_id}/telemetry", payload, qos=1,
+                                properties=props)
+    assert not code.is_failure
+
+
+async def _stored(core, device_id):
+    rows = await core.pool.fetch(
+        "SELECT epoch, seq FROM ingested_messages WHERE device_id = $1 ORDER BY epoch, seq",
+        device_id)
+    return [(r["epoch"], r["seq"]) for r in rows]
+
+
+async def _quarantined(core, device_id):
+    return await core.pool.fetch(
+        "SELECT reason, detail, sealed FROM quarantine WHERE device_id = $1 ORDER BY id",
+        device_id)
+
+
+@pytest.fixture
+async def gap_bridge(core, pki, broker):
+    """A bridge that asks for missing numbers after a short grace period."""
+    client = AsyncClient(make_client(f"svc-bridge-epochs-{time.monotonic_ns()}", tls_context(
+        pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)))
+    running = Bridge(client, core.store, core.registry, BridgeConfig(batch_size=50),
+                     resender=Resender(GapTracker(GapConfig(grace_s=1.0, retry_s=2.0,
+                                                            check_every_s=0.2)),
+                                       PgLedger(core.pool)))
+    ready = asyncio.Event()
+    task = asyncio.create_task(running.run(broker.host, broker.port, connect_properties(100),
+                                           ready), name="epochs-bridge")
+    await asyncio.wait_for(ready.wait(), 15)
+    yield running
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await running.close(end_session=True)
+
+
+async def test_a_reused_sequence_number_with_other_readings_is_quarantined_and_counted(
+        core, pki, broker, bridge, tmp_path, caplog):
+    patient, _, _ = await new_patient(core, "reuse")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    first, other = _heart_rate(70.0), _heart_rate(90.0)
+    caplog.set_level(logging.WARNING)
+    await _publish(client, watch, first, _props(1))
+
+    async def stored(n):
+        return len(await _stored(core, watch.device_id)) == n
+    await wait_until(lambda: stored(1))
+    await _publish(client, watch, other, _props(1))  # seq 1 again, other readings
+    # Twice in a row, most likely in one batch: the first is stored, the second refused.
+    await _publish(client, watch, _heart_rate(60.0), _props(2))
+    await _publish(client, watch, _heart_rate(61.0), _props(2, epoch=0))
+    await _publish(client, watch, _heart_rate(), _props(3))
+
+    async def both_refused():
+        return len(await _quarantined(core, watch.device_id)) == 2
+    await wait_until(both_refused)
+    assert await _stored(core, watch.device_id) == [(0, 1), (0, 2), (0, 3)]
+    rows = await _quarantined(core, watch.device_id)
+    assert [r["reason"] for r in rows] == ["sequence_reused", "sequence_reused"]
+    assert sorted(r["detail"] for r in rows) == [
+        "epoch 0 seq 1 was stored with another payload",
+        "epoch 0 seq 2 was stored with another payload"]
+    assert all(other not in r["sealed"] for r in rows)  # kept for the operator, sealed
+    # What is stored for seq 1 is the first message's readings, not the second's.
+    series = await core.store.read_series(patient, "heart_rate",
+                                          dt.datetime.fromtimestamp(_ORIGIN - 60, dt.UTC),
+                                          dt.datetime.now(dt.UTC))
+    assert 90.0 not in series.value.tolist() and 70.0 in series.value.tolist()
+    assert bridge.stats.quarantined_by_reason["sequence_reused"] == 2
+    assert ('healthiot_bridge_quarantined_by_reason_total{reason="sequence_reused"} 2'
+            in render(bridge.stats))
+    logged = [r for r in caplog.records if "reused" in r.getMessage()]
+    assert logged and {getattr(r, "device", None) for r in logged} == {watch.device_id}
+    assert all("70" not in r.getMessage() for r in logged)  # ids only
+    await client.disconnect()
+    watch.close()
+
+
+async def test_the_same_readings_sent_again_are_a_harmless_repeat(core, pki, broker, bridge,
+                                                                 tmp_path):
+    patient, _, _ = await new_patient(core, "repeat")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    payload = _heart_rate()
+    await _publish(client, watch, payload, _props(1))
+    await _publish(client, watch, payload, _props(1, epoch=0))  # absent epoch is epoch 0
+    await _publish(client, watch, payload, _props(1))
+    await _publish(client, watch, _heart_rate(), _props(2))
+
+    async def two():
+        return len(await _stored(core, watch.device_id)) == 2
+    await wait_until(two)
+    await asyncio.sleep(0.3)  # the repeats are handled with or before seq 2
+    assert await _stored(core, watch.device_id) == [(0, 1), (0, 2)]
+    assert await _quarantined(core, watch.device_id) == []
+    assert bridge.stats.duplicates >= 2
+    await client.disconnect()
+    watch.close()
+
+
+async def test_after_an_epoch_bump_numbers_from_one_are_stored_and_nothing_is_asked_for(
+        core, pki, broker, gap_bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "bump")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    await client.subscribe(watch.inbox_topic, qos=1)
+    for seq in (1, 2, 3, 4, 5):
+        await _publish(client, watch, _heart_rate(), _props(seq))
+    for seq in (1, 2, 3):  # reset: numbering from 1 again, in epoch 1, new readings
+        await _publish(client, watch, _heart_rate(), _props(seq, epoch=1))
+
+    async def all_stored():
+        return len(await _stored(core, watch.device_id)) == 8
+    await wait_until(all_stored)
+    assert await _stored(core, watch.device_id) == [
+        (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2), (1, 3)]
+    assert await _quarantined(core, watch.device_id) == []
+    with pytest.raises(TimeoutError):  # past the grace period and several checks
+        await asyncio.wait_for(client.messages.get(), 3.0)
+    assert gap_bridge.resender.tracker.stats.requests == 0
+    await client.disconnect()
+    watch.close()
+
+
+async def test_a_gap_in_a_new_epoch_is_asked_for_in_that_epoch(core, pki, broker,
+                                                               gap_bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "epochgap")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    await client.subscribe(watch.inbox_topic, qos=1)
+    for seq in (1, 2, 3):
+        await _publish(client, watch, _heart_rate(), _props(seq))
+    for seq in (1, 3):
+        await _publish(client, watch, _heart_rate(), _props(seq, epoch=7))
+    request = await asyncio.wait_for(client.messages.get(), 10)
+    assert json.loads(request.payload) == {"resend": [[2, 2]], "epoch": 7}
+    await _publish(client, watch, _heart_rate(), _props(2, epoch=7))  # the answer
+
+    async def complete():
+        return len(await _stored(core, watch.device_id)) == 6
+    await wait_until(complete)
+    assert gap_bridge.resender.tracker.stats.requests == 1
+    await client.disconnect()
+    watch.close()
+
+
+async def test_a_pack_of_an_unknown_senml_version_or_a_bad_epoch_is_quarantined(
+        core, pki, broker, bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "bver")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    newer = json.loads(_heart_rate())
+    newer[0]["bver"] = 11
+    await _publish(client, watch, json.dumps(newer).encode(), _props(1))
+    await _publish(client, watch, cbor2.dumps([{-1: 11, 0: "heart_rate", 1: "/min", 2: 70}]),
+                   _props(2, content_type=CONTENT_TYPE_CBOR))
+    await _publish(client, watch, _heart_rate(), _props(3, epoch="-1"))
+    await _publish(client, watch, _heart_rate(), _props(4))
+
+    async def handled():
+        return len(await _quarantined(core, watch.device_id)) == 3
+    await wait_until(handled)
+    rows = await _quarantined(core, watch.device_id)
+    assert sorted(r["reason"] for r in rows) == [
+        "invalid_epoch", "unsupported_version", "unsupported_version"]
+    await wait_until(lambda: _is(core, watch.device_id, [(0, 4)]))
+    assert bridge.stats.quarantined_by_reason["unsupported_version"] == 2
+    await client.disconnect()
+    watch.close()
+
+
+async def _is(core, device_id, expected):
+    return await _stored(core, device_id) == expected
