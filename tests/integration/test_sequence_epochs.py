@@ -199,6 +199,40 @@ async def test_a_gap_in_a_new_epoch_is_asked_for_in_that_epoch(core, pki, broker
     watch.close()
 
 
+async def test_a_simulated_device_reset_numbers_anew_and_loses_nothing(
+        core, pki, broker, gap_bridge, tmp_path):
+    patient, _, _ = await new_patient(core, "simreset")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    now = time.time()
+    for i in range(3):
+        watch.measure(now - 100 + 5 * i, now - 95 + 5 * i)
+    await watch.flush(timeout=20)
+    watch.reset_counter()  # the fault: firmware reset, the counter starts again at 1
+    assert watch.next_seq == 1 and watch.epoch == 1
+    watch.faults.lost_after_ack.add(2)  # and the broker loses epoch 1's seq 2 after its ack
+    watch.interval_s = 0.3
+    stop = asyncio.Event()
+    running = asyncio.create_task(watch.run(stop))
+
+    async def resent():
+        return watch.ledger.resent >= 1
+    await wait_until(resent, timeout=30)
+    stop.set()
+    await running
+    await watch.flush(timeout=20)
+    last = watch.next_seq - 1
+    expected = [(0, 1), (0, 2), (0, 3)] + [(1, s) for s in range(1, last + 1)]
+
+    async def complete():
+        return await _stored(core, watch.device_id) == expected
+    await wait_until(complete, timeout=20)
+    assert await _quarantined(core, watch.device_id) == []
+    samples = await core.pool.fetchval(
+        "SELECT sum(samples) FROM ingested_messages WHERE device_id = $1", watch.device_id)
+    assert samples == watch.ledger.samples
+    watch.close()
+
+
 async def test_a_pack_of_an_unknown_senml_version_or_a_bad_epoch_is_quarantined(
         core, pki, broker, bridge, tmp_path):
     patient, _, _ = await new_patient(core, "bver")
