@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
 import random
@@ -285,20 +284,22 @@ class Bridge:
 
         # Normalisation keeps the first copy of a sample a device sent twice: order by
         # sequence number so that it is the earlier message's. A message delivered twice
-        # within the batch is normalised once (storage would skip the copy anyway); a number
-        # that comes twice with different payloads is a reuse: the later one is quarantined.
+        # within the batch is normalised once (storage would skip the copy anyway); a copy
+        # with another payload goes to storage unnormalised, which tells a reuse (of the
+        # first copy, or of what it stored before) from a repeat.
         accepted.sort(key=lambda d: (d.device_id, d.epoch, d.seq))  # stable: arrival order
-        repeats, reused = 0, []
+        repeats = 0
         kept: list[_Decoded] = []
+        others: list[MessageIn] = []
         for d in accepted:
             if kept and (d.device_id, d.epoch, d.seq) == (
                     kept[-1].device_id, kept[-1].epoch, kept[-1].seq):
                 if d.message.payload == kept[-1].message.payload:
                     repeats += 1
                 else:
-                    reused.append(d)
-                    quarantined.append(_reused(d.message, d.device_id, d.epoch, d.seq,
-                                               received))
+                    others.append(MessageIn(d.device_id, d.seq, received, [], 0, epoch=d.epoch,
+                                            if_reused=_reused(d.message, d.device_id, d.epoch,
+                                                              d.seq, received)))
                 continue
             kept.append(d)
         accepted = kept
@@ -311,16 +312,15 @@ class Bridge:
         messages = self._to_messages(accepted, norm, devices, received, quarantined)
         if any(devices[m.device_id].shared for m in messages):
             messages = await self._attribute_shared(messages)
+        messages += others  # after their first copies: storage keeps the first
         result: Ingested = await self._store.ingest_batch(messages, quarantined)
         new = result.new
         if self.resender is not None:
             self.resender.seen(numbered)
-        for device_id, epoch, seq in itertools.chain(
-                ((d.device_id, d.epoch, d.seq) for d in reused),
-                ((m.device_id, m.epoch, m.seq) for m in result.reused)):
+        for m in result.reused:
             # A firmware reset or a wrapped counter without a new epoch: ids only.
             log.warning("sequence number reused with another payload; quarantined",
-                        extra={"device": device_id, "epoch": epoch, "seq": seq})
+                        extra={"device": m.device_id, "epoch": m.epoch, "seq": m.seq})
 
         self.stats.batches += 1
         self.stats.messages += new

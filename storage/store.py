@@ -125,7 +125,17 @@ class Store:
         redelivered batch changes nothing. A message whose number is stored with another
         payload is not skipped silently: its ``if_reused`` record is quarantined."""
         async with self._pool.acquire() as conn, conn.transaction():
-            digests = await self._digests(conn, messages)
+            # The first copy of a number in the batch is the one stored; the others are
+            # compared with it (or with what was stored before) like later deliveries.
+            firsts: dict[tuple[str, int, int], tuple[MessageIn, bytes | None]] = {}
+            copies: list[tuple[MessageIn, bytes | None]] = []
+            for message, digest in zip(messages, await self._digests(conn, messages),
+                                       strict=True):
+                if message.key in firsts:
+                    copies.append((message, digest))
+                else:
+                    firsts[message.key] = (message, digest)
+            unique = [m for m, _ in firsts.values()]
             new = await conn.fetch(
                 """INSERT INTO ingested_messages (device_id, epoch, seq, received_at, samples,
                                                 rejected, first_sample_at, last_sample_at,
@@ -136,35 +146,32 @@ class Store:
                                $9::text[], $10::bytea[])
                         AS m(d, e, s, r, n, x, f, l, u, g)
                    ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq""",
-                [m.device_id for m in messages], [m.epoch for m in messages],
-                [m.seq for m in messages], [m.received_at for m in messages],
-                [m.samples for m in messages],
-                [m.rejected for m in messages], [m.first_sample_at for m in messages],
-                [m.last_sample_at for m in messages],
-                [None if m.raw_units is None else json.dumps(m.raw_units) for m in messages],
-                digests)
+                [m.device_id for m in unique], [m.epoch for m in unique],
+                [m.seq for m in unique], [m.received_at for m in unique],
+                [m.samples for m in unique],
+                [m.rejected for m in unique], [m.first_sample_at for m in unique],
+                [m.last_sample_at for m in unique],
+                [None if m.raw_units is None else json.dumps(m.raw_units) for m in unique],
+                [d for _, d in firsts.values()])
             fresh = {(r["device_id"], r["epoch"], r["seq"]) for r in new}
             new_count = len(fresh)
             to_quarantine = [q for q in quarantined
                              if q.seq is None or (q.device_id, q.epoch, q.seq) in fresh]
             # Digests of the numbers stored before this batch, to tell a repeat from a reuse.
-            before = await self._stored_digests(
-                conn, [m.key for m in messages if m.key not in fresh and m.if_reused])
-            stored_now: dict[tuple[str, int, int], bytes | None] = {}
+            before = await self._stored_digests(conn, list({
+                m.key for m in messages if m.key not in fresh and m.if_reused}))
             reused: list[MessageIn] = []
-            rows = []
-            for message, digest in zip(messages, digests, strict=True):
+            for message, digest in [*firsts.values(), *copies]:
                 key = message.key
-                if key not in fresh or key in stored_now:
-                    # A repeat, or a reuse: the same number twice in one batch is stored once.
-                    earlier = stored_now[key] if key in stored_now else before.get(key)
-                    if (message.if_reused is not None and digest is not None
-                            and earlier is not None and not hmac.compare_digest(
-                                digest, earlier)):
-                        reused.append(message)
-                        to_quarantine.append(message.if_reused)
+                earlier = firsts[key][1] if key in fresh else before.get(key)
+                if (message.if_reused is not None and digest is not None
+                        and earlier is not None and not hmac.compare_digest(digest, earlier)):
+                    reused.append(message)
+                    to_quarantine.append(message.if_reused)
+            rows = []
+            for message in unique:
+                if message.key not in fresh:
                     continue
-                stored_now[key] = digest
                 for segment in message.segments:
                     rows.append(await self._sealed_segment(conn, message.device_id, segment))
                 if message.held:

@@ -20,6 +20,7 @@ from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from broker_bridge.metrics import render
+from storage.store import MessageIn, QuarantineIn
 from tests.conftest import new_patient, new_watch, wait_until
 from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON, encode_json
 
@@ -260,3 +261,30 @@ async def test_a_pack_of_an_unknown_senml_version_or_a_bad_epoch_is_quarantined(
 
 async def _is(core, device_id, expected):
     return await _stored(core, device_id) == expected
+
+
+def _message(seq, payload, epoch=0, compared=True):
+    received = dt.datetime.now(dt.UTC)
+    reuse = QuarantineIn("dev-r", "devices/dev-r/telemetry", received, "sequence_reused",
+                         f"seq {seq}", payload)
+    return MessageIn("dev-r", seq, received, [], 0, epoch=epoch,
+                     if_reused=reuse if compared else None)
+
+
+async def test_storage_tells_a_reuse_from_a_repeat_within_a_batch_and_across_batches(core):
+    store = core.store
+    assert (await store.ingest_batch([_message(1, b"A")])).new == 1
+    # A copy of what is stored is a repeat wherever it comes in the batch; another payload
+    # is a reuse, first in the batch or not.
+    done = await store.ingest_batch([_message(1, b"B"), _message(1, b"A")])
+    assert done.new == 0 and [m.if_reused.payload for m in done.reused] == [b"B"]
+    done = await store.ingest_batch([_message(2, b"A"), _message(2, b"A"), _message(2, b"C")])
+    assert done.new == 1 and [m.if_reused.payload for m in done.reused] == [b"C"]
+    done = await store.ingest_batch([_message(2, b"A", epoch=1), _message(1, b"Z",
+                                                                          compared=False)])
+    assert done.new == 1 and done.reused == []  # another epoch; a message not compared
+    reasons = await core.pool.fetch("SELECT reason, detail FROM quarantine ORDER BY id")
+    assert [(r["reason"], r["detail"]) for r in reasons] == [
+        ("sequence_reused", "seq 1"), ("sequence_reused", "seq 2")]
+    digests = await core.pool.fetch("SELECT digest FROM ingested_messages")
+    assert all(len(r["digest"]) == 32 and b"A" not in r["digest"] for r in digests)
