@@ -22,6 +22,7 @@ from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from broker_bridge.metrics import render
 from storage.store import MessageIn, QuarantineIn
 from tests.conftest import new_patient, new_watch, wait_until
+from tests.integration.test_device_cli import healthiot
 from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON, encode_json
 
 _ORIGIN = time.time() - 3600
@@ -288,3 +289,21 @@ async def test_storage_tells_a_reuse_from_a_repeat_within_a_batch_and_across_bat
         ("sequence_reused", "seq 1"), ("sequence_reused", "seq 2")]
     digests = await core.pool.fetch("SELECT digest FROM ingested_messages")
     assert all(len(r["digest"]) == 32 and b"A" not in r["digest"] for r in digests)
+
+
+async def test_the_operator_lists_quarantined_reuses_by_reason_and_device(core, database,
+                                                                         tmp_path):
+    await core.store.ingest_batch([_message(1, b"A")])
+    await core.store.ingest_batch([_message(1, b"B")], [QuarantineIn(
+        "dev-q", "devices/dev-q/telemetry", dt.datetime.now(dt.UTC), "malformed",
+        "not JSON:\n\tbad", b"x")])
+    done = await healthiot(database, tmp_path / "var", "devices", "quarantine", "--reason",
+                           "sequence_reused")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "id\treceived_at\tdevice\treason\tdetail" and len(lines) == 2
+    assert lines[1].split("\t")[2:] == ["dev-r", "sequence_reused", "seq 1"]
+    done = await healthiot(database, tmp_path / "var", "devices", "quarantine", "--device",
+                           "dev-q")
+    assert done.stdout.splitlines()[1].split("\t")[2:] == ["dev-q", "malformed",
+                                                           "not JSON: bad"]
