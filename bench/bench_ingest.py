@@ -41,7 +41,7 @@ from healthiot import stack
 from healthiot.localservers import free_port
 from healthiot.services import open_core
 from healthiot.settings import load
-from storage.store import MessageIn
+from storage.store import Ingested, MessageIn
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 DEVICES = 20
@@ -202,13 +202,15 @@ class CommitClock:
             except TimeoutError:
                 break
 
-    async def ingest(self, messages: list[MessageIn], quarantined: object = ()) -> int:
-        new: int = await self.store.ingest(messages, quarantined)  # type: ignore[attr-defined]
+    async def ingest_batch(self, messages: list[MessageIn], quarantined: object = ()
+                           ) -> Ingested:
+        done: Ingested = await self.store.ingest_batch(  # type: ignore[attr-defined]
+            messages, quarantined)
         now = time.time()
         for m in messages:
             self.committed.setdefault((m.device_id, m.seq), now)
         self._progress.set()
-        return new
+        return done
 
 
 async def main(workdir: Path) -> str:

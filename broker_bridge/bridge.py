@@ -32,7 +32,7 @@ from devices.identity import is_device_id
 from devices.registry import Device, Registry
 from storage.errors import KeyUnavailable
 from storage.segments import Samples
-from storage.store import MessageIn, QuarantineIn, SegmentIn, Store
+from storage.store import Ingested, MessageIn, QuarantineIn, SegmentIn, Store
 from vitals.catalogue import METRIC_NAMES
 from vitals.errors import PayloadError
 from vitals.normalise import (
@@ -71,6 +71,7 @@ class _Decoded:
     device_id: str
     seq: int
     pack: Pack
+    epoch: int = 0
 
 
 def _topic_device(topic: str) -> str | None:
@@ -91,11 +92,30 @@ def _user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
 def sequence_number(message: mqtt.MQTTMessage) -> int | None:
     """The device's message number from the ``seq`` user property, or None when absent or
     not a plain decimal that fits a bigint."""
-    text = _user_property(message, "seq")
+    return _counter(_user_property(message, "seq"))
+
+
+def epoch_number(message: mqtt.MQTTMessage) -> int | None:
+    """The device's numbering epoch from the ``epoch`` user property: 0 when absent, None
+    when not a plain decimal that fits a bigint. A device whose counter restarts (a reset,
+    a wrap) bumps it and numbers from 1 again."""
+    text = _user_property(message, "epoch")
+    return 0 if text is None else _counter(text)
+
+
+def _counter(text: str | None) -> int | None:
     # isdigit() alone admits superscripts and other scripts' digits, which int() refuses.
     if text is None or not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text)
+
+
+def _reused(message: mqtt.MQTTMessage, device_id: str, epoch: int, seq: int,
+            received: dt.datetime) -> QuarantineIn:
+    """The quarantine record of a message whose number is taken by other content."""
+    return QuarantineIn(device_id, message.topic, received, "sequence_reused",
+                        f"epoch {epoch} seq {seq} was stored with another payload",
+                        bytes(message.payload))
 
 
 class Bridge:
@@ -239,7 +259,7 @@ class Bridge:
                                             bytes(message.payload)))
 
         decoded: list[_Decoded] = []
-        numbered: list[tuple[str, int]] = []  # stored or quarantined: either way not lost
+        numbered: list[tuple[str, int, int]] = []  # stored or quarantined: not lost
         for message in batch:
             device_id = _topic_device(message.topic)
             if device_id is None:
@@ -249,7 +269,11 @@ class Bridge:
             if seq is None:
                 refuse(message, device_id, "missing_sequence", "no integer 'seq' property")
                 continue
-            numbered.append((device_id, seq))
+            epoch = epoch_number(message)
+            if epoch is None:
+                refuse(message, device_id, "invalid_epoch", "'epoch' is not an integer")
+                continue
+            numbered.append((device_id, epoch, seq))
             # MQTT v5 Content Type chooses the representation; JSON when a device omits it.
             content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
             decode = DECODERS.get(content_type)
@@ -261,7 +285,7 @@ class Bridge:
             except PayloadError as exc:
                 refuse(message, device_id, exc.reason, exc.detail)
                 continue
-            decoded.append(_Decoded(message, device_id, seq, pack))
+            decoded.append(_Decoded(message, device_id, seq, pack, epoch))
 
         devices = await self._registry.lookup(d.device_id for d in decoded)
         accepted: list[_Decoded] = []
@@ -276,12 +300,25 @@ class Bridge:
 
         # Normalisation keeps the first copy of a sample a device sent twice: order by
         # sequence number so that it is the earlier message's. A message delivered twice
-        # within the batch is normalised once (storage would skip the copy anyway).
-        accepted.sort(key=lambda d: (d.device_id, d.seq))
-        repeats = len(accepted)
-        accepted = [d for i, d in enumerate(accepted) if i == 0 or (
-            d.device_id, d.seq) != (accepted[i - 1].device_id, accepted[i - 1].seq)]
-        repeats -= len(accepted)
+        # within the batch is normalised once (storage would skip the copy anyway); a copy
+        # with another payload goes to storage unnormalised, which tells a reuse (of the
+        # first copy, or of what it stored before) from a repeat.
+        accepted.sort(key=lambda d: (d.device_id, d.epoch, d.seq))  # stable: arrival order
+        repeats = 0
+        kept: list[_Decoded] = []
+        others: list[MessageIn] = []
+        for d in accepted:
+            if kept and (d.device_id, d.epoch, d.seq) == (
+                    kept[-1].device_id, kept[-1].epoch, kept[-1].seq):
+                if d.message.payload == kept[-1].message.payload:
+                    repeats += 1
+                else:
+                    others.append(MessageIn(d.device_id, d.seq, received, [], 0, epoch=d.epoch,
+                                            if_reused=_reused(d.message, d.device_id, d.epoch,
+                                                              d.seq, received)))
+                continue
+            kept.append(d)
+        accepted = kept
         norm = normalise([d.pack for d in accepted], [received_at] * len(accepted),
                          self._config.window, sources=[d.device_id for d in accepted])
         for i in np.flatnonzero(norm.clock_offset_s > CLOCK_AHEAD_FLAG_S).tolist():
@@ -291,17 +328,24 @@ class Bridge:
         messages = self._to_messages(accepted, norm, devices, received, quarantined)
         if any(devices[m.device_id].shared for m in messages):
             messages = await self._attribute_shared(messages)
-        new = await self._store.ingest(messages, quarantined)
+        messages += others  # after their first copies: storage keeps the first
+        result: Ingested = await self._store.ingest_batch(messages, quarantined)
+        new = result.new
         if self.resender is not None:
             self.resender.seen(numbered)
+        for m in result.reused:
+            # A firmware reset or a wrapped counter without a new epoch: ids only.
+            log.warning("sequence number reused with another payload; quarantined",
+                        extra={"device": m.device_id, "epoch": m.epoch, "seq": m.seq})
 
         self.stats.batches += 1
         self.stats.messages += new
-        self.stats.duplicates += len(messages) - new + repeats
+        self.stats.duplicates += len(messages) - new - len(result.reused) + repeats
         self.stats.samples += int(np.count_nonzero(norm.reject == Reject.ACCEPTED))
         self.stats.rejected += int(np.count_nonzero(norm.reject != Reject.ACCEPTED))
-        self.stats.quarantined += len(quarantined)
+        self.stats.quarantined += len(quarantined) + len(result.reused)
         self.stats.quarantined_by_reason.update(q.reason for q in quarantined)
+        self.stats.quarantined_by_reason["sequence_reused"] += len(result.reused)
         refused = norm.reject[norm.reject != Reject.ACCEPTED]
         for code, n in enumerate(np.bincount(refused)):
             if n:
@@ -314,10 +358,10 @@ class Bridge:
         # A redelivered message is stored already: storage skips it, and it is not
         # attributed (nor counted) a second time.
         stored = await self._store.stored_already(
-            [(m.device_id, m.seq) for m in messages if len(users.get(m.device_id, ())) > 1])
+            [m.key for m in messages if len(users.get(m.device_id, ())) > 1])
 
         def is_new_shared(m: MessageIn) -> bool:
-            return len(users.get(m.device_id, ())) > 1 and (m.device_id, m.seq) not in stored
+            return len(users.get(m.device_id, ())) > 1 and m.key not in stored
 
         split = iter(await SharedScales(self._store).split(
             [m for m in messages if is_new_shared(m)], users, self.stats.shared_scale_weighings))
@@ -354,13 +398,15 @@ class Bridge:
                 quarantined.append(QuarantineIn(
                     item.device_id, item.message.topic, received,
                     "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
-                    json.dumps(record).encode(), seq=item.seq))
+                    json.dumps(record).encode(), seq=item.seq, epoch=item.epoch))
             seen = firsts[i] != NO_SAMPLE_MS
             messages.append(MessageIn(
                 item.device_id, item.seq, received, segments, len(bad),
                 first_sample_at=_EPOCH + dt.timedelta(milliseconds=firsts[i]) if seen else None,
                 last_sample_at=_EPOCH + dt.timedelta(milliseconds=lasts[i]) if seen else None,
-                raw_units=norm.raw_units.get(i)))
+                raw_units=norm.raw_units.get(i), epoch=item.epoch,
+                if_reused=_reused(item.message, item.device_id, item.epoch, item.seq,
+                                  received)))
         return messages
 
     @staticmethod

@@ -14,6 +14,13 @@ and it publishes ``{"resend": [[from, to], ...]}`` (inclusive ranges) at QoS 1 t
 A worker knows only what it saw since it started. On first sight of a device it asks the
 database for the highest number stored below the first one it saw, so that a gap across a
 bridge restart is found too, with one indexed lookup per device and worker lifetime.
+
+A device numbers its messages from 1 within an *epoch* (the ``epoch`` user property, 0 when
+absent); a device whose counter restarts bumps its epoch. Each (device, epoch) is its own
+``Stream``: a new epoch starting at 1 is neither a giant gap nor a regression, and the
+requests for it name it (``"epoch": n``, absent for 0). An older epoch's outstanding gaps
+are still asked for, until filled or given up as any gap (the device keeps older epochs'
+messages in its replay window); an older epoch with no gap left is forgotten.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 
@@ -35,6 +42,13 @@ from devices.broker_config import inbox_topic
 log = logging.getLogger(__name__)
 
 Range = tuple[int, int]  # inclusive
+
+
+class Stream(NamedTuple):
+    """One numbering: a device's messages within one epoch."""
+
+    device_id: str
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,23 +89,28 @@ class GapStats:
 
 
 class GapTracker:
-    """Missing sequence numbers per device. Pure and synchronous; times are arguments."""
+    """Missing sequence numbers per stream (device and epoch). Pure and synchronous; times
+    are arguments."""
 
     def __init__(self, config: GapConfig = GapConfig()) -> None:
         self.config = config
         self.stats = GapStats()
-        self._devices: dict[str, _Device] = {}
+        self._devices: dict[Stream, _Device] = {}
+        self._latest: dict[str, int] = {}  # device id -> its highest epoch seen
 
-    def seen(self, device_id: str, seq: int, now: float) -> None:
-        """``seq`` of ``device_id`` is accounted for (stored, or quarantined with a reason)."""
-        state = self._devices.get(device_id)
+    def seen(self, stream: Stream, seq: int, now: float) -> None:
+        """``seq`` of ``stream`` is accounted for (stored, or quarantined with a reason)."""
+        state = self._devices.get(stream)
         if state is None:
-            self._devices[device_id] = _Device(high=seq, lowest=seq)
+            self._devices[stream] = _Device(high=seq, lowest=seq)
+            if stream.epoch > self._latest.get(stream.device_id, -1):
+                self._latest[stream.device_id] = stream.epoch
+                self._forget_settled_epochs(stream.device_id)
             return
         if seq > state.high:
             if seq > state.high + 1:
                 state.gaps.append(_Gap(state.high + 1, seq - 1, now))
-                self._bound(device_id, state)
+                self._bound(stream, state)
             state.high = seq
         elif seq < state.lowest and not state.seeded:
             # Below what this worker saw first, before seeding: it only lowers the mark.
@@ -99,11 +118,11 @@ class GapTracker:
                 self._insert(state, _Gap(seq + 1, state.lowest - 1, now))
             state.lowest = seq
         else:
-            self.settle(device_id, seq, seq)
+            self.settle(stream, seq, seq)
 
-    def settle(self, device_id: str, lo: int, hi: int) -> None:
+    def settle(self, stream: Stream, lo: int, hi: int) -> None:
         """Every number in [lo, hi] is accounted for (known stored, say by the database)."""
-        state = self._devices.get(device_id)
+        state = self._devices.get(stream)
         if state is None:
             return
         pieces: list[_Gap] = []
@@ -118,56 +137,61 @@ class GapTracker:
                 pieces.append(_Gap(hi + 1, gap.hi, gap.since, gap.asked_at, gap.asks))
         state.gaps = pieces
 
-    def unseeded(self) -> dict[str, int]:
-        """Devices whose history before their first seen number is not known yet:
-        device id -> the lowest number seen."""
+    def unseeded(self) -> dict[Stream, int]:
+        """Streams whose history before their first seen number is not known yet:
+        stream -> the lowest number seen."""
         return {d: s.lowest for d, s in self._devices.items() if not s.seeded}
 
-    def seed(self, device_id: str, stored_below: int | None, now: float) -> None:
+    def seed(self, stream: Stream, stored_below: int | None, now: float) -> None:
         """The highest number stored before this worker started (None: nothing, so the
-        device's numbering, which starts at 1, is missing from 1)."""
-        state = self._devices.get(device_id)
+        stream's numbering, which starts at 1, is missing from 1)."""
+        state = self._devices.get(stream)
         if state is None or state.seeded:
             return
         state.seeded = True
         floor = stored_below if stored_below is not None else 0
         if floor < state.lowest - 1:
             self._insert(state, _Gap(floor + 1, state.lowest - 1, now))
-            self._bound(device_id, state)
+            self._bound(stream, state)
 
-    def missing(self, device_id: str) -> list[Range]:
-        state = self._devices.get(device_id)
+    def missing(self, stream: Stream) -> list[Range]:
+        state = self._devices.get(stream)
         return [(g.lo, g.hi) for g in state.gaps] if state else []
 
-    def due(self, now: float) -> dict[str, list[Range]]:
+    def due(self, now: float) -> dict[Stream, list[Range]]:
         """Gaps old enough to ask about, and not asked about recently. Gaps asked
         ``max_requests`` times are given up here (and logged)."""
         cfg = self.config
-        found: dict[str, list[Range]] = {}
-        for device_id, state in self._devices.items():
+        found: dict[Stream, list[Range]] = {}
+        for stream, state in self._devices.items():
             if not state.gaps:
                 continue
             kept = []
             for gap in state.gaps:
                 if gap.asks >= cfg.max_requests and now - (gap.asked_at or now) >= cfg.retry_s:
                     self.stats.given_up += gap.hi - gap.lo + 1
-                    log.warning("resend given up", extra={"device": device_id,
-                                                          "from": gap.lo, "to": gap.hi})
+                    log.warning("resend given up", extra={
+                        "device": stream.device_id, "epoch": stream.epoch, "from": gap.lo,
+                        "to": gap.hi})
                     continue
                 kept.append(gap)
                 if now - gap.since < cfg.grace_s or gap.asks >= cfg.max_requests:
                     continue
                 if gap.asked_at is not None and now - gap.asked_at < cfg.retry_s:
                     continue
-                found.setdefault(device_id, []).append((gap.lo, gap.hi))
+                found.setdefault(stream, []).append((gap.lo, gap.hi))
             state.gaps = kept
             if len(found) >= cfg.max_devices_per_check:
                 break
+        for device_id in {s.device_id for s, state in self._devices.items()
+                          if not state.gaps and state.seeded
+                          and s.epoch < self._latest[s.device_id]}:
+            self._forget_settled_epochs(device_id)
         return found
 
-    def asked(self, device_id: str, ranges: Iterable[Range], now: float) -> list[Range]:
+    def asked(self, stream: Stream, ranges: Iterable[Range], now: float) -> list[Range]:
         """Mark the gaps still open inside ``ranges`` as asked for now; returns them."""
-        state = self._devices.get(device_id)
+        state = self._devices.get(stream)
         if state is None:
             return []
         marked = []
@@ -178,33 +202,47 @@ class GapTracker:
                     marked.append((gap.lo, gap.hi))
         return marked
 
-    def forget(self, device_id: str) -> None:
-        self._devices.pop(device_id, None)
+    def forget(self, stream: Stream) -> None:
+        self._devices.pop(stream, None)
+
+    def _forget_settled_epochs(self, device_id: str) -> None:
+        # An older epoch is still tracked while it has gaps to ask for (or may have: not
+        # seeded yet); then it goes.
+        latest = self._latest[device_id]
+        for stream in [s for s, state in self._devices.items()
+                       if s.device_id == device_id and s.epoch < latest and state.seeded
+                       and not state.gaps]:
+            del self._devices[stream]
 
     @staticmethod
     def _insert(state: _Device, gap: _Gap) -> None:
         bisect.insort(state.gaps, gap, key=lambda g: g.lo)
 
-    def _bound(self, device_id: str, state: _Device) -> None:
+    def _bound(self, stream: Stream, state: _Device) -> None:
         while len(state.gaps) > self.config.max_ranges:
             oldest = state.gaps.pop(0)
             self.stats.given_up += oldest.hi - oldest.lo + 1
             log.warning("too many gaps, oldest given up",
-                        extra={"device": device_id, "from": oldest.lo, "to": oldest.hi})
+                        extra={"device": stream.device_id, "epoch": stream.epoch,
+                               "from": oldest.lo, "to": oldest.hi})
 
 
-def resend_request(ranges: Iterable[Range]) -> bytes:
-    """The inbox payload a device honours: ``{"resend": [[from, to], ...]}``."""
-    return json.dumps({"resend": [[lo, hi] for lo, hi in ranges]},
-                      separators=(",", ":")).encode()
+def resend_request(ranges: Iterable[Range], epoch: int = 0) -> bytes:
+    """The inbox payload a device honours: ``{"resend": [[from, to], ...]}``, with
+    ``"epoch": n`` when the numbers are of an epoch other than 0."""
+    body: dict[str, object] = {"resend": [[lo, hi] for lo, hi in ranges]}
+    if epoch:
+        body["epoch"] = epoch
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 class Ledger(Protocol):
     """What the database knows of sequence numbers (the ingested_messages table)."""
 
-    async def stored_below(self, firsts: dict[str, int]) -> dict[str, int | None]: ...
+    async def stored_below(self, firsts: dict[Stream, int]) -> dict[Stream, int | None]: ...
 
-    async def stored_in(self, ranges: dict[str, list[Range]]) -> dict[str, list[Range]]: ...
+    async def stored_in(self, ranges: dict[Stream, list[Range]]
+                        ) -> dict[Stream, list[Range]]: ...
 
 
 class PgLedger:
@@ -213,34 +251,40 @@ class PgLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def stored_below(self, firsts: dict[str, int]) -> dict[str, int | None]:
+    async def stored_below(self, firsts: dict[Stream, int]) -> dict[Stream, int | None]:
         rows = await self._pool.fetch(
-            """SELECT r.d, (SELECT max(i.seq) FROM ingested_messages i
-                            WHERE i.device_id = r.d AND i.seq < r.s) AS below
-               FROM unnest($1::text[], $2::bigint[]) AS r(d, s)""",
-            list(firsts), list(firsts.values()))
-        return {r["d"]: r["below"] for r in rows}
+            """SELECT r.d, r.e, (SELECT max(i.seq) FROM ingested_messages i
+                                 WHERE i.device_id = r.d AND i.epoch = r.e
+                                 AND i.seq < r.s) AS below
+               FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(d, e, s)""",
+            [s.device_id for s in firsts], [s.epoch for s in firsts], list(firsts.values()))
+        return {Stream(r["d"], r["e"]): r["below"] for r in rows}
 
-    async def stored_in(self, ranges: dict[str, list[Range]]) -> dict[str, list[Range]]:
+    async def stored_in(self, ranges: dict[Stream, list[Range]]
+                        ) -> dict[Stream, list[Range]]:
         """Runs of stored numbers inside the given ranges (gaps and islands, in SQL, so
         that a long run costs one row)."""
-        devices, los, his = [], [], []
-        for device_id, spans in ranges.items():
+        devices, epochs, los, his = [], [], [], []
+        for stream, spans in ranges.items():
             for lo, hi in spans:
-                devices.append(device_id)
+                devices.append(stream.device_id)
+                epochs.append(stream.epoch)
                 los.append(lo)
                 his.append(hi)
         rows = await self._pool.fetch(
-            """SELECT device_id, min(seq) AS lo, max(seq) AS hi FROM (
-                   SELECT i.device_id, i.seq,
-                          i.seq - row_number() OVER (PARTITION BY i.device_id
+            """SELECT device_id, epoch, min(seq) AS lo, max(seq) AS hi FROM (
+                   SELECT i.device_id, i.epoch, i.seq,
+                          i.seq - row_number() OVER (PARTITION BY i.device_id, i.epoch
                                                      ORDER BY i.seq) AS island
-                   FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(d, lo, hi)
-                   JOIN ingested_messages i ON i.device_id = r.d AND i.seq BETWEEN r.lo AND r.hi
-               ) s GROUP BY device_id, island""", devices, los, his)
-        found: dict[str, list[Range]] = {}
+                   FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                        AS r(d, e, lo, hi)
+                   JOIN ingested_messages i ON i.device_id = r.d AND i.epoch = r.e
+                                           AND i.seq BETWEEN r.lo AND r.hi
+               ) s GROUP BY device_id, epoch, island""", devices, epochs, los, his)
+        found: dict[Stream, list[Range]] = {}
         for r in rows:
-            found.setdefault(r["device_id"], []).append((int(r["lo"]), int(r["hi"])))
+            found.setdefault(Stream(r["device_id"], r["epoch"]), []).append(
+                (int(r["lo"]), int(r["hi"])))
         return found
 
 
@@ -259,10 +303,11 @@ class Resender:
         self._clock = clock
         self._last_check = clock()
 
-    def seen(self, pairs: Iterable[tuple[str, int]]) -> None:
+    def seen(self, numbers: Iterable[tuple[str, int, int]]) -> None:
+        """These (device id, epoch, seq) are accounted for."""
         now = self._clock()
-        for device_id, seq in pairs:
-            self.tracker.seen(device_id, seq, now)
+        for device_id, epoch, seq in numbers:
+            self.tracker.seen(Stream(device_id, epoch), seq, now)
 
     async def check(self, client: AsyncClient) -> int:
         """Seed, confirm against the database, publish requests; returns how many."""
@@ -283,27 +328,29 @@ class Resender:
         if unseeded:
             limit = tracker.config.max_devices_per_check
             firsts = dict(list(unseeded.items())[:limit])
-            for device_id, below in (await self._ledger.stored_below(firsts)).items():
-                tracker.seed(device_id, below, now)
+            for stream, below in (await self._ledger.stored_below(firsts)).items():
+                tracker.seed(stream, below, now)
         due = tracker.due(now)
         if not due:
             return 0
         # Another worker may have stored some of them: those are not asked for.
-        for device_id, islands in (await self._ledger.stored_in(due)).items():
+        for stream, islands in (await self._ledger.stored_in(due)).items():
             for lo, hi in islands:
-                tracker.settle(device_id, lo, hi)
+                tracker.settle(stream, lo, hi)
         requests = {}
-        for device_id, ranges in due.items():
-            asking = tracker.asked(device_id, ranges, now)
+        for stream, ranges in due.items():
+            asking = tracker.asked(stream, ranges, now)
             if asking:
-                requests[device_id] = asking
+                requests[stream] = asking
         # Concurrently: the consume loop waits for this, and each PUBACK is a round trip.
         # A request that fails is asked again after retry_s, like one that went unanswered.
         await asyncio.gather(*(
-            client.publish(inbox_topic(d), resend_request(r), qos=1, timeout=5.0)
-            for d, r in requests.items()))
-        for device_id, asking in requests.items():
+            client.publish(inbox_topic(s.device_id), resend_request(r, s.epoch), qos=1,
+                           timeout=5.0)
+            for s, r in requests.items()))
+        for stream, asking in requests.items():
             tracker.stats.requests += 1
             tracker.stats.ranges_asked += len(asking)
-            log.info("resend requested", extra={"device": device_id, "ranges": len(asking)})
+            log.info("resend requested", extra={"device": stream.device_id,
+                                                "epoch": stream.epoch, "ranges": len(asking)})
         return len(requests)

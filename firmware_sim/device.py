@@ -59,7 +59,8 @@ class Ledger:
     resend_requests: int = 0
     renewals: int = 0  # certificates renewed (and used from the next connection)
     renewal_failures: int = 0  # renewal exchanges that failed or were refused
-    # The outbox is sent in order, so what was acknowledged since start is one range.
+    # The outbox is sent in order, so what was acknowledged since start is one range (of
+    # the current epoch: reset_counter starts it again).
     first_acked: int | None = None
     last_acked: int | None = None
     # Sensor artefacts injected (Faults), as sent: the ground truth to compare with storage.
@@ -89,6 +90,8 @@ class Faults:
     limit the bridge quarantines it as ``oversized``. ``malformed``: payloads that are not
     SenML; quarantined as ``malformed``. ``client_id``: the MQTT client id used
     (another device's takes its session over; the takeover watcher records it).
+    ``counter_reset_every``: after every n-th message the firmware's counter restarts at 1
+    (a reset, a counter that wraps) under a new epoch; the backend stores both numberings.
 
     Sensor artefacts (firmware_sim/artefacts.py; README "Normalisation" says what the
     backend does with each): ``hr_spike_every_s``: about this often one heart-rate sample
@@ -105,6 +108,7 @@ class Faults:
     payload_bytes: int = 0
     malformed: bool = False
     client_id: str | None = None
+    counter_reset_every: int = 0
     hr_spike_every_s: float = 0.0
     spo2_dip_every_s: float = 0.0
     dropout_every_s: float = 0.0
@@ -238,6 +242,17 @@ class SimulatedDevice:
         return self._outbox.next_seq
 
     @property
+    def epoch(self) -> int:
+        """The numbering epoch of the next message (sent as the ``epoch`` user property)."""
+        return self._outbox.epoch
+
+    def reset_counter(self) -> None:
+        """The firmware's counter restarts at 1 (a reset, a wrap) under a new epoch, so the
+        backend does not take the new numbers for repeats of the old ones."""
+        self._outbox.new_epoch()
+        self.ledger.first_acked = self.ledger.last_acked = None
+
+    @property
     def telemetry_topic(self) -> str:
         return f"devices/{self.faults.foreign_device or self.device_id}/telemetry"
 
@@ -273,6 +288,9 @@ class SimulatedDevice:
             return None  # the sensor took nothing in the whole period
         payload = self.faults.payload(encode_json(f"{self.device_id}/", records))
         message = self._outbox.add(payload, len(records))
+        every = self.faults.counter_reset_every
+        if every and message.seq % every == 0:
+            self.reset_counter()
         self._wake.set()
         return message
 
@@ -393,17 +411,20 @@ class SimulatedDevice:
     def on_request(self, payload: bytes) -> int:
         """Honour a backend request from the inbox; returns how many messages it queued.
 
-        ``{"resend": [[from, to], ...]}``: the acknowledged messages still in the replay
-        window are published again with their original numbers. Anything else is ignored
+        ``{"resend": [[from, to], ...], "epoch": n}``: the acknowledged messages of epoch n
+        (0 when absent) still in the replay window are published again with their original
+        numbers. Anything else is ignored
         (a device does not crash on what its inbox brings).
         """
-        ranges = _resend_ranges(payload)
-        if ranges is None:
+        request = _resend_request(payload)
+        if request is None:
             log.warning("inbox message ignored", extra={"device": self.device_id})
             return 0
+        epoch, ranges = request
         self.ledger.resend_requests += 1
-        queued = {m.seq for m in self._resend}
-        fresh = [m for m in self._outbox.replay(ranges) if m.seq not in queued]
+        queued = {(m.epoch, m.seq) for m in self._resend}
+        fresh = [m for m in self._outbox.replay(ranges, epoch=epoch)
+                 if (m.epoch, m.seq) not in queued]
         self._resend.extend(fresh)
         if fresh:
             self._wake.set()
@@ -471,7 +492,8 @@ class SimulatedDevice:
         reconnects, and this echo shows the bridge the highest number it should have (a
         duplicate, and harmless, when nothing was lost)."""
         last = self._outbox.last_acked()
-        if last is None or any(m.seq == last.seq for m in self._resend):
+        if last is None or any((m.epoch, m.seq) == (last.epoch, last.seq)
+                               for m in self._resend):
             return
         with contextlib.suppress(MqttError):
             if await self._publish(conn, last):
@@ -494,7 +516,7 @@ class SimulatedDevice:
         connection failed (the caller keeps the message)."""
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = CONTENT_TYPE_JSON
-        props.UserProperty = ("seq", str(message.seq))
+        props.UserProperty = [("seq", str(message.seq)), ("epoch", str(message.epoch))]
         self.ledger.sent += 1
         code = await conn.publish(self.telemetry_topic, message.payload,
                                   qos=1, properties=props)
@@ -517,7 +539,7 @@ class SimulatedDevice:
             if every and message.seq % every == 0:
                 with contextlib.suppress(MqttError):
                     await self._publish(conn, message)  # the same message, once more
-        self._outbox.acked(message.seq)
+        self._outbox.acked(message.seq, message.epoch)
         ledger = self.ledger
         ledger.messages += 1
         ledger.samples += message.samples
@@ -538,13 +560,18 @@ async def _first_of(*events: asyncio.Event) -> None:
 MAX_RESEND_RANGES = 100  # a request with more is not from our backend
 
 
-def _resend_ranges(payload: bytes) -> list[tuple[int, int]] | None:
-    """The inclusive ranges of a resend request, or None when it is not one."""
+def _resend_request(payload: bytes) -> tuple[int, list[tuple[int, int]]] | None:
+    """The epoch and inclusive ranges of a resend request, or None when it is not one."""
     try:
         body = json.loads(payload)
     except ValueError:
         return None
-    spans = body.get("resend") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return None
+    epoch = body.get("epoch", 0)
+    if type(epoch) is not int or epoch < 0:
+        return None
+    spans = body.get("resend")
     if not isinstance(spans, list) or not 0 < len(spans) <= MAX_RESEND_RANGES:
         return None
     ranges = []
@@ -553,7 +580,7 @@ def _resend_ranges(payload: bytes) -> list[tuple[int, int]] | None:
                 and all(type(x) is int and x > 0 for x in span) and span[0] <= span[1]):
             return None
         ranges.append((span[0], span[1]))
-    return ranges
+    return epoch, ranges
 
 
 def __getattr__(name: str) -> object:

@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="service certificate, CN svc-renewer (default: "
                          "PKI/services/renewer.pem)")
     renewer.add_argument("--key", type=Path, default=None)
+    quarantine = dev_sub.add_parser(
+        "quarantine", help="list what devices sent that was quarantined, newest first: "
+        "time, device, reason, detail (payloads stay sealed)")
+    quarantine.add_argument("--reason", default=None,
+                            help="only this reason (sequence_reused, malformed, ...)")
+    quarantine.add_argument("--device", default=None, help="only this device id")
+    quarantine.add_argument("--limit", type=int, default=100)
     for p in (prov, revoke, crl, renewer):
         p.add_argument("--pki", type=Path, default=None,
                        help="directory of the device CA (default: var/pki)")
@@ -230,6 +237,9 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
     if args.devices_command == "renewer":
         return await device_admin.run_renewer(settings, pki=args.pki, cert=args.cert,
                                               key=args.key)
+    if args.devices_command == "quarantine":
+        return await device_admin.list_quarantine(settings, reason=args.reason,
+                                                  device_id=args.device, limit=args.limit)
     if args.devices_command == "watch-takeovers":
         return await device_admin.run_takeover_watch(
             settings, args.log_file or settings.var_dir / "log" / "mosquitto.log",

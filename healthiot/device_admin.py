@@ -30,6 +30,7 @@ from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
 from storage.audit import Audit
+from storage.quarantine import list_quarantined
 
 
 def crl_path(settings: Settings, given: Path | None) -> Path:
@@ -198,4 +199,20 @@ async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None
         await stop_task(task)
     finally:
         await pool.close()
+    return 0
+
+
+async def list_quarantine(settings: Settings, *, reason: str | None, device_id: str | None,
+                          limit: int) -> int:
+    """Print the quarantine records, tab-separated, newest first."""
+    pool = await _pool(settings)
+    try:
+        rows = await list_quarantined(pool, reason=reason, device_id=device_id, limit=limit)
+    finally:
+        await pool.close()
+    print("id\treceived_at\tdevice\treason\tdetail")
+    for q in rows:
+        detail = " ".join(q.detail.split())  # one line per record, whatever a detail holds
+        print(f"{q.id}\t{q.received_at.isoformat()}\t{q.device_id or '-'}\t{q.reason}\t"
+              f"{detail}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,9 @@ from storage.segments import Samples, pack, unpack
 from vitals.normalise import Flag
 
 QUARANTINE_KEY = "quarantine"
+# Keys the payload digests of the message ledger: a plain hash of a small pack could be
+# brute-forced back to its value. System keys have one version, so digests stay comparable.
+DIGEST_KEY = "ledger_digest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,16 @@ class MessageIn:
     # Weighings of a shared scale that no user could be sure of: held, not stored as
     # anyone's data (storage/held.py).
     held: Sequence[HeldWeighing] = ()
+    # The device's numbering epoch: the idempotency key is (device_id, epoch, seq).
+    epoch: int = 0
+    # The message as received, quarantined instead when its number is stored already with
+    # another payload (a reused number, not a repeat); the digest is of its payload. None:
+    # a repeat is not compared, and no digest is kept.
+    if_reused: QuarantineIn | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.device_id, self.epoch, self.seq
 
     @property
     def samples(self) -> int:
@@ -66,6 +80,17 @@ class QuarantineIn:
     # The message whose refused samples these are: written only with that message, so a
     # redelivery (an ack lost after the commit) quarantines nothing twice.
     seq: int | None = None
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What a batch did: messages stored for the first time, and messages refused because
+    their (device, epoch, seq) is stored with another payload (their ``if_reused`` record
+    was quarantined)."""
+
+    new: int
+    reused: list[MessageIn]
 
 
 def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, device_id: str,
@@ -91,48 +116,97 @@ class Store:
 
     async def ingest(self, messages: Sequence[MessageIn],
                      quarantined: Sequence[QuarantineIn] = ()) -> int:
+        """Store a batch (``ingest_batch``); returns how many messages were new."""
+        return (await self.ingest_batch(messages, quarantined)).new
+
+    async def ingest_batch(self, messages: Sequence[MessageIn],
+                           quarantined: Sequence[QuarantineIn] = ()) -> Ingested:
         """Store a batch in one transaction; a message already stored is skipped, so a
-        redelivered batch changes nothing. Returns how many messages were new."""
+        redelivered batch changes nothing. A message whose number is stored with another
+        payload is not skipped silently: its ``if_reused`` record is quarantined."""
         async with self._pool.acquire() as conn, conn.transaction():
+            # The first copy of a number in the batch is the one stored; the others are
+            # compared with it (or with what was stored before) like later deliveries.
+            firsts: dict[tuple[str, int, int], tuple[MessageIn, bytes | None]] = {}
+            copies: list[tuple[MessageIn, bytes | None]] = []
+            for message, digest in zip(messages, await self._digests(conn, messages),
+                                       strict=True):
+                if message.key in firsts:
+                    copies.append((message, digest))
+                else:
+                    firsts[message.key] = (message, digest)
+            unique = [m for m, _ in firsts.values()]
             new = await conn.fetch(
-                """INSERT INTO ingested_messages (device_id, seq, received_at, samples, rejected,
-                                                first_sample_at, last_sample_at, raw_units)
-                   SELECT d, s, r, n, x, f, l, u::jsonb
-                   FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::int[],
-                               $5::int[], $6::timestamptz[], $7::timestamptz[], $8::text[])
-                        AS m(d, s, r, n, x, f, l, u)
-                   ON CONFLICT DO NOTHING RETURNING device_id, seq""",
-                [m.device_id for m in messages], [m.seq for m in messages],
-                [m.received_at for m in messages],
-                [m.samples for m in messages],
-                [m.rejected for m in messages], [m.first_sample_at for m in messages],
-                [m.last_sample_at for m in messages],
-                [None if m.raw_units is None else json.dumps(m.raw_units) for m in messages])
-            fresh = {(r["device_id"], r["seq"]) for r in new}
+                """INSERT INTO ingested_messages (device_id, epoch, seq, received_at, samples,
+                                                rejected, first_sample_at, last_sample_at,
+                                                raw_units, digest)
+                   SELECT d, e, s, r, n, x, f, l, u::jsonb, g
+                   FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[],
+                               $5::int[], $6::int[], $7::timestamptz[], $8::timestamptz[],
+                               $9::text[], $10::bytea[])
+                        AS m(d, e, s, r, n, x, f, l, u, g)
+                   ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq""",
+                [m.device_id for m in unique], [m.epoch for m in unique],
+                [m.seq for m in unique], [m.received_at for m in unique],
+                [m.samples for m in unique],
+                [m.rejected for m in unique], [m.first_sample_at for m in unique],
+                [m.last_sample_at for m in unique],
+                [None if m.raw_units is None else json.dumps(m.raw_units) for m in unique],
+                [d for _, d in firsts.values()])
+            fresh = {(r["device_id"], r["epoch"], r["seq"]) for r in new}
             new_count = len(fresh)
-            quarantined = [q for q in quarantined
-                           if q.seq is None or (q.device_id, q.seq) in fresh]
+            to_quarantine = [q for q in quarantined
+                             if q.seq is None or (q.device_id, q.epoch, q.seq) in fresh]
+            # Digests of the numbers stored before this batch, to tell a repeat from a reuse.
+            before = await self._stored_digests(conn, list({
+                m.key for m in messages if m.key not in fresh and m.if_reused}))
+            reused: list[MessageIn] = []
+            for message, digest in [*firsts.values(), *copies]:
+                key = message.key
+                earlier = firsts[key][1] if key in fresh else before.get(key)
+                if (message.if_reused is not None and digest is not None
+                        and earlier is not None and not hmac.compare_digest(digest, earlier)):
+                    reused.append(message)
+                    to_quarantine.append(message.if_reused)
             rows = []
-            for message in messages:
-                key = (message.device_id, message.seq)
-                if key not in fresh:
+            for message in unique:
+                if message.key not in fresh:
                     continue
-                fresh.discard(key)  # the same message twice in one batch is stored once
                 for segment in message.segments:
                     rows.append(await self._sealed_segment(conn, message.device_id, segment))
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
                                message.received_at, message.held)
             await self._copy_segments(conn, rows)
-            if quarantined:
-                await self._quarantine(conn, quarantined)
+            if to_quarantine:
+                await self._quarantine(conn, to_quarantine)
             if messages:
                 await conn.execute(
                     """UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.at)
                        FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) s
                        WHERE d.id = s.id""",
                     [m.device_id for m in messages], [m.received_at for m in messages])
-        return new_count
+        return Ingested(new_count, reused)
+
+    async def _digests(self, conn: asyncpg.Connection,
+                       messages: Sequence[MessageIn]) -> list[bytes | None]:
+        if not any(m.if_reused for m in messages):
+            return [None] * len(messages)
+        _, key = await self._keyring.system_key(conn, DIGEST_KEY)
+        return [None if m.if_reused is None else hmac.digest(key, m.if_reused.payload, "sha256")
+                for m in messages]
+
+    @staticmethod
+    async def _stored_digests(conn: asyncpg.Connection, keys: Sequence[tuple[str, int, int]]
+                              ) -> dict[tuple[str, int, int], bytes | None]:
+        if not keys:
+            return {}
+        rows = await conn.fetch(
+            """SELECT device_id, epoch, seq, digest FROM ingested_messages
+               WHERE (device_id, epoch, seq) IN (
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))""",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+        return {(r["device_id"], r["epoch"], r["seq"]): r["digest"] for r in rows}
 
     async def write_segments(self, conn: asyncpg.Connection, device_id: str,
                              segments: Sequence[SegmentIn]) -> None:
@@ -236,13 +310,15 @@ class Store:
                                [r["id"] for r in rows])
         return len(rows)
 
-    async def stored_already(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these (device id, seq) messages are stored already (redeliveries)."""
+    async def stored_already(self, keys: Sequence[tuple[str, int, int]]
+                             ) -> set[tuple[str, int, int]]:
+        """Which of these (device id, epoch, seq) messages are stored already."""
         rows = await self._pool.fetch(
-            """SELECT device_id, seq FROM ingested_messages
-               WHERE (device_id, seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))""",
-            [d for d, _ in keys], [s for _, s in keys])
-        return {(r["device_id"], r["seq"]) for r in rows}
+            """SELECT device_id, epoch, seq FROM ingested_messages
+               WHERE (device_id, epoch, seq) IN (
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))""",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+        return {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
 
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
         """(messages, samples, rejected samples) stored for these devices: the loss ledger."""

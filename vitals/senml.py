@@ -1,6 +1,8 @@
 """SenML (RFC 8428) in JSON and CBOR: decode a device's measurement pack, encode one for the
 simulators. Both representations decode to the same records and go through one validation.
 
+A pack of a SenML version above 10 (``bver``) is refused as ``unsupported_version``.
+
 Names resolve as base name + name; the metric is the part after the last ``/`` or ``:``, so
 ``{"bn": "w-12ab/", "n": "heart_rate"}`` and ``{"n": "heart_rate"}`` both mean heart rate.
 Times resolve as base time + time in seconds; RFC 8428 makes values below 2**28 relative to
@@ -31,6 +33,9 @@ _CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", 0: "n", 1: "
 _CBOR_NAMES = {name: label for label, name in _CBOR_LABELS.items()}
 _MAX_TEXT = 256  # names and units are short; a longer one is not SenML from a device
 _CBOR_MAX_DEPTH = 3  # array of maps of scalars: anything deeper is not SenML
+# RFC 8428 section 4.4: this codec implements version 10 (the default); earlier versions
+# are subsets of it, and a pack of a later one must not be used.
+SENML_VERSION = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,8 @@ def _decode_records(records: Any, received_at: float) -> Pack:
         if not _KNOWN_FIELDS.issuperset(record) and any(
                 key.endswith("_") for key in record.keys() - _KNOWN_FIELDS):
             raise PayloadError("malformed", f"record {index} has must-understand fields")
+        if "bver" in record:
+            _check_version(record["bver"], index)
         if "bn" in record:
             base_name = _text(record, "bn", index)
         if "bt" in record:
@@ -186,6 +193,15 @@ def _encode_records(base_name: str, records: Sequence[tuple[str, str, float, flo
         out.append(entry)
     out[0] = {"bn": base_name, "bt": base_time, **out[0]}
     return out
+
+
+def _check_version(bver: object, index: int) -> None:
+    # A positive integer (RFC 8428 section 4.4); JSON's 10.0 and true are not, and a version
+    # we cannot read is as unknown to us as one above ours.
+    if type(bver) is not int or not 0 < bver <= SENML_VERSION:
+        raise PayloadError("unsupported_version",
+                           f"record {index}: bver {str(bver)[:20]!r}, this decoder reads"
+                           f" versions 1 to {SENML_VERSION}")
 
 
 def _text(record: dict[str, object], key: str, index: int) -> str:

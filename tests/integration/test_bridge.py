@@ -109,7 +109,7 @@ class _NeverCommits:
     def __init__(self):
         self.entered = asyncio.Event()
 
-    async def ingest(self, messages, quarantined=()):
+    async def ingest_batch(self, messages, quarantined=()):
         self.entered.set()
         await asyncio.Event().wait()
 

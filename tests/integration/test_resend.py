@@ -12,7 +12,14 @@ import pytest
 from aiopaho import AsyncClient, MqttError
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
-from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender, resend_request
+from broker_bridge.gaps import (
+    GapConfig,
+    GapTracker,
+    PgLedger,
+    Resender,
+    Stream,
+    resend_request,
+)
 from firmware_sim.device import Broker, Watch
 from healthiot.localservers import free_port
 from storage.store import MessageIn
@@ -135,7 +142,7 @@ async def test_a_message_the_broker_acked_and_lost_is_asked_for_and_resent(
         "SELECT sum(samples) FROM ingested_messages WHERE device_id = $1", watch.device_id)
     assert samples == watch.ledger.samples  # the ledger counted 3 and 4 once: no double
     assert gap_bridge.resender.tracker.stats.requests >= 1
-    assert gap_bridge.resender.tracker.missing(watch.device_id) == []
+    assert gap_bridge.resender.tracker.missing(Stream(watch.device_id)) == []
     watch.close()
 
 
@@ -177,10 +184,10 @@ async def test_a_gap_another_worker_filled_is_not_asked_for(core):
     received = datetime.datetime.now(datetime.UTC)
     # What the other worker of the shared subscription stored: 2, 4 and 5, and 1 earlier.
     await core.store.ingest([MessageIn("dev-x", seq, received, [], 0) for seq in (1, 2, 4, 5)])
-    resender.seen([("dev-x", 3), ("dev-x", 6), ("dev-x", 9)])  # what this worker stored
+    resender.seen([("dev-x", 0, 3), ("dev-x", 0, 6), ("dev-x", 0, 9)])  # what this worker stored
     inbox = _Inbox()
     assert await resender.check(inbox) == 0  # seeded: up to 2 stored before; nothing due yet
-    assert resender.tracker.missing("dev-x") == [(4, 5), (7, 8)]
+    assert resender.tracker.missing(Stream("dev-x")) == [(4, 5), (7, 8)]
     clock[0] += 5
     assert await resender.check(inbox) == 1
     assert inbox.published == [("devices/dev-x/inbox", {"resend": [[7, 8]]}, 1)]

@@ -94,3 +94,45 @@ def test_a_message_added_survives_the_process_being_killed(tmp_path):
     assert [m.seq for m in box] == list(range(2, 26))
     assert box.next_seq == 26
     assert json.dumps([m.payload.decode() for m in box][:2]) == '["r1", "r2"]'
+
+
+def test_a_new_epoch_numbers_from_one_and_keeps_the_older_messages(tmp_path):
+    clock = Clock()
+    box = Outbox(tmp_path / "o.db", clock=clock)
+    for _ in range(3):
+        box.add(b"old", 1)
+    box.acked(1)
+    box.new_epoch()  # a firmware reset: the counter restarts
+    assert (box.epoch, box.next_seq) == (1, 1)
+    assert [(m.epoch, m.seq) for m in (box.add(b"new", 1), box.add(b"new", 1))] == [
+        (1, 1), (1, 2)]
+    assert [(m.epoch, m.seq) for m in box] == [(0, 2), (0, 3), (1, 1), (1, 2)]
+    box.acked(1, epoch=1)  # epoch 1's seq 1, not epoch 0's
+    assert [(m.epoch, m.seq) for m in box] == [(0, 2), (0, 3), (1, 2)]
+    assert [m.payload for m in box.replay([(1, 1)])] == [b"old"]
+    assert [m.payload for m in box.replay([(1, 1)], epoch=1)] == [b"new"]
+    last = box.last_acked()
+    assert last is not None and (last.epoch, last.seq) == (1, 1)
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert (again.epoch, again.next_seq) == (1, 3)
+    assert [(m.epoch, m.seq) for m in again] == [(0, 2), (0, 3), (1, 2)]
+
+
+def test_an_outbox_written_without_epochs_is_moved_to_epoch_zero(tmp_path):
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL,
+                             samples INTEGER NOT NULL, acked_at REAL);
+        CREATE INDEX outbox_acked ON outbox (acked_at) WHERE acked_at IS NOT NULL;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO outbox VALUES (1, x'01', 1, 5.0), (2, x'02', 2, NULL);
+        INSERT INTO meta VALUES ('next_seq', 3);""")
+    db.close()
+    box = Outbox(path)
+    assert (box.epoch, box.next_seq) == (0, 3)
+    assert [(m.epoch, m.seq, m.payload) for m in box] == [(0, 2, b"\x02")]
+    assert [m.seq for m in box.replay([(1, 2)])] == [1]
+    box.new_epoch()
+    assert (box.add(b"x", 1).epoch, Outbox(path).epoch) == (1, 1)

@@ -159,6 +159,29 @@ def test_must_understand_field_is_refused(field: str) -> None:
     assert refusal(json.dumps([record]).encode()).reason == "malformed"
 
 
+# --- version (RFC 8428 section 4.4) --------------------------------------------------------
+
+@pytest.mark.parametrize("bver", [1, 5, 10])
+def test_a_pack_of_version_ten_or_below_is_used(bver: int) -> None:
+    pack = decode([{"bver": bver, "n": "heart_rate", "u": "/min", "v": 70}])
+    assert pack.values == [70.0]
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_a_pack_of_a_version_above_ten_is_refused_as_unsupported(where: int) -> None:
+    records: list[dict[str, object]] = [{"n": "heart_rate", "u": "/min", "v": 70},
+                                        {"n": "heart_rate", "u": "/min", "v": 71, "t": 1}]
+    records[where]["bver"] = 11
+    error = refusal(json.dumps(records).encode())
+    assert error.reason == "unsupported_version" and "11" in error.detail
+
+
+@pytest.mark.parametrize("bver", ["10", 10.0, 10.5, True, None, 0, -1, [10], 2**70])
+def test_a_version_that_is_not_a_positive_integer_is_refused(bver: object) -> None:
+    payload = json.dumps([{"bver": bver, "n": "heart_rate", "v": 70}]).encode()
+    assert refusal(payload).reason == "unsupported_version"
+
+
 def test_must_understand_field_in_a_base_only_record_is_refused() -> None:
     payload = json.dumps([{"bt": 1_700_000_000, "bcrit_": 1},
                           {"n": "heart_rate", "v": 70}]).encode()
@@ -246,7 +269,7 @@ def check_outcome(payload: bytes) -> None:
     try:
         pack = decode_json(payload, received_at=RECEIVED_AT)
     except PayloadError as exc:
-        assert exc.reason in {"oversized", "malformed"}
+        assert exc.reason in {"oversized", "malformed", "unsupported_version"}
         return
     assert isinstance(pack, Pack)
     assert len(pack) > 0

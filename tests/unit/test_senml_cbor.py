@@ -26,7 +26,7 @@ from vitals.senml import (
 RECEIVED_AT = 1_750_000_000.0
 FUZZ = settings(database=None, deadline=None, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow])
-BN, BT, BU, N, U, V, T = -2, -3, -4, 0, 1, 2, 6  # RFC 8428 table 6
+BVER, BN, BT, BU, N, U, V, T = -1, -2, -3, -4, 0, 1, 2, 6  # RFC 8428 table 6
 
 
 def refusal(payload: bytes) -> PayloadError:
@@ -41,6 +41,16 @@ def test_integer_labels_decode_like_their_json_names() -> None:
     pack = decode_cbor(payload, received_at=RECEIVED_AT)
     assert pack == Pack(["heart_rate", "heart_rate"], ["/min", "/min"],
                         [1_700_000_000.0, 1_700_000_001.0], [70.0, 72.5])
+
+
+@pytest.mark.parametrize(("bver", "used"), [(10, True), (3, True), (11, False), (2**64, False),
+                                            ("10", False), (10.0, False), (-1, False)])
+def test_the_version_label_is_checked_as_in_json(bver: object, used: bool) -> None:
+    payload = cbor2.dumps([{BVER: bver, N: "heart_rate", U: "/min", V: 70}])
+    if used:
+        assert decode_cbor(payload, received_at=RECEIVED_AT).values == [70.0]
+    else:
+        assert refusal(payload).reason == "unsupported_version"
 
 
 def test_the_same_pack_in_cbor_and_json_decodes_the_same_and_cbor_is_smaller() -> None:
@@ -85,7 +95,7 @@ def check_outcome(payload: bytes) -> None:
     try:
         pack = decode_cbor(payload, received_at=RECEIVED_AT)
     except PayloadError as exc:
-        assert exc.reason in {"oversized", "malformed"}
+        assert exc.reason in {"oversized", "malformed", "unsupported_version"}
         return
     assert len(pack) > 0 and all(pack.metrics)
     assert len(pack.metrics) == len(pack.units) == len(pack.times) == len(pack.values)
