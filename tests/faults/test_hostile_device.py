@@ -44,7 +44,7 @@ HONEST_MESSAGES = 200
 # Refusals of a whole message; the others (normalisation's) refuse some samples of a
 # message that is stored.
 MESSAGE_LEVEL = {"bad_topic", "missing_sequence", "unsupported_content_type", "malformed",
-                 "oversized", "unsupported_version", "sequence_reused"}
+                 "oversized", "unsupported_version", "sequence_reused", "invalid_epoch"}
 
 
 def _senml(rng: random.Random, now: float) -> object:
