@@ -297,3 +297,115 @@ async def test_after_erasure_no_table_names_the_patient_or_their_devices_unless_
         assert left == {}, f"still naming the erased patient: {left}"
         # The other patient lost nothing.
         assert await _naming(conn, await _identifiers(conn, kept)) == kept_before
+
+
+async def test_the_ledger_of_an_erased_patients_devices_goes_and_their_registry_rows_lose_them(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    erased = await _seed(api, core, pki, "erased.ledger", 431.0)
+    kept = await _seed(api, core, pki, "kept.ledger", 441.0)
+    assert await core.store.count_stored(erased.devices) == (3, 9, 6)
+    await _erase(api, erased.account)
+    assert await core.store.count_stored(erased.devices) == (0, 0, 0)
+    assert await core.store.count_stored(kept.devices) == (3, 9, 6)
+    rows = await core.pool.fetch(
+        """SELECT state, patient_id, serial, firmware_version, last_seen, battery_percent
+           FROM devices WHERE id = ANY($1::text[])""", erased.devices)
+    assert [tuple(r) for r in rows] == [("revoked", None, None, None, None, None)] * 2
+    # Still refused: their certificates are revoked, and on the CRL until they expire.
+    for device_id in erased.devices:
+        assert all(c.revoked_at for c in await core.registry.certificates(device_id))
+
+
+async def test_audit_rows_name_a_device_by_a_reference_that_erasure_replaces(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    erased = await _seed(api, core, pki, "erased.audit", 531.0)
+    watch = erased.devices[0]
+    old_ref = await core.pool.fetchval("SELECT audit_ref FROM devices WHERE id = $1", watch)
+    assert await core.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE strpos(resource, $1) > 0", watch) == 0
+    assert await core.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE patient_id = $1 AND resource = $2",
+        erased.patient_id, f"device/{old_ref}") == 1  # paired
+    # The patient reads their own log with their device's id.
+    resp = await api.get("/v1/me/access-log", headers=erased.account.auth())
+    entries = (await resp.json())["entries"]
+    assert ("device", f"device/{watch}", "paired") in [
+        (e["action"], e["what"], e["outcome"]) for e in entries]
+    await _erase(api, erased.account)
+    assert await core.pool.fetchval(
+        "SELECT count(*) FROM devices WHERE audit_ref = $1", old_ref) == 0
+    assert await core.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE resource = $1", f"device/{old_ref}") == 1
+    assert (await core.audit.verify_chain()).intact  # nothing rewritten
+
+
+async def test_a_quarantined_payload_is_sealed_under_the_key_of_whom_it_is_about(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    alice = await _seed(api, core, pki, "alice.quarantine", 631.0)
+    bob = await register(api, "bob.quarantine")
+    waiting, _, _ = await provisioned(core, pki.ca, "W-waiting")
+    revoked, _, _ = await provisioned(core, pki.ca, "W-revoked")
+    await core.registry.revoke(revoked)
+    shared = alice.devices[1]  # the cuff, shared with Bob for the sake of the rule
+    await core.pool.execute("INSERT INTO device_users (device_id, patient_id, role)"
+                            " VALUES ($1, $2, 'member')", shared, uuid.UUID(bob.id))
+    now = dt.datetime.now(dt.UTC)
+    sent = {"paired": alice.devices[0], "shared": shared, "waiting": waiting,
+            "revoked": revoked, "unknown": "watch-000000000000", "no device": None}
+    await core.pool.execute("DELETE FROM quarantine")
+    await core.store.ingest([], [QuarantineIn(d, f"devices/{d}/telemetry", now, case, "",
+                                              _senml([1.0], now.timestamp()))
+                                 for case, d in sent.items()])
+    rows = {r["reason"]: r for r in await core.pool.fetch("SELECT * FROM quarantine")}
+    assert {case: r["key_owner"] for case, r in rows.items()} == {
+        "paired": alice.account.id, "shared": f"quarantine:device:{shared}",
+        "waiting": f"quarantine:device:{waiting}", "revoked": None,
+        "unknown": "system:quarantine", "no device": "system:quarantine"}
+    assert rows["revoked"]["sealed"] is None  # a revoked device's data is not kept
+    async with core.pool.acquire() as conn:
+        for case, row in rows.items():
+            payload = await open_quarantined(conn, core.keyring, row)
+            assert (payload is None) == (case == "revoked")
+
+
+async def test_unpairing_destroys_the_device_quarantine_key_in_every_copy(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    patient = await _seed(api, core, pki, "unpairs", 731.0)
+    cuff = patient.devices[1]  # quarantined before its pairing, under its own key
+    [row] = await core.pool.fetch("SELECT * FROM quarantine WHERE device_id = $1", cuff)
+    key_row = await core.pool.fetchrow("SELECT * FROM data_keys WHERE owner = $1",
+                                       row["key_owner"])
+    assert row["key_owner"] == f"quarantine:device:{cuff}" and key_row is not None
+    resp = await api.delete(f"/v1/me/devices/{cuff}", headers=patient.account.auth())
+    assert resp.status == 204
+    assert await core.pool.fetchval("SELECT count(*) FROM quarantine WHERE key_owner = $1",
+                                    row["key_owner"]) == 0
+    # The wrapped key restored from a backup does not help: its secret half is gone.
+    await core.pool.execute("INSERT INTO data_keys (owner, version, kek_id, wrapped)"
+                            " VALUES ($1, $2, $3, $4)", key_row["owner"], key_row["version"],
+                            key_row["kek_id"], key_row["wrapped"])
+    async with core.pool.acquire() as conn:
+        with pytest.raises(KeyUnavailable):
+            await open_quarantined(conn, core.keyring, row)
+
+
+async def test_erasing_a_member_destroys_the_shared_scale_quarantine_key(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    owner = await _seed(api, core, pki, "owner.stays", 831.0)
+    member = await register(api, "member.erased")
+    scale = owner.devices[1]
+    await core.pool.execute("INSERT INTO device_users (device_id, patient_id, role)"
+                            " VALUES ($1, $2, 'member')", scale, uuid.UUID(member.id))
+    now = dt.datetime.now(dt.UTC)
+    await core.store.ingest([], [QuarantineIn(scale, f"devices/{scale}/telemetry", now,
+                                              "malformed", "", b"[{\"v\": 83.1")])
+    rows = await core.pool.fetch("SELECT * FROM quarantine WHERE device_id = $1", scale)
+    assert {r["key_owner"] for r in rows} == {f"quarantine:device:{scale}"}
+    await _erase(api, member)
+    assert await core.pool.fetchval("SELECT count(*) FROM quarantine WHERE device_id = $1",
+                                    scale) == 0
+    async with core.pool.acquire() as conn:
+        for row in rows:
+            with pytest.raises(KeyUnavailable):
+                await open_quarantined(conn, core.keyring, row)
+    assert (await core.registry.get(scale)).state == "paired"  # the owner keeps the scale
