@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from storage.device_refs import pseudonymise
+
 _CHAIN_LOCK = 0x41554454  # "AUDT"
 GENESIS = b"\x00" * 32
 
@@ -48,6 +50,7 @@ class Audit:
                      resource: str, outcome: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+            resource = await pseudonymise(conn, resource)  # no device id outlives erasure
             prev = await conn.fetchval(
                 "SELECT hash FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1")
             row_id = await conn.fetchval("SELECT nextval('audit_log_id_seq')")

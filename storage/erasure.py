@@ -6,8 +6,15 @@ before; the rows are removed as well. The keys of their devices (held weighings 
 scale, quarantined payloads of a device not paired to one person) go too, and so do those
 devices' quarantine keys for scales they were a member of.
 
-What remains: the audit log (who accessed what, when; never health values) and a record
-that the erasure happened.
+What remains, and why (README, "Erasure"):
+- the audit log (who accessed whose data, when; never health values): the access trace
+  CNIL and HDS require; append-only, so never rewritten. It names the patient's id, and a
+  device only by a reference (``device/<audit_ref>``) that erasure replaces in the device's
+  registry row, so no row maps an old audit entry to a device any more;
+- ``erasures``: that the erasure happened, when, at whose request (accountability);
+- their devices' registry rows, revoked, without owner, serial, firmware, last contact or
+  battery, with their certificate history: a revoked certificate must stay refused.
+The message ledger of their devices is deleted, as are pairing records and renewals.
 """
 
 from __future__ import annotations
@@ -54,13 +61,26 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
             devices, [str(patient_id), *(quarantine_owner(d) for d in joined)])
         await conn.execute("DELETE FROM data_keys WHERE owner = ANY($1::text[])",
                            [quarantine_owner(d) for d in joined])
+        # The ledger (times, counts, units per message) of their devices: what the loss
+        # accounting needed is moot once the data is gone.
+        ledger = await conn.execute(
+            "DELETE FROM ingested_messages WHERE device_id = ANY($1::text[])", devices)
+        for table in ("device_pairing", "device_pairing_failures", "certificate_renewals"):
+            await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])",  # noqa: S608
+                               devices)
         # Their devices are revoked, not reassigned: what they still send is refused. A
         # shared scale goes with its owner: its members lose it, and its held weighings
         # and their key are deleted (migration 090); its quarantine key too (migration 110).
         # Memberships of this patient in others' scales go with the patient row.
         await conn.execute(
-            "UPDATE devices SET patient_id = NULL, state = 'revoked' WHERE id = ANY($1::text[])",
-            devices)
+            """UPDATE devices SET patient_id = NULL,
+                      state = CASE WHEN state = 'retired' THEN state ELSE 'revoked' END,
+                      serial = NULL, firmware_version = NULL, last_seen = NULL,
+                      battery_percent = NULL, battery_at = NULL
+               WHERE id = ANY($1::text[])""", devices)
+        # New audit references: the old ones, in the append-only log, name no device now.
+        await conn.execute("UPDATE devices SET audit_ref = DEFAULT WHERE id = ANY($1::text[])",
+                           devices + joined)
         await conn.execute("DELETE FROM sessions WHERE subject = $1", str(patient_id))
         # Consents, zones, source orders and the record feed go with the patient (cascade).
         await conn.execute("DELETE FROM patients WHERE id = $1", patient_id)
@@ -74,6 +94,6 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
             "INSERT INTO erasures (patient_id, requested_by, detail) VALUES ($1, $2, $3)",
             patient_id, requested_by,
             f"data keys destroyed; {segments} segments, {_count(rollups)} rollups, "
-            f"{_count(quarantined)} quarantined payloads and "
+            f"{_count(quarantined)} quarantined payloads, {_count(ledger)} ledger rows and "
             f"{len(devices)} device bindings removed")
     return segments
