@@ -172,6 +172,10 @@ async def test_a_dump_taken_before_erasure_opens_nothing_of_the_patient_after(
                 for row in rows:
                     with pytest.raises(KeyUnavailable):
                         await restored.keyring.get(conn, str(pid), row["key_version"])
+        # Nor their authenticator's secret (the account row itself is in the dump).
+        with pytest.raises(KeyUnavailable):
+            await restored.patients.totp_secret(pid)
+        assert await restored.patients.totp_secret(kept.patient_id) == kept.account.secret
         rows, opened = await _opened_quarantine(restored, erased.devices)
         assert rows == 5  # 3 refused-sample records, 1 malformed, 1 from before pairing
         leaked = [v for v in erased.values if any(str(v).encode() in p for p in opened)]
