@@ -43,6 +43,7 @@ from storage.store import MessageIn, QuarantineIn, SegmentIn
 from tests.conftest import Database, Pki
 from tests.integration.test_device_registry import provisioned
 from tests.integration.test_patient_api import PASSWORD, Account, code, register
+from tests.integration.test_storage import _everything_of
 
 
 @pytest.fixture
@@ -280,6 +281,10 @@ async def test_after_erasure_no_table_names_the_patient_or_their_devices_unless_
         api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
     erased = await _seed(api, core, pki, "erased.everywhere", 331.0)
     kept = await _seed(api, core, pki, "kept.everywhere", 341.0)
+    # And a row in every table that cascades from the patient (test_storage's seeding).
+    for seeded, tag in ((erased, "e1"), (kept, "k1")):
+        await _everything_of(core, seeded.patient_id, tag)
+        seeded.devices += [f"watch-{tag}", f"scale-{tag}"]  # their serial is their id
     async with core.pool.acquire() as conn:
         tables = await _tables(conn)
         unclassified = sorted(set(tables) - set(CLASSIFIED))
@@ -290,7 +295,10 @@ async def test_after_erasure_no_table_names_the_patient_or_their_devices_unless_
     # The scan sees the patient where the seeding put them, or it proves nothing.
     for table in ("patients", "data_keys", "devices", "ingested_messages", "segments",
                   "rollups", "quarantine", "audit_log", "sessions", "device_users",
-                  "device_pairing", "device_certificates"):
+                  "device_pairing", "device_certificates", "device_pairing_failures",
+                  "unclaimed_readings", "unclaimed_dismissals", "patient_time_zones",
+                  "source_priorities", "record_feed_consents", "record_feed_outbox",
+                  "consents"):
         assert table in before, f"the seeding left nothing of the patient in {table}"
     assert before["audit_log"] & {"device_id", "device_ref"}  # their devices, in their log
     await _erase(api, erased.account)
