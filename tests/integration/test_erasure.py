@@ -35,12 +35,15 @@ from api.tokens import TokenService
 from devices.ca import new_key
 from healthiot.localservers import find_binary
 from healthiot.services import Core, open_core
+from storage.erasure import device_key_owners
 from storage.errors import KeyUnavailable
+from storage.owner_secrets import OwnerSecrets
 from storage.quarantine import open_quarantined
 from storage.rollups import Rollups
 from storage.segments import Samples
 from storage.store import MessageIn, QuarantineIn, SegmentIn
 from tests.conftest import Database, Pki
+from tests.integration.test_device_cli import healthiot
 from tests.integration.test_device_registry import provisioned
 from tests.integration.test_patient_api import PASSWORD, Account, code, register
 from tests.integration.test_storage import _everything_of
@@ -421,3 +424,18 @@ async def test_erasing_a_member_destroys_the_shared_scale_quarantine_key(
             with pytest.raises(KeyUnavailable):
                 await open_quarantined(conn, core.keyring, row)
     assert (await core.registry.get(scale)).state == "paired"  # the owner keeps the scale
+
+
+async def test_revoking_from_the_command_line_destroys_the_device_keys_secret_halves(
+        core: Core, pki: Pki, database: Database, tmp_path: Path) -> None:
+    device_id, _, _ = await provisioned(core, pki.ca, "W-cli-revoked")
+    var = tmp_path / "var"
+    owners = OwnerSecrets(var / "keys" / "owner-keys")  # the CLI's default, as `run` uses
+    for owner in device_key_owners(device_id):
+        owners.create(owner)
+    done = await healthiot(database, var, "devices", "revoke", device_id, "--pki",
+                           str(pki.directory), "--crl-file", str(tmp_path / "crl.pem"))
+    assert done.returncode == 0, done.stderr
+    for owner in device_key_owners(device_id):
+        with pytest.raises(KeyUnavailable):
+            owners.derive(owner, b"wrapped half from a backup")
