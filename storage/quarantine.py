@@ -73,14 +73,19 @@ async def _key_owners(conn: asyncpg.Connection, device_ids: list[str],
     return owners
 
 
-async def _key(conn: asyncpg.Connection, keyring: Keyring, owner: str) -> tuple[int, bytes]:
+async def _key(conn: asyncpg.Connection, keyring: Keyring, owner: str,
+               ) -> tuple[int, bytes] | None:
+    """The current key of ``owner``, a device's or the system's made on first use; None
+    for a patient whose key is gone (being erased: their payload is not kept)."""
     try:
         return await keyring.current(conn, owner)
     except KeyUnavailable:
         if owner.startswith("quarantine:device:") or owner == system_owner(QUARANTINE_KEY):
             await keyring.create(conn, owner)  # ON CONFLICT DO NOTHING: racing bridges agree
             return await keyring.current(conn, owner)
-        raise  # a patient's key is made with the account, never here
+        # A patient's key is made with the account, never here. Raising would fail the
+        # whole batch, again at every redelivery; their data is not to be kept anyway.
+        return None
 
 
 async def write_quarantined(conn: asyncpg.Connection, keyring: Keyring,
@@ -93,11 +98,12 @@ async def write_quarantined(conn: asyncpg.Connection, keyring: Keyring,
             owner: str | None = system_owner(QUARANTINE_KEY)
         else:
             owner = owners[q.device_id]
-        if owner is None:
+        found = None if owner is None else await _key(conn, keyring, owner)
+        if found is None:
             rows.append((q.received_at, q.device_id, q.topic, q.reason, q.detail, None, None,
                          None))
             continue
-        version, key = await _key(conn, keyring, owner)
+        version, key = found
         rows.append((q.received_at, q.device_id, q.topic, q.reason, q.detail,
                      seal(key, q.payload, quarantine_aad(q.topic, q.received_at)), owner,
                      version))

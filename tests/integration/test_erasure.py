@@ -439,3 +439,19 @@ async def test_revoking_from_the_command_line_destroys_the_device_keys_secret_ha
     for owner in device_key_owners(device_id):
         with pytest.raises(KeyUnavailable):
             owners.derive(owner, b"wrapped half from a backup")
+
+
+async def test_a_payload_for_a_patient_whose_key_is_gone_is_recorded_without_it(
+        api: TestClient[Any, Any], core: Core, pki: Pki) -> None:
+    """An erasure racing the bridge: the device still reads as paired, the key is gone.
+    The batch must still commit (or it would fail at every redelivery), keeping nothing."""
+    patient = await _seed(api, core, pki, "erased.midway", 931.0)
+    watch = patient.devices[0]
+    core.keyring.forget(patient.account.id)
+    await core.pool.execute("DELETE FROM data_keys WHERE owner = $1", patient.account.id)
+    now = dt.datetime.now(dt.UTC)
+    await core.store.ingest([], [QuarantineIn(watch, f"devices/{watch}/telemetry", now,
+                                              "midway", "", _senml([1.0], now.timestamp()))])
+    row = await core.pool.fetchrow("SELECT sealed, key_owner FROM quarantine"
+                                   " WHERE reason = 'midway'")
+    assert tuple(row) == (None, None)
