@@ -49,8 +49,8 @@ class Audit:
     async def record(self, *, actor: str, patient_id: uuid.UUID | None, action: str,
                      resource: str, outcome: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
             resource = await pseudonymise(conn, resource)  # no device id outlives erasure
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
             prev = await conn.fetchval(
                 "SELECT hash FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1")
             row_id = await conn.fetchval("SELECT nextval('audit_log_id_seq')")
