@@ -18,6 +18,7 @@ from api.fhir_routes import observations
 from api.limits import SignInGuard, TooMany, too_many
 from api.problems import Problem
 from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from storage import device_refs
 from storage.clinicians import Clinicians
 from storage.consents import Consents
 from storage.erasure import erase_patient
@@ -225,11 +226,13 @@ async def export_me(request: web.Request) -> web.Response:
             str(c.id), ref, c.active(now), _ms(c.granted_at), _ms(c.expires_at),
             _ms(c.data_from), _ms(c.data_to), who.rpps if who else None,
             c.metrics))
-    for row in await deps.audit.for_patient(patient_id, limit=100_000):
+    trail = await deps.audit.for_patient(patient_id, limit=100_000)
+    what = await device_refs.resolve(deps.pool, [row["resource"] for row in trail])
+    for row, resource in zip(trail, what, strict=True):
         if row["action"] in ("read", "search", "feed"):
             resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),
                                               row["action"], row["outcome"], row["actor"],
-                                              ref, row["resource"]))
+                                              ref, resource))
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="export", resource="all", outcome="ok")
     return web.json_response(fhir.bundle("collection", resources),

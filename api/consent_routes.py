@@ -10,6 +10,7 @@ from aiohttp import web
 
 from api.problems import Problem
 from api.requests import DEPS, bearer_claims, patient_of, strict_body, uuid_param
+from storage import device_refs
 from storage.clinicians import Clinicians
 from storage.consents import Consent, Consents
 from storage.record_feed import RecordFeed
@@ -115,21 +116,23 @@ async def access_log(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, ACCESS_LOG_MAX)
     before = _int_param(request, "before", 0, 2**62) or None
     rows = await deps.audit.for_patient(patient_id, limit, before)
+    # Devices are in the log by reference (storage/device_refs.py): shown by id here.
+    what = await device_refs.resolve(deps.pool, [row["resource"] for row in rows])
     clinicians = Clinicians(deps.pool, deps.keyring)
     names: dict[str, tuple[str, str | None]] = {}
     entries = []
-    for row in rows:
+    for row, resource in zip(rows, what, strict=True):
         actor = row["actor"]
         if actor not in names:
             names[actor] = await _who(clinicians, actor, patient_id)
         who, rpps = names[actor]
         entries.append({"id": row["id"], "at": row["at"].isoformat(), "who": who, "rpps": rpps,
                         "actor": actor, "action": row["action"],
-                        "what": row["resource"], "outcome": row["outcome"]})
+                        "what": resource, "outcome": row["outcome"]})
     if request.query.get("format") == "fhir":
         events = [fhir.audit_event(f"audit-{row['id']}", int(row["at"].timestamp() * 1000),
                                    row["action"], row["outcome"], e["who"],
-                                   f"Patient/{patient_id}", row["resource"], rpps=e["rpps"])
+                                   f"Patient/{patient_id}", e["what"], rpps=e["rpps"])
                   for row, e in zip(rows, entries, strict=True)
                   if row["action"] in ("read", "search", "feed")]
         return web.json_response(fhir.bundle("collection", events),

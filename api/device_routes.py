@@ -20,7 +20,7 @@ from devices.errors import InvalidTransition, PairingRefused, PairingThrottled, 
 from devices.identity import is_device_id
 from devices.registry import MAX_SERIAL_LENGTH, DeviceInfo
 from devices.revocation import Revoker
-from storage.held import device_owner
+from storage.erasure import device_key_owners
 
 REVOKER = web.AppKey("revoker", Revoker)
 MAX_CODE_LENGTH = 32  # a code is 10 characters; room for dashes and spaces
@@ -95,9 +95,10 @@ async def unpair(request: web.Request) -> web.Response:
         await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
                                 resource=f"device/{device_id}", outcome="refused")
         raise Problem(409, f"this device is already {exc.current}") from None
-    # A shared scale's held weighings went with it (migration 090); the secret half of
-    # their key goes too, so that no copy opens again.
-    deps.keyring.forget(device_owner(device_id))
+    # A shared scale's held weighings and the device's quarantine went with it (migrations
+    # 090, 110); the secret halves of their keys go too, so that no copy opens again.
+    for owner in device_key_owners(device_id):
+        deps.keyring.forget(owner)
     await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
                             resource=f"device/{device_id}", outcome="revoked")
     return web.Response(status=204)

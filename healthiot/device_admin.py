@@ -30,6 +30,8 @@ from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
 from storage.audit import Audit
+from storage.erasure import device_key_owners
+from storage.owner_secrets import OwnerSecrets
 from storage.quarantine import list_quarantined
 
 
@@ -126,6 +128,12 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
             device = await Revoker(registry, publisher, takeover).revoke(device_id)
         except DeviceError as exc:
             raise SettingsError(str(exc)) from None
+        # Its held weighings and quarantine went with it (a trigger deleted the wrapped
+        # keys); the secret halves go too, or a backup would still open them.
+        owners = OwnerSecrets(settings.owner_keys_dir or settings.path(
+            "kek_file", "keys/kek.bin").parent / "owner-keys")
+        for owner in device_key_owners(device_id):
+            owners.destroy(owner)
         await Audit(pool).record(actor="operator:cli", patient_id=device.patient_id,
                                  action="device", resource=f"device/{device_id}",
                                  outcome="revoked")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from storage.device_refs import pseudonymise
+
 _CHAIN_LOCK = 0x41554454  # "AUDT"
 GENESIS = b"\x00" * 32
 
@@ -47,6 +49,7 @@ class Audit:
     async def record(self, *, actor: str, patient_id: uuid.UUID | None, action: str,
                      resource: str, outcome: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
+            resource = await pseudonymise(conn, resource)  # no device id outlives erasure
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
             prev = await conn.fetchval(
                 "SELECT hash FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1")

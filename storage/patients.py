@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from storage.crypto import open_sealed, seal
+from storage.errors import KeyUnavailable
 from storage.keyring import Keyring
 
 SECRETS_KEY = "secrets"
@@ -39,12 +40,14 @@ class Patients:
         no health data until a first code proves the authenticator works."""
         patient_id = uuid.uuid4()
         async with self._pool.acquire() as conn, conn.transaction():
-            _, key = await self._keyring.system_key(conn, SECRETS_KEY)
-            await conn.execute(
-                "INSERT INTO patients (id, username, password_hash, totp_sealed)"
-                " VALUES ($1, $2, $3, $4)", patient_id, username, password_hash,
-                seal(key, totp_secret, _totp_aad(patient_id)))
+            # Sealed under the patient's own key, so that their erasure reaches it in old
+            # dumps too (migration 112).
             await self._keyring.create(conn, str(patient_id))
+            version, key = await self._keyring.current(conn, str(patient_id))
+            await conn.execute(
+                "INSERT INTO patients (id, username, password_hash, totp_sealed,"
+                " totp_key_version) VALUES ($1, $2, $3, $4, $5)", patient_id, username,
+                password_hash, seal(key, totp_secret, _totp_aad(patient_id)), version)
             if not totp_confirmed:
                 await conn.execute(
                     "UPDATE patients SET totp_confirmed_at = NULL WHERE id = $1", patient_id)
@@ -74,11 +77,17 @@ class Patients:
         return done is not None
 
     async def totp_secret(self, patient_id: uuid.UUID) -> bytes:
+        """The TOTP secret; KeyUnavailable once the patient is erased."""
         async with self._pool.acquire() as conn:
-            sealed = await conn.fetchval("SELECT totp_sealed FROM patients WHERE id = $1",
-                                         patient_id)
-            _, key = await self._keyring.system_key(conn, SECRETS_KEY)
-        return open_sealed(key, sealed, _totp_aad(patient_id))
+            row = await conn.fetchrow(
+                "SELECT totp_sealed, totp_key_version FROM patients WHERE id = $1", patient_id)
+            if row is None:
+                raise KeyUnavailable(f"no patient {patient_id}")
+            if row["totp_key_version"] is None:  # an account from before migration 112
+                _, key = await self._keyring.system_key(conn, SECRETS_KEY)
+            else:
+                key = await self._keyring.get(conn, str(patient_id), row["totp_key_version"])
+        return open_sealed(key, row["totp_sealed"], _totp_aad(patient_id))
 
     async def update_password_hash(self, patient_id: uuid.UUID, password_hash: str) -> None:
         await self._pool.execute("UPDATE patients SET password_hash = $2 WHERE id = $1",

@@ -16,10 +16,11 @@ import numpy.typing as npt
 from storage.crypto import open_sealed, seal
 from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
+from storage.quarantine import QuarantineIn as QuarantineIn  # re-exported: the bridge makes them
+from storage.quarantine import write_quarantined
 from storage.segments import Samples, pack, unpack
 from vitals.normalise import Flag
 
-QUARANTINE_KEY = "quarantine"
 # Keys the payload digests of the message ledger: a plain hash of a small pack could be
 # brute-forced back to its value. System keys have one version, so digests stay comparable.
 DIGEST_KEY = "ledger_digest"
@@ -65,22 +66,6 @@ class MessageIn:
         """Samples stored from this message, held ones included: the loss ledger's count."""
         return (sum(len(s.samples) for s in self.segments)
                 + sum(len(h.values) for h in self.held))
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineIn:
-    """Something that could not be stored as health data, kept sealed with the reason."""
-
-    device_id: str | None
-    topic: str
-    received_at: dt.datetime
-    reason: str
-    detail: str
-    payload: bytes
-    # The message whose refused samples these are: written only with that message, so a
-    # redelivery (an ack lost after the commit) quarantines nothing twice.
-    seq: int | None = None
-    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +164,7 @@ class Store:
                                message.received_at, message.held)
             await self._copy_segments(conn, rows)
             if to_quarantine:
-                await self._quarantine(conn, to_quarantine)
+                await write_quarantined(conn, self._keyring, to_quarantine)
             if messages:
                 await conn.execute(
                     """UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.at)
@@ -233,16 +218,6 @@ class Store:
                            start, end, n, version)
         return (segment_id, segment.patient_id, segment.metric, device_id, start, end, n,
                 version, seal(key, pack(segment.samples), aad))
-
-    async def _quarantine(self, conn: asyncpg.Connection,
-                          items: Sequence[QuarantineIn]) -> None:
-        _, key = await self._keyring.system_key(conn, QUARANTINE_KEY)
-        await conn.executemany(
-            """INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
-            [(q.received_at, q.device_id, q.topic, q.reason, q.detail,
-              seal(key, q.payload, f"quarantine|{q.topic}|{q.received_at.isoformat()}".encode()))
-             for q in items])
 
     async def read_series(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                           end: dt.datetime) -> Samples:

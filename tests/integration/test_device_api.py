@@ -94,10 +94,12 @@ async def test_pair_list_and_unpair_my_device(api: TestClient[Any, Any], core: C
     resp = await api.delete(f"/v1/me/devices/{device_id}", headers=alice.auth())
     assert resp.status == 409  # already revoked: said plainly
     assert resp.content_type == "application/problem+json"
+    # The log names the device by its reference (storage/device_refs.py), not by its id.
+    ref = await core.pool.fetchval("SELECT audit_ref FROM devices WHERE id = $1", device_id)
     assert await _audit(core, alice) == [
-        ("device", f"device/{device_id}", "paired"), ("read", "devices", "ok"),
-        ("device", f"device/{device_id}", "revoked"), ("read", "devices", "ok"),
-        ("device", f"device/{device_id}", "refused")]
+        ("device", f"device/{ref}", "paired"), ("read", "devices", "ok"),
+        ("device", f"device/{ref}", "revoked"), ("read", "devices", "ok"),
+        ("device", f"device/{ref}", "refused")]
     assert (await core.audit.verify_chain()).intact
 
 

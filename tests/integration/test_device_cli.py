@@ -65,8 +65,10 @@ async def test_provision_from_the_device_csr_then_revoke(core: Core, database: D
     assert (await core.registry.get(device_id)).state == "revoked"
     crl = x509.load_pem_x509_crl(crl_file.read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-    audit = await core.pool.fetchrow("SELECT actor, patient_id, outcome FROM audit_log"
-                                     " WHERE resource = $1", f"device/{device_id}")
+    # Audit rows name a device by its reference (storage/device_refs.py), not its id.
+    audit = await core.pool.fetchrow(
+        "SELECT actor, patient_id, outcome FROM audit_log WHERE resource ="
+        " (SELECT 'device/' || audit_ref FROM devices WHERE id = $1)", device_id)
     assert tuple(audit) == ("operator:cli", alice, "revoked")
 
     twice = await healthiot(database, tmp_path / "var", "devices", "revoke", device_id,

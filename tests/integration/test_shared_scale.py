@@ -176,7 +176,8 @@ async def test_owner_invites_member_joins_lists_and_leaves(api: TestClient[Any, 
     log = await core.pool.fetch(
         "SELECT actor, resource, outcome FROM audit_log WHERE patient_id = $1"
         " AND resource LIKE $2 || '/users%' AND action = 'device' ORDER BY id",
-        uuid.UUID(alice.id), f"device/{device_id}")
+        uuid.UUID(alice.id), "device/" + await core.pool.fetchval(  # by reference
+            "SELECT audit_ref FROM devices WHERE id = $1", device_id))
     assert [(r["actor"], r["outcome"]) for r in log] == [
         (f"patient:{bob.id}", "joined"), (f"patient:{alice.id}", "refused"),
         (f"patient:{bob.id}", "left"),

@@ -278,8 +278,10 @@ async def test_retention_drops_old_months_and_records_it(core) -> None:  # type:
         assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
     await _ingest(core, patient, "heart_rate", np.array([_ms(old)]), np.array([70.0]))
     await _ingest(core, patient, "heart_rate", np.array([_ms(now)]), np.array([71.0]))
-    await core.pool.execute("INSERT INTO quarantine (received_at, topic, reason, detail, sealed)"
-                            " VALUES (now() - interval '40 days', 't', 'r', 'd', '\\x00')")
+    await core.pool.execute(
+        "INSERT INTO quarantine (received_at, topic, reason, detail, sealed, key_owner,"
+        " key_version) VALUES (now() - interval '40 days', 't', 'r', 'd', '\\x00',"
+        " 'system:quarantine', 1)")
     job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
                       core.audit, RetentionPolicy(raw_days=365, quarantine_days=30))
     removed = await job.enforce_retention(now)
@@ -415,8 +417,9 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
         await conn.execute("INSERT INTO unclaimed_dismissals (reading_id, patient_id)"
                            " VALUES ($1, $2)", reading, patient)
         await conn.execute(
-            "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed)"
-            " VALUES (now(), $1, 't', 'r', 'd', '\\x00')", device)
+            "INSERT INTO quarantine (received_at, device_id, topic, reason, detail, sealed,"
+            " key_owner, key_version) VALUES (now(), $1, 't', 'r', 'd', '\\x00', $2, 1)",
+            device, str(patient))
         session = uuid.uuid4()
         await conn.execute("INSERT INTO sessions (id, subject, methods) VALUES ($1, $2, '{pwd}')",
                            session, str(patient))
