@@ -30,6 +30,7 @@ from healthiot.services import (
     start_api,
 )
 from healthiot.settings import Settings
+from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
 from vitals.errors import InvalidProfessional
@@ -51,7 +52,9 @@ def _database(settings: Settings) -> tuple[str, str]:
 async def _open_core(settings: Settings) -> Core:
     dsn, password = _database(settings)
     return await open_core(dsn, password, _required(settings, "kek_file"),
-                           owner_keys_dir=_required(settings, "owner_keys_dir"))
+                           owner_keys_dir=_required(settings, "owner_keys_dir"),
+                           audit_key_file=settings.path("audit_key_file", "keys/audit.key"),
+                           audit_anchor_dir=settings.path("audit_anchor_dir", "audit-anchors"))
 
 
 async def until_signalled() -> None:
@@ -64,8 +67,19 @@ async def until_signalled() -> None:
 
 
 async def migrate_only(settings: Settings) -> int:
+    """Migrate as the owner role, through the administrator's connection, and give the
+    service role (the user of HEALTHIOT_DATABASE_URL) its password."""
     dsn, password = _database(settings)
-    applied = await stack.migrate_database(dsn, password)
+    if not settings.database_admin_url:
+        raise SettingsError("HEALTHIOT_DATABASE_ADMIN_URL is required here: the services' "
+                            "role may not change the schema")
+    user = dsn.partition("://")[2].rpartition("@")[0].partition(":")[0]
+    if user != roles.SERVICE:
+        raise SettingsError(f"HEALTHIOT_DATABASE_URL must name the service role "
+                            f"{roles.SERVICE}, not {user or 'no user'}")
+    applied = await stack.migrate_database(
+        settings.database_admin_url, settings.database_admin_password,
+        service_password=password, audit_retention_days=settings.retention_audit_days)
     print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
     return 0
 
@@ -91,7 +105,7 @@ async def run_bridge(settings: Settings) -> int:
         if probes is not None:
             await probes.cleanup()
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -108,7 +122,7 @@ async def run_api(settings: Settings) -> int:
             await until_signalled()
             await runner.cleanup()
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -124,7 +138,7 @@ async def run_record_feed(settings: Settings) -> int:
             await until_signalled()
             await stop_task(task)
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -145,7 +159,7 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
               f"password: {first_password}\n"
               f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -155,11 +169,11 @@ async def verify_audit(settings: Settings) -> int:
     try:
         check = await core.audit.verify_chain()
     finally:
-        await core.pool.close()
+        await core.close()
     if check.intact:
-        print(f"audit chain intact: {check.rows} entries")
+        print(f"audit chain intact: {check.rows} entries, {check.anchors} anchors match")
         return 0
-    print(f"audit chain BROKEN at entry {check.first_broken_id} "
+    print(f"audit chain BROKEN at entry {check.first_broken_id}: {check.reason} "
           f"({check.rows} entries before it hold)")
     return 1
 
@@ -175,7 +189,7 @@ async def run_maintenance(settings: Settings, *, once: bool) -> int:
         await until_signalled()
         await stop_task(task)
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -191,7 +205,7 @@ async def rotate_kek(settings: Settings, new_kek: Path) -> int:
         async with core.pool.acquire() as conn:
             done = await core.keyring.rewrap_all(conn, LocalKeyFile(new_kek))
     finally:
-        await core.pool.close()
+        await core.close()
     print(f"re-wrapped {done} data keys with {new_kek}; set HEALTHIOT_KEK_FILE to it, "
           f"then retire {old}")
     return 0

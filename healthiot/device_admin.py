@@ -29,7 +29,7 @@ from healthiot import stack
 from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
-from storage.audit import Audit
+from storage.audit import Anchors, Audit, AuditKey
 
 
 def crl_path(settings: Settings, given: Path | None) -> Path:
@@ -67,11 +67,11 @@ async def _pool(settings: Settings) -> asyncpg.Pool:
     if settings.database_url:
         dsn, password = settings.database_url, settings.database_password
     else:
-        secret = settings.var_dir / "secrets" / "postgres-password"
+        secret = settings.var_dir / "secrets" / "postgres-service-password"
         if not secret.exists():
             raise SettingsError("no database: set HEALTHIOT_DATABASE_URL, or start the "
                                 "embedded stack with `healthiot run` first")
-        dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+        dsn = stack.service_dsn(settings)
         password = secret.read_text().strip()
     try:
         return await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=2,
@@ -125,9 +125,12 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
             device = await Revoker(registry, publisher, takeover).revoke(device_id)
         except DeviceError as exc:
             raise SettingsError(str(exc)) from None
-        await Audit(pool).record(actor="operator:cli", patient_id=device.patient_id,
-                                 action="device", resource=f"device/{device_id}",
-                                 outcome="revoked")
+        audit = Audit(pool, AuditKey(settings.path("audit_key_file", "keys/audit.key"),
+                                     create=settings.environment == "development"),
+                      Anchors(settings.path("audit_anchor_dir", "audit-anchors")))
+        await audit.record(actor="operator:cli", patient_id=device.patient_id,
+                           action="device", resource=f"device/{device_id}", outcome="revoked")
+        audit.flush()  # before this process ends
     finally:
         await pool.close()
     print(f"revoked {device_id}; CRL written to {publisher.path}; live session "

@@ -34,9 +34,16 @@ class Settings:
     log_format: str = field(default="text", metadata=_doc("text (for people) or json"))
 
     database_url: str = field(default="", metadata=_doc(
-        "postgresql://user@host:port/db of an existing server; empty: the embedded cluster"))
+        "postgresql://healthiot_service@host:port/db the services connect as (the service "
+        "role: rows only, no schema, append-only audit); empty: the embedded cluster"))
     database_password: str = field(default="", repr=False, metadata=_doc(
         "password for database_url (embedded: generated under var/secrets)", secret=True))
+    database_admin_url: str = field(default="", metadata=_doc(
+        "postgresql://user@host:port/db that `db migrate` connects as: a superuser (or a "
+        "member of healthiot_owner); it makes the roles, sets the service password and "
+        "migrates as healthiot_owner"))
+    database_admin_password: str = field(default="", repr=False, metadata=_doc(
+        "password for database_admin_url, read by `db migrate` only", secret=True))
     pg_port: int = field(default=54329, metadata=_doc("port of the embedded PostgreSQL"))
     pg_bin_dir: str = field(default="", metadata=_doc(
         "directory of initdb/postgres when not on PATH or in /usr/lib/postgresql/*/bin"))
@@ -77,6 +84,12 @@ class Settings:
 
     kek_file: Path | None = field(default=None, metadata=_doc(
         "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))
+    audit_key_file: Path | None = field(default=None, metadata=_doc(
+        "key of the audit log's HMAC chain (32 bytes, owner-only; embedded: generated in "
+        "var/keys), kept out of the database so that its owner cannot re-chain", secret=True))
+    audit_anchor_dir: Path | None = field(default=None, metadata=_doc(
+        "where the audit chain's head is appended, outside the database (embedded: "
+        "var/audit-anchors); `audit verify` needs it: keep it apart from the database"))
 
     owner_keys_dir: Path | None = field(default=None, metadata=_doc(
         "per-patient secrets, half of each data key, outside the database (embedded: "

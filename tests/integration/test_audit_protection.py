@@ -6,6 +6,8 @@ superuser, who can change anything in the database, but not the key the chain is
 with nor the anchors written outside it, so `healthiot audit verify` sees what they did.
 Both act through psql, a real client, besides asyncpg.
 """
+# The attacker's SQL is built from ids and hex digests the test itself read.
+# ruff: noqa: S608
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import pytest
 from healthiot.localservers import find_binary
 from healthiot.services import Core
 from storage import roles
-from storage.audit import GENESIS
+from storage.audit import ANCHOR_EVERY_S, GENESIS, row_mac
 from tests.conftest import Database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +45,8 @@ async def _entries(core: Core, n: int) -> list[int]:
     for i in range(n):
         await core.audit.record(actor=f"patient:{patient}", patient_id=patient, action="read",
                                 resource=f"vitals/heart_rate/{i}", outcome="ok")
+    # The attacker comes later than ANCHOR_EVERY_S (tested apart): the head is anchored.
+    core.audit.flush()
     return [r["id"] for r in await core.pool.fetch("SELECT id FROM audit_log ORDER BY id")]
 
 
@@ -198,7 +202,6 @@ async def test_rechaining_with_a_stolen_key_is_caught_by_the_anchor(
     ids = await _entries(core, 5)
     key = (tmp_path / "audit.key").read_bytes()  # the conftest core's key
     rows = await core.pool.fetch("SELECT * FROM audit_log ORDER BY id")
-    from storage.audit import row_mac
     prev = rows[0]["prev_hash"]
     statements = []
     for row in rows:
@@ -213,7 +216,9 @@ async def test_rechaining_with_a_stolen_key_is_caught_by_the_anchor(
 
     check = await core.audit.verify_chain()
     assert not check.intact
-    assert check.first_broken_id == ids[1]  # the first row whose anchored hash changed
+    # Anchored: the first row and the head (a burst). The head's hash covers the rewritten row.
+    assert check.first_broken_id == ids[4]
+    assert "rewritten" in (check.reason or "")
 
 
 async def test_deleting_the_newest_rows_is_detected(core: Core, database: Database) -> None:
@@ -221,8 +226,8 @@ async def test_deleting_the_newest_rows_is_detected(core: Core, database: Databa
     await _as_attacker(database, f"DELETE FROM audit_log WHERE id >= {ids[3]}")
     check = await core.audit.verify_chain()
     assert not check.intact
-    assert check.first_broken_id == ids[3]
-    assert "anchor" in (check.reason or "")
+    assert check.first_broken_id == ids[4]  # the head, anchored, is gone
+    assert "gone" in (check.reason or "")
 
 
 async def test_inserting_a_row_is_detected(core: Core, database: Database) -> None:
@@ -272,6 +277,23 @@ async def test_healthiot_audit_verify_exits_1_when_the_newest_rows_are_gone(
     done = await verify()
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"BROKEN at entry {ids[-1]}" in done.stdout
+
+
+async def test_the_head_is_anchored_at_most_anchor_every_s_after_an_append(
+        core: Core, tmp_path: Path) -> None:
+    patient = uuid.uuid4()
+    for i in range(3):
+        await core.audit.record(actor=f"patient:{patient}", patient_id=patient, action="read",
+                                resource=f"r/{i}", outcome="ok")
+    last = await core.pool.fetchval("SELECT max(id) FROM audit_log")
+
+    def anchored() -> set[int]:
+        return {int(line.split()[0]) for f in (tmp_path / "audit-anchors").glob("*.anchors")
+                for line in f.read_text().splitlines()}
+
+    assert last not in anchored()  # a burst: the first is anchored at once, the rest soon
+    await asyncio.sleep(ANCHOR_EVERY_S + 0.3)
+    assert last in anchored()
 
 
 async def test_the_first_row_starts_from_genesis(core: Core) -> None:
