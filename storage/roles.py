@@ -55,14 +55,17 @@ async def hand_to_owner(conn: asyncpg.Connection) -> int:
     await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     database = await conn.fetchval("SELECT current_database()")
     await conn.execute(f'ALTER DATABASE "{database}" OWNER TO {OWNER}')
+    # Partitions included (ALTER TABLE does not recurse to them); a serial's sequence
+    # follows its table, and cannot be given away by itself.
     relations = await conn.fetch(
         """SELECT c.oid::regclass::text AS name, c.relkind FROM pg_class c
            WHERE c.relnamespace = 'public'::regnamespace
              AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
              AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                             AND d.objid = c.oid AND d.deptype IN ('e', 'a', 'i'))
-           ORDER BY c.relkind = 'S'""", OWNER)  # a serial's sequence follows its table
+                             AND d.objid = c.oid AND (d.deptype = 'e'
+                                  OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))""",
+        OWNER)
     for rel in relations:
         kind = "SEQUENCE" if rel["relkind"] == "S" else "TABLE"
         await conn.execute(f"ALTER {kind} {rel['name']} OWNER TO {OWNER}")

@@ -18,15 +18,18 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from healthiot.localservers import find_binary
-from healthiot.services import Core
-from storage import roles
+from healthiot.services import Core, open_core
+from storage import partitioning, roles
 from storage.audit import ANCHOR_EVERY_S, GENESIS, row_mac
+from storage.errors import MigrationError
+from storage.migrate import migrate, migrations
 from tests.conftest import Database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,3 +302,110 @@ async def test_the_head_is_anchored_at_most_anchor_every_s_after_an_append(
 async def test_the_first_row_starts_from_genesis(core: Core) -> None:
     await _entries(core, 1)
     assert await core.pool.fetchval("SELECT prev_hash FROM audit_log") == GENESIS
+
+
+# --- a database from before the roles and the key ---------------------------------------
+
+@pytest.fixture
+async def legacy(pg_server: Database, tmp_path: Path) -> AsyncIterator[Database]:
+    """A database migrated up to 090 by a superuser, as every one was before issue 18: its
+    objects are the superuser's, and its audit log holds a row from before the chain (no
+    hash) and three chained with plain SHA-256."""
+    name = f"legacy_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    admin_dsn = pg_server.dsn.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(admin_dsn, password=pg_server.password)
+    try:
+        await conn.execute("""CREATE TABLE schema_migrations (
+            number integer PRIMARY KEY, name text NOT NULL, sha256 text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())""")
+        for number, file_name, sql in migrations():
+            if number >= 100:
+                break
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", number,
+                               file_name, hashlib.sha256(sql.encode()).hexdigest())
+        # segments partitioned by month, as the code then did, as the superuser.
+        body = next(sql for n, _, sql in migrations() if n == 100)
+        start = body.index("CREATE FUNCTION segments_create_month")
+        await conn.execute(body[start:body.index("END $$;", start) + len("END $$;")])
+        await partitioning.prepare(conn)
+        await conn.execute("DROP FUNCTION segments_create_month")
+        await conn.execute("INSERT INTO audit_log (at, actor, action, resource, outcome)"
+                           " VALUES (now(), 'patient:old', 'read', 'vitals', 'ok')")
+        prev = GENESIS
+        for i in range(3):
+            row_id = await conn.fetchval("SELECT nextval('audit_log_id_seq')")
+            at = dt.datetime.now(dt.UTC)
+            row = {"id": row_id, "at": at, "actor": "patient:p", "patient_id": None,
+                   "action": "read", "resource": f"r/{i}", "outcome": "ok"}
+            digest = _sha256_chain(prev, row)  # type: ignore[arg-type]
+            await conn.execute(
+                "INSERT INTO audit_log (id, at, actor, action, resource, outcome, prev_hash,"
+                " hash) VALUES ($1, $2, 'patient:p', 'read', $3, 'ok', $4, $5)",
+                row_id, at, f"r/{i}", prev, digest)
+            prev = digest
+    finally:
+        await conn.close()
+    yield Database(admin_dsn.replace("//healthiot@", f"//{roles.SERVICE}@"),
+                   pg_server.service_password, admin_dsn, pg_server.password)
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+async def test_a_database_from_before_the_roles_is_handed_to_the_owner_and_its_chain_kept(
+        legacy: Database, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(legacy.admin_dsn, password=legacy.admin_password)
+    try:
+        applied = await migrate(conn)
+        owners = {r["tableowner"] for r in await conn.fetch(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+        functions = {r["owner"] for r in await conn.fetch(
+            "SELECT proowner::regrole::text AS owner FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace")}
+        unchained = await conn.fetch("SELECT actor FROM audit_log_unchained")
+        partitions = await conn.fetch("SELECT 1 FROM pg_tables WHERE tablename ~ '^segments_[0-9]'")
+    finally:
+        await conn.close()
+    assert [a[:3] for a in applied] == ["100", "101"]
+    assert owners == functions == {roles.OWNER}  # monthly partitions included
+    assert len(partitions) > 3
+    assert [r["actor"] for r in unchained] == ["patient:old"]  # kept, out of the chain
+
+    core = await open_core(legacy.dsn, legacy.password, tmp_path / "kek.bin", create_kek=True)
+    try:
+        assert await core.pool.fetchval("SELECT current_user") == roles.SERVICE
+        check = await core.audit.verify_chain()
+        assert check.intact and check.rows == 3  # the SHA-256 rows, checked as such
+        await core.audit.record(actor="patient:p", patient_id=None, action="read",
+                                resource="r/keyed", outcome="ok")
+        core.audit.flush()
+        assert (await core.audit.verify_chain()).intact
+        # Rewriting the old rows and re-chaining them the old way no longer holds: the
+        # first keyed row's MAC covers the last old hash.
+        rows = await core.pool.fetch("SELECT * FROM audit_log ORDER BY id")
+        prev, statements = GENESIS, []
+        for row in rows[:3]:
+            edited = {**dict(row), "actor": "patient:q"}
+            digest = _sha256_chain(prev, edited)  # type: ignore[arg-type]
+            statements.append(f"UPDATE audit_log SET actor = 'patient:q', prev_hash ="
+                              f" '\\x{prev.hex()}', hash = '\\x{digest.hex()}'"
+                              f" WHERE id = {row['id']};")
+            prev = digest
+        await _as_attacker(legacy, " ".join(statements))
+        check = await core.audit.verify_chain()
+        assert check.first_broken_id == rows[3]["id"]
+    finally:
+        await core.close()
+
+
+async def test_the_service_role_cannot_run_the_migrations(database: Database) -> None:
+    conn = await asyncpg.connect(database.dsn, password=database.password)
+    try:
+        with pytest.raises(MigrationError):
+            await migrate(conn)
+    finally:
+        await conn.close()
