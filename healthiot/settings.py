@@ -39,9 +39,8 @@ class Settings:
     database_password: str = field(default="", repr=False, metadata=_doc(
         "password for database_url (embedded: generated under var/secrets)", secret=True))
     database_admin_url: str = field(default="", metadata=_doc(
-        "postgresql://user@host:port/db that `db migrate` connects as: a superuser (or a "
-        "member of healthiot_owner); it makes the roles, sets the service password and "
-        "migrates as healthiot_owner"))
+        "postgresql://user@host:port/db that `db migrate` connects as: a superuser, which "
+        "makes the roles, sets the service password and migrates as healthiot_owner"))
     database_admin_password: str = field(default="", repr=False, metadata=_doc(
         "password for database_admin_url, read by `db migrate` only", secret=True))
     pg_port: int = field(default=54329, metadata=_doc("port of the embedded PostgreSQL"))
@@ -101,7 +100,8 @@ class Settings:
     retention_quarantine_days: int = field(default=30, metadata=_doc(
         "days quarantined payloads are kept for diagnosis"))
     retention_audit_days: int = field(default=1825, metadata=_doc(
-        "days the audit log is kept (cut from its oldest end; the chain stays checkable)"))
+        "days the audit log is kept (cut from its oldest end; the chain stays checkable); "
+        "stored in the database by `db migrate`: the services cannot shorten it"))
     maintenance_interval_s: int = field(default=300, metadata=_doc(
         "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
 
