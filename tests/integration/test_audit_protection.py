@@ -409,3 +409,25 @@ async def test_the_service_role_cannot_run_the_migrations(database: Database) ->
             await migrate(conn)
     finally:
         await conn.close()
+
+
+async def test_a_line_in_the_anchor_files_that_is_no_anchor_fails_the_check(
+        core: Core, tmp_path: Path) -> None:
+    await _entries(core, 2)
+    anchor_file = next((tmp_path / "audit-anchors").glob("*.anchors"))
+    with anchor_file.open("a") as f:
+        f.write("not an anchor\n")
+    check = await core.audit.verify_chain()
+    assert not check.intact and "no anchor" in (check.reason or "")
+
+
+async def test_anchor_files_older_than_the_oldest_row_are_pruned_at_retention(
+        core: Core, tmp_path: Path) -> None:
+    await _entries(core, 2)
+    anchors = tmp_path / "audit-anchors"
+    old = anchors / "2001-01-01.anchors"
+    old.write_text("1 " + "00" * 32 + "\n")
+    assert not (await core.audit.verify_chain()).intact  # an anchor no row matches
+    await core.audit.cut_before(dt.datetime.now(dt.UTC))  # nothing due: rows stay
+    assert not old.exists()
+    assert (await core.audit.verify_chain()).intact
