@@ -85,6 +85,10 @@ async def set_password(conn: asyncpg.Connection, role: str, password: str) -> No
     the server, its logs or pg_stat_statements."""
     if not password:
         raise MigrationError(f"an empty password for {role}")
+    if not (password.isascii() and password.isprintable()):
+        # Clients SASLprep a password before hashing it; for printable ASCII that changes
+        # nothing, so the verifier computed here is the one they will match.
+        raise MigrationError(f"the password for {role} must be printable ASCII")
     await conn.execute(f"ALTER ROLE {role} PASSWORD '{scram_verifier(password)}'")
 
 
