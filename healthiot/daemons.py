@@ -6,6 +6,7 @@ Unlike ``run``, they start no servers: the database, broker and files are named 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import secrets
 import signal
 from pathlib import Path
@@ -167,7 +168,8 @@ async def verify_audit(settings: Settings) -> int:
     """Walk the audit chain; 0 when intact, 1 naming the first row that was edited."""
     core = await _open_core(settings)
     try:
-        check = await core.audit.verify_chain()
+        check = await core.audit.verify_chain(
+            retention=dt.timedelta(days=settings.retention_audit_days))
     finally:
         await core.close()
     if check.intact:

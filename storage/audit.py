@@ -135,14 +135,18 @@ class Anchors:
         """Delete the files of days before ``before`` (their rows are past retention)."""
         gone = 0
         for path in self.files():
-            try:
-                day = dt.date.fromisoformat(path.name.removesuffix(_SUFFIX))
-            except ValueError:
-                continue
-            if day < before:
+            day = _day_of(path)
+            if day is not None and day < before:
                 path.unlink(missing_ok=True)
                 gone += 1
         return gone
+
+
+def _day_of(path: Path) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(path.name.removesuffix(_SUFFIX))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,13 +231,16 @@ class Audit:
             " ORDER BY id DESC LIMIT $2", patient_id, limit, before_id)
         return rows
 
-    async def verify_chain(self, batch: int = 10_000) -> ChainCheck:
+    async def verify_chain(self, batch: int = 10_000,
+                           retention: dt.timedelta | None = None) -> ChainCheck:
         """Walk the chain from its oldest row, then hold every anchor against its row.
 
         Broken at the first row whose stored hash is not the MAC of its content and its
         predecessor's hash (edited, inserted, or a row before it removed), or whose hash is
         not the one anchored for it, or that was anchored and is gone (the newest rows
-        removed). Anchors are read first: a row appended meanwhile is no false alarm."""
+        removed). With ``retention``, also when rows were cut from the oldest end that
+        were anchored too recently to be past it. Anchors are read first: a row appended
+        meanwhile is no false alarm."""
         key = self._key.get()
         anchor_files = self._anchors.files()
         checked, last_id, expected_prev = 0, 0, None
@@ -262,7 +269,8 @@ class Audit:
                         break
                     expected_prev, last_id = digest, r["id"]
                     checked += 1
-            anchored, anchor_break = await self._check_anchors(conn, anchor_files, first_id)
+            anchored, anchor_break = await self._check_anchors(conn, anchor_files, first_id,
+                                                               retention)
         breaks = [b for b in (broken, anchor_break) if b is not None]
         if not breaks:
             return ChainCheck(checked, None, None, anchored)
@@ -270,13 +278,26 @@ class Audit:
         return ChainCheck(checked, at, reason, anchored)
 
     async def _check_anchors(self, conn: asyncpg.Connection, files: list[Path],
-                             first_id: int | None) -> tuple[int, tuple[int, str] | None]:
+                             first_id: int | None, retention: dt.timedelta | None,
+                             ) -> tuple[int, tuple[int, str] | None]:
         """(anchors held against a row, the first break found or None)."""
         checked, found = 0, None
+        # A file of a day after this one holds anchors of rows not yet past retention (a
+        # day of margin: a row of late yesterday may be anchored today).
+        recent = (dt.datetime.now(dt.UTC).date() - retention + dt.timedelta(days=1)
+                  if retention is not None else None)
         for path in files:
             anchors = self._anchors.read(path)
             if any(row_id < 0 for row_id, _ in anchors):
                 return checked, (first_id or 0, f"{path.name} holds a line that is no anchor")
+            day = _day_of(path)
+            if recent is not None and day is not None and day > recent:
+                early = [i for i, _ in anchors if first_id is None or i < first_id]
+                if early:
+                    problem = (min(early), f"entry {min(early)} was anchored in {path.name}, "
+                               "within the retention period, and is gone: rows were cut from "
+                               "the oldest end before their time")
+                    found = problem if found is None else min(found, problem)
             # Anchors of rows cut by retention (below the oldest row) have nothing to match.
             live = {i: d for i, d in anchors if first_id is None or i >= first_id}
             stored = {r["id"]: r["hash"] for r in await conn.fetch(
