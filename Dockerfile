@@ -39,7 +39,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 healthiot \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin healthiot
+        --shell /usr/sbin/nologin healthiot \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/healthiot/owner-keys \
+        /var/lib/healthiot/audit-anchors
+# ^ A new named volume takes the owner and mode of the image's directory it is mounted on:
+#   without these, the volumes would be root's and the services could not write them.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Numeric, so that a runtime can check it is not root without reading /etc/passwd.

@@ -6,6 +6,7 @@ Unlike ``run``, they start no servers: the database, broker and files are named 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import signal
@@ -31,6 +32,7 @@ from healthiot.services import (
     start_api,
 )
 from healthiot.settings import Settings
+from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
 from vitals.errors import InvalidProfessional
@@ -54,7 +56,9 @@ def _database(settings: Settings) -> tuple[str, str]:
 async def _open_core(settings: Settings) -> Core:
     dsn, password = _database(settings)
     return await open_core(dsn, password, _required(settings, "kek_file"),
-                           owner_keys_dir=_required(settings, "owner_keys_dir"))
+                           owner_keys_dir=_required(settings, "owner_keys_dir"),
+                           audit_key_file=settings.path("audit_key_file", "keys/audit.key"),
+                           audit_anchor_dir=settings.path("audit_anchor_dir", "audit-anchors"))
 
 
 async def until_signalled() -> None:
@@ -67,8 +71,19 @@ async def until_signalled() -> None:
 
 
 async def migrate_only(settings: Settings) -> int:
+    """Migrate as the owner role, through the administrator's connection, and give the
+    service role (the user of HEALTHIOT_DATABASE_URL) its password."""
     dsn, password = _database(settings)
-    applied = await stack.migrate_database(dsn, password)
+    if not settings.database_admin_url:
+        raise SettingsError("HEALTHIOT_DATABASE_ADMIN_URL is required here: the services' "
+                            "role may not change the schema")
+    user = dsn.partition("://")[2].rpartition("@")[0].partition(":")[0]
+    if user != roles.SERVICE:
+        raise SettingsError(f"HEALTHIOT_DATABASE_URL must name the service role "
+                            f"{roles.SERVICE}, not {user or 'no user'}")
+    applied = await stack.migrate_database(
+        settings.database_admin_url, settings.database_admin_password,
+        service_password=password, audit_retention_days=settings.retention_audit_days)
     print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
     return 0
 
@@ -102,7 +117,7 @@ async def run_bridge(settings: Settings) -> int:
         if probes is not None:
             await probes.cleanup()
     finally:
-        await core.pool.close()
+        await core.close()
     return 1 if failed else 0
 
 
@@ -119,7 +134,7 @@ async def run_api(settings: Settings) -> int:
             await until_signalled()
             await runner.cleanup()
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -135,7 +150,7 @@ async def run_record_feed(settings: Settings) -> int:
             await until_signalled()
             await stop_task(task)
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -156,7 +171,7 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
               f"password: {first_password}\n"
               f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -164,13 +179,14 @@ async def verify_audit(settings: Settings) -> int:
     """Walk the audit chain; 0 when intact, 1 naming the first row that was edited."""
     core = await _open_core(settings)
     try:
-        check = await core.audit.verify_chain()
+        check = await core.audit.verify_chain(
+            retention=dt.timedelta(days=settings.retention_audit_days))
     finally:
-        await core.pool.close()
+        await core.close()
     if check.intact:
-        print(f"audit chain intact: {check.rows} entries")
+        print(f"audit chain intact: {check.rows} entries, {check.anchors} anchors match")
         return 0
-    print(f"audit chain BROKEN at entry {check.first_broken_id} "
+    print(f"audit chain BROKEN at entry {check.first_broken_id}: {check.reason} "
           f"({check.rows} entries before it hold)")
     return 1
 
@@ -186,7 +202,7 @@ async def run_maintenance(settings: Settings, *, once: bool) -> int:
         await until_signalled()
         await stop_task(task)
     finally:
-        await core.pool.close()
+        await core.close()
     return 0
 
 
@@ -202,7 +218,7 @@ async def rotate_kek(settings: Settings, new_kek: Path) -> int:
         async with core.pool.acquire() as conn:
             done = await core.keyring.rewrap_all(conn, LocalKeyFile(new_kek))
     finally:
-        await core.pool.close()
+        await core.close()
     print(f"re-wrapped {done} data keys with {new_kek}; set HEALTHIOT_KEK_FILE to it, "
           f"then retire {old}")
     return 0

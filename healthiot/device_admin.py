@@ -29,7 +29,7 @@ from healthiot import stack
 from healthiot.daemons import until_signalled
 from healthiot.errors import SettingsError
 from healthiot.settings import Settings
-from storage.audit import Audit
+from storage.audit import Anchors, Audit, AuditKey
 from storage.erasure import device_key_owners
 from storage.owner_secrets import OwnerSecrets
 from storage.quarantine import list_quarantined
@@ -70,11 +70,11 @@ async def _pool(settings: Settings) -> asyncpg.Pool:
     if settings.database_url:
         dsn, password = settings.database_url, settings.database_password
     else:
-        secret = settings.var_dir / "secrets" / "postgres-password"
+        secret = settings.var_dir / "secrets" / "postgres-service-password"
         if not secret.exists():
             raise SettingsError("no database: set HEALTHIOT_DATABASE_URL, or start the "
                                 "embedded stack with `healthiot run` first")
-        dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+        dsn = stack.service_dsn(settings)
         password = secret.read_text().strip()
     try:
         return await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=2,
@@ -134,9 +134,12 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
             "kek_file", "keys/kek.bin").parent / "owner-keys")
         for owner in device_key_owners(device_id):
             owners.destroy(owner)
-        await Audit(pool).record(actor="operator:cli", patient_id=device.patient_id,
-                                 action="device", resource=f"device/{device_id}",
-                                 outcome="revoked")
+        audit = Audit(pool, AuditKey(settings.path("audit_key_file", "keys/audit.key"),
+                                     create=settings.environment == "development"),
+                      Anchors(settings.path("audit_anchor_dir", "audit-anchors")))
+        await audit.record(actor="operator:cli", patient_id=device.patient_id,
+                           action="device", resource=f"device/{device_id}", outcome="revoked")
+        audit.flush()  # before this process ends
     finally:
         await pool.close()
     print(f"revoked {device_id}; CRL written to {publisher.path}; live session "

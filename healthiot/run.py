@@ -129,13 +129,18 @@ async def _run_services(settings: Settings, materials: stack.Materials,
     server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
     dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
     await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
-    applied = await stack.migrate_database(dsn, materials.db_password)
+    applied = await stack.migrate_database(
+        dsn, materials.db_password, service_password=materials.db_service_password,
+        audit_retention_days=settings.retention_audit_days)
     _say(f"schema ready ({len(applied)} migration(s) applied now)")
     # Torn down in reverse: the bridge stops consuming, then the API, then the pool.
     async with contextlib.AsyncExitStack() as resources:
-        core = await open_core(dsn, materials.db_password, materials.kek,
-                               create_kek=settings.environment == "development")
-        resources.push_async_callback(core.pool.close)
+        # The services from here on: the service role, not the superuser that migrated.
+        core = await open_core(stack.service_dsn(settings), materials.db_service_password,
+                               materials.kek, create_kek=settings.environment == "development",
+                               audit_key_file=materials.audit_key,
+                               audit_anchor_dir=materials.audit_anchors)
+        resources.push_async_callback(core.close)
         tokens = stack.token_service(settings, materials.jwt_key)
         session = await resources.enter_async_context(aiohttp.ClientSession())
         broker = next(s for s in servers if isinstance(s, MosquittoServer))

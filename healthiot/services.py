@@ -23,7 +23,7 @@ from broker_bridge.gaps import GapTracker, PgLedger, Resender
 from devices.registry import Registry
 from devices.revocation import Revoker
 from healthiot.settings import Settings
-from storage.audit import Audit
+from storage.audit import ANCHOR_EVERY_S, Anchors, Audit, AuditKey
 from storage.crypto import KekRing, KeyProvider, LocalKeyFile
 from storage.keyring import Keyring
 from storage.maintenance import Maintenance, RetentionPolicy
@@ -45,12 +45,20 @@ class Core:
     patients: Patients
     audit: Audit
 
+    async def close(self) -> None:
+        """Anchor the audit log's last entries, then close the pool."""
+        self.audit.flush()
+        await self.pool.close()
+
 
 async def open_core(dsn: str, password: str, kek_file: Path, *,
                     create_kek: bool = False, owner_keys_dir: Path | None = None,
-                    previous_kek_files: tuple[Path, ...] = ()) -> Core:
-    """The pool and the stores. Owner secrets live in ``owner_keys_dir`` (default: next to
-    the KEK); previous KEKs stay readable during a rotation."""
+                    previous_kek_files: tuple[Path, ...] = (),
+                    audit_key_file: Path | None = None, audit_anchor_dir: Path | None = None,
+                    anchor_every_s: float = ANCHOR_EVERY_S) -> Core:
+    """The pool and the stores. Owner secrets live in ``owner_keys_dir``, the audit chain's
+    key in ``audit_key_file`` and its anchors in ``audit_anchor_dir`` (defaults: next to the
+    KEK); previous KEKs stay readable during a rotation. ``dsn`` names the service role."""
     pool = await asyncpg.create_pool(dsn, password=password, min_size=1, max_size=POOL_MAX,
                                      timeout=10, command_timeout=30)
     provider: KeyProvider = LocalKeyFile(kek_file, create=create_kek)
@@ -58,8 +66,12 @@ async def open_core(dsn: str, password: str, kek_file: Path, *,
         provider = KekRing(provider, *(LocalKeyFile(f) for f in previous_kek_files))
     owners = OwnerSecrets(owner_keys_dir or kek_file.parent / "owner-keys")
     keyring = Keyring(provider, owners)
+    audit = Audit(pool, AuditKey(audit_key_file or kek_file.parent / "audit.key",
+                                 create=create_kek),
+                  Anchors(audit_anchor_dir or kek_file.parent / "audit-anchors"),
+                  anchor_every_s=anchor_every_s)
     return Core(pool, keyring, Store(pool, keyring), Registry(pool), Patients(pool, keyring),
-                Audit(pool))
+                audit)
 
 
 def server_tls(cert: Path, key: Path) -> ssl.SSLContext:

@@ -34,9 +34,15 @@ class Settings:
     log_format: str = field(default="text", metadata=_doc("text (for people) or json"))
 
     database_url: str = field(default="", metadata=_doc(
-        "postgresql://user@host:port/db of an existing server; empty: the embedded cluster"))
+        "postgresql://healthiot_service@host:port/db the services connect as (the service "
+        "role: rows only, no schema, append-only audit); empty: the embedded cluster"))
     database_password: str = field(default="", repr=False, metadata=_doc(
         "password for database_url (embedded: generated under var/secrets)", secret=True))
+    database_admin_url: str = field(default="", metadata=_doc(
+        "postgresql://user@host:port/db that `db migrate` connects as: a superuser, which "
+        "makes the roles, sets the service password and migrates as healthiot_owner"))
+    database_admin_password: str = field(default="", repr=False, metadata=_doc(
+        "password for database_admin_url, read by `db migrate` only", secret=True))
     pg_port: int = field(default=54329, metadata=_doc("port of the embedded PostgreSQL"))
     pg_bin_dir: str = field(default="", metadata=_doc(
         "directory of initdb/postgres when not on PATH or in /usr/lib/postgresql/*/bin"))
@@ -80,6 +86,12 @@ class Settings:
 
     kek_file: Path | None = field(default=None, metadata=_doc(
         "key-encryption key file (32 bytes, owner-only; embedded: generated)", secret=True))
+    audit_key_file: Path | None = field(default=None, metadata=_doc(
+        "key of the audit log's HMAC chain (32 bytes, owner-only; embedded: generated in "
+        "var/keys), kept out of the database so that its owner cannot re-chain", secret=True))
+    audit_anchor_dir: Path | None = field(default=None, metadata=_doc(
+        "where the audit chain's head is appended, outside the database (embedded: "
+        "var/audit-anchors); `audit verify` needs it: keep it apart from the database"))
 
     owner_keys_dir: Path | None = field(default=None, metadata=_doc(
         "per-patient secrets, half of each data key, outside the database (embedded: "
@@ -91,7 +103,8 @@ class Settings:
     retention_quarantine_days: int = field(default=30, metadata=_doc(
         "days quarantined payloads are kept for diagnosis"))
     retention_audit_days: int = field(default=1825, metadata=_doc(
-        "days the audit log is kept (cut from its oldest end; the chain stays checkable)"))
+        "days the audit log is kept (cut from its oldest end; the chain stays checkable); "
+        "stored in the database by `db migrate`: the services cannot shorten it"))
     maintenance_interval_s: int = field(default=300, metadata=_doc(
         "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
 

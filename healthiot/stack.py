@@ -6,6 +6,7 @@ a default value in code. The tests build the same stack in a temporary directory
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from devices.broker_config import BRIDGE_IDENTITY, RENEWER_IDENTITY, REVOKER_IDE
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
 from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.settings import Settings
+from storage import roles
 from storage.migrate import migrate
 
-DB_USER = "healthiot"
+DB_USER = "healthiot"  # the embedded cluster's superuser: creates the database, migrates
 DB_NAME = "healthiot"
 SERVER_NAMES = ["localhost", "127.0.0.1", "::1"]
 
@@ -52,6 +54,9 @@ class Materials:
     revoker_key: Path
     renewer_cert: Path  # the service identity that answers devices' renewal CSRs
     renewer_key: Path
+    db_service_password: str  # the services' role (storage/roles.py)
+    audit_key: Path
+    audit_anchors: Path
 
 
 def _server_pair(ca: CertificateAuthority, directory: Path, name: str) -> tuple[Path, Path]:
@@ -90,10 +95,15 @@ def prepare(settings: Settings) -> Materials:
         keys.mkdir(parents=True, exist_ok=True)
         write_private(jwt_key, key_pem(new_key()))
     kek = settings.path("kek_file", "keys/kek.bin")
-    db_password = settings.database_password or _secret_text(var / "secrets" / "postgres-password")
+    db_password = (settings.database_admin_password
+                   or _secret_text(var / "secrets" / "postgres-password"))
+    service_password = (settings.database_password
+                        or _secret_text(var / "secrets" / "postgres-service-password"))
+    audit_key = settings.path("audit_key_file", "keys/audit.key")
     return Materials(ca, broker_cert, broker_key, bridge_cert, bridge_key, api_cert, api_key,
                      jwt_key, kek, db_password, revoker_cert, revoker_key, renewer_cert,
-                     renewer_key)
+                     renewer_key, service_password, audit_key,
+                     settings.path("audit_anchor_dir", "audit-anchors"))
 
 
 def load_jwt_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -149,9 +159,22 @@ async def ensure_database(server_dsn: str, password: str, name: str) -> None:
         await conn.close()
 
 
-async def migrate_database(dsn: str, password: str) -> list[str]:
+def service_dsn(settings: Settings) -> str:
+    """The embedded database, as the services reach it."""
+    return f"postgresql://{roles.SERVICE}@127.0.0.1:{settings.pg_port}/{DB_NAME}"
+
+
+async def migrate_database(dsn: str, password: str, *, service_password: str | None = None,
+                           audit_retention_days: int | None = None) -> list[str]:
+    """Migrate as the owner role through the administrator's connection ``dsn``; give the
+    service role ``service_password`` when one is passed."""
     conn = await asyncpg.connect(dsn, password=password, timeout=10)
     try:
-        return await migrate(conn)
+        retention = (dt.timedelta(days=audit_retention_days)
+                     if audit_retention_days is not None else None)
+        applied = await migrate(conn, audit_retention=retention)
+        if service_password is not None:
+            await roles.set_password(conn, roles.SERVICE, service_password)
+        return applied
     finally:
         await conn.close()

@@ -43,12 +43,6 @@ def partition_name(month: dt.datetime) -> str:
     return f"segments_{month:%Y%m}"
 
 
-def create_month_sql(month: dt.datetime) -> str:
-    nxt = add_months(month, 1)
-    return (f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF segments "
-            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{nxt.isoformat()}')")
-
-
 async def mode(conn: asyncpg.Connection) -> str:
     """'timescaledb', 'native' or 'plain' (not converted yet)."""
     if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
@@ -136,18 +130,13 @@ async def ensure_months(conn: asyncpg.Connection, now: dt.datetime,
     last = add_months(month_start(now), MONTHS_AHEAD)
     made = []
     while month <= last:
-        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL",
-                                     partition_name(month))
-        if not exists:
-            stray = await conn.fetchval(
-                "SELECT 1 FROM segments_default WHERE start_at >= $1 AND start_at < $2"
-                " LIMIT 1", month, add_months(month, 1))
-            if stray:
-                log.warning("rows for %s sit in segments_default; month not created",
-                            f"{month:%Y-%m}")
-            else:
-                await conn.execute(create_month_sql(month))
-                made.append(partition_name(month))
+        # The owner's function (migration 100): the services may not create tables.
+        outcome = await conn.fetchval("SELECT segments_create_month($1)", month)
+        if outcome == "stray":
+            log.warning("rows for %s sit in segments_default; month not created",
+                        f"{month:%Y-%m}")
+        elif outcome == "made":
+            made.append(partition_name(month))
         month = add_months(month, 1)
     return made
 
@@ -156,22 +145,8 @@ async def drop_before(conn: asyncpg.Connection, cutoff: dt.datetime) -> int:
     """Retention: remove segments that start before ``cutoff``, whole partitions or chunks
     where possible (cheap, no dead rows), row by row only in the part that straddles it.
     Returns the number of whole partitions or chunks dropped."""
-    current = await mode(conn)
-    dropped = 0
-    if current == "timescaledb":
-        dropped = len(await conn.fetch(
-            "SELECT drop_chunks('segments', older_than => $1::timestamptz)", cutoff))
-    elif current == "native":
-        rows = await conn.fetch(
-            """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
-               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-               JOIN pg_class p ON p.oid = i.inhparent
-               WHERE p.relname = 'segments' AND c.relname ~ '^segments_[0-9]{6}$'""")
-        for row in rows:
-            month = dt.datetime.strptime(row["relname"][-6:], "%Y%m").replace(tzinfo=dt.UTC)
-            if add_months(month, 1) <= cutoff:
-                await conn.execute(f"ALTER TABLE segments DETACH PARTITION {row['relname']}")
-                await conn.execute(f"DROP TABLE {row['relname']}")
-                dropped += 1
+    # The owner's function (migration 100): drop_chunks with TimescaleDB, whole months
+    # detached and dropped otherwise; the services may not drop tables themselves.
+    dropped = int(await conn.fetchval("SELECT segments_drop_months_before($1)", cutoff))
     await conn.execute("DELETE FROM segments WHERE start_at < $1", cutoff)
     return dropped

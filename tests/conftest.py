@@ -2,7 +2,9 @@
 
 PostgreSQL: a throwaway cluster from initdb (as the ``postgres`` user when we are root), or
 the server named by HEALTHIOT_TEST_DATABASE_URL (+ HEALTHIOT_TEST_DATABASE_PASSWORD). Each
-test gets a fresh database cloned from a migrated template. Mosquitto: always our own, with
+test gets a fresh database cloned from a migrated template, and reaches it as the services
+do: as the service role (storage/roles.py), the superuser being for migrations and for tests
+that act as an attacker. Mosquitto: always our own, with
 the generated mTLS-only configuration. A server that cannot be had fails the tests that need
 it, with the reason: nothing is skipped.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -45,6 +48,7 @@ from healthiot.errors import ServerUnavailable
 from healthiot.localservers import MosquittoServer, PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
 from healthiot.stack import SERVER_NAMES
+from storage import roles
 from storage.migrate import migrate
 
 TEMPLATE_DB = "healthiot_template"
@@ -53,8 +57,14 @@ _counter = itertools.count()
 
 @dataclass(frozen=True)
 class Database:
+    """How to reach a database: ``dsn`` and ``password`` as the service role (pg_server's:
+    as the administrator), ``admin_*`` as a superuser."""
+
     dsn: str
     password: str
+    admin_dsn: str = ""
+    admin_password: str = ""
+    service_password: str = ""  # pg_server's: the one the service role was given
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,8 @@ def workdir() -> Iterator[Path]:
 async def pg_server(workdir: Path) -> AsyncIterator[Database]:
     url = os.environ.get("HEALTHIOT_TEST_DATABASE_URL")
     if url:
-        yield Database(url, os.environ.get("HEALTHIOT_TEST_DATABASE_PASSWORD", ""))
+        admin = os.environ.get("HEALTHIOT_TEST_DATABASE_PASSWORD", "")
+        yield await _with_roles(Database(url, admin, url, admin))
         return
     password = secrets.token_urlsafe(16)
     server = PostgresServer(workdir / "pg" / "data", port=free_port(), user="healthiot",
@@ -103,9 +114,21 @@ async def pg_server(workdir: Path) -> AsyncIterator[Database]:
     except ServerUnavailable as exc:
         pytest.fail(f"the tests need PostgreSQL and could not start one: {exc}", pytrace=False)
     try:
-        yield Database(server.dsn, password)
+        yield await _with_roles(Database(server.dsn, password, server.dsn, password))
     finally:
         server.stop()
+
+
+async def _with_roles(server: Database) -> Database:
+    """The owner and service roles on the server, the latter with a fresh password."""
+    service_password = secrets.token_urlsafe(16)
+    conn = await asyncpg.connect(server.dsn, password=server.password, timeout=10)
+    try:
+        await roles.ensure_roles(conn)
+        await roles.set_password(conn, roles.SERVICE, service_password)
+    finally:
+        await conn.close()
+    return dataclasses.replace(server, service_password=service_password)
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +157,11 @@ def _with_db(dsn: str, name: str) -> str:
     return dsn.rsplit("/", 1)[0] + "/" + name
 
 
+def _as_user(dsn: str, user: str) -> str:
+    scheme, _, rest = dsn.partition("://")
+    return f"{scheme}://{user}@{rest.rpartition('@')[2]}"
+
+
 @pytest.fixture
 async def database(pg_server: Database, db_template: str) -> AsyncIterator[Database]:
     """A fresh, migrated database for one test, dropped afterwards."""
@@ -143,7 +171,9 @@ async def database(pg_server: Database, db_template: str) -> AsyncIterator[Datab
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {db_template}")
     finally:
         await admin.close()
-    yield Database(_with_db(pg_server.dsn, name), pg_server.password)
+    admin_dsn = _with_db(pg_server.dsn, name)
+    yield Database(_as_user(admin_dsn, roles.SERVICE), pg_server.service_password, admin_dsn,
+                   pg_server.password)
     admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -204,7 +234,7 @@ async def core(database: Database, tmp_path: Path) -> AsyncIterator[Core]:
     try:
         yield opened
     finally:
-        await opened.pool.close()
+        await opened.close()
 
 
 @contextlib.asynccontextmanager

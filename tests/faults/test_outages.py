@@ -32,6 +32,7 @@ from broker_bridge.connection import connect_properties
 from devices.ca import new_key
 from healthiot.localservers import PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
+from storage import roles
 from storage.migrate import migrate
 from tests.conftest import (
     BrokerAddress,
@@ -98,9 +99,13 @@ async def core_on(server: PostgresServer, directory: Path) -> Core:
     conn = await asyncpg.connect(server.dsn, password=server.password)
     try:
         await migrate(conn)
+        await roles.set_password(conn, roles.SERVICE, server.password)
     finally:
         await conn.close()
-    return await open_core(server.dsn, server.password, directory / "kek.bin", create_kek=True)
+    # As the services connect: the service role.
+    service_dsn = server.dsn.replace(f"//{server.user}@", f"//{roles.SERVICE}@")
+    return await open_core(service_dsn, server.password, directory / "kek.bin",
+                           create_kek=True)
 
 
 @pytest.fixture

@@ -32,7 +32,9 @@ async def empty(pg_server: Database) -> AsyncIterator[Database]:
 
 
 async def _connect(db: Database) -> asyncpg.Connection:
-    return await asyncpg.connect(db.dsn, password=db.password)
+    """As an administrator: migrations run as the owner role through one."""
+    return await asyncpg.connect(db.admin_dsn or db.dsn,
+                                 password=db.admin_password or db.password)
 
 
 async def test_migrating_twice_applies_nothing_the_second_time(database: Database) -> None:

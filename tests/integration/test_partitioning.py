@@ -126,7 +126,7 @@ async def test_a_database_converted_before_the_key_fix_is_repaired_by_migrating(
         database: Database) -> None:
     """Databases converted by the first native conversion lack segments_pending_rollup;
     020 must leave their (already right) key alone and 021 make the index."""
-    conn = await asyncpg.connect(database.dsn, password=database.password)
+    conn = await asyncpg.connect(database.admin_dsn, password=database.admin_password)
     try:
         await conn.execute("DROP INDEX segments_pending_rollup")
         await conn.execute("DELETE FROM schema_migrations WHERE number IN (20, 21)")

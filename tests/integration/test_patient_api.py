@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import jwt
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from api.requests import ApiDeps
 from api.tokens import TokenService
 from devices.ca import new_key
 from storage.clinicians import Clinicians
+from storage.migrate import migrate
 from storage.segments import Samples
 from storage.store import MessageIn, SegmentIn
 
@@ -342,34 +344,46 @@ async def test_erasure_needs_both_factors_and_leaves_nothing_readable(api, core)
     assert resp.status == 401
 
 
-async def test_an_edited_audit_row_breaks_the_chain(api, core) -> None:  # type: ignore[no-untyped-def]
+async def test_an_edited_audit_row_breaks_the_chain(api, core, database) -> None:  # type: ignore[no-untyped-def]
     client, _ = api
     account = await register(client, "audited")
     for _ in range(3):
         await client.get("/v1/me/vitals/heart_rate", headers=account.auth())
     check = await core.audit.verify_chain()
     assert check.intact and check.rows >= 5
-    with pytest.raises(Exception, match="append-only"):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the services' role
         await core.pool.execute("UPDATE audit_log SET outcome = 'refused'")
     target = await core.pool.fetchval("SELECT id FROM audit_log ORDER BY id LIMIT 1 OFFSET 2")
-    async with core.pool.acquire() as conn, conn.transaction():
-        # An attacker with the database's own powers, bypassing the trigger.
-        await conn.execute("SET LOCAL session_replication_role = replica")
-        await conn.execute("UPDATE audit_log SET actor = 'nobody' WHERE id = $1", target)
+    conn = await asyncpg.connect(database.admin_dsn, password=database.admin_password)
+    try:
+        async with conn.transaction():
+            # An attacker with the database's own powers, bypassing the trigger.
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("UPDATE audit_log SET actor = 'nobody' WHERE id = $1", target)
+    finally:
+        await conn.close()
     check = await core.audit.verify_chain()
     assert check.first_broken_id == target
 
 
-async def test_audit_retention_cuts_from_the_oldest_end_and_the_chain_holds(api, core) -> None:  # type: ignore[no-untyped-def]
+async def test_audit_retention_cuts_from_the_oldest_end_and_the_chain_holds(  # type: ignore[no-untyped-def]
+        api, core, database) -> None:
     client, _ = api
     account = await register(client, "retained")
     for _ in range(3):
         await client.get("/v1/me/vitals/heart_rate", headers=account.auth())
     middle = await core.pool.fetchval("SELECT at FROM audit_log ORDER BY id LIMIT 1 OFFSET 2")
+    assert await core.audit.cut_before(middle) == 0  # not past the retention period yet
+    # The period is the owner's to set (`healthiot db migrate`), not the services'.
+    conn = await asyncpg.connect(database.admin_dsn, password=database.admin_password)
+    try:
+        await migrate(conn, audit_retention=dt.timedelta(0))
+    finally:
+        await conn.close()
     removed = await core.audit.cut_before(middle)
     assert removed == 2
     assert (await core.audit.verify_chain()).intact
-    with pytest.raises(Exception, match="append-only"):
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await core.pool.execute("DELETE FROM audit_log")
 
 

@@ -343,9 +343,11 @@ async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_serve
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
     restored_dsn = database.dsn.rsplit("/", 1)[0] + "/" + name
+    # Restored by an administrator (it creates the schema), then opened as the services.
     await asyncio.to_thread(
         subprocess.run, [find_binary("psql"), "-q", "-v", "ON_ERROR_STOP=1", "-f", str(dump),
-                         restored_dsn], env={**os.environ, "PGPASSWORD": database.password},
+                         database.admin_dsn.rsplit("/", 1)[0] + "/" + name],
+        env={**os.environ, "PGPASSWORD": database.admin_password},
         check=True, timeout=120, capture_output=True)
     kek = tmp_path / "kek.bin"  # the conftest core's KEK and, next to it, its owner keys
     restored = await open_core(restored_dsn, database.password, kek)
@@ -365,7 +367,9 @@ async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_serve
 
 
 # Where a patient's id may stay after their erasure: the access trace and the erasure record.
-KEPT_AFTER_ERASURE = {"audit_log", "erasures"}
+# audit_log_unchained: the audit rows that had no hash when the chain got its key (migration
+# 101), kept as found and written by nobody since.
+KEPT_AFTER_ERASURE = {"audit_log", "erasures", "audit_log_unchained"}
 
 
 async def _tables_with_patient_id(conn: asyncpg.Connection) -> list[str]:
@@ -455,7 +459,8 @@ async def test_after_erasure_only_the_audit_and_its_record_name_the_patient(core
     # The seeding must reach every table that can name a patient, or this test proves
     # nothing about it: a new table with a patient_id column needs a row above, and a line
     # in erase_patient (or a cascade).
-    unseeded = [t for t, n in before.items() if n == 0 and t != "erasures"]
+    unseeded = [t for t, n in before.items()
+                if n == 0 and t not in ("erasures", "audit_log_unchained")]
     assert not unseeded, f"seed a row of the patient in {unseeded}"
     assert before["rollups"] >= 2  # an hourly and a daily one
     await erase_patient(core.pool, core.keyring, erased, "test")

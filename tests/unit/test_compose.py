@@ -16,6 +16,7 @@ import yaml
 from devices.ca import CertificateAuthority
 from healthiot import settings
 from healthiot.cli import _dispatch, _parser
+from storage import roles
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECRETS = "/run/secrets/"
@@ -23,11 +24,13 @@ BRIDGES = ("bridge-1", "bridge-2")
 APP_SERVICES = ("migrate", *BRIDGES, "api", "record-feed", "maintenance", "renewer")
 # What each command reads (healthiot/daemons.py) from files: settings fields, by name.
 READS = {
-    "migrate": {"database_password"},
+    # The superuser's password, and the service role's, which it sets.
+    "migrate": {"database_admin_password", "database_password"},
     **{name: {"database_password", "kek_file", "mqtt_ca_file", "mqtt_cert_file",
               "mqtt_key_file"} for name in BRIDGES},
-    "api": {"database_password", "kek_file", "jwt_key_file", "api_cert_file", "api_key_file"},
-    "record-feed": {"database_password", "kek_file"},
+    "api": {"database_password", "kek_file", "audit_key_file", "jwt_key_file",
+            "api_cert_file", "api_key_file"},
+    "record-feed": {"database_password", "kek_file", "audit_key_file"},
     "maintenance": {"database_password", "kek_file"},
     # Its certificate, key and the device CA are command-line files (tested apart below).
     "renewer": {"database_password", "mqtt_ca_file"},
@@ -142,7 +145,7 @@ def test_app_services_run_a_healthiot_command_of_the_image_built_here(services, 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_production_settings_load_from_the_service_environment(services, name, tmp_path):
-    secret_text = {"postgres-password": "s3cret-from-file"}
+    secret_text = {"postgres-service-password": "s3cret-from-file"}
     env = {}
     for variable, value in environment(services[name]).items():
         value = interpolate(value, {"API_PUBLIC_URL": "https://api.example.test"})
@@ -203,23 +206,56 @@ def test_every_secret_is_a_file_the_operator_provides(compose):
     assert not not_files, f"secrets not read from ./secrets files: {not_files}"
 
 
-def test_the_database_and_the_app_share_one_password_secret_file(services):
-    db, api = services["db"], services["api"]
-    db_env = environment(db)
+def test_only_migrate_holds_the_database_superuser_password(services):
+    db_env = environment(services["db"])
     assert "POSTGRES_PASSWORD" not in db_env
-    db_secret = secret_mounts(db).get(db_env["POSTGRES_PASSWORD_FILE"])
-    api_secret = secret_mounts(api).get(environment(api)["HEALTHIOT_DATABASE_PASSWORD_FILE"])
-    assert db_secret is not None
-    assert db_secret == api_secret
+    superuser = secret_mounts(services["db"]).get(db_env["POSTGRES_PASSWORD_FILE"])
+    assert superuser is not None
+    holders = {name for name, service in services.items()
+               if superuser in secret_mounts(service).values()}
+    assert holders == {"db", "migrate"}
+    migrate_env = environment(services["migrate"])
+    assert secret_mounts(services["migrate"])[
+        migrate_env["HEALTHIOT_DATABASE_ADMIN_PASSWORD_FILE"]] == superuser
+
+
+def test_migrate_connects_as_the_superuser_the_services_as_the_service_role(services):
+    db_env = environment(services["db"])
+    admin_url = environment(services["migrate"])["HEALTHIOT_DATABASE_ADMIN_URL"]
+    assert admin_url == (f"postgresql://{db_env['POSTGRES_USER']}@db:5432/"
+                         f"{db_env['POSTGRES_DB']}")
+    assert db_env["POSTGRES_USER"] not in (roles.OWNER, roles.SERVICE)
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
-def test_the_database_url_names_the_db_service_its_user_and_database(services, name):
+def test_the_database_url_names_the_db_service_the_service_role_and_database(services, name):
     db_env = environment(services["db"])
     url = environment(services[name])["HEALTHIOT_DATABASE_URL"]
     match = re.fullmatch(r"postgresql://([^:@/]+)@db(?::5432)?/(\w+)", url)
     assert match, f"{url} is not postgresql://user@db:5432/name (no password in the URL)"
-    assert match.groups() == (db_env["POSTGRES_USER"], db_env["POSTGRES_DB"])
+    assert match.groups() == (roles.SERVICE, db_env["POSTGRES_DB"])
+
+
+def test_services_that_write_or_cut_the_audit_log_share_one_anchor_volume(services):
+    wanted = {"api", "record-feed", "maintenance"}
+    mounts = {}
+    for name in wanted:
+        env = environment(services[name])
+        directory = env["HEALTHIOT_AUDIT_ANCHOR_DIR"]
+        volume = next((str(v).split(":")[0] for v in services[name].get("volumes", [])
+                       if str(v).split(":")[1] == directory), None)
+        assert volume, f"{name} does not mount {directory}"
+        mounts[name] = volume
+    assert len(set(mounts.values())) == 1
+    anchors = next(iter(mounts.values()))
+    # Outside the database: the db container never sees the anchors.
+    assert not any(str(v).startswith(anchors + ":") for v in services["db"].get("volumes", []))
+
+
+def test_the_audit_key_is_mounted_only_where_entries_are_written(services):
+    holders = {name for name, service in services.items()
+               if "audit-key" in secret_mounts(service).values()}
+    assert holders == {"api", "record-feed"}
 
 
 def test_the_database_is_not_reachable_from_outside(compose, services):

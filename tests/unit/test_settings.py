@@ -72,3 +72,11 @@ def test_other_jwt_keys_verify_and_are_published(tmp_path: Path) -> None:
     old = stack.token_service(load({}), tmp_path / "previous.key")
     token = old.issue("patient-1", methods=["pwd", "otp"])
     assert service.verify(token).subject == "patient-1"
+
+
+def test_production_names_the_audit_key_and_the_database_administrator_password():
+    with pytest.raises(SettingsError) as refused:
+        load({"HEALTHIOT_ENVIRONMENT": "production",
+              "HEALTHIOT_DATABASE_URL": "postgresql://healthiot_service@db/healthiot"})
+    assert "HEALTHIOT_AUDIT_KEY_FILE" in str(refused.value)
+    assert "HEALTHIOT_DATABASE_ADMIN_PASSWORD" in str(refused.value)
