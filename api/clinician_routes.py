@@ -52,24 +52,19 @@ def register(app: web.Application) -> None:
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str, "totp": str})
-    guard = request.app[GUARD]
     username = body["username"].strip().lower()
-    try:
-        guard.check(f"clinician:{username}", client_of(request))
-    except TooMany as exc:
-        return too_many(exc)
     clinicians = Clinicians(deps.pool, deps.keyring)
     found = await clinicians.by_username(username)
-    ok = await credentials.check_password(found.password_hash if found else None,
-                                          body["password"])
-    if ok and found is not None:
-        ok = await credentials.check_code(
-            await clinicians.totp_secret(found.id), body["totp"],
-            functools.partial(clinicians.accept_totp_step, found.id))
+    try:
+        ok = await credentials.sign_in(
+            request.app[GUARD], f"clinician:{username}", client_of(request),
+            found.password_hash if found else None, body["password"], body["totp"],
+            functools.partial(clinicians.totp_secret, found.id) if found else None,
+            functools.partial(clinicians.accept_totp_step, found.id) if found else None)
+    except TooMany as exc:
+        return too_many(exc)
     if found is None or not ok:
-        guard.failed(f"clinician:{username}", client_of(request))
         raise Problem(401, "unknown username, wrong password or wrong code")
-    guard.succeeded(f"clinician:{username}")
     return await issue_session(request, f"{CLINICIAN_SUBJECT}{found.id}", ["pwd", "otp"])
 
 

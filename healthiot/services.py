@@ -76,6 +76,12 @@ async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
                     revoker: Revoker | None = None) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
                              core.audit, tokens, oidc), revoker=revoker)
+    return await serve_api(app, host=host, port=port, tls=tls)
+
+
+async def serve_api(app: web.Application, *, host: str, port: int, tls: ssl.SSLContext
+                    ) -> web.AppRunner:
+    """Serve ``app`` over HTTPS until the returned runner is cleaned up."""
     # No access log: who read what is in the audit log, and URLs can carry personal data.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
