@@ -233,6 +233,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/clinicians/login": {"post": op(
         "clinician sign-in with password and code", TOKENS, secure=False,
         request=obj({"username": STR, "password": STR, "totp": STR}, closed=True))},
+    "/v1/clinicians/oidc/nonce": {"post": op(
+        "a single-use nonce for the identity provider's authorisation request",
+        obj({"nonce": STR, "expires_in": INT}), status="201", secure=False)},
     "/v1/clinicians/oidc": {"post": op(
         "clinician sign-in with an ID token of the identity provider", TOKENS, secure=False,
         request=obj({"id_token": STR}, closed=True))},
