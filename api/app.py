@@ -16,6 +16,7 @@ from api import (
     day_routes,
     device_routes,
     fhir_routes,
+    headers,
     household_routes,
     openapi,
     vitals_routes,
@@ -33,8 +34,10 @@ ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clin
                  fhir_routes, device_routes, household_routes)
 
 
-def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Application:
-    """The application. ``revoker`` publishes the CRL and ends live sessions when a device
+def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
+               cors_origins: tuple[str, ...] = ()) -> web.Application:
+    """The application; CORS answers only ``cors_origins`` (exact origins; none: off).
+    ``revoker`` publishes the CRL and ends live sessions when a device
     is unpaired; without one (a process with no CA), unpairing still revokes the device in
     the registry, so the bridge refuses its data, and the CRL waits for the next
     publication."""
@@ -45,6 +48,7 @@ def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Applicat
                      live_session_middleware],
         client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
+    headers.install(app, cors_origins)
     app[account_routes.GUARD] = SignInGuard(deps.limits)
     app[device_routes.REVOKER] = revoker or Revoker(deps.registry)
     app.router.add_get("/healthz", healthz)

@@ -93,6 +93,7 @@ async def _sign_in(client: aiohttp.ClientSession, token: str) -> aiohttp.ClientR
 async def _nonce(client: aiohttp.ClientSession) -> str:
     async with client.post("/v1/clinicians/oidc/nonce") as resp:
         assert resp.status == 201, await resp.text()
+        assert resp.headers["Cache-Control"] == "no-store"
         nonce: str = (await resp.json())["nonce"]
         return nonce
 
