@@ -23,7 +23,7 @@ from api import (
 )
 from api.limits import SignInGuard, TokenBucket, rate_limit_middleware
 from api.problems import problem_middleware, problem_response
-from api.requests import DEPS, ApiDeps
+from api.requests import DEPS, ApiDeps, unstorable
 from api.tokens import TokenError
 from devices.revocation import Revoker
 from storage.sessions import Sessions
@@ -45,7 +45,7 @@ def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
         middlewares=[problem_middleware,
                      rate_limit_middleware(TokenBucket(deps.limits.requests_per_second,
                                                        deps.limits.request_burst)),
-                     live_session_middleware],
+                     storable_text_middleware, live_session_middleware],
         client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
     headers.install(app, cors_origins)
@@ -77,6 +77,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[DEPS].tokens.jwks())
+
+
+@web.middleware
+async def storable_text_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """A path or query holding a NUL character or an unpaired surrogate (text no handler
+    could store or look up) is refused here, once for every route: 400."""
+    if unstorable(request.path) or any(unstorable(k) or unstorable(v)
+                                       for k, v in request.query.items()):
+        detail = "the path or query holds a NUL character or an unpaired surrogate"
+        if request.path.startswith("/fhir/"):
+            return fhir_routes.outcome(400, detail)
+        return problem_response(400, detail)
+    return await handler(request)
 
 
 @web.middleware

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -24,6 +25,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from api.problems import problem_response
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -84,7 +87,12 @@ class _ProblemRequestHandler(RequestHandler):
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
                      ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs; raises if sent already
+        if status >= 500:
+            super().handle_error(request, status, exc, message)  # logs; raises if sent
+        elif request.writer.output_size > 0:  # as aiohttp: too late for another answer
+            raise ConnectionError("a response was sent already")
+        else:  # a client's malformed request is no error of ours
+            log.debug("refused by the HTTP parser: %s", exc)
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
