@@ -114,8 +114,8 @@ async def access_log(request: web.Request) -> web.Response:
     AuditEvents in a Bundle, for apps that speak FHIR."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    if request.query.get("format", "fhir") != "fhir":
-        raise Problem(400, "format is fhir, or left out for the plain list")
+    if request.query.get("format", "json") not in ("json", "fhir"):
+        raise Problem(400, "format is json (the default) or fhir")
     limit = int_param(request, "limit", 100, ACCESS_LOG_MAX)
     before = int_param(request, "before", 0, 2**62) or None
     rows = await deps.audit.for_patient(patient_id, limit, before)
