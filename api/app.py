@@ -45,7 +45,8 @@ def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
         middlewares=[problem_middleware,
                      rate_limit_middleware(TokenBucket(deps.limits.requests_per_second,
                                                        deps.limits.request_burst)),
-                     storable_text_middleware, live_session_middleware],
+                     storable_text_middleware, known_query_middleware,
+                     live_session_middleware],
         client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
     headers.install(app, cors_origins)
@@ -91,6 +92,25 @@ async def storable_text_middleware(
         if request.path.startswith("/fhir/"):
             return fhir_routes.outcome(400, detail)
         return problem_response(400, detail)
+    return await handler(request)
+
+
+@web.middleware
+async def known_query_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """A query parameter the OpenAPI document does not list for the operation is refused
+    (400), as unknown body fields are (422): a misspelt ``form=`` is not silently ignored."""
+    route = request.match_info.route
+    resource = route.resource
+    if request.query and resource is not None:
+        known = openapi.query_parameters(resource.canonical, request.method)
+        unknown = sorted(set(request.query) - known) if known is not None else []
+        if unknown:
+            detail = f"unknown query parameters: {', '.join(unknown)}"
+            if request.path.startswith("/fhir/"):
+                return fhir_routes.outcome(400, detail)
+            return problem_response(400, detail)
     return await handler(request)
 
 
