@@ -44,7 +44,12 @@ def register(app: web.Application) -> None:
 
 async def create_account(request: web.Request) -> web.Response:
     """Register; the answer holds the TOTP secret, shown this once, to put in an
-    authenticator app. The first sign-in with a code confirms it."""
+    authenticator app. The first sign-in with a code confirms it.
+
+    A username already taken answers exactly as a free one would (201, a fresh id and
+    secret that lead nowhere), so that registration does not tell which accounts exist:
+    the first sign-in then fails, and the person picks another name. Each address may
+    create a few accounts an hour (each costs an argon2 hash): 429 past that."""
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str})
     username = body["username"].strip().lower()
@@ -54,18 +59,24 @@ async def create_account(request: web.Request) -> web.Response:
         passwords.check_policy(body["password"], username=username)
     except passwords.PasswordRefused as exc:
         raise Problem(422, str(exc)) from None
+    try:
+        request.app[GUARD].creation(client_of(request))
+    except TooMany as exc:
+        return too_many(exc)
     secret = totp.new_secret()
     password_hash = await passwords.hash_password_async(body["password"])
     try:
         patient = await deps.patients.create(username, password_hash, secret,
                                              totp_confirmed=False)
     except asyncpg.UniqueViolationError:
-        raise Problem(409, "this username is taken") from None
-    await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
-                            action="register", resource="account", outcome="ok")
+        patient_id = uuid.uuid4()  # a decoy: nothing is stored under it
+    else:
+        patient_id = patient.id
+        await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
+                                action="register", resource="account", outcome="ok")
     encoded = totp.secret_base32(secret)
     return web.json_response({
-        "patient_id": str(patient.id), "username": username,
+        "patient_id": str(patient_id), "username": username,
         "totp": {"secret": encoded, "uri": totp.provisioning_uri(encoded, username,
                                                                  TOTP_ISSUER)}}, status=201)
 
@@ -97,29 +108,23 @@ async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str, "totp": str},
                              optional={"totp"})
-    guard = request.app[GUARD]
     username = body["username"].strip().lower()
+    patient = await deps.patients.by_username(username)
     try:
-        guard.check(username, client_of(request))
+        ok = await credentials.sign_in(
+            request.app[GUARD], username, client_of(request),
+            patient.password_hash if patient else None, body["password"], body.get("totp"),
+            functools.partial(deps.patients.totp_secret, patient.id) if patient else None,
+            functools.partial(deps.patients.accept_totp_step, patient.id) if patient else None)
     except TooMany as exc:
         return too_many(exc)
-    patient = await deps.patients.by_username(username)
-    ok = await credentials.check_password(patient.password_hash if patient else None,
-                                          body["password"])
-    methods = ["pwd"]
-    if ok and patient is not None and "totp" in body:
-        ok = await credentials.check_code(
-            await deps.patients.totp_secret(patient.id), body["totp"],
-            functools.partial(deps.patients.accept_totp_step, patient.id))
-        methods.append("otp")
     if patient is not None:
         await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
                                 action="login", resource="session",
                                 outcome="ok" if ok else "refused")
     if patient is None or not ok:
-        guard.failed(username, client_of(request))
         raise Problem(401, "unknown username, wrong password or wrong code")
-    guard.succeeded(username)
+    methods = ["pwd", "otp"] if "totp" in body else ["pwd"]
     return await issue_session(request, str(patient.id), methods)
 
 

@@ -16,13 +16,14 @@ from api import (
     day_routes,
     device_routes,
     fhir_routes,
+    headers,
     household_routes,
     openapi,
     vitals_routes,
 )
 from api.limits import SignInGuard, TokenBucket, rate_limit_middleware
 from api.problems import problem_middleware, problem_response
-from api.requests import DEPS, ApiDeps
+from api.requests import DEPS, ApiDeps, unstorable
 from api.tokens import TokenError
 from devices.revocation import Revoker
 from storage.sessions import Sessions
@@ -33,8 +34,10 @@ ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clin
                  fhir_routes, device_routes, household_routes)
 
 
-def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Application:
-    """The application. ``revoker`` publishes the CRL and ends live sessions when a device
+def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
+               cors_origins: tuple[str, ...] = ()) -> web.Application:
+    """The application; CORS answers only ``cors_origins`` (exact origins; none: off).
+    ``revoker`` publishes the CRL and ends live sessions when a device
     is unpaired; without one (a process with no CA), unpairing still revokes the device in
     the registry, so the bridge refuses its data, and the CRL waits for the next
     publication."""
@@ -42,9 +45,11 @@ def create_app(deps: ApiDeps, *, revoker: Revoker | None = None) -> web.Applicat
         middlewares=[problem_middleware,
                      rate_limit_middleware(TokenBucket(deps.limits.requests_per_second,
                                                        deps.limits.request_burst)),
+                     storable_text_middleware, known_query_middleware,
                      live_session_middleware],
         client_max_size=MAX_BODY_BYTES)
     app[DEPS] = deps
+    headers.install(app, cors_origins)
     app[account_routes.GUARD] = SignInGuard(deps.limits)
     app[device_routes.REVOKER] = revoker or Revoker(deps.registry)
     app.router.add_get("/healthz", healthz)
@@ -73,6 +78,40 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[DEPS].tokens.jwks())
+
+
+@web.middleware
+async def storable_text_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """A path or query holding a NUL character or an unpaired surrogate (text no handler
+    could store or look up) is refused here, once for every route: 400."""
+    if unstorable(request.path) or any(unstorable(k) or unstorable(v)
+                                       for k, v in request.query.items()):
+        detail = "the path or query holds a NUL character or an unpaired surrogate"
+        if request.path.startswith("/fhir/"):
+            return fhir_routes.outcome(400, detail)
+        return problem_response(400, detail)
+    return await handler(request)
+
+
+@web.middleware
+async def known_query_middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """A query parameter the OpenAPI document does not list for the operation is refused
+    (400), as unknown body fields are (422): a misspelt ``form=`` is not silently ignored."""
+    route = request.match_info.route
+    resource = route.resource
+    if request.query and resource is not None:
+        known = openapi.query_parameters(resource.canonical, request.method)
+        unknown = sorted(set(request.query) - known) if known is not None else []
+        if unknown:
+            detail = f"unknown query parameters: {', '.join(unknown)}"
+            if request.path.startswith("/fhir/"):
+                return fhir_routes.outcome(400, detail)
+            return problem_response(400, detail)
+    return await handler(request)
 
 
 @web.middleware

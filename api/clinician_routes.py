@@ -30,6 +30,7 @@ from storage.clinicians import Clinicians
 from storage.consents import Consents
 from storage.days import Days
 from storage.errors import IdentityConflict
+from storage.nonces import NONCE_TTL, Nonces
 from vitals.catalogue import METRICS
 from vitals.charts import svg_chart
 from vitals.daily import merge_sources
@@ -43,6 +44,7 @@ MAX_PERIOD = dt.timedelta(days=366)
 
 def register(app: web.Application) -> None:
     app.router.add_post("/v1/clinicians/login", login)
+    app.router.add_post("/v1/clinicians/oidc/nonce", oidc_nonce)
     app.router.add_post("/v1/clinicians/oidc", oidc_login)
     app.router.add_get("/v1/clinician/patients", my_patients)
     app.router.add_get("/v1/clinician/patients/{patient_id}/summary", summary)
@@ -52,35 +54,48 @@ def register(app: web.Application) -> None:
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await strict_body(request, {"username": str, "password": str, "totp": str})
-    guard = request.app[GUARD]
     username = body["username"].strip().lower()
-    try:
-        guard.check(f"clinician:{username}", client_of(request))
-    except TooMany as exc:
-        return too_many(exc)
     clinicians = Clinicians(deps.pool, deps.keyring)
     found = await clinicians.by_username(username)
-    ok = await credentials.check_password(found.password_hash if found else None,
-                                          body["password"])
-    if ok and found is not None:
-        ok = await credentials.check_code(
-            await clinicians.totp_secret(found.id), body["totp"],
-            functools.partial(clinicians.accept_totp_step, found.id))
+    try:
+        ok = await credentials.sign_in(
+            request.app[GUARD], f"clinician:{username}", client_of(request),
+            found.password_hash if found else None, body["password"], body["totp"],
+            functools.partial(clinicians.totp_secret, found.id) if found else None,
+            functools.partial(clinicians.accept_totp_step, found.id) if found else None)
+    except TooMany as exc:
+        return too_many(exc)
     if found is None or not ok:
-        guard.failed(f"clinician:{username}", client_of(request))
         raise Problem(401, "unknown username, wrong password or wrong code")
-    guard.succeeded(f"clinician:{username}")
     return await issue_session(request, f"{CLINICIAN_SUBJECT}{found.id}", ["pwd", "otp"])
 
 
+async def oidc_nonce(request: web.Request) -> web.Response:
+    """A nonce for the app to send in its authorisation request to the identity provider;
+    the ID token that comes back must carry it, and it is good for one sign-in."""
+    deps = request.app[DEPS]
+    if deps.oidc is None:
+        raise Problem(404, "sign-in through an identity provider is not configured")
+    try:
+        request.app[GUARD].nonce(client_of(request))
+    except TooMany as exc:
+        return too_many(exc)
+    nonce = await Nonces(deps.pool).issue()
+    return web.json_response({"nonce": nonce, "expires_in": int(NONCE_TTL.total_seconds())},
+                             status=201)
+
+
 async def oidc_login(request: web.Request) -> web.Response:
-    """Exchange an ID token of the identity provider for our access token."""
+    """Exchange an ID token of the identity provider for our access token; the token's
+    nonce must be one we issued, unexpired and not spent."""
     deps = request.app[DEPS]
     if deps.oidc is None:
         raise Problem(404, "sign-in through an identity provider is not configured")
     body = await strict_body(request, {"id_token": str})
     try:
         identity = await deps.oidc.verify(body["id_token"])
+        if not await Nonces(deps.pool).spend(identity.nonce):
+            raise OidcError("the nonce is unknown, expired or already used")
         clinician = await Clinicians(deps.pool, deps.keyring).from_identity_provider(
             subject=identity.subject, rpps=identity.rpps, profession=identity.profession,
             display_name=identity.display_name)

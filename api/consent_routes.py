@@ -9,7 +9,15 @@ from typing import Any
 from aiohttp import web
 
 from api.problems import Problem
-from api.requests import DEPS, bearer_claims, patient_of, strict_body, uuid_param
+from api.requests import (
+    DEPS,
+    bearer_claims,
+    int_param,
+    parse_instant,
+    patient_of,
+    strict_body,
+    uuid_param,
+)
 from storage import device_refs
 from storage.clinicians import Clinicians
 from storage.consents import Consent, Consents
@@ -32,13 +40,7 @@ def register(app: web.Application) -> None:
 
 
 def _when(body: dict[str, Any], name: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(body[name])
-    except ValueError:
-        raise Problem(422, f"{name} must be an ISO 8601 date-time") from None
-    if value.tzinfo is None:
-        raise Problem(422, f"{name} needs a time zone offset (e.g. Z)")
-    return value
+    return parse_instant(body[name], name, status=422)
 
 
 def _consent_json(c: Consent, now: dt.datetime) -> dict[str, Any]:
@@ -113,8 +115,10 @@ async def access_log(request: web.Request) -> web.Response:
     AuditEvents in a Bundle, for apps that speak FHIR."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    limit = _int_param(request, "limit", 100, ACCESS_LOG_MAX)
-    before = _int_param(request, "before", 0, 2**62) or None
+    if request.query.get("format", "json") not in ("json", "fhir"):
+        raise Problem(400, "format is json (the default) or fhir")
+    limit = int_param(request, "limit", 100, ACCESS_LOG_MAX)
+    before = int_param(request, "before", 0, 2**62) or None
     rows = await deps.audit.for_patient(patient_id, limit, before)
     # Devices are in the log by reference (storage/device_refs.py): shown by id here.
     what = await device_refs.resolve(deps.pool, [row["resource"] for row in rows])
@@ -141,15 +145,6 @@ async def access_log(request: web.Request) -> web.Response:
     if len(rows) == limit:
         page["next"] = f"/v1/me/access-log?limit={limit}&before={rows[-1]['id']}"
     return web.json_response(page)
-
-
-def _int_param(request: web.Request, name: str, default: int, top: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= top:
-        raise Problem(400, f"{name} must be a whole number from 1 to {top}")
-    return int(raw)
 
 
 async def _who(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str, str | None]:

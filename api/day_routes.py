@@ -10,7 +10,15 @@ import numpy as np
 from aiohttp import web
 
 from api.problems import Problem
-from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from api.requests import (
+    DEPS,
+    EARLIEST,
+    LATEST,
+    bearer_claims,
+    parse_instant,
+    patient_of,
+    strict_body,
+)
 from storage.days import MAX_DAYS, Days
 from vitals.catalogue import METRICS
 from vitals.days import DEFAULT_ZONE, day_of, local_days
@@ -56,13 +64,7 @@ async def put_zone(request: web.Request) -> web.Response:
                              optional={"effective_from"})
     moment = None
     if "effective_from" in body:
-        try:
-            moment = dt.datetime.fromisoformat(body["effective_from"])
-            if moment.tzinfo is None:
-                raise Problem(422, "effective_from needs a time zone offset (e.g. Z)")
-            moment = moment.astimezone(dt.UTC)
-        except (ValueError, OverflowError):  # overflow: year 1 with an offset east of UTC
-            raise Problem(422, "effective_from must be an ISO 8601 date-time") from None
+        moment = parse_instant(body["effective_from"], "effective_from", status=422)
     try:
         history = await _days(request).set_zone(patient_id, body["zone"], moment)
     except ValueError as exc:  # an unknown zone, or an instant in the future
@@ -75,9 +77,12 @@ def _date(request: web.Request, name: str, default: dt.date) -> dt.date:
     if raw is None:
         return default
     try:
-        return dt.date.fromisoformat(raw)
+        day = dt.date.fromisoformat(raw)
     except ValueError:
         raise Problem(400, f"{name} must be a date, YYYY-MM-DD") from None
+    if not EARLIEST.date() <= day < LATEST.date():
+        raise Problem(400, f"{name} must be between {EARLIEST.year} and {LATEST.year}")
+    return day
 
 
 async def _today(request: web.Request, patient_id: uuid.UUID) -> dt.date:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from api.access import NO_CONSENT, clinician_access
 from api.problems import Problem
-from api.requests import DEPS, bearer_claims
+from api.requests import DEPS, EARLIEST, LATEST, bearer_claims, int_param
 from storage.consents import Access
 from storage.device_info import device_info
 from storage.segments import Samples
@@ -58,7 +58,8 @@ def _resource(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status, content_type=FHIR_JSON)
 
 
-def _outcome(status: int, text: str) -> web.Response:
+def outcome(status: int, text: str) -> web.Response:
+    """An OperationOutcome: how the FHIR API answers an error."""
     code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found"}.get(
         status, "exception")
     return _resource({"resourceType": "OperationOutcome", "issue": [
@@ -71,7 +72,7 @@ def fhir_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except Problem as exc:
-            return _outcome(exc.status, exc.detail)
+            return outcome(exc.status, exc.detail)
     return wrapped
 
 
@@ -112,8 +113,16 @@ async def read_device(request: web.Request) -> web.Response:
 
 
 def _instant(raw: str) -> dt.datetime:
+    """A FHIR date or dateTime (UTC without an offset) within the instants the API
+    accepts; ValueError otherwise."""
     value = dt.datetime.fromisoformat(raw)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    try:
+        value = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("out of range")
+    return value
 
 
 def _date_range(values: list[str]) -> tuple[dt.datetime, dt.datetime]:
@@ -158,13 +167,6 @@ def _metrics(code: str | None, access: Access) -> list[str]:
     return sorted(wanted & access.windows.keys())
 
 
-def _count(request: web.Request, name: str, default: int, top: int) -> int:
-    raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= top:
-        raise Problem(400, f"{name} must be a whole number from 1 to {top}")
-    return int(raw)
-
-
 @fhir_errors
 async def search_observations(request: web.Request) -> web.Response:
     unknown = sorted(set(request.query) - _SEARCH_PARAMS)
@@ -174,8 +176,8 @@ async def search_observations(request: web.Request) -> web.Response:
         raise Problem(400, "the patient parameter is required")
     patient_id = _patient_id(request.query["patient"])
     start, end = _date_range(request.query.getall("date", []))
-    count = _count(request, "_count", DEFAULT_COUNT, MAX_COUNT)
-    page = _count(request, "_page", 1, 10_000)
+    count = int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
+    page = int_param(request, "_page", 1, 10_000)
     what = "fhir/Observation?" + urlencode(
         [(k, v) for k, v in request.query.items() if k in ("code", "date")])
     _, access = await clinician_access(request, patient_id, action="search", resource=what)

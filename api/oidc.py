@@ -4,6 +4,10 @@ The app obtains an ID token from the provider; the API verifies it (issuer, audi
 expiry, signature by a key of the provider's published JWKS, an accepted ``acr``) and reads
 the professional identity from it: the national identifier ``SubjectNameID`` ("8" followed
 by the RPPS number) and the profession code of the practice (``SubjectRefPro``).
+
+The token must carry a ``nonce``: the app asks the API for one (POST
+/v1/clinicians/oidc/nonce) and sends it in its authorisation request; the sign-in route
+spends it (storage/nonces.py), so a captured ID token cannot be replayed while it is valid.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class ProIdentity:
     rpps: str
     profession: str
     display_name: str
+    nonce: str  # to be spent by the caller: single use is checked there, not here
 
 
 class OidcVerifier:
@@ -86,11 +91,13 @@ class OidcVerifier:
             claims: dict[str, Any] = jwt.decode(
                 id_token, key, algorithms=ALGORITHMS, audience=self.config.client_id,
                 issuer=self.config.issuer, leeway=5,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+                options={"require": ["exp", "iat", "iss", "aud", "sub", "nonce"]})
         except (jwt.PyJWTError, aiohttp.ClientError, KeyError, ValueError) as exc:
             raise OidcError(str(exc)) from None
         if claims.get("acr") not in self.config.accepted_acr:
             raise OidcError(f"authentication level {claims.get('acr')!r} is not accepted")
+        if not isinstance(claims["nonce"], str):
+            raise OidcError("the nonce is not a string")
         return _identity(claims)
 
 
@@ -103,4 +110,4 @@ def _identity(claims: dict[str, Any]) -> ProIdentity:
     if profession is None:
         raise OidcError("no practice of a profession bound by medical secrecy")
     name = " ".join(str(claims[k]) for k in ("given_name", "family_name") if claims.get(k))
-    return ProIdentity(str(claims["sub"]), rpps, profession, name or rpps)
+    return ProIdentity(str(claims["sub"]), rpps, profession, name or rpps, claims["nonce"])

@@ -8,10 +8,16 @@ Request bodies say ``additionalProperties: false`` because the handlers refuse u
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
+from api import passwords
+from api.account_routes import USERNAME
+from api.device_routes import MAX_CODE_LENGTH as MAX_PAIRING_CODE_LENGTH
+from api.household_routes import MAX_CODE_LENGTH as MAX_INVITATION_CODE_LENGTH
+from devices.registry import MAX_SERIAL_LENGTH
 from vitals.catalogue import METRIC_NAMES
 
 Schema = dict[str, Any]
@@ -23,12 +29,20 @@ PROBLEM: Schema = {
 FHIR_RESOURCE: Schema = {"type": "object", "required": ["resourceType"],
                          "properties": {"resourceType": {"type": "string"}}}
 STR: Schema = {"type": "string"}
+# Text a client sends: no NUL character (PostgreSQL cannot store one; the API answers 400).
+TEXT: Schema = {"type": "string", "pattern": "^[^\\x00]*$"}
 NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
 OPT_NUM: Schema = {"type": ["number", "null"]}
 LOINC_CODE: Schema = {"type": ["string", "null"]}  # null: no LOINC code (an RR interval)
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
+# Instants and dates a client sends: within the years the API accepts (1970-2199), written
+# so that a generator produces only real ones (days 1-28, offsets under 14 hours).
+_DAY = r"(19[89]\d|20\d\d|21\d\d)-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
+INSTANT: Schema = {"type": "string", "pattern": (
+    rf"^{_DAY}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{{1,6}})?(Z|[+-](0\d|1[0-3]):[0-5]\d)$")}
+DAY: Schema = {"type": "string", "pattern": rf"^{_DAY}$"}
 UUID: Schema = {"type": "string", "format": "uuid"}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
                         "schema": {"type": "string", "enum": list(METRIC_NAMES)}}
@@ -47,22 +61,42 @@ def body(schema: Schema) -> Schema:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-def _problems(fhir: bool = False) -> Schema:
+def _problem(status: int, fhir: bool) -> Schema:
+    phrase = HTTPStatus(status).phrase
     if fhir:
-        return {"4XX": {"description": "an OperationOutcome",
-                        "content": {"application/fhir+json": {"schema": FHIR_RESOURCE}}}}
-    return {"4XX": {"description": "a problem (RFC 9457)",
-                    "content": {"application/problem+json": {"schema": PROBLEM}}}}
+        return {"description": f"{phrase}: an OperationOutcome",
+                "content": {"application/fhir+json": {"schema": FHIR_RESOURCE}}}
+    return {"description": f"{phrase}: a problem (RFC 9457)",
+            "content": {"application/problem+json": {"schema": PROBLEM}}}
+
+
+def _problems(*, secure: bool, body: bool, errors: tuple[int, ...], fhir: bool
+              ) -> dict[str, Schema]:
+    """The error answers an operation can give, each by its exact status: 400 (a NUL or an
+    unpaired surrogate in the path or query, on every route) and 429 (the request rate, a
+    problem even under /fhir, where the limit answers before the route) everywhere; 401 and
+    403 with a bearer token; 413, 415 and 422 with a body; ``errors`` of the handler."""
+    codes = {400, *errors}
+    if secure:
+        codes |= {401, 403}
+    if body:
+        codes |= {413, 415, 422}
+    out = {str(c): _problem(c, fhir and c not in (413, 415)) for c in sorted(codes)}
+    out["429"] = _problem(429, False)
+    return out
 
 
 def op(summary: str, ok: Schema | None, *, status: str = "200", request: Schema | None = None,
        params: list[Schema] | None = None, secure: bool = True,
-       media: str | tuple[str, ...] = "application/json", fhir: bool = False) -> Schema:
+       media: str | tuple[str, ...] = "application/json", fhir: bool = False,
+       errors: tuple[int, ...] = ()) -> Schema:
     response: Schema = {"description": summary}
     if ok is not None:
         response["content"] = {m: {"schema": ok} for m in
                                ((media,) if isinstance(media, str) else media)}
-    out: Schema = {"summary": summary, "responses": {status: response, **_problems(fhir)}}
+    out: Schema = {"summary": summary, "responses": {
+        status: response, **_problems(secure=secure, body=request is not None, errors=errors,
+                                      fhir=fhir)}}
     if request is not None:
         out["requestBody"] = body(request)
     if params:
@@ -92,7 +126,7 @@ def p(name: str, schema: Schema) -> Schema:
 
 TOKENS = obj({"access_token": STR, "token_type": STR, "expires_in": INT,
               "refresh_token": STR, "second_factor": BOOL})
-RANGE = [q("from", DATE_TIME), q("to", DATE_TIME)]
+RANGE = [q("from", INSTANT), q("to", INSTANT)]
 SUMMARY = obj({"unit": STR, "loinc": LOINC_CODE, "count": INT, "flagged": INT, "completeness": NUM,
                "episodes": {"type": "array", "items": obj(
                    {"rule": STR, "description": STR, "start": STR, "end": STR,
@@ -117,8 +151,8 @@ HELD = obj({"id": UUID, "device_id": STR, "measured_at": STR, "held_at": STR,
             "expires_at": STR, "reason": STR,
             "values": {"type": "object", "additionalProperties": obj({"value": NUM,
                                                                        "unit": STR})}})
-DEVICE_PARAM = p("device_id", STR)
-READING_PARAMS = [DEVICE_PARAM, p("reading_id", STR)]
+DEVICE_PARAM = p("device_id", TEXT)
+READING_PARAMS = [DEVICE_PARAM, p("reading_id", TEXT)]
 DEVICE_ORDER = obj({"metric": STR, "device_ids": {"type": "array", "items": STR}})
 
 PATHS: dict[str, dict[str, Schema]] = {
@@ -130,20 +164,24 @@ PATHS: dict[str, dict[str, Schema]] = {
         "register; the answer holds the TOTP secret, once", obj(
             {"patient_id": UUID, "username": STR, "totp": obj({"secret": STR, "uri": STR})}),
         status="201", secure=False,
-        request=obj({"username": STR, "password": STR}, closed=True))},
+        request=obj({"username": {"type": "string", "pattern": USERNAME.pattern},
+                     "password": {"type": "string", "minLength": passwords.MIN_LENGTH,
+                                  "maxLength": passwords.MAX_LENGTH,
+                                  "pattern": TEXT["pattern"]}}, closed=True))},
     "/v1/auth/login": {"post": op(
         "sign in: password, and the code for a token good for health data", TOKENS,
-        secure=False, request=obj({"username": STR, "password": STR}, {"totp": STR},
-                                  closed=True))},
+        secure=False, errors=(401,),
+        request=obj({"username": TEXT, "password": TEXT}, {"totp": TEXT}, closed=True))},
     "/v1/auth/refresh": {"post": op("rotate a refresh token", TOKENS, secure=False,
-                                    request=obj({"refresh_token": STR}, closed=True))},
+                                    errors=(401,),
+                                    request=obj({"refresh_token": TEXT}, closed=True))},
     "/v1/auth/logout": {"post": op("end this session", None, status="204")},
     "/v1/me": {
         "get": op("my account", obj({"patient_id": UUID, "username": STR,
                                      "totp_confirmed": BOOL})),
         "delete": op("erase my account and all my data", obj(
             {"erased": BOOL, "segments_removed": INT, "at": STR}),
-            request=obj({"password": STR, "totp": STR}, closed=True))},
+            request=obj({"password": TEXT, "totp": TEXT}, closed=True))},
     "/v1/me/export": {"get": op("all my data as a FHIR Bundle", FHIR_RESOURCE,
                                 media="application/fhir+json")},
     "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
@@ -154,9 +192,9 @@ PATHS: dict[str, dict[str, Schema]] = {
             {"metric": STR, "unit": STR, "loinc": LOINC_CODE, "from": STR, "to": STR,
              "resolution": STR, "truncated": BOOL},
             {"device": STR, "zone": STR, "source_order": {"type": "array", "items": STR}}),
-        params=[METRIC_PARAM, *RANGE,
+        errors=(404,), params=[METRIC_PARAM, *RANGE,
                 q("resolution", {"type": "string", "enum": ["raw", "1m", "1h", "1d"]}),
-                q("device", STR)])},
+                q("device", TEXT)])},
     "/v1/me/summary": {"get": op("a summary per metric", obj(
         {"from": STR, "to": STR, "metrics": {"type": "object",
                                                "additionalProperties": SUMMARY}}),
@@ -165,11 +203,11 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": op("my consents", obj({"consents": {"type": "array", "items": CONSENT}})),
         "post": op("share metrics of a period with a clinician until an expiry", CONSENT,
                    status="201", request=obj(
-                       {"clinician_rpps": STR, "metrics": {"type": "array", "items": STR},
-                        "categories": {"type": "array", "items": STR}, "data_from": STR,
-                        "data_to": STR, "expires_at": STR}, closed=True))},
+                       {"clinician_rpps": TEXT, "metrics": {"type": "array", "items": TEXT},
+                        "categories": {"type": "array", "items": TEXT}, "data_from": TEXT,
+                        "data_to": TEXT, "expires_at": TEXT}, closed=True))},
     "/v1/me/consents/{consent_id}": {"delete": op("revoke a consent", None, status="204",
-                                                  params=[p("consent_id", STR)])},
+                                                  errors=(404,), params=[p("consent_id", TEXT)])},
     "/v1/me/access-log": {"get": op(
         "every access to my data; format=fhir for BALP AuditEvents", {"type": "object"},
         media=("application/json", "application/fhir+json"),
@@ -179,11 +217,11 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/record-feed": {
         "get": op("the feed to my medical record", FEED),
         "put": op("turn the feed on or off", FEED,
-                  request=obj({"enabled": BOOL, "ins": STR}, closed=True))},
+                  request=obj({"enabled": BOOL, "ins": TEXT}, closed=True))},
     "/v1/me/timezone": {
         "get": op("my time zone and its history", ZONE),
         "put": op("my time zone from now, or from a past instant until my next change",
-                  ZONE, request=obj({"zone": STR}, {"effective_from": DATE_TIME},
+                  ZONE, request=obj({"zone": TEXT}, {"effective_from": INSTANT},
                                     closed=True))},
     "/v1/me/daily/{metric}": {"get": op(
         "one figure per local day, with each source's own", obj(
@@ -193,73 +231,84 @@ PATHS: dict[str, dict[str, Schema]] = {
                  {"date": STR, "hours": NUM, "value": OPT_NUM, "count": INT,
                   "min": OPT_NUM, "max": OPT_NUM, "sources": {"type": "object"},
                   "counted": {"type": "object"}})}}),
-        params=[METRIC_PARAM, q("from", {"type": "string", "format": "date"}),
-                q("to", {"type": "string", "format": "date"})])},
+        errors=(404,), params=[METRIC_PARAM, q("from", DAY), q("to", DAY)])},
     "/v1/me/sources/{metric}": {
-        "get": op("my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM]),
+        "get": op("my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM],
+                  errors=(404,)),
         "put": op("set my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM],
-                  request=obj({"device_ids": {"type": "array", "items": STR}}, closed=True))},
+                  errors=(404,),
+                  request=obj({"device_ids": {"type": "array", "items": TEXT}}, closed=True))},
     "/v1/me/devices": {"get": op(
         "my devices: state, last seen, battery when known",
         obj({"devices": {"type": "array", "items": DEVICE}}))},
     "/v1/me/devices/pair": {"post": op(
         "pair a device with its serial and the code it shows", DEVICE, status="201",
-        request=obj({"serial": STR, "pairing_code": STR}, closed=True))},
+        request=obj({"serial": {"type": "string", "maxLength": MAX_SERIAL_LENGTH,
+                                "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
+                     "pairing_code": TEXT | {"maxLength": MAX_PAIRING_CODE_LENGTH}},
+                    closed=True))},
     "/v1/me/devices/{device_id}": {"delete": op(
-        "unpair a device: its certificate is revoked", None, status="204",
-        params=[p("device_id", STR)])},
+        "unpair a device: its certificate is revoked", None, status="204", errors=(404, 409),
+        params=[p("device_id", TEXT)])},
     "/v1/me/devices/join": {"post": op(
         "join a shared scale with an invitation code, as a member",
-        DEVICE, status="201", request=obj({"code": STR}, closed=True))},
+        DEVICE, status="201", errors=(404, 409),
+        request=obj({"code": TEXT | {"maxLength": MAX_INVITATION_CODE_LENGTH}}, closed=True))},
     "/v1/me/devices/{device_id}/invitations": {"post": op(
         "the owner's one-time code inviting a member to a scale", obj(
             {"device_id": STR, "code": STR, "expires_at": STR}), status="201",
-        params=[DEVICE_PARAM])},
+        errors=(404, 409), params=[DEVICE_PARAM])},
     "/v1/me/devices/{device_id}/users": {"get": op(
         "who uses a shared scale", obj({"users": {"type": "array", "items": obj(
             {"patient_id": UUID, "username": STR, "role": ROLE, "joined_at": STR,
-             "me": BOOL})}}), params=[DEVICE_PARAM])},
+             "me": BOOL})}}), errors=(404,), params=[DEVICE_PARAM])},
     "/v1/me/devices/{device_id}/users/{user}": {"delete": op(
         "the owner removes a member (a patient id), or a member leaves (me)", None,
-        status="204", params=[DEVICE_PARAM, p("user", STR)])},
+        status="204", errors=(404, 409), params=[DEVICE_PARAM, p("user", TEXT)])},
     "/v1/me/devices/{device_id}/unclaimed": {"get": op(
         "weighings of a shared scale held for its users to claim",
-        obj({"readings": {"type": "array", "items": HELD}}), params=[DEVICE_PARAM])},
+        obj({"readings": {"type": "array", "items": HELD}}), errors=(404,),
+        params=[DEVICE_PARAM])},
     "/v1/me/devices/{device_id}/unclaimed/{reading_id}/claim": {"post": op(
-        "claim a held weighing: it becomes my data", HELD, params=READING_PARAMS)},
+        "claim a held weighing: it becomes my data", HELD, errors=(404, 409),
+        params=READING_PARAMS)},
     "/v1/me/devices/{device_id}/unclaimed/{reading_id}/dismiss": {"post": op(
         "not mine: hide a held weighing from my list", None, status="204",
-        params=READING_PARAMS)},
+        errors=(404, 409), params=READING_PARAMS)},
     "/v1/clinicians/login": {"post": op(
-        "clinician sign-in with password and code", TOKENS, secure=False,
-        request=obj({"username": STR, "password": STR, "totp": STR}, closed=True))},
+        "clinician sign-in with password and code", TOKENS, secure=False, errors=(401,),
+        request=obj({"username": TEXT, "password": TEXT, "totp": TEXT}, closed=True))},
+    "/v1/clinicians/oidc/nonce": {"post": op(
+        "a single-use nonce for the identity provider's authorisation request",
+        obj({"nonce": STR, "expires_in": INT}), status="201", secure=False, errors=(404,))},
     "/v1/clinicians/oidc": {"post": op(
         "clinician sign-in with an ID token of the identity provider", TOKENS, secure=False,
-        request=obj({"id_token": STR}, closed=True))},
+        errors=(401, 403, 404, 409),
+        request=obj({"id_token": TEXT}, closed=True))},
     "/v1/clinician/patients": {"get": op("patients who share with me", obj(
         {"patients": {"type": "array", "items": obj({"patient_id": UUID})}}))},
     "/v1/clinician/patients/{patient_id}/summary": {"get": op(
         "a patient's summary, limited to what they share", obj(
             {"patient_id": UUID, "from": STR, "to": STR,
              "metrics": {"type": "object", "additionalProperties": SUMMARY}}),
-        params=[p("patient_id", STR), *RANGE])},
+        params=[p("patient_id", TEXT), *RANGE])},
     "/v1/clinician/patients/{patient_id}/charts/{metric}": {"get": op(
-        "a shared metric as an SVG chart", STR, media="image/svg+xml",
-        params=[p("patient_id", STR), p("metric", STR), *RANGE])},
+        "a shared metric as an SVG chart", STR, media="image/svg+xml", errors=(404,),
+        params=[p("patient_id", TEXT), p("metric", TEXT), *RANGE])},
     "/fhir/metadata": {"get": op("CapabilityStatement", FHIR_RESOURCE, secure=False,
                                  media="application/fhir+json", fhir=True)},
     "/fhir/Patient/{patient_id}": {"get": op(
         "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
-        fhir=True, params=[p("patient_id", STR)])},
+        fhir=True, params=[p("patient_id", TEXT)])},
     "/fhir/Device/{device_id}": {"get": op(
         "a device that measured a patient who shares with me", FHIR_RESOURCE,
-        media="application/fhir+json", fhir=True, params=[p("device_id", STR)])},
+        media="application/fhir+json", fhir=True, params=[p("device_id", TEXT)])},
     "/fhir/Observation": {"get": op(
         "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
         media="application/fhir+json", fhir=True,
-        params=[q("patient", STR, required=True), q("code", STR),
+        params=[q("patient", TEXT, required=True), q("code", TEXT),
                 {"name": "date", "in": "query", "required": False,
-                 "schema": {"type": "array", "items": STR}, "style": "form", "explode": True},
+                 "schema": {"type": "array", "items": TEXT}, "style": "form", "explode": True},
                 q("_count", {"type": "integer", "minimum": 1, "maximum": 200}),
                 q("_page", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
 }
@@ -275,6 +324,14 @@ def document() -> Schema:
                                                       "bearerFormat": "JWT"}}},
         "paths": PATHS,
     }
+
+
+def query_parameters(path: str, method: str) -> frozenset[str] | None:
+    """The query parameters documented for an operation; None for one not documented."""
+    operation = PATHS.get(path, {}).get(method.lower())
+    if operation is None:
+        return None
+    return frozenset(p["name"] for p in operation.get("parameters", []) if p["in"] == "query")
 
 
 def register(app: web.Application) -> None:

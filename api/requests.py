@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,18 +46,58 @@ class ApiDeps:
 DEPS = web.AppKey("deps", ApiDeps)
 
 
+# Text PostgreSQL cannot store (NUL) or UTF-8 cannot encode (an unpaired surrogate, which
+# JSON's \\ud800 escape and a percent-encoded query can both produce).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str) -> bool:
+    """True when ``text`` holds a NUL character or an unpaired surrogate."""
+    return _UNSTORABLE.search(text) is not None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
+def _check_text(value: Any) -> None:
+    """Problem 400 for a string anywhere in ``value`` (keys too) that cannot be stored."""
+    if isinstance(value, str):
+        if unstorable(value):
+            raise Problem(400, "the body holds a NUL character or an unpaired surrogate")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
 async def strict_body(request: web.Request, fields: dict[str, type],
                       optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """A JSON object with ``fields`` (those in ``optional`` may be left out) and no other
-    (no mass assignment), or 422."""
+    (no mass assignment), or 422. Not JSON (NaN and numbers beyond a float included), too
+    deeply nested, or holding text that cannot be stored: 400."""
     if request.content_type != "application/json":
         raise Problem(415, "send application/json")
     try:
-        body = json.loads(await request.read())
+        body = json.loads(await request.read(), parse_constant=_refuse_constant,
+                          parse_float=_finite)
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an over-long integer
         raise Problem(400, "the body is not valid JSON") from None
+    except RecursionError:  # thousands of nested [ or {: no body of ours nests that deep
+        raise Problem(400, "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")
+    _check_text(body)
     unknown = sorted(body.keys() - fields.keys())
     missing = sorted(fields.keys() - body.keys() - set(optional))
     # bool is an int to Python, not to a schema: an integer field refuses true and false.
@@ -81,17 +123,46 @@ def bearer_claims(request: web.Request, *, health_data: bool) -> Claims:
     return claims
 
 
+# Instants the API accepts: no device measured before 1970, and staying far from
+# datetime's year 1 and 9999 keeps range arithmetic (a year before, a day after) safe.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_instant(raw: str, name: str, status: int = 400) -> dt.datetime:
+    """An ISO 8601 date-time with an offset, in UTC, within [EARLIEST, LATEST); else a
+    problem with ``status``."""
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise Problem(status, f"{name} must be an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        raise Problem(status, f"{name} needs a time zone offset (e.g. Z)")
+    try:
+        value = value.astimezone(dt.UTC)
+    except OverflowError:  # year 1 east of UTC, year 9999 west of it
+        value = EARLIEST - dt.timedelta(days=1)
+    if not EARLIEST <= value < LATEST:
+        raise Problem(status, f"{name} must be between {EARLIEST.year} and {LATEST.year}")
+    return value
+
+
 def time_param(request: web.Request, name: str, default: dt.datetime) -> dt.datetime:
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be an ISO 8601 date-time") from None
-    if value.tzinfo is None:
-        raise Problem(400, f"{name} needs a time zone offset (e.g. Z)")
-    return value.astimezone(dt.UTC)
+    return parse_instant(raw, name)
+
+
+def int_param(request: web.Request, name: str, default: int, top: int) -> int:
+    """A whole number from 1 to ``top`` (ASCII digits, at most 18 of them: int() refuses
+    thousands of digits with ValueError, and no parameter of ours needs more), else 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not 1 <= int(raw) <= top:
+        raise Problem(400, f"{name} must be a whole number from 1 to {top}")
+    return int(raw)
 
 
 CLINICIAN_SUBJECT = "clinician:"  # access tokens of clinicians: sub = clinician:<uuid>

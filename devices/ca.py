@@ -85,6 +85,10 @@ def _ca_cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certifi
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                        critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        # Key identifiers on every certificate: strict validators (cryptography's, which
+        # sslyze uses) require them to build the path.
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer_key.public_key()), critical=False)
     )
     return builder.sign(issuer_key, hashes.SHA256())
 
@@ -197,6 +201,12 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
+                                         False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.root_key.public_key()), critical=False)
             .sign(self.root_key, hashes.SHA256())
         )
         return key_pem(key), cert_pem(cert)
@@ -273,6 +283,8 @@ class ClientCertificateBuilder:
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False,
                                          False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._csr.public_key()),
                            critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca.device_key.public_key()), critical=False)

@@ -16,6 +16,7 @@ import aiohttp
 
 from aiopaho import stop_task
 from api import passwords, totp
+from api.headers import cors_origins
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
 from healthiot import stack
@@ -130,7 +131,8 @@ async def run_api(settings: Settings) -> int:
                                      port=settings.api_port,
                                      tls=server_tls(_required(settings, "api_cert_file"),
                                                     _required(settings, "api_key_file")),
-                                     oidc=oidc_verifier(settings, session))
+                                     oidc=oidc_verifier(settings, session),
+                                     cors_origins=cors_origins(settings.api_cors_origins))
             await until_signalled()
             await runner.cleanup()
     finally:

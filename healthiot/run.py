@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from aiopaho import stop_task
+from api.headers import cors_origins
 from broker_bridge import health as bridge_health
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
@@ -149,7 +150,8 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             resources.push_async_callback(stop_task, task)
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
-                                 oidc=oidc_verifier(settings, session), revoker=revoker)
+                                 oidc=oidc_verifier(settings, session), revoker=revoker,
+                                 cors_origins=cors_origins(settings.api_cors_origins))
         resources.push_async_callback(runner.cleanup)
         upkeep = asyncio.create_task(
             maintenance(core, settings).run_forever(settings.maintenance_interval_s),

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from aiopaho import AsyncClient
 from api.app import create_app
+from api.headers import ApiRunner
 from api.oidc import OidcConfig, OidcVerifier
 from api.record_feed import FeedConfig, FeedSender
 from api.requests import ApiDeps
@@ -85,11 +86,20 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
                     tls: ssl.SSLContext, oidc: OidcVerifier | None = None,
-                    revoker: Revoker | None = None) -> web.AppRunner:
+                    revoker: Revoker | None = None,
+                    cors_origins: tuple[str, ...] = ()) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
-                             core.audit, tokens, oidc), revoker=revoker)
+                             core.audit, tokens, oidc), revoker=revoker,
+                     cors_origins=cors_origins)
+    return await serve_api(app, host=host, port=port, tls=tls)
+
+
+async def serve_api(app: web.Application, *, host: str, port: int, tls: ssl.SSLContext
+                    ) -> web.AppRunner:
+    """Serve ``app`` over HTTPS until the returned runner is cleaned up; what the HTTP
+    parser refuses is answered as a problem document too (api.headers.ApiRunner)."""
     # No access log: who read what is in the audit log, and URLs can carry personal data.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    runner = ApiRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=tls).start()
     return runner

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.headers import cors_origins
 from healthiot.errors import SettingsError
 
 ENVIRONMENTS = ("development", "production")
@@ -118,6 +119,9 @@ class Settings:
         "OpenID Connect issuer for clinician sign-in (Pro Santé Connect); empty: off"))
     oidc_client_id: str = field(default="", metadata=_doc(
         "our client id at that issuer: the audience of its ID tokens"))
+    api_cors_origins: str = field(default="", metadata=_doc(
+        "web origins allowed to call the API from a browser, exactly (scheme://host[:port], "
+        "comma-separated); empty: CORS off"))
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -129,6 +133,10 @@ class Settings:
             raise SettingsError("retention periods are whole days, at least 1")
         if self.record_feed_url and not self.record_feed_sender_oid:
             raise SettingsError("HEALTHIOT_RECORD_FEED_URL needs HEALTHIOT_RECORD_FEED_SENDER_OID")
+        try:
+            cors_origins(self.api_cors_origins)
+        except ValueError as exc:
+            raise SettingsError(f"HEALTHIOT_API_CORS_ORIGINS: {exc}") from None
         if bool(self.oidc_issuer) != bool(self.oidc_client_id):
             raise SettingsError("HEALTHIOT_OIDC_ISSUER and HEALTHIOT_OIDC_CLIENT_ID go together")
         if self.environment == "production":

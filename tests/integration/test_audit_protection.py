@@ -382,7 +382,7 @@ async def test_a_database_from_before_the_roles_is_handed_to_the_owner_and_its_c
         partitions = await conn.fetch("SELECT 1 FROM pg_tables WHERE tablename ~ '^segments_[0-9]'")
     finally:
         await conn.close()
-    assert [a[:3] for a in applied] == ["100", "101"]
+    assert [a[:3] for a in applied][:2] == ["100", "101"]  # then any later ones
     assert owners == functions == {roles.OWNER}  # monthly partitions included
     assert len(partitions) > 3
     assert [r["actor"] for r in unchained] == ["patient:old"]  # kept, out of the chain

@@ -50,12 +50,12 @@ class Setup:
 @pytest.fixture
 async def setup(core) -> AsyncIterator[Setup]:  # type: ignore[no-untyped-def]
     tokens = TokenService(new_key(), issuer="https://test", audience="test")
-    limits = Limits(failures_per_account=3, failure_window_s=WINDOW_S,
+    limits = Limits(failures_per_account_and_client=3, failure_window_s=WINDOW_S,
                     requests_per_second=1000, request_burst=1000)
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
                              core.patients, core.audit, tokens, limits=limits))
     clock = Clock()
-    app[GUARD].accounts.clock = app[GUARD].clients.clock = clock
+    app[GUARD].clock = clock
     secret = totp.new_secret()
     clinician = await Clinicians(core.pool, core.keyring).create(
         rpps=rpps_number(3), profession="nurse", display_name="M. Petit", username="petit",

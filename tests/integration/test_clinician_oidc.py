@@ -1,5 +1,6 @@
 """Clinician sign-in through an OpenID Connect provider, against a local test issuer shaped
-like Pro Santé Connect (discovery document, JWKS, RS256 ID tokens)."""
+like Pro Santé Connect (discovery document, JWKS, RS256 ID tokens), with a real HTTPS
+client: every ID token carries a nonce the API issued, good for one sign-in."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -24,6 +24,8 @@ from api.tokens import TokenService
 from devices.ca import new_key
 from healthiot.localservers import free_port
 from storage.clinicians import Clinicians
+from tests.conftest import Pki
+from tests.integration.https import https
 from tests.integration.test_clinician_access import rpps_number
 
 CLIENT_ID = "healthiot-test"
@@ -72,28 +74,44 @@ async def issuer() -> AsyncIterator[Issuer]:
 
 
 @pytest.fixture
-async def client(core, issuer: Issuer) -> AsyncIterator[TestClient[Any, Any]]:  # type: ignore[no-untyped-def]
+async def client(core, issuer: Issuer, pki: Pki) -> AsyncIterator[aiohttp.ClientSession]:  # type: ignore[no-untyped-def]
     tokens = TokenService(new_key(), issuer="https://test", audience="test")
     async with aiohttp.ClientSession() as session:
         oidc = OidcVerifier(OidcConfig(issuer.url, CLIENT_ID), session)
         app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
                                  core.patients, core.audit, tokens, oidc))
-        async with TestClient(TestServer(app)) as test_client:
-            yield test_client
+        async with https(app, pki) as server:
+            yield await server.client()
 
 
-async def _sign_in(client: TestClient[Any, Any], token: str) -> aiohttp.ClientResponse:
-    return await client.post("/v1/clinicians/oidc", json={"id_token": token})
+async def _sign_in(client: aiohttp.ClientSession, token: str) -> aiohttp.ClientResponse:
+    resp = await client.post("/v1/clinicians/oidc", json={"id_token": token})
+    await resp.read()
+    return resp
+
+
+async def _nonce(client: aiohttp.ClientSession) -> str:
+    async with client.post("/v1/clinicians/oidc/nonce") as resp:
+        assert resp.status == 201, await resp.text()
+        assert resp.headers["Cache-Control"] == "no-store"
+        nonce: str = (await resp.json())["nonce"]
+        return nonce
+
+
+async def _token(client: aiohttp.ClientSession, issuer: Issuer, **overrides: Any) -> str:
+    """An ID token as the provider would return it for a nonce this API issued."""
+    return issuer.id_token(**({"nonce": await _nonce(client)} | overrides))
 
 
 async def test_a_valid_id_token_gives_a_clinician_session(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
-    resp = await _sign_in(client, issuer.id_token())
+    resp = await _sign_in(client, await _token(client, issuer))
     assert resp.status == 200, await resp.text()
     access = (await resp.json())["access_token"]
     resp = await client.get("/v1/clinician/patients", headers={"Authorization": f"Bearer {access}"})
     assert resp.status == 200 and (await resp.json()) == {"patients": []}
     # A second sign-in finds the same account.
-    again = (await (await _sign_in(client, issuer.id_token())).json())["access_token"]
+    again = await (await _sign_in(client, await _token(client, issuer))).json()
+    again = again["access_token"]
     sub = jwt.decode(again, options={"verify_signature": False})["sub"]
     assert sub == jwt.decode(access, options={"verify_signature": False})["sub"]
 
@@ -104,14 +122,17 @@ async def test_a_valid_id_token_gives_a_clinician_session(client, issuer: Issuer
     {"exp": int(time.time()) - 60},
     {"exp": None},
     {"acr": "eidas0"},
+    {"nonce": None},
+    {"nonce": "a nonce this API never issued"},
+    {"nonce": 12345},
 ])
 async def test_tokens_the_provider_did_not_mean_for_us_are_refused(client, issuer, overrides):  # type: ignore[no-untyped-def]
-    resp = await _sign_in(client, issuer.id_token(**overrides))
+    resp = await _sign_in(client, await _token(client, issuer, **overrides))
     assert resp.status == 401
 
 
 async def test_forged_tokens_are_refused(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
-    good = issuer.id_token()
+    good = await _token(client, issuer)
     header, payload, _ = good.split(".")
     unsigned = jwt.encode(jwt.decode(good, options={"verify_signature": False}), key=None,
                           algorithm="none")
@@ -124,9 +145,11 @@ async def test_forged_tokens_are_refused(client, issuer: Issuer) -> None:  # typ
 
 
 async def test_a_profession_without_medical_secrecy_is_refused(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
-    token = issuer.id_token(SubjectRefPro={"exercices": [{"codeProfession": "99"}]})
+    token = await _token(client, issuer,
+                         SubjectRefPro={"exercices": [{"codeProfession": "99"}]})
     assert (await _sign_in(client, token)).status == 401
-    token = issuer.id_token(SubjectNameID="812345678901")  # RPPS with a wrong check digit
+    # An RPPS number with a wrong check digit:
+    token = await _token(client, issuer, SubjectNameID="812345678901")
     assert (await _sign_in(client, token)).status == 403
 
 
@@ -142,7 +165,7 @@ async def test_an_account_made_by_an_administrator_is_linked_on_first_sign_in(  
         rpps=rpps_number(7), profession="physician", display_name="Dr Durand",
         username="durand", password_hash="$argon2id$placeholder",
         totp_secret=b"s" * 20)
-    resp = await _sign_in(client, issuer.id_token())
+    resp = await _sign_in(client, await _token(client, issuer))
     assert resp.status == 200, await resp.text()
     assert _subject_of((await resp.json())["access_token"]) == f"clinician:{existing.id}"
     bound = await core.pool.fetchval("SELECT oidc_subject FROM clinicians WHERE id = $1",
@@ -150,20 +173,21 @@ async def test_an_account_made_by_an_administrator_is_linked_on_first_sign_in(  
     assert bound == "psc-subject-1"
     assert await core.pool.fetchval("SELECT count(*) FROM clinicians") == 1
     # And again: the same account, now through its subject.
-    again = await _sign_in(client, issuer.id_token())
+    again = await _sign_in(client, await _token(client, issuer))
     assert _subject_of((await again.json())["access_token"]) == f"clinician:{existing.id}"
 
 
 async def test_an_rpps_bound_to_another_subject_is_a_readable_conflict(  # type: ignore[no-untyped-def]
         client, issuer: Issuer, core) -> None:
-    assert (await _sign_in(client, issuer.id_token())).status == 200
-    resp = await _sign_in(client, issuer.id_token(sub="psc-subject-2"))
+    assert (await _sign_in(client, await _token(client, issuer))).status == 200
+    resp = await _sign_in(client, await _token(client, issuer, sub="psc-subject-2"))
     assert resp.status == 409
     assert resp.content_type == "application/problem+json"
     problem = await resp.json()
     assert "already bound to another" in problem["detail"]
     # The same subject now vouched for with another number is refused too.
-    resp = await _sign_in(client, issuer.id_token(SubjectNameID=f"8{rpps_number(8)}"))
+    resp = await _sign_in(client, await _token(client, issuer,
+                                               SubjectNameID=f"8{rpps_number(8)}"))
     assert resp.status == 409
     assert "another RPPS number" in (await resp.json())["detail"]
     rows = await core.pool.fetch("SELECT rpps, oidc_subject FROM clinicians")
@@ -172,8 +196,29 @@ async def test_an_rpps_bound_to_another_subject_is_a_readable_conflict(  # type:
 
 
 async def test_concurrent_first_sign_ins_make_one_account(client, issuer, core) -> None:  # type: ignore[no-untyped-def]
-    answers = await asyncio.gather(*[_sign_in(client, issuer.id_token()) for _ in range(8)])
+    tokens = [await _token(client, issuer) for _ in range(8)]
+    answers = await asyncio.gather(*[_sign_in(client, token) for token in tokens])
     assert [a.status for a in answers] == [200] * 8, [await a.text() for a in answers]
     subjects = {_subject_of((await a.json())["access_token"]) for a in answers}
     assert len(subjects) == 1
     assert await core.pool.fetchval("SELECT count(*) FROM clinicians") == 1
+
+
+async def test_an_id_token_is_good_for_one_sign_in(client, issuer: Issuer) -> None:  # type: ignore[no-untyped-def]
+    token = await _token(client, issuer)
+    assert (await _sign_in(client, token)).status == 200
+    replayed = await _sign_in(client, token)  # still valid for minutes: refused anyway
+    assert replayed.status == 401
+    assert "nonce" in (await replayed.json())["detail"]
+
+
+async def test_an_expired_nonce_is_refused(client, issuer: Issuer, core) -> None:  # type: ignore[no-untyped-def]
+    token = await _token(client, issuer)
+    await core.pool.execute("UPDATE oidc_nonces SET expires_at = now() - interval '1 second'")
+    assert (await _sign_in(client, token)).status == 401
+
+
+async def test_two_sign_ins_racing_with_one_token_give_one_session(client, issuer) -> None:  # type: ignore[no-untyped-def]
+    token = await _token(client, issuer)
+    answers = await asyncio.gather(*[_sign_in(client, token) for _ in range(4)])
+    assert sorted(a.status for a in answers) == [200, 401, 401, 401]

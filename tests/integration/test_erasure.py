@@ -152,8 +152,9 @@ async def test_a_dump_taken_before_erasure_opens_nothing_of_the_patient_after(
     erased = await _seed(api, core, pki, "erased.backup", 231.0)
     kept = await _seed(api, core, pki, "kept.backup", 241.0)
     dump = tmp_path / "before.sql"
+    # A backup, as the administrator takes it: the whole database.
     await asyncio.to_thread(_run, find_binary("pg_dump"), "--no-owner", "-f", str(dump),
-                            database.dsn, password=database.password)
+                            database.admin_dsn, password=database.admin_password)
     await _erase(api, erased.account)
 
     # The attacker: the old dump restored into a fresh database, the KEK, the key directory.
@@ -161,10 +162,10 @@ async def test_a_dump_taken_before_erasure_opens_nothing_of_the_patient_after(
     admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
     await admin.execute(f"CREATE DATABASE {name}")
     await admin.close()
-    restored_dsn = database.dsn.rsplit("/", 1)[0] + "/" + name
+    restored_dsn = database.admin_dsn.rsplit("/", 1)[0] + "/" + name
     await asyncio.to_thread(_run, find_binary("psql"), "-q", "-v", "ON_ERROR_STOP=1",
-                            "-f", str(dump), restored_dsn, password=database.password)
-    restored = await open_core(restored_dsn, database.password, tmp_path / "kek.bin")
+                            "-f", str(dump), restored_dsn, password=database.admin_password)
+    restored = await open_core(restored_dsn, database.admin_password, tmp_path / "kek.bin")
     try:
         pid = erased.patient_id
         async with restored.pool.acquire() as conn:
@@ -228,6 +229,11 @@ CLASSIFIED: dict[str, str] = {
     "erasures": "that the erasure happened, when, at whose request (GDPR art. 5(2))",
     "retention_runs": "what retention removed and when: counts only",
     "schema_migrations": "the schema's version",
+    "audit_chain": "the audit chain's head and key check: hashes, no identifier",
+    "audit_log_unchained": "rows found without a hash at migration 101, kept as found "
+                           "(older than any erasure since)",
+    "audit_policy": "the audit log's retention period",
+    "oidc_nonces": "hashes of sign-in nonces of clinicians, minutes long",
 }
 # What may still name the erased patient afterwards, per table (kinds as in _identifiers).
 # The audit log keeps the old device references of its rows (it is never rewritten): they

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from sslyze import (
+    CertificateInfoExtraArgument,
     ClientAuthenticationCredentials,
     ScanCommand,
     ScanCommandAttemptStatusEnum,
+    ScanCommandsExtraArguments,
     Scanner,
     ServerConnectivityStatusEnum,
     ServerNetworkConfiguration,
@@ -49,15 +51,24 @@ def _is_aead(suite_name: str) -> bool:
     return any(mark in suite_name + "_" for mark in _AEAD_MARKS)
 
 
-def _scan(port: int, pki: Pki) -> ServerScanResult:
+def _scan(port: int, pki: Pki, *, certificate: bool = False) -> ServerScanResult:
+    """The protocol and suite scans, or with ``certificate`` the certificate scan alone:
+    sslyze validates the served chain against the development CA (and its own stores)."""
     config = ServerNetworkConfiguration(
         tls_server_name_indication="localhost",
         tls_client_auth_credentials=ClientAuthenticationCredentials(pki.bridge_cert,
                                                                     pki.bridge_key))
-    request = ServerScanRequest(
-        server_location=ServerNetworkLocation("localhost", port, "127.0.0.1"),
-        network_configuration=config,
-        scan_commands={*OLD_PROTOCOLS.values(), *CURRENT_PROTOCOLS.values()})
+    location = ServerNetworkLocation("localhost", port, "127.0.0.1")
+    if certificate:
+        request = ServerScanRequest(
+            server_location=location, network_configuration=config,
+            scan_commands={ScanCommand.CERTIFICATE_INFO},
+            scan_commands_extra_arguments=ScanCommandsExtraArguments(
+                certificate_info=CertificateInfoExtraArgument(custom_ca_file=pki.ca.ca_file)))
+    else:
+        request = ServerScanRequest(
+            server_location=location, network_configuration=config,
+            scan_commands={*OLD_PROTOCOLS.values(), *CURRENT_PROTOCOLS.values()})
     scanner = Scanner(per_server_concurrent_connections_limit=4)  # 2 cores, shared
     scanner.queue_scans([request])
     (result,) = scanner.get_results()
@@ -112,6 +123,45 @@ async def test_the_api_listener_accepts_only_tls12_or_13_with_aead_suites(
     found, refused_cbc = _findings(await asyncio.to_thread(_scan, api_listener, pki))
     assert found == []
     assert refused_cbc >= 50
+
+
+def _validation_against_the_development_ca(result: ServerScanResult, pki: Pki
+                                           ) -> list[str]:
+    """For each certificate deployment: None when sslyze validated the path up to the
+    development root, else its validation error."""
+    assert result.connectivity_status == ServerConnectivityStatusEnum.COMPLETED, \
+        result.connectivity_error_trace
+    assert result.scan_result is not None
+    attempt = result.scan_result.certificate_info
+    assert attempt.status == ScanCommandAttemptStatusEnum.COMPLETED, \
+        "".join(attempt.error_trace.format()) if attempt.error_trace else attempt.error_reason
+    outcomes = []
+    for deployment in attempt.result.certificate_deployments:
+        (ours,) = [v for v in deployment.path_validation_results
+                   if v.trust_store.path == pki.ca.ca_file]
+        outcomes.append("valid" if ours.was_validation_successful else
+                        f"refused: {ours.validation_error}")
+    return outcomes
+
+
+# sslyze's bundled trust stores (Mozilla's, Apple's...) hold a root with a negative serial.
+BUNDLED_STORES_WARNING = pytest.mark.filterwarnings(
+    "ignore:Parsed a serial number which wasn't positive:"
+    "cryptography.utils.CryptographyDeprecationWarning")
+
+
+@BUNDLED_STORES_WARNING
+async def test_sslyze_validates_the_brokers_certificate_path_to_the_development_ca(
+        broker: BrokerAddress, pki: Pki) -> None:
+    result = await asyncio.to_thread(_scan, broker.port, pki, certificate=True)
+    assert _validation_against_the_development_ca(result, pki) == ["valid"]
+
+
+@BUNDLED_STORES_WARNING
+async def test_sslyze_validates_the_apis_certificate_path_to_the_development_ca(
+        api_listener: int, pki: Pki) -> None:
+    result = await asyncio.to_thread(_scan, api_listener, pki, certificate=True)
+    assert _validation_against_the_development_ca(result, pki) == ["valid"]
 
 
 @pytest.fixture

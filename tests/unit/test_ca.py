@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
 
 from devices.ca import (
     DEVICE_VALIDITY,
@@ -208,6 +209,46 @@ def test_server_certificate_covers_localhost_and_loopback_for_server_auth(
     cert.verify_directly_issued_by(ca.root)
     key = serialization.load_pem_private_key(key_pem, None)
     assert cert.public_key() == key.public_key()
+
+
+def _key_ids(cert: x509.Certificate) -> tuple[bytes, bytes | None]:
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    return ski.digest, aki.key_identifier
+
+
+def test_every_certificate_names_its_key_and_its_issuers_key(
+        ca: CertificateAuthority, device_key: ec.EllipticCurvePrivateKey) -> None:
+    root_ski, root_aki = _key_ids(ca.root)
+    assert root_aki == root_ski  # self-signed
+    device_ca_ski, device_ca_aki = _key_ids(ca.device_ca)
+    assert device_ca_aki == root_ski
+    server = x509.load_pem_x509_certificate(ca.issue_server(["localhost"])[1])
+    assert _key_ids(server)[1] == root_ski
+    device = issued(ca, make_csr(device_key, new_device_id("watch")))
+    device_ski, device_aki = _key_ids(device)
+    assert device_aki == device_ca_ski
+    assert device_ski == x509.SubjectKeyIdentifier.from_public_key(
+        device_key.public_key()).digest
+
+
+def test_a_strict_validator_accepts_the_server_and_device_paths(
+        ca: CertificateAuthority, device_key: ec.EllipticCurvePrivateKey) -> None:
+    """cryptography's RFC 5280 verifier (sslyze's) refuses a path without key ids. A
+    device is named by its CN (the broker's username), not a subjectAltName, which the web
+    PKI's client policy would want: only that requirement is lifted for devices."""
+    store = Store([ca.root])
+    server = x509.load_pem_x509_certificate(ca.issue_server(["localhost"])[1])
+    chain = PolicyBuilder().store(store).build_server_verifier(
+        x509.DNSName("localhost")).verify(server, [])
+    assert chain[-1] == ca.root
+    device = issued(ca, make_csr(device_key, new_device_id("scale")))
+    named_by_cn = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    verifier = PolicyBuilder().store(store).extension_policies(
+        ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=named_by_cn
+    ).build_client_verifier()
+    assert verifier.verify(device, [ca.device_ca]).chain[-1] == ca.root
 
 
 # --- the builder -------------------------------------------------------------------------
