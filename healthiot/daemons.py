@@ -26,7 +26,9 @@ from healthiot.services import (
     new_bridge,
     oidc_verifier,
     open_core,
+    record_account,
     record_feed,
+    record_session,
     server_tls,
     start_api,
 )
@@ -110,12 +112,13 @@ async def run_api(settings: Settings) -> int:
     core = await _open_core(settings)
     try:
         tokens = stack.token_service(settings, _required(settings, "jwt_key_file"))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session, record_session(settings) as to_record:
             runner = await start_api(core, tokens, host=settings.api_host,
                                      port=settings.api_port,
                                      tls=server_tls(_required(settings, "api_cert_file"),
                                                     _required(settings, "api_key_file")),
-                                     oidc=oidc_verifier(settings, session))
+                                     oidc=oidc_verifier(settings, session),
+                                     record=record_account(core, settings, to_record))
             await until_signalled()
             await runner.cleanup()
     finally:
@@ -127,7 +130,7 @@ async def run_record_feed(settings: Settings) -> int:
     """The medical-record feed as its own process (one is enough: the outbox leases)."""
     core = await _open_core(settings)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with record_session(settings) as session:
             feed = record_feed(core, settings, session)
             if feed is None:
                 raise SettingsError("HEALTHIOT_RECORD_FEED_URL is required here")
