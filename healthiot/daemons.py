@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 
 from aiopaho import stop_task
 from api import passwords, totp
@@ -35,6 +36,8 @@ from healthiot.services import (
 from healthiot.settings import Settings
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
+from storage.record_links import RecordLinks
+from vitals import fhir
 from vitals.errors import InvalidProfessional
 
 log = logging.getLogger(__name__)
@@ -137,6 +140,22 @@ async def run_record_feed(settings: Settings) -> int:
             task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s))
             await until_signalled()
             await stop_task(task)
+    finally:
+        await core.pool.close()
+    return 0
+
+
+async def set_record_system_id(settings: Settings, device_id: str, eui64: str) -> int:
+    """Record the PHD system id of a registered device, for the medical-record feed."""
+    if not fhir.EUI64.fullmatch(eui64.upper()):
+        raise SettingsError("a system id is an EUI-64: eight hex bytes joined by dashes")
+    core = await _open_core(settings)
+    try:
+        try:
+            await RecordLinks(core.pool, core.keyring).set_system_id(device_id, eui64)
+        except asyncpg.ForeignKeyViolationError:
+            raise SettingsError(f"no registered device {device_id!r}") from None
+        print(f"{device_id}: system id {eui64.upper()}")
     finally:
         await core.pool.close()
     return 0

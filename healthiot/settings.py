@@ -147,7 +147,8 @@ class Settings:
             if plain:
                 raise SettingsError(f"production talks to other systems over https only: {plain}")
             missing = [env_name(f.name) for f in dataclasses.fields(self)
-                       if f.metadata.get("secret") and not getattr(self, f.name)]
+                       if f.metadata.get("secret") and not getattr(self, f.name)
+                       and (f.name != "record_client_secret" or self.record_feed_url)]
             if not self.database_url:
                 missing.append(env_name("database_url"))
             if missing:

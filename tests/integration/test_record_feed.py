@@ -532,3 +532,24 @@ async def test_erasure_revokes_the_tokens_and_stops_the_feed(app_env) -> None:  
         " record_feed_consents WHERE patient_id = $1)", patient)
     assert left == 0
     assert patient not in await env.feed.consenting()
+
+
+async def test_a_device_without_a_system_id_waits_and_an_id_must_be_an_eui64(env: Env
+                                                                             ) -> None:
+    """The PHD system id is recorded, never made up: until it is, the device's readings
+    are not queued (the record would refuse them); an id that is not an EUI-64, or of an
+    unregistered device, is refused by the database."""
+    import asyncpg
+
+    await env.core.pool.execute("DELETE FROM record_device_system_ids WHERE device_id = $1",
+                                DEVICES["scale"][0])
+    await _a_few_readings(env)
+    await env.link(ALICE)
+    await env.feed.set_consent(env.patient, True)
+    assert await env.sender.collect() == 1  # the cuff's reading; the scale's wait
+    await env.account.links.set_system_id(DEVICES["scale"][0], "00-1b-c5-ff-fe-00-00-02")
+    assert await env.sender.collect() == 3
+    with pytest.raises(asyncpg.CheckViolationError):
+        await env.account.links.set_system_id(DEVICES["scale"][0], "SN-0042")
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await env.account.links.set_system_id("nobody-000000", "00-1B-C5-FF-FE-00-00-09")
