@@ -176,6 +176,8 @@ async def erase_me(request: web.Request) -> web.Response:
     if not ok:
         raise Problem(403, "confirm with your password and a current code")
     owned = [d.id for d in await deps.registry.for_patient(patient_id) if d.role == "owner"]
+    if deps.record is not None:  # revoke the record's tokens while their key still exists
+        await deps.record.unlink(patient_id)
     segments = await erase_patient(deps.pool, deps.keyring, patient_id, f"patient:{patient_id}")
     # Erasure revoked the devices in the registry; the broker must know too: a current CRL
     # and every live session ended, as when a device is unpaired.

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api import record_link_routes
 from api.problems import Problem
 from api.requests import (
     DEPS,
@@ -24,7 +25,6 @@ from storage.consents import Consent, Consents
 from storage.record_feed import RecordFeed
 from vitals import fhir
 from vitals.categories import expand
-from vitals.ins import validate_ins
 
 ACCESS_LOG_MAX = 500
 MAX_CONSENT = dt.timedelta(days=366)  # a consent is renewed deliberately, not forgotten
@@ -37,6 +37,7 @@ def register(app: web.Application) -> None:
     app.router.add_get("/v1/me/access-log", access_log)
     app.router.add_get("/v1/me/record-feed", feed_status)
     app.router.add_put("/v1/me/record-feed", feed_consent)
+    record_link_routes.register(app)
 
 
 def _when(body: dict[str, Any], name: str) -> dt.datetime:
@@ -165,21 +166,24 @@ async def feed_status(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
     status = await RecordFeed(deps.pool, deps.keyring).status(patient_id)
-    return web.json_response({"enabled": status.enabled, "pending": status.pending,
-                              "sent": status.sent, "refused": status.refused,
-                              "last_refusal": status.last_refusal})
+    return web.json_response({"enabled": status.enabled, "link": status.link,
+                              "pending": status.pending, "sent": status.sent,
+                              "refused": status.refused, "last_refusal": status.last_refusal})
 
 
 async def feed_consent(request: web.Request) -> web.Response:
-    """Turn the feed to my medical record on or off; my INS identifies me there."""
+    """Turn the feed to my medical record on (my record must be linked: it says who I am
+    there) or off (the link's tokens are revoked)."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    body = await strict_body(request, {"enabled": bool, "ins": str})
-    try:
-        ins = validate_ins(body["ins"])
-    except ValueError as exc:
-        raise Problem(422, str(exc)) from None
-    await RecordFeed(deps.pool, deps.keyring).set_consent(patient_id, body["enabled"], ins)
+    body = await strict_body(request, {"enabled": bool})
+    if body["enabled"]:
+        link = await deps.record.links.get(patient_id) if deps.record else None
+        if link is None or link.state != "linked":
+            raise Problem(409, "link your medical record first (POST /v1/me/record-link)")
+        await RecordFeed(deps.pool, deps.keyring).set_consent(patient_id, True)
+    else:
+        await record_link_routes.stop(request, patient_id)
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="consent", resource="record-feed",
                             outcome="granted" if body["enabled"] else "revoked")

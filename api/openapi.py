@@ -134,7 +134,8 @@ SUMMARY = obj({"unit": STR, "loinc": LOINC_CODE, "count": INT, "flagged": INT, "
 CONSENT = obj({"id": UUID, "clinician_id": UUID, "metrics": {"type": "array", "items": STR},
                "data_from": STR, "data_to": STR, "expires_at": STR, "granted_at": STR,
                "revoked_at": {"type": ["string", "null"]}, "active": BOOL})
-FEED = obj({"enabled": BOOL, "pending": INT, "sent": INT, "refused": INT,
+FEED = obj({"enabled": BOOL, "link": {"type": "string", "enum": ["none", "linked", "relink"]},
+            "pending": INT, "sent": INT, "refused": INT,
             "last_refusal": {"type": ["string", "null"]}})
 ZONE = obj({"zone": STR, "history": {"type": "array", "items": obj(
     {"effective_from": STR, "zone": STR})}})
@@ -216,8 +217,22 @@ PATHS: dict[str, dict[str, Schema]] = {
                 q("limit", {"type": "integer", "minimum": 1, "maximum": 500})])},
     "/v1/me/record-feed": {
         "get": op("the feed to my medical record", FEED),
-        "put": op("turn the feed on or off", FEED,
-                  request=obj({"enabled": BOOL, "ins": TEXT}, closed=True))},
+        "put": op("turn the feed on (needs a linked record) or off (revokes the link)",
+                  FEED, request=obj({"enabled": BOOL}, closed=True), errors=(409,))},
+    "/v1/me/record-feed/readings": {"get": op(
+        "each reading queued for my record: sent, refused (and why) or pending",
+        obj({"readings": {"type": "array", "items": obj(
+            {"metric": STR, "measured_at": STR, "state": STR, "reason": OPT_STR,
+             "sent_at": OPT_STR})}}))},
+    "/v1/me/record-link": {
+        "post": op("start linking my medical record: the URL to sign in there",
+                   obj({"authorization_url": STR}), errors=(404, 503)),
+        "delete": op("unlink my medical record: the feed stops, its tokens are revoked",
+                     None, status="204", errors=(404,))},
+    "/v1/record-link/callback": {"get": op(
+        "where the medical record sends me back after I authorised healthiot",
+        obj({"linked": BOOL}), secure=False, errors=(404, 503),
+        params=[q("state", STR), q("code", STR), q("error", STR)])},
     "/v1/me/timezone": {
         "get": op("my time zone and its history", ZONE),
         "put": op("my time zone from now, or from a past instant until my next change",

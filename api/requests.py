@@ -20,6 +20,7 @@ from aiohttp import web
 from api.limits import Limits
 from api.oidc import OidcVerifier
 from api.problems import Problem
+from api.record_auth import RecordAccount
 from api.tokens import Claims, TokenError, TokenService
 from devices.registry import Registry
 from storage.audit import Audit
@@ -40,6 +41,7 @@ class ApiDeps:
     audit: Audit
     tokens: TokenService
     oidc: OidcVerifier | None = None  # clinician sign-in through an identity provider
+    record: RecordAccount | None = None  # the patients' links to their medical record
     limits: Limits = field(default_factory=Limits)
 
 

@@ -139,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
                         "`healthiot devices watch-takeovers`")
     broker.add_argument("--bind", default="0.0.0.0")  # noqa: S104 (inside a container)
 
+    record = sub.add_parser("record", help="the medical-record feed's device facts")
+    record_sub = record.add_subparsers(dest="record_command", required=True, metavar="ACTION")
+    sysid = record_sub.add_parser(
+        "system-id", help="record a device's PHD system id (EUI-64 from its label), which "
+        "the record requires of every device")
+    sysid.add_argument("device_id")
+    sysid.add_argument("eui64", help="eight hex bytes joined by dashes, e.g. "
+                       "00-1B-C5-FF-FE-00-00-2A")
+
     code = sub.add_parser("totp", help="print a demo patient's current one-time code "
                           "(development only)")
     code.add_argument("username")
@@ -175,6 +184,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "record-feed":
         from healthiot.daemons import run_record_feed
         return asyncio.run(run_record_feed(settings))
+    if args.command == "record":
+        from healthiot.daemons import set_record_system_id
+        return asyncio.run(set_record_system_id(settings, args.device_id, args.eui64))
     if args.command == "clinicians":
         from healthiot.daemons import add_clinician
         return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,

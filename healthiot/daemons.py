@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 
 from aiopaho import stop_task
 from api import passwords, totp
@@ -28,7 +29,9 @@ from healthiot.services import (
     new_bridge,
     oidc_verifier,
     open_core,
+    record_account,
     record_feed,
+    record_session,
     server_tls,
     start_api,
 )
@@ -36,6 +39,8 @@ from healthiot.settings import Settings
 from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
+from storage.record_links import RecordLinks
+from vitals import fhir
 from vitals.errors import InvalidProfessional
 
 log = logging.getLogger(__name__)
@@ -126,13 +131,14 @@ async def run_api(settings: Settings) -> int:
     core = await _open_core(settings)
     try:
         tokens = stack.token_service(settings, _required(settings, "jwt_key_file"))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session, record_session(settings) as to_record:
             runner = await start_api(core, tokens, host=settings.api_host,
                                      port=settings.api_port,
                                      tls=server_tls(_required(settings, "api_cert_file"),
                                                     _required(settings, "api_key_file")),
                                      oidc=oidc_verifier(settings, session),
-                                     cors_origins=cors_origins(settings.api_cors_origins))
+                                     cors_origins=cors_origins(settings.api_cors_origins),
+                                     record=record_account(core, settings, to_record))
             await until_signalled()
             await runner.cleanup()
     finally:
@@ -144,7 +150,7 @@ async def run_record_feed(settings: Settings) -> int:
     """The medical-record feed as its own process (one is enough: the outbox leases)."""
     core = await _open_core(settings)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with record_session(settings) as session:
             feed = record_feed(core, settings, session)
             if feed is None:
                 raise SettingsError("HEALTHIOT_RECORD_FEED_URL is required here")
@@ -153,6 +159,22 @@ async def run_record_feed(settings: Settings) -> int:
             await stop_task(task)
     finally:
         await core.close()
+    return 0
+
+
+async def set_record_system_id(settings: Settings, device_id: str, eui64: str) -> int:
+    """Record the PHD system id of a registered device, for the medical-record feed."""
+    if not fhir.EUI64.fullmatch(eui64.upper()):
+        raise SettingsError("a system id is an EUI-64: eight hex bytes joined by dashes")
+    core = await _open_core(settings)
+    try:
+        try:
+            await RecordLinks(core.pool, core.keyring).set_system_id(device_id, eui64)
+        except asyncpg.ForeignKeyViolationError:
+            raise SettingsError(f"no registered device {device_id!r}") from None
+        print(f"{device_id}: system id {eui64.upper()}")
+    finally:
+        await core.pool.close()
     return 0
 
 

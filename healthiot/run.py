@@ -35,7 +35,9 @@ from healthiot.services import (
     new_bridge,
     oidc_verifier,
     open_core,
+    record_account,
     record_feed,
+    record_session,
     server_tls,
     start_api,
 )
@@ -144,6 +146,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         resources.push_async_callback(core.close)
         tokens = stack.token_service(settings, materials.jwt_key)
         session = await resources.enter_async_context(aiohttp.ClientSession())
+        to_record = await resources.enter_async_context(record_session(settings))
         broker = next(s for s in servers if isinstance(s, MosquittoServer))
         revoker = await _revoker(settings, materials, core, broker)
         for task in _device_services(settings, materials, core, broker):
@@ -151,13 +154,14 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
                                  oidc=oidc_verifier(settings, session), revoker=revoker,
-                                 cors_origins=cors_origins(settings.api_cors_origins))
+                                 cors_origins=cors_origins(settings.api_cors_origins),
+                                 record=record_account(core, settings, to_record))
         resources.push_async_callback(runner.cleanup)
         upkeep = asyncio.create_task(
             maintenance(core, settings).run_forever(settings.maintenance_interval_s),
             name="maintenance")
         resources.push_async_callback(stop_task, upkeep)
-        feed = record_feed(core, settings, session)
+        feed = record_feed(core, settings, to_record)
         if feed is not None:
             feed_task = asyncio.create_task(feed.run_forever(settings.record_feed_interval_s),
                                             name="record-feed")

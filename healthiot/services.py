@@ -15,7 +15,9 @@ from aiopaho import AsyncClient
 from api.app import create_app
 from api.headers import ApiRunner
 from api.oidc import OidcConfig, OidcVerifier
+from api.record_auth import RecordAccount, RecordAuthConfig
 from api.record_feed import FeedConfig, FeedSender
+from api.record_models import ModelCatalogue
 from api.requests import ApiDeps
 from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
@@ -31,6 +33,7 @@ from storage.maintenance import Maintenance, RetentionPolicy
 from storage.owner_secrets import OwnerSecrets
 from storage.patients import Patients
 from storage.record_feed import RecordFeed
+from storage.record_links import RecordLinks
 from storage.rollups import Rollups
 from storage.store import Store
 
@@ -87,9 +90,10 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
                     tls: ssl.SSLContext, oidc: OidcVerifier | None = None,
                     revoker: Revoker | None = None,
-                    cors_origins: tuple[str, ...] = ()) -> web.AppRunner:
+                    cors_origins: tuple[str, ...] = (),
+                    record: RecordAccount | None = None) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
-                             core.audit, tokens, oidc), revoker=revoker,
+                             core.audit, tokens, oidc, record=record), revoker=revoker,
                      cors_origins=cors_origins)
     return await serve_api(app, host=host, port=port, tls=tls)
 
@@ -126,13 +130,40 @@ def oidc_verifier(settings: Settings, session: aiohttp.ClientSession) -> OidcVer
     return OidcVerifier(OidcConfig(settings.oidc_issuer, settings.oidc_client_id), session)
 
 
-def record_feed(core: Core, settings: Settings,
-                session: aiohttp.ClientSession) -> FeedSender | None:
-    """The medical-record feed, if an endpoint is configured."""
+def record_tls(settings: Settings) -> ssl.SSLContext:
+    """Client TLS towards the record: the system's CAs, or the configured bundle."""
+    context = ssl.create_default_context(
+        cafile=str(settings.record_ca_file) if settings.record_ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def record_session(settings: Settings) -> aiohttp.ClientSession:
+    """An HTTP session for the record's servers, with ``record_tls``."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=record_tls(settings)))
+
+
+def record_account(core: Core, settings: Settings,
+                   session: aiohttp.ClientSession) -> RecordAccount | None:
+    """The patients' links to their medical record, if the feed is configured."""
     if not settings.record_feed_url:
         return None
+    return RecordAccount(RecordAuthConfig(settings.record_issuer, settings.record_client_id,
+                                          settings.record_client_secret,
+                                          settings.record_redirect_uri, settings.record_scope),
+                         RecordLinks(core.pool, core.keyring), session)
+
+
+def record_feed(core: Core, settings: Settings,
+                session: aiohttp.ClientSession) -> FeedSender | None:
+    """The medical-record feed, if an endpoint is configured. ``session`` should use
+    ``record_tls``. Raises ModelsError for an unusable models file."""
+    account = record_account(core, settings, session)
+    if account is None or settings.record_feed_models_file is None:
+        return None
     return FeedSender(RecordFeed(core.pool, core.keyring), core.store, core.audit, session,
-                      FeedConfig(settings.record_feed_url, settings.record_feed_sender_oid))
+                      FeedConfig(settings.record_feed_url, settings.record_feed_sender_oid),
+                      account, ModelCatalogue.load(settings.record_feed_models_file))
 
 
 def maintenance(core: Core, settings: Settings) -> Maintenance:

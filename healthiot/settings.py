@@ -115,6 +115,24 @@ class Settings:
         "our OID, the identifier system of what the feed creates (needed with the feed)"))
     record_feed_interval_s: int = field(default=60, metadata=_doc(
         "seconds between two feed cycles (collect new readings, post what is due)"))
+    record_feed_models_file: Path | None = field(default=None, metadata=_doc(
+        "JSON file describing each device model for the record (manufacturer, model number, "
+        "11073 specialisation, which readings are fed and with how many decimals); needed "
+        "with the feed"))
+    record_issuer: str = field(default="", metadata=_doc(
+        "OpenID Connect issuer of the medical record's authorisation server, where patients "
+        "link their record (needed with the feed)"))
+    record_client_id: str = field(default="", metadata=_doc(
+        "our client id at the record's authorisation server"))
+    record_client_secret: str = field(default="", repr=False, metadata=_doc(
+        "our client secret there (client_secret_basic); no default", secret=True))
+    record_redirect_uri: str = field(default="", metadata=_doc(
+        "our redirect URI registered with the record: https://<api>/v1/record-link/callback"))
+    record_scope: str = field(default="openid", metadata=_doc(
+        "scopes asked when a patient links their record, space-separated"))
+    record_ca_file: Path | None = field(default=None, metadata=_doc(
+        "CA bundle to trust for the record's servers instead of the system's (a test "
+        "environment); empty: the system's"))
     oidc_issuer: str = field(default="", metadata=_doc(
         "OpenID Connect issuer for clinician sign-in (Pro Santé Connect); empty: off"))
     oidc_client_id: str = field(default="", metadata=_doc(
@@ -131,8 +149,12 @@ class Settings:
         if min(self.retention_raw_days, self.retention_rollups_days,
                self.retention_quarantine_days, self.retention_audit_days) < 1:
             raise SettingsError("retention periods are whole days, at least 1")
-        if self.record_feed_url and not self.record_feed_sender_oid:
-            raise SettingsError("HEALTHIOT_RECORD_FEED_URL needs HEALTHIOT_RECORD_FEED_SENDER_OID")
+        if self.record_feed_url:
+            needed = ("record_feed_sender_oid", "record_feed_models_file", "record_issuer",
+                      "record_client_id", "record_client_secret", "record_redirect_uri")
+            missing_feed = [env_name(n) for n in needed if not getattr(self, n)]
+            if missing_feed:
+                raise SettingsError("HEALTHIOT_RECORD_FEED_URL needs " + ", ".join(missing_feed))
         try:
             cors_origins(self.api_cors_origins)
         except ValueError as exc:
@@ -140,12 +162,14 @@ class Settings:
         if bool(self.oidc_issuer) != bool(self.oidc_client_id):
             raise SettingsError("HEALTHIOT_OIDC_ISSUER and HEALTHIOT_OIDC_CLIENT_ID go together")
         if self.environment == "production":
-            plain = [u for u in (self.record_feed_url, self.oidc_issuer)
+            plain = [u for u in (self.record_feed_url, self.oidc_issuer, self.record_issuer,
+                                 self.record_redirect_uri)
                      if u and not u.startswith("https://")]
             if plain:
                 raise SettingsError(f"production talks to other systems over https only: {plain}")
             missing = [env_name(f.name) for f in dataclasses.fields(self)
-                       if f.metadata.get("secret") and not getattr(self, f.name)]
+                       if f.metadata.get("secret") and not getattr(self, f.name)
+                       and (f.name != "record_client_secret" or self.record_feed_url)]
             if not self.database_url:
                 missing.append(env_name("database_url"))
             if missing:

@@ -65,7 +65,9 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
         # accounting needed is moot once the data is gone.
         ledger = await conn.execute(
             "DELETE FROM ingested_messages WHERE device_id = ANY($1::text[])", devices)
-        for table in ("device_pairing", "device_pairing_failures", "certificate_renewals"):
+        # A device's EUI-64, like its serial, names the hardware the person had.
+        for table in ("device_pairing", "device_pairing_failures", "certificate_renewals",
+                      "record_device_system_ids"):
             await conn.execute(f"DELETE FROM {table} WHERE device_id = ANY($1::text[])",  # noqa: S608
                                devices)
         # Their devices are revoked, not reassigned: what they still send is refused. A

@@ -24,6 +24,13 @@ from storage.keyring import Keyring
 LEASE = dt.timedelta(seconds=60)
 
 
+def _measured_at(identifier: str) -> str:
+    """The reading's time from its outbox identifier (patient/metric/epoch ms)."""
+    ms = int(identifier.rsplit("/", 1)[1])
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+            + dt.timedelta(milliseconds=ms)).isoformat(timespec="seconds")
+
+
 def _aad(kind: str, patient_id: uuid.UUID, identifier: str, version: int) -> bytes:
     return f"healthiot-record-feed|{kind}|{patient_id}|{identifier}|{version}".encode()
 
@@ -40,6 +47,7 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class FeedStatus:
     enabled: bool
+    link: str  # none, linked, relink (the patient must link their record again)
     pending: int
     sent: int
     refused: int
@@ -51,30 +59,23 @@ class RecordFeed:
         self._pool = pool
         self._keyring = keyring
 
-    async def set_consent(self, patient_id: uuid.UUID, enabled: bool, ins: str) -> None:
+    async def set_consent(self, patient_id: uuid.UUID, enabled: bool) -> None:
+        """Turn the feed on or off. Who the patient is at the record comes from their link
+        (storage/record_links.py), not from here."""
         async with self._pool.acquire() as conn:
-            version, key = await self._keyring.current(conn, str(patient_id))
-            sealed = seal(key, ins.encode(), _aad("ins", patient_id, "", version))
+            version, _key = await self._keyring.current(conn, str(patient_id))
             await conn.execute(
-                """INSERT INTO record_feed_consents (patient_id, enabled, ins_sealed,
-                                                     key_version)
-                   VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (patient_id) DO UPDATE SET enabled = $2, ins_sealed = $3,
-                       key_version = $4, updated_at = now()""",
-                patient_id, enabled, sealed, version)
+                """INSERT INTO record_feed_consents (patient_id, enabled, key_version)
+                   VALUES ($1, $2, $3)
+                   ON CONFLICT (patient_id) DO UPDATE SET enabled = $2, ins_sealed = NULL,
+                       key_version = $3, updated_at = now()""",
+                patient_id, enabled, version)
 
-    async def consenting(self) -> list[tuple[uuid.UUID, str]]:
-        """(patient id, national health identifier) of every patient feeding the record."""
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch("SELECT patient_id, ins_sealed, key_version"
-                                    " FROM record_feed_consents WHERE enabled")
-            out = []
-            for row in rows:
-                key = await self._keyring.get(conn, str(row["patient_id"]), row["key_version"])
-                ins = open_sealed(key, row["ins_sealed"],
-                                  _aad("ins", row["patient_id"], "", row["key_version"]))
-                out.append((row["patient_id"], ins.decode()))
-            return out
+    async def consenting(self) -> list[uuid.UUID]:
+        """Every patient feeding the record."""
+        rows = await self._pool.fetch("SELECT patient_id FROM record_feed_consents"
+                                      " WHERE enabled ORDER BY patient_id")
+        return [r["patient_id"] for r in rows]
 
     async def devices(self, device_ids: Sequence[str]) -> dict[str, DeviceInfo]:
         """The registered devices among ``device_ids`` (an unknown source is left out)."""
@@ -138,11 +139,33 @@ class RecordFeed:
             entry_id, status, reason)
 
     async def retry_later(self, entry_id: int, status: int | None, reason: str,
-                          delay: dt.timedelta) -> None:
+                          delay: dt.timedelta, *, count: bool = True) -> None:
+        """Pending again after ``delay``; ``count=False`` when no attempt was made (the
+        entry waits for the patient, and the backoff must not grow meanwhile)."""
         await self._pool.execute(
-            """UPDATE record_feed_outbox SET attempts = attempts + 1, last_status = $2,
+            """UPDATE record_feed_outbox SET attempts = attempts + $5::int, last_status = $2,
                    last_error = $3, next_attempt_at = now() + $4::interval WHERE id = $1""",
-            entry_id, status, reason, delay)
+            entry_id, status, reason, delay, int(count))
+
+    async def wake(self, patient_id: uuid.UUID) -> None:
+        """Make a patient's pending entries due now (they linked their record again)."""
+        await self._pool.execute("UPDATE record_feed_outbox SET next_attempt_at = now()"
+                                 " WHERE patient_id = $1 AND state = 'pending'", patient_id)
+
+    async def readings(self, patient_id: uuid.UUID, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+        """The latest readings queued for the record, each with its state and, when
+        refused or waiting, the reason: what the patient sees of the feed."""
+        rows = await self._pool.fetch(
+            """SELECT identifier, metric, state, last_status, last_error, sent_at, created_at
+               FROM record_feed_outbox WHERE patient_id = $1 ORDER BY id DESC LIMIT $2""",
+            patient_id, limit)
+        return [{"metric": r["metric"],
+                 "measured_at": _measured_at(r["identifier"]),
+                 "state": r["state"],
+                 "reason": r["last_error"] if r["state"] != "sent" else None,
+                 "sent_at": r["sent_at"].isoformat() if r["sent_at"] else None}
+                for r in rows]
 
     async def status(self, patient_id: uuid.UUID) -> FeedStatus:
         async with self._pool.acquire() as conn:
@@ -154,5 +177,7 @@ class RecordFeed:
             refusal = await conn.fetchval(
                 "SELECT last_error FROM record_feed_outbox WHERE patient_id = $1"
                 " AND state = 'refused' ORDER BY id DESC LIMIT 1", patient_id)
-        return FeedStatus(bool(enabled), counts.get("pending", 0), counts.get("sent", 0),
-                          counts.get("refused", 0), refusal)
+            link = await conn.fetchval("SELECT state FROM record_links WHERE patient_id = $1",
+                                       patient_id)
+        return FeedStatus(bool(enabled), link or "none", counts.get("pending", 0),
+                          counts.get("sent", 0), counts.get("refused", 0), refusal)

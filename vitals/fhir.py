@@ -8,7 +8,9 @@ the metric; codes are LOINC, units UCUM.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,23 @@ MESURES = "https://interop.esante.gouv.fr/ig/fhir/mesures"
 FEED_BUNDLE_PROFILE = f"{MESURES}/StructureDefinition/mesures-bundle-flux-alimentation"
 PHD_DEVICE_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
 BP_PANEL_LOINC = "85354-9"
+# LOINC as the French terminology server (NOS, TRE_A04) publishes it: the system of the
+# codes in the guide's value sets (glucose type JDV-J154, glucose moment JDV-J157).
+NOS_LOINC = "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc"
+# JDV-J154 (type of glucose): blood glucose is 2345-7 there, not the catalogue's 2339-0.
+GLUCOSE_CODE = ("2345-7", "Glucose sanguin")
+STEPS_BY_DAY_LOINC = "41950-7"  # the steps-by-day profile fixes this code
+# The category display the glucose, blood-pressure and SpO2 profiles fix; the others leave
+# it free, so every Observation carries this one.
+VITAL_SIGNS_DISPLAY = "vital-signs"
+# PHD Device (HL7 Personal Health Device IG): the system id is an EUI-64 under this system,
+# typed SYSID; the type is fixed to MDC_MOC_VMS_MDS_SIMP; specialisations are ISO/IEEE
+# 11073-10101 codes.
+ISO_11073 = "urn:iso:std:iso:11073:10101"
+PHD_SYSTEM_ID = "urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680"
+PHD_ID_TYPES = "http://hl7.org/fhir/uv/phd/CodeSystem/ContinuaDeviceIdentifiers"
+PHD_DEVICE_TYPE = "65573"  # MDC_MOC_VMS_MDS_SIMP
+EUI64 = re.compile(r"[0-9A-F]{2}(-[0-9A-F]{2}){7}")
 
 # ANS "Mesures de santé" profile per metric; metrics absent have no profile in the guide.
 ANS_PROFILES = {
@@ -33,10 +52,11 @@ ANS_PROFILES = {
     "body_weight": "mesures-fr-observation-body-weight",
     "blood_glucose": "mesures-observation-glucose",
     "blood_pressure": "mesures-fr-observation-bp",
+    "steps_by_day": "mesures-observation-steps-by-day",
 }
 # The glucose profile's "moment of measurement" extension, bound (required) to the value set
-# JDV-J157-MomentGlucose-MES: LOINC codes for fasting, before a meal, after a meal, after
-# exercise and "other", plus a CISP-2 code for a malaise that no device can know. The
+# JDV-J157-MomentGlucose-MES: LOINC codes (NOS system) for fasting, before a meal, after a
+# meal, after exercise and "other", plus a CISP-2 code for a malaise that no device can know. The
 # record's feed asks for it on every blood-glucose reading.
 MOMENT_EXTENSION = f"{MESURES}/StructureDefinition/mesures-moment-of-measurement"
 GLUCOSE_MOMENTS = {
@@ -49,8 +69,8 @@ GLUCOSE_MOMENTS = {
 # Glucometers publish a value and a time, not the meal context: "other" is the one code of
 # the value set that asserts nothing false about the reading, and the text says why.
 MOMENT_NOT_REPORTED = "moment non renseigné par l'appareil"
-INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"  # INS-NIR, the national health identifier
-# A reference ("Patient/<id>") or a Reference object (the record's: by INS identifier).
+# A reference ("Patient/<id>") or a Reference object (the record's: by the person
+# identifier of the patient's authorisation).
 Subject = str | dict[str, Any]
 
 # Metrics the medical record refuses on input: it computes BMI itself.
@@ -62,9 +82,10 @@ def profile_url(metric: str) -> str | None:
     return f"{MESURES}/StructureDefinition/{profile}" if profile else None
 
 
-def ins_subject(ins: str) -> dict[str, Any]:
-    """The subject as the medical record knows the patient: by national identifier."""
-    return {"identifier": {"system": INS_SYSTEM, "value": ins}}
+def person_subject(system_oid: str, value: str) -> dict[str, Any]:
+    """The subject as the medical record knows the patient: the oid/identifier pair of the
+    authorisation the patient gave (Mon espace santé's IDPE), never our own ids."""
+    return {"identifier": {"system": f"urn:oid:{system_oid}", "value": value}}
 
 
 def instant(ms: int) -> str:
@@ -73,8 +94,12 @@ def instant(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _quantity(value: float, unit: str) -> dict[str, Any]:
-    return {"value": round(float(value), 6), "unit": unit, "system": UCUM, "code": unit}
+def _quantity(value: float, unit: str, decimals: int | None = None) -> dict[str, Any]:
+    """A UCUM quantity; ``decimals``: the measuring device's precision (a converted value
+    keeps no more digits than the device gave). An integral result is written as one."""
+    number = round(float(value), 6 if decimals is None else decimals)
+    out: int | float = int(number) if decimals == 0 else number
+    return {"value": out, "unit": unit, "system": UCUM, "code": unit}
 
 
 def _coding(code: str | None, display: str) -> dict[str, Any]:
@@ -86,31 +111,43 @@ def _coding(code: str | None, display: str) -> dict[str, Any]:
 
 def _metric_concept(metric: str) -> dict[str, Any]:
     m = metric_named(metric)
+    if metric == "blood_glucose":
+        code, display = GLUCOSE_CODE
+        return {"coding": [{"system": NOS_LOINC, "code": code, "display": display},
+                           {"system": LOINC, "code": code, "display": m.display}],
+                "text": m.display}
     return _coding(m.loinc, m.display)
 
 
 def glucose_moment(moment: str | None) -> dict[str, Any]:
     """The moment-of-measurement extension; ``None`` when the device did not say."""
     code, display = GLUCOSE_MOMENTS[moment or "other"]
-    concept: dict[str, Any] = {"coding": [{"system": LOINC, "code": code, "display": display}]}
+    concept: dict[str, Any] = {"coding": [{"system": NOS_LOINC, "code": code,
+                                           "display": display}]}
     if moment is None:
         concept["text"] = MOMENT_NOT_REPORTED
     return {"url": MOMENT_EXTENSION, "valueCodeableConcept": concept}
 
 
 def _base(observation_id: str, metric: str, patient_ref: Subject,
-          device_ref: str | None, moment: str | None = None) -> dict[str, Any]:
+          device_ref: str | None, moment: str | None = None, *,
+          claim_profile: bool = True) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Observation", "id": observation_id}
-    profile = profile_url(metric)
+    profile = profile_url(metric) if claim_profile else None
     if profile:
         resource["meta"] = {"profile": [profile]}
     if metric == "blood_glucose":
         resource["extension"] = [glucose_moment(moment)]
     resource["status"] = "final"
     resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY,
-                                         "code": "vital-signs", "display": "Vital Signs"}]}]
-    resource["code"] = (_metric_concept(metric) if metric != "blood_pressure"
-                        else _coding(BP_PANEL_LOINC, "Blood pressure panel"))
+                                         "code": "vital-signs",
+                                         "display": VITAL_SIGNS_DISPLAY}]}]
+    if metric == "blood_pressure":
+        resource["code"] = _coding(BP_PANEL_LOINC, "Blood pressure panel")
+    elif metric == "steps_by_day":
+        resource["code"] = _coding(STEPS_BY_DAY_LOINC, "Number of steps in 24 hour Measured")
+    else:
+        resource["code"] = _metric_concept(metric)
     resource["subject"] = (patient_ref if isinstance(patient_ref, dict)
                            else {"reference": patient_ref})
     if device_ref:
@@ -121,21 +158,22 @@ def _base(observation_id: str, metric: str, patient_ref: Subject,
 def observation(observation_id: str, metric: str, patient_ref: Subject, t_ms: int,
                 value: float,
                 *, device_ref: str | None = None, identifier: tuple[str, str] | None = None,
-                moment: str | None = None) -> dict[str, Any]:
-    """One reading as an Observation with a valueQuantity in the canonical UCUM unit.
-    ``moment`` (a key of GLUCOSE_MOMENTS) is for blood glucose only; raises KeyError for an
-    unknown one."""
+                moment: str | None = None, decimals: int | None = None) -> dict[str, Any]:
+    """One reading as an Observation with a valueQuantity in the canonical UCUM unit,
+    rounded to ``decimals`` when the device's precision is known. ``moment`` (a key of
+    GLUCOSE_MOMENTS) is for blood glucose only; raises KeyError for an unknown one."""
     resource = _base(observation_id, metric, patient_ref, device_ref, moment)
     if identifier:
         resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
     resource["effectiveDateTime"] = instant(t_ms)
-    resource["valueQuantity"] = _quantity(value, metric_named(metric).unit)
+    resource["valueQuantity"] = _quantity(value, metric_named(metric).unit, decimals)
     return _ordered(resource)
 
 
 def blood_pressure(observation_id: str, patient_ref: Subject, t_ms: int, systolic: float,
                    diastolic: float, *, device_ref: str | None = None,
-                   identifier: tuple[str, str] | None = None) -> dict[str, Any]:
+                   identifier: tuple[str, str] | None = None,
+                   decimals: int | None = None) -> dict[str, Any]:
     """A cuff reading as the blood-pressure panel with its two components."""
     resource = _base(observation_id, "blood_pressure", patient_ref, device_ref)
     if identifier:
@@ -143,7 +181,7 @@ def blood_pressure(observation_id: str, patient_ref: Subject, t_ms: int, systoli
     resource["effectiveDateTime"] = instant(t_ms)
     resource["component"] = [
         {"code": _metric_concept(name),
-         "valueQuantity": _quantity(v, "mm[Hg]")}
+         "valueQuantity": _quantity(v, "mm[Hg]", decimals)}
         for name, v in (("systolic_bp", systolic), ("diastolic_bp", diastolic))]
     return _ordered(resource)
 
@@ -152,10 +190,11 @@ def sampled(observation_id: str, metric: str, patient_ref: str,
             t_ms: npt.NDArray[np.int64], value: npt.NDArray[np.float64], period_ms: int,
             *, device_ref: str | None = None) -> dict[str, Any]:
     """A dense series as one Observation with SampledData on a regular grid of
-    ``period_ms``; grid points without a sample are "E" (no value), as FHIR says."""
+    ``period_ms``; grid points without a sample are "E" (no value), as FHIR says. It claims
+    no ANS profile: those allow only valueQuantity (the value[x] slicing is closed)."""
     if len(t_ms) == 0:
         raise ValueError("a SampledData Observation needs at least one sample")
-    resource = _base(observation_id, metric, patient_ref, device_ref)
+    resource = _base(observation_id, metric, patient_ref, device_ref, claim_profile=False)
     slots = (t_ms - t_ms[0]) // period_ms
     grid = np.full(int(slots[-1]) + 1, np.nan)
     grid[slots] = value  # the last sample in a slot wins; the grid is the reader's choice
@@ -174,21 +213,37 @@ def _number(x: float) -> str:
     return text or "0"
 
 
+def steps_by_day(observation_id: str, patient_ref: Subject, day_start_ms: int,
+                 day_end_ms: int, total: float, *,
+                 identifier: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A day's step count as the guide's steps-by-day profile wants it: LOINC 41950-7, a
+    whole number in "1/(24.h)" ("steps/day"), over the period of that day."""
+    resource = _base(observation_id, "steps_by_day", patient_ref, None)
+    if identifier:
+        resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
+    resource["effectivePeriod"] = {"start": instant(day_start_ms), "end": instant(day_end_ms)}
+    resource["valueQuantity"] = {"value": round(total), "unit": "steps/day",
+                                 "system": UCUM, "code": "1/(24.h)"}
+    return _ordered(resource)
+
+
 def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
-                device: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The record-feed transaction: one Observation (and optionally its device), each
-    created only if no resource with its identifier exists yet, so a resend is harmless.
-    With a device, the Observation references it by the entry's fullUrl, which the record
-    resolves to the device it created or already had."""
+                device: dict[str, Any]) -> dict[str, Any]:
+    """The record-feed transaction as the guide's feed page describes it: the Device of
+    the reading, created only if none with its identifier exists (``ifNoneExist`` in our
+    OID's namespace), and one Observation that references it as ``Device/<id>`` and names
+    our OID as its source. The Observation is also created conditionally on its
+    identifier, so a resend after a crash creates nothing twice."""
     codings = observation_resource["code"].get("coding", [])
     if any(c.get("code") == "39156-5" for c in codings):
         raise ValueError("BMI is never fed: the medical record computes it")
-    if device:
-        observation_resource = _ordered(
-            {**observation_resource, "device": {"reference": f"urn:uuid:{device['id']}"}})
+    meta = {"source": f"urn:oid:{sender_oid}", **observation_resource.get("meta", {})}
+    observation_resource = _ordered({**observation_resource, "meta": meta,
+                                     "device": {"reference": f"Device/{device['id']}"}})
     entries = []
-    for resource in ([device] if device else []) + [observation_resource]:
-        ident = resource["identifier"][0]["value"]
+    for resource in (device, observation_resource):
+        ident = next(i["value"] for i in resource["identifier"]
+                     if i.get("system") == f"urn:oid:{sender_oid}")
         entries.append({
             "fullUrl": f"urn:uuid:{resource['id']}",
             "resource": resource,
@@ -199,19 +254,53 @@ def feed_bundle(observation_resource: dict[str, Any], sender_oid: str,
 
 
 def device_resource(device_uuid: str, sender_oid: str | None, device_id: str, model: str,
-                    serial: str, *, patient_ref: str | None = None) -> dict[str, Any]:
+                    serial: str, *, patient_ref: str | None = None,
+                    phd: PhdFacts | None = None) -> dict[str, Any]:
     """A personal health device as the PHD profile describes it. With ``sender_oid`` its
     device id is an identifier in our OID's namespace (what the record's conditional
-    create matches on); without, the read API names it by resource id alone."""
+    create matches on); without, the read API names it by resource id alone. ``phd``
+    carries what the profile requires beyond that (system id, manufacturer, model number,
+    specialisation): facts of the device and its model, never made up here."""
     out: dict[str, Any] = {"resourceType": "Device", "id": device_uuid,
                            "meta": {"profile": [PHD_DEVICE_PROFILE]}}
+    identifiers = []
+    if phd:
+        identifiers.append({"type": {"coding": [{"system": PHD_ID_TYPES, "code": "SYSID"}]},
+                            "system": PHD_SYSTEM_ID, "value": phd.system_id})
     if sender_oid:
-        out["identifier"] = [{"system": f"urn:oid:{sender_oid}", "value": device_id}]
+        identifiers.append({"system": f"urn:oid:{sender_oid}", "value": device_id})
+    if identifiers:
+        out["identifier"] = identifiers
+    if phd:
+        out["manufacturer"] = phd.manufacturer
     out["serialNumber"] = serial
     out["deviceName"] = [{"name": model, "type": "model-name"}]
+    if phd:
+        out["modelNumber"] = phd.model_number
+        out["type"] = {"coding": [{"system": ISO_11073, "code": PHD_DEVICE_TYPE}],
+                       "text": "MDC_MOC_VMS_MDS_SIMP"}
+        out["specialization"] = [{"systemType": {"coding": [
+            {"system": ISO_11073, "code": phd.specialization}]}}]
     if patient_ref:
         out["patient"] = {"reference": patient_ref}
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PhdFacts:
+    """What the PHD profile requires of a Device beyond its id and serial number."""
+
+    system_id: str  # EUI-64, eight hexadecimal bytes joined by dashes
+    manufacturer: str
+    model_number: str
+    specialization: str  # ISO/IEEE 11073-10101 code of the device specialisation
+
+    def __post_init__(self) -> None:
+        if not EUI64.fullmatch(self.system_id):
+            raise ValueError("a PHD system id is an EUI-64: eight hex bytes joined by dashes")
+        if not (self.manufacturer and self.model_number and self.specialization.isdigit()):
+            raise ValueError("manufacturer, model number and an 11073 specialisation code "
+                             "are required")
 
 
 def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
@@ -227,7 +316,8 @@ def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int 
     return out
 
 
-_KEY_ORDER = ("resourceType", "id", "meta", "extension", "identifier", "status", "category", "code",
+_KEY_ORDER = ("resourceType", "id", "meta", "extension", "identifier", "status", "category",
+              "code",
               "subject", "effectiveDateTime", "effectivePeriod", "valueQuantity",
               "valueSampledData", "component", "device")
 
@@ -317,8 +407,8 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                       {"type": "Device", "supportedProfile": [PHD_DEVICE_PROFILE],
                        "interaction": [{"code": "read"}]},
                       {"type": "Observation",
-                       "supportedProfile": [p for m in ANS_PROFILES
-                                            if (p := profile_url(m)) is not None],
+                       "supportedProfile": [p for m in ANS_PROFILES if m != "steps_by_day"
+                                            and (p := profile_url(m)) is not None],
                        "interaction": [{"code": "search-type"}],
                        "searchParam": search}]}],
     }

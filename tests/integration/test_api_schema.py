@@ -57,7 +57,8 @@ SEMANTIC_REFUSALS = {
     ("GET", "/fhir/Observation"): (400, "a FHIR date search within 92 days"),
     ("POST", "/v1/me/consents"): (422, "a known clinician, a metric or category, a period "
                                        "in order, an expiry within a year"),
-    ("PUT", "/v1/me/record-feed"): (422, "an INS with a right key"),
+    ("GET", "/v1/record-link/callback"): (400, "state and code from a sign-in started here, "
+                                              "or the record's error"),
     ("PUT", "/v1/me/timezone"): (422, "an IANA zone name, an instant not in the future"),
     ("PUT", "/v1/me/sources/{metric}"): (422, "distinct devices of mine"),
     ("POST", "/v1/me/devices/pair"): (422, "a serial and code that match a device"),

@@ -135,7 +135,8 @@ async def test_after_grant_only_the_granted_metrics_and_period(world: World) -> 
     Bundle.model_validate(bundle)
     codes = {e["resource"]["code"]["coding"][0]["code"] for e in bundle["entry"]}
     assert codes == {"8867-4"}
-    assert all(e["resource"]["meta"]["profile"] for e in bundle["entry"])
+    # SampledData claims no ANS profile: those allow only valueQuantity (issue 20).
+    assert not any("meta" in e["resource"] for e in bundle["entry"])
     # Hourly samples: one SampledData Observation per hour with one value, a page of 50.
     assert bundle["total"] == 5 * 24 and len(bundle["entry"]) == 50
     assert {e["resource"]["valueSampledData"]["data"].count(" ") for e in bundle["entry"]} == {0}

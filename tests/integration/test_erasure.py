@@ -234,6 +234,9 @@ CLASSIFIED: dict[str, str] = {
                            "(older than any erasure since)",
     "audit_policy": "the audit log's retention period",
     "oidc_nonces": "hashes of sign-in nonces of clinicians, minutes long",
+    "record_link_requests": "a sign-in to the medical record under way: deleted (cascade)",
+    "record_links": "sealed tokens of the medical record: revoked there, deleted (cascade)",
+    "record_device_system_ids": "a device's EUI-64, as its serial: deleted with its owner",
 }
 # What may still name the erased patient afterwards, per table (kinds as in _identifiers).
 # The audit log keeps the old device references of its rows (it is never rewritten): they

@@ -438,6 +438,12 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
         await conn.execute(
             "INSERT INTO record_feed_outbox (patient_id, identifier, metric, key_version, sealed)"
             " VALUES ($1, $2, 'heart_rate', 1, '\\x00')", patient, f"heart_rate/{tag}")
+        # Their link to the medical record and a sign-in in progress (migration 140).
+        await conn.execute("INSERT INTO record_links (patient_id, state, key_version,"
+                           " tokens_sealed, access_expires_at) VALUES ($1, 'linked', 1,"
+                           " '\\x00', now())", patient)
+        await conn.execute("INSERT INTO record_link_requests VALUES ($1, $2, 1, '\\x00',"
+                           " now())", os.urandom(32), patient)
         await conn.execute(
             "INSERT INTO clinicians (id, rpps, profession, display_name, oidc_subject)"
             " VALUES ($1, $2, 'doctor', 'Dr', $3)", clinician, tag.rjust(11, "1")[:11], tag)

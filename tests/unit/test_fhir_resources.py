@@ -62,6 +62,7 @@ def test_dense_series_as_sampled_data_marks_gaps() -> None:
     t = T + np.array([0, 1000, 3000], dtype=np.int64)
     obs = fhir.sampled("hr-s", "heart_rate", PATIENT, t, np.array([60.0, 61.5, 63.0]), 1000)
     Observation.model_validate(obs)
+    assert "meta" not in obs  # the ANS heart-rate profile allows only valueQuantity
     assert obs["valueSampledData"]["data"] == "60 61.5 E 63"
     assert obs["effectivePeriod"] == {"start": "2026-01-01T00:00:00.000Z",
                                       "end": "2026-01-01T00:00:03.000Z"}
@@ -71,16 +72,21 @@ def test_dense_series_as_sampled_data_marks_gaps() -> None:
 
 
 def test_feed_bundle_is_a_conditional_transaction() -> None:
-    device = fhir.device_resource("0b7a9c1e-0000-4000-8000-000000000002", OID, "watch-1",
-                                  "watch", "SN-1")
+    phd = fhir.PhdFacts("00-1B-C5-FF-FE-00-00-2A", "Example Medical", "GM-100", "528401")
+    device = fhir.device_resource("0b7a9c1e-0000-4000-8000-000000000002", OID,
+                                  "glucometer-1", "glucometer", "SN-1", phd=phd)
     Device.model_validate(device)
-    obs = fhir.observation("0b7a9c1e-0000-4000-8000-000000000003", "blood_glucose", PATIENT,
-                           T, 104.0, identifier=("urn:oid:" + OID, "watch-1/42/0"))
+    subject = fhir.person_subject("1.2.250.1.213.1.4.10", "IDPE0123456789")
+    obs = fhir.observation("0b7a9c1e-0000-4000-8000-000000000003", "blood_glucose", subject,
+                           T, 104.0, identifier=("urn:oid:" + OID,
+                                                 "0b7a9c1e-0000-4000-8000-000000000003"),
+                           decimals=0)
     feed = fhir.feed_bundle(obs, OID, device)
     Bundle.model_validate(feed)
     assert feed["type"] == "transaction"
     assert [e["request"]["ifNoneExist"] for e in feed["entry"]] == [
-        f"identifier=urn:oid:{OID}|watch-1", f"identifier=urn:oid:{OID}|watch-1/42/0"]
+        f"identifier=urn:oid:{OID}|glucometer-1",
+        f"identifier=urn:oid:{OID}|0b7a9c1e-0000-4000-8000-000000000003"]
     assert obs["valueQuantity"]["unit"] == "mg/dL"
     _golden("feed-bundle", feed)
 
@@ -93,13 +99,13 @@ def test_glucose_carries_the_moment_of_measurement() -> None:
     assert unknown["extension"] == [{
         "url": f"{fhir.MESURES}/StructureDefinition/mesures-moment-of-measurement",
         "valueCodeableConcept": {
-            "coding": [{"system": fhir.LOINC, "code": "LA46-8", "display": "Autre"}],
+            "coding": [{"system": fhir.NOS_LOINC, "code": "LA46-8", "display": "Autre"}],
             "text": fhir.MOMENT_NOT_REPORTED}}]
     assert list(unknown)[:4] == ["resourceType", "id", "meta", "extension"]
     fasting = fhir.observation("g-2", "blood_glucose", PATIENT, T, 92.0, moment="fasting")
     Observation.model_validate(fasting)
     concept = fasting["extension"][0]["valueCodeableConcept"]
-    assert concept == {"coding": [{"system": fhir.LOINC, "code": "53049-3",
+    assert concept == {"coding": [{"system": fhir.NOS_LOINC, "code": "53049-3",
                                    "display": "Glucose à jeun"}]}
     with pytest.raises(KeyError):
         fhir.observation("g-3", "blood_glucose", PATIENT, T, 92.0, moment="brunch")
@@ -118,8 +124,9 @@ def test_an_rr_interval_has_no_loinc_code_rather_than_a_wrong_one() -> None:
 def test_bmi_is_never_fed() -> None:
     obs = fhir.observation("b", "body_weight", PATIENT, T, 70.0, identifier=("s", "b"))
     obs["code"]["coding"][0]["code"] = "39156-5"
+    device = fhir.device_resource("d", OID, "scale-1", "scale", "SN-1")
     with pytest.raises(ValueError, match="BMI"):
-        fhir.feed_bundle(obs, OID)
+        fhir.feed_bundle(obs, OID, device)
 
 
 def test_searchset_bundle() -> None:

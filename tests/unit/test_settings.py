@@ -54,7 +54,27 @@ def test_the_record_feed_and_sign_in_settings_are_checked_together():
               "HEALTHIOT_DATABASE_URL": "postgresql://app@db/h", "HEALTHIOT_DATABASE_PASSWORD": "p",
               "HEALTHIOT_MQTT_KEY_FILE": "k", "HEALTHIOT_API_KEY_FILE": "k",
               "HEALTHIOT_JWT_KEY_FILE": "k", "HEALTHIOT_RECORD_FEED_URL": "http://x/fhir",
-              "HEALTHIOT_RECORD_FEED_SENDER_OID": "1.2.3"})
+              "HEALTHIOT_RECORD_FEED_SENDER_OID": "1.2.3", "HEALTHIOT_RECORD_CLIENT_SECRET": "s",
+              **_RECORD})
+
+
+_RECORD = {"HEALTHIOT_RECORD_FEED_MODELS_FILE": "models.json",
+           "HEALTHIOT_RECORD_ISSUER": "https://auth.record.example",
+           "HEALTHIOT_RECORD_CLIENT_ID": "healthiot",
+           "HEALTHIOT_RECORD_REDIRECT_URI": "https://api.example/v1/record-link/callback"}
+
+
+def test_the_feed_needs_its_registration_and_no_default_secret() -> None:
+    """Nothing of the feed works on defaults: without the client secret our registration
+    with the record gave, the feed refuses to start."""
+    feed = {"HEALTHIOT_RECORD_FEED_URL": "https://record.example/fhir",
+            "HEALTHIOT_RECORD_FEED_SENDER_OID": "1.2.250.1.999.1"}
+    with pytest.raises(SettingsError, match="HEALTHIOT_RECORD_CLIENT_SECRET"):
+        load({**feed, **_RECORD})
+    with pytest.raises(SettingsError, match="HEALTHIOT_RECORD_ISSUER"):
+        load({**feed, "HEALTHIOT_RECORD_CLIENT_SECRET": "s"})
+    settings = load({**feed, **_RECORD, "HEALTHIOT_RECORD_CLIENT_SECRET": "from-registration"})
+    assert "from-registration" not in repr(settings)
 
 
 def test_other_jwt_keys_verify_and_are_published(tmp_path: Path) -> None:

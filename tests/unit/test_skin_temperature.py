@@ -15,10 +15,13 @@ from fhir.resources.R4B.observation import Observation
 
 from api.fhir_routes import SAMPLED_PERIOD_MS, observations
 from api.record_feed import SPOT_METRICS, bundles_for
+from api.record_models import DeviceModel, ModelCatalogue
 from firmware_sim.device import Broker, Flash
 from firmware_sim.models import Watch
 from firmware_sim.signals import SkinTemperature, Sleep
+from storage.device_info import DeviceInfo
 from storage.segments import Samples
+from vitals import fhir
 from vitals.catalogue import METRIC_NAMES, METRICS
 from vitals.categories import CATEGORIES, expand
 from vitals.daily import daily
@@ -125,7 +128,12 @@ def test_it_is_not_fed_to_the_medical_record() -> None:
                                                       np.zeros(1, np.uint8)),
                           "body_temperature": Samples(t, np.array([36.9]),
                                                       np.zeros(1, np.uint8))}}
-    fed = bundles_for(PATIENT, "1234567890123", "1.2.250.1.999.1", series)
+    models = ModelCatalogue({"watch": DeviceModel(
+        "Example", "W-1", "528457", {"body_temperature": 1, "heart_rate": 0})})
+    fed = bundles_for(PATIENT, fhir.person_subject("1.2.250.1.213.1.4.10", "IDPE1"),
+                      "1.2.250.1.999.1", series,
+                      {"watch-1": DeviceInfo("watch-1", "watch", "SN-1", None)}, models,
+                      {"watch-1": "00-1B-C5-FF-FE-00-00-2A"})
     assert [metric for _, metric, _ in fed] == ["body_temperature"]
 
 
