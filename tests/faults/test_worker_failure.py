@@ -14,7 +14,7 @@ from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
 from healthiot.services import Core
-from storage.store import MessageIn, QuarantineIn, Store
+from storage.store import Ingested, MessageIn, QuarantineIn, Store
 from tests.conftest import (
     BrokerAddress,
     Pki,
@@ -37,12 +37,12 @@ class FailingOnce(Store):
         super().__init__(core.pool, core.keyring)
         self.calls, self.fail_at = 0, fail_at
 
-    async def ingest(self, messages: Sequence[MessageIn],
-                     quarantined: Sequence[QuarantineIn] = ()) -> int:
+    async def ingest_batch(self, messages: Sequence[MessageIn],
+                           quarantined: Sequence[QuarantineIn] = ()) -> Ingested:
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("injected store failure")
-        return await super().ingest(messages, quarantined)
+        return await super().ingest_batch(messages, quarantined)
 
 
 async def test_a_worker_whose_loop_fails_disconnects_recovers_and_nothing_is_lost(
