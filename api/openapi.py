@@ -28,7 +28,7 @@ FHIR_RESOURCE: Schema = {"type": "object", "required": ["resourceType"],
                          "properties": {"resourceType": {"type": "string"}}}
 STR: Schema = {"type": "string"}
 # Text a client sends: no NUL character (PostgreSQL cannot store one; the API answers 400).
-TEXT: Schema = {"type": "string", "pattern": "^[^\\x00]*$"}
+TEXT: Schema = {"type": "string", "pattern": bodies.NO_NUL}
 NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
