@@ -11,13 +11,15 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from msgspec import UNSET
 
 from api import credentials, passwords, totp
+from api.bodies import USERNAME, Erasure, Login, NewAccount, Refresh
 from api.device_routes import REVOKER
 from api.fhir_routes import observations
 from api.limits import SignInGuard, TooMany, too_many
 from api.problems import Problem
-from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from api.requests import DEPS, bearer_claims, patient_of, read_body
 from storage import device_refs
 from storage.clinicians import Clinicians
 from storage.consents import Consents
@@ -28,7 +30,6 @@ from vitals import fhir
 from vitals.catalogue import METRICS
 
 GUARD = web.AppKey("sign_in_guard", SignInGuard)
-USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@+-]{2,63}$")
 TOTP_ISSUER = "healthiot"
 
 
@@ -51,12 +52,12 @@ async def create_account(request: web.Request) -> web.Response:
     the first sign-in then fails, and the person picks another name. Each address may
     create a few accounts an hour (each costs an argon2 hash): 429 past that."""
     deps = request.app[DEPS]
-    body = await strict_body(request, {"username": str, "password": str})
-    username = body["username"].strip().lower()
+    body = await read_body(request, NewAccount)
+    username = body.username.strip().lower()
     if not USERNAME.match(username):
         raise Problem(422, "a username is 3 to 64 characters: letters, digits, . _ @ + -")
     try:
-        passwords.check_policy(body["password"], username=username)
+        passwords.check_policy(body.password, username=username)
     except passwords.PasswordRefused as exc:
         raise Problem(422, str(exc)) from None
     try:
@@ -64,7 +65,7 @@ async def create_account(request: web.Request) -> web.Response:
     except TooMany as exc:
         return too_many(exc)
     secret = totp.new_secret()
-    password_hash = await passwords.hash_password_async(body["password"])
+    password_hash = await passwords.hash_password_async(body.password)
     try:
         patient = await deps.patients.create(username, password_hash, secret,
                                              totp_confirmed=False)
@@ -106,14 +107,14 @@ async def login(request: web.Request) -> web.Response:
     """Password, and the code of the authenticator app. Without the code the token is good
     for the account but not for health data (403 there)."""
     deps = request.app[DEPS]
-    body = await strict_body(request, {"username": str, "password": str, "totp": str},
-                             optional={"totp"})
-    username = body["username"].strip().lower()
+    body = await read_body(request, Login)
+    totp_code = None if body.totp is UNSET else body.totp
+    username = body.username.strip().lower()
     patient = await deps.patients.by_username(username)
     try:
         ok = await credentials.sign_in(
             request.app[GUARD], username, client_of(request),
-            patient.password_hash if patient else None, body["password"], body.get("totp"),
+            patient.password_hash if patient else None, body.password, totp_code,
             functools.partial(deps.patients.totp_secret, patient.id) if patient else None,
             functools.partial(deps.patients.accept_totp_step, patient.id) if patient else None)
     except TooMany as exc:
@@ -124,16 +125,16 @@ async def login(request: web.Request) -> web.Response:
                                 outcome="ok" if ok else "refused")
     if patient is None or not ok:
         raise Problem(401, "unknown username, wrong password or wrong code")
-    methods = ["pwd", "otp"] if "totp" in body else ["pwd"]
+    methods = ["pwd"] if totp_code is None else ["pwd", "otp"]
     return await issue_session(request, str(patient.id), methods)
 
 
 async def refresh(request: web.Request) -> web.Response:
     """Spend a refresh token for a new pair. A token spent twice ends its session."""
     deps = request.app[DEPS]
-    body = await strict_body(request, {"refresh_token": str})
+    body = await read_body(request, Refresh)
     try:
-        rotated = await Sessions(deps.pool).rotate(body["refresh_token"])
+        rotated = await Sessions(deps.pool).rotate(body.refresh_token)
     except RefreshRefused as exc:
         raise Problem(401, str(exc)) from None
     return _tokens(request, rotated.subject, rotated.methods, rotated.session_id,
@@ -165,13 +166,13 @@ async def erase_me(request: web.Request) -> web.Response:
     access token alone cannot destroy an account."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    body = await strict_body(request, {"password": str, "totp": str})
+    body = await read_body(request, Erasure)
     patient = await deps.patients.by_id(patient_id)
     ok = patient is not None and await credentials.check_password(patient.password_hash,
-                                                                  body["password"])
+                                                                  body.password)
     if ok:
         ok = await credentials.check_code(
-            await deps.patients.totp_secret(patient_id), body["totp"],
+            await deps.patients.totp_secret(patient_id), body.totp,
             functools.partial(deps.patients.accept_totp_step, patient_id))
     if not ok:
         raise Problem(403, "confirm with your password and a current code")

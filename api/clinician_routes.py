@@ -13,6 +13,7 @@ from aiohttp import web
 from api import credentials
 from api.access import clinician_access, read_granted
 from api.account_routes import GUARD, client_of, issue_session
+from api.bodies import ClinicianLogin, IdToken
 from api.limits import TooMany, too_many
 from api.oidc import OidcError
 from api.problems import Problem
@@ -22,7 +23,7 @@ from api.requests import (
     DEPS,
     bearer_claims,
     clinician_of,
-    strict_body,
+    read_body,
     time_param,
     uuid_param,
 )
@@ -53,14 +54,14 @@ def register(app: web.Application) -> None:
 
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    body = await strict_body(request, {"username": str, "password": str, "totp": str})
-    username = body["username"].strip().lower()
+    body = await read_body(request, ClinicianLogin)
+    username = body.username.strip().lower()
     clinicians = Clinicians(deps.pool, deps.keyring)
     found = await clinicians.by_username(username)
     try:
         ok = await credentials.sign_in(
             request.app[GUARD], f"clinician:{username}", client_of(request),
-            found.password_hash if found else None, body["password"], body["totp"],
+            found.password_hash if found else None, body.password, body.totp,
             functools.partial(clinicians.totp_secret, found.id) if found else None,
             functools.partial(clinicians.accept_totp_step, found.id) if found else None)
     except TooMany as exc:
@@ -91,9 +92,9 @@ async def oidc_login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     if deps.oidc is None:
         raise Problem(404, "sign-in through an identity provider is not configured")
-    body = await strict_body(request, {"id_token": str})
+    body = await read_body(request, IdToken)
     try:
-        identity = await deps.oidc.verify(body["id_token"])
+        identity = await deps.oidc.verify(body.id_token)
         if not await Nonces(deps.pool).spend(identity.nonce):
             raise OidcError("the nonce is unknown, expired or already used")
         clinician = await Clinicians(deps.pool, deps.keyring).from_identity_provider(

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from api import record_link_routes
+from api.bodies import FeedChoice, NewConsent
 from api.problems import Problem
 from api.requests import (
     DEPS,
@@ -16,7 +17,7 @@ from api.requests import (
     int_param,
     parse_instant,
     patient_of,
-    strict_body,
+    read_body,
     uuid_param,
 )
 from storage import device_refs
@@ -40,8 +41,8 @@ def register(app: web.Application) -> None:
     record_link_routes.register(app)
 
 
-def _when(body: dict[str, Any], name: str) -> dt.datetime:
-    return parse_instant(body[name], name, status=422)
+def _when(body: NewConsent, name: str) -> dt.datetime:
+    return parse_instant(getattr(body, name), name, status=422)
 
 
 def _consent_json(c: Consent, now: dt.datetime) -> dict[str, Any]:
@@ -57,13 +58,9 @@ async def grant(request: web.Request) -> web.Response:
     expiry. The clinician is named by RPPS number, as on their prescription pad."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    body = await strict_body(request, {"clinician_rpps": str, "metrics": list,
-                                       "categories": list, "data_from": str, "data_to": str,
-                                       "expires_at": str})
-    if not all(isinstance(x, str) for x in body["metrics"] + body["categories"]):
-        raise Problem(422, "metrics and categories are lists of names")
+    body = await read_body(request, NewConsent)
     try:
-        metrics = expand(body["metrics"], body["categories"])
+        metrics = expand(body.metrics, body.categories)
     except ValueError as exc:
         raise Problem(422, str(exc)) from None
     if not metrics:
@@ -75,7 +72,7 @@ async def grant(request: web.Request) -> web.Response:
         raise Problem(422, "data_from must be before data_to")
     if not now < expires_at <= now + MAX_CONSENT:
         raise Problem(422, "expires_at must be in the future, at most a year away")
-    clinician = await Clinicians(deps.pool, deps.keyring).by_rpps(body["clinician_rpps"])
+    clinician = await Clinicians(deps.pool, deps.keyring).by_rpps(body.clinician_rpps)
     if clinician is None:
         raise Problem(422, "no clinician with this RPPS number uses healthiot")
     consent = await Consents(deps.pool).grant(patient_id, clinician.id, metrics, data_from,
@@ -176,8 +173,8 @@ async def feed_consent(request: web.Request) -> web.Response:
     there) or off (the link's tokens are revoked)."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    body = await strict_body(request, {"enabled": bool})
-    if body["enabled"]:
+    body = await read_body(request, FeedChoice)
+    if body.enabled:
         link = await deps.record.links.get(patient_id) if deps.record else None
         if link is None or link.state != "linked":
             raise Problem(409, "link your medical record first (POST /v1/me/record-link)")
@@ -186,5 +183,5 @@ async def feed_consent(request: web.Request) -> web.Response:
         await record_link_routes.stop(request, patient_id)
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="consent", resource="record-feed",
-                            outcome="granted" if body["enabled"] else "revoked")
+                            outcome="granted" if body.enabled else "revoked")
     return await feed_status(request)

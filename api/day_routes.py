@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from msgspec import UNSET
 
+from api.bodies import SourceOrder, ZoneChange
 from api.problems import Problem
 from api.requests import (
     DEPS,
@@ -17,7 +19,7 @@ from api.requests import (
     bearer_claims,
     parse_instant,
     patient_of,
-    strict_body,
+    read_body,
 )
 from storage.days import MAX_DAYS, Days
 from vitals.catalogue import METRICS
@@ -60,13 +62,12 @@ async def put_zone(request: web.Request) -> web.Response:
     """Change my zone from now on, or from ``effective_from`` (in the past: a trip recorded
     late) until my next recorded change; days before keep the zone they were lived in."""
     patient_id = patient_of(bearer_claims(request, health_data=False))
-    body = await strict_body(request, {"zone": str, "effective_from": str},
-                             optional={"effective_from"})
+    body = await read_body(request, ZoneChange)
     moment = None
-    if "effective_from" in body:
-        moment = parse_instant(body["effective_from"], "effective_from", status=422)
+    if body.effective_from is not UNSET:
+        moment = parse_instant(body.effective_from, "effective_from", status=422)
     try:
-        history = await _days(request).set_zone(patient_id, body["zone"], moment)
+        history = await _days(request).set_zone(patient_id, body.zone, moment)
     except ValueError as exc:  # an unknown zone, or an instant in the future
         raise Problem(422, str(exc)) from None
     return web.json_response(_zones_json(history))
@@ -124,9 +125,8 @@ async def put_sources(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=False))
     metric = _metric(request)
-    body = await strict_body(request, {"device_ids": list})
-    ids = body["device_ids"]
-    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids) or len(ids) > 20:
+    ids = (await read_body(request, SourceOrder)).device_ids
+    if len(set(ids)) != len(ids) or len(ids) > 20:
         raise Problem(422, "device_ids is a list of distinct device ids (at most 20)")
     mine = {r["id"] for r in await deps.pool.fetch(
         "SELECT id FROM devices WHERE patient_id = $1", patient_id)}

@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from api.bodies import MAX_PAIRING_CODE_LENGTH, Pairing
 from api.problems import Problem, problem_response
-from api.requests import DEPS, bearer_claims, patient_of, strict_body
+from api.requests import DEPS, bearer_claims, patient_of, read_body
 from devices.errors import InvalidTransition, PairingRefused, PairingThrottled, UnknownDevice
 from devices.identity import is_device_id
 from devices.registry import MAX_SERIAL_LENGTH, DeviceInfo
@@ -23,7 +24,7 @@ from devices.revocation import Revoker
 from storage.erasure import device_key_owners
 
 REVOKER = web.AppKey("revoker", Revoker)
-MAX_CODE_LENGTH = 32  # a code is 10 characters; room for dashes and spaces
+MAX_CODE_LENGTH = MAX_PAIRING_CODE_LENGTH
 
 
 def register(app: web.Application) -> None:
@@ -46,8 +47,8 @@ async def pair(request: web.Request) -> web.Response:
     """Claim a device: its serial and the pairing code it shows; it becomes mine."""
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
-    body = await strict_body(request, {"serial": str, "pairing_code": str})
-    serial, code = body["serial"].strip(), body["pairing_code"]
+    body = await read_body(request, Pairing)
+    serial, code = body.serial.strip(), body.pairing_code
     if not 0 < len(serial) <= MAX_SERIAL_LENGTH or len(code) > MAX_CODE_LENGTH:
         raise Problem(422, f"a serial has 1 to {MAX_SERIAL_LENGTH} characters, a code at "
                            f"most {MAX_CODE_LENGTH}")

@@ -15,9 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from api.bodies import MAX_INVITATION_CODE_LENGTH, Invitation
 from api.device_routes import device_json
 from api.problems import Problem, problem_response
-from api.requests import DEPS, ApiDeps, bearer_claims, patient_of, strict_body, uuid_param
+from api.requests import DEPS, ApiDeps, bearer_claims, patient_of, read_body, uuid_param
 from devices.errors import HouseholdRefused, InvitationRefused, PairingThrottled, UnknownDevice
 from devices.household import Household
 from devices.identity import is_device_id
@@ -25,7 +26,7 @@ from storage.maintenance import RetentionPolicy
 from storage.unclaimed import HeldReading, Unclaimed
 from vitals.catalogue import METRICS
 
-MAX_CODE_LENGTH = 64  # a code is 16 characters; room for dashes and spaces
+MAX_CODE_LENGTH = MAX_INVITATION_CODE_LENGTH
 HELD_FOR = dt.timedelta(days=RetentionPolicy().unclaimed_days)
 NO_DEVICE = "no such device"
 
@@ -93,11 +94,9 @@ async def invite(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     """Use an invitation code: the scale becomes one of mine, as a member."""
     deps, patient_id, _ = _caller(request)
-    body = await strict_body(request, {"code": str})
-    if len(body["code"]) > MAX_CODE_LENGTH:
-        raise Problem(422, f"a code has at most {MAX_CODE_LENGTH} characters")
+    body = await read_body(request, Invitation)  # a code of at most MAX_CODE_LENGTH
     try:
-        device = await Household(deps.pool, deps.registry).join(patient_id, body["code"])
+        device = await Household(deps.pool, deps.registry).join(patient_id, body.code)
     except PairingThrottled as exc:
         await _record(deps, patient_id, [patient_id], "device", "devices/join", "throttled")
         return problem_response(429, str(exc), headers={

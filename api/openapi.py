@@ -3,7 +3,8 @@
 Written by hand next to the routes, checked against them two ways: a test asserts that every
 registered route is documented and every documented one registered, and schemathesis sends
 generated requests to the real application and checks each answer against this document.
-Request bodies say ``additionalProperties: false`` because the handlers refuse unknown fields.
+The request body schemas are generated from the models of api.bodies, which the handlers
+decode bodies into; they say ``additionalProperties: false`` as the models refuse unknown fields.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from api import passwords
-from api.account_routes import USERNAME
-from api.device_routes import MAX_CODE_LENGTH as MAX_PAIRING_CODE_LENGTH
-from api.household_routes import MAX_CODE_LENGTH as MAX_INVITATION_CODE_LENGTH
-from devices.registry import MAX_SERIAL_LENGTH
+from api import bodies
+from api.bodies import request_schema
 from vitals.catalogue import METRIC_NAMES
 
 Schema = dict[str, Any]
@@ -30,19 +28,16 @@ FHIR_RESOURCE: Schema = {"type": "object", "required": ["resourceType"],
                          "properties": {"resourceType": {"type": "string"}}}
 STR: Schema = {"type": "string"}
 # Text a client sends: no NUL character (PostgreSQL cannot store one; the API answers 400).
-TEXT: Schema = {"type": "string", "pattern": "^[^\\x00]*$"}
+TEXT: Schema = {"type": "string", "pattern": bodies.NO_NUL}
 NUM: Schema = {"type": "number"}
 INT: Schema = {"type": "integer"}
 BOOL: Schema = {"type": "boolean"}
 OPT_NUM: Schema = {"type": ["number", "null"]}
 LOINC_CODE: Schema = {"type": ["string", "null"]}  # null: no LOINC code (an RR interval)
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
-# Instants and dates a client sends: within the years the API accepts (1970-2199), written
-# so that a generator produces only real ones (days 1-28, offsets under 14 hours).
-_DAY = r"(19[89]\d|20\d\d|21\d\d)-(0[1-9]|1[0-2])-(0[1-9]|1\d|2[0-8])"
-INSTANT: Schema = {"type": "string", "pattern": (
-    rf"^{_DAY}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{{1,6}})?(Z|[+-](0\d|1[0-3]):[0-5]\d)$")}
-DAY: Schema = {"type": "string", "pattern": rf"^{_DAY}$"}
+# Instants and dates a client sends (see api.bodies: the same patterns as request bodies).
+INSTANT: Schema = {"type": "string", "pattern": bodies.INSTANT_PATTERN}
+DAY: Schema = {"type": "string", "pattern": rf"^{bodies.DAY_PATTERN}$"}
 UUID: Schema = {"type": "string", "format": "uuid"}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
                         "schema": {"type": "string", "enum": list(METRIC_NAMES)}}
@@ -165,24 +160,21 @@ PATHS: dict[str, dict[str, Schema]] = {
         "register; the answer holds the TOTP secret, once", obj(
             {"patient_id": UUID, "username": STR, "totp": obj({"secret": STR, "uri": STR})}),
         status="201", secure=False,
-        request=obj({"username": {"type": "string", "pattern": USERNAME.pattern},
-                     "password": {"type": "string", "minLength": passwords.MIN_LENGTH,
-                                  "maxLength": passwords.MAX_LENGTH,
-                                  "pattern": TEXT["pattern"]}}, closed=True))},
+        request=request_schema(bodies.NewAccount))},
     "/v1/auth/login": {"post": op(
         "sign in: password, and the code for a token good for health data", TOKENS,
         secure=False, errors=(401,),
-        request=obj({"username": TEXT, "password": TEXT}, {"totp": TEXT}, closed=True))},
+        request=request_schema(bodies.Login))},
     "/v1/auth/refresh": {"post": op("rotate a refresh token", TOKENS, secure=False,
                                     errors=(401,),
-                                    request=obj({"refresh_token": TEXT}, closed=True))},
+                                    request=request_schema(bodies.Refresh))},
     "/v1/auth/logout": {"post": op("end this session", None, status="204")},
     "/v1/me": {
         "get": op("my account", obj({"patient_id": UUID, "username": STR,
                                      "totp_confirmed": BOOL})),
         "delete": op("erase my account and all my data", obj(
             {"erased": BOOL, "segments_removed": INT, "at": STR}),
-            request=obj({"password": TEXT, "totp": TEXT}, closed=True))},
+            request=request_schema(bodies.Erasure))},
     "/v1/me/export": {"get": op("all my data as a FHIR Bundle", FHIR_RESOURCE,
                                 media="application/fhir+json")},
     "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
@@ -203,10 +195,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/consents": {
         "get": op("my consents", obj({"consents": {"type": "array", "items": CONSENT}})),
         "post": op("share metrics of a period with a clinician until an expiry", CONSENT,
-                   status="201", request=obj(
-                       {"clinician_rpps": TEXT, "metrics": {"type": "array", "items": TEXT},
-                        "categories": {"type": "array", "items": TEXT}, "data_from": TEXT,
-                        "data_to": TEXT, "expires_at": TEXT}, closed=True))},
+                   status="201", request=request_schema(bodies.NewConsent))},
     "/v1/me/consents/{consent_id}": {"delete": op("revoke a consent", None, status="204",
                                                   errors=(404,), params=[p("consent_id", TEXT)])},
     "/v1/me/access-log": {"get": op(
@@ -218,7 +207,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/record-feed": {
         "get": op("the feed to my medical record", FEED),
         "put": op("turn the feed on (needs a linked record) or off (revokes the link)",
-                  FEED, request=obj({"enabled": BOOL}, closed=True), errors=(409,))},
+                  FEED, request=request_schema(bodies.FeedChoice), errors=(409,))},
     "/v1/me/record-feed/readings": {"get": op(
         "each reading queued for my record: sent, refused (and why) or pending",
         obj({"readings": {"type": "array", "items": obj(
@@ -236,8 +225,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/me/timezone": {
         "get": op("my time zone and its history", ZONE),
         "put": op("my time zone from now, or from a past instant until my next change",
-                  ZONE, request=obj({"zone": TEXT}, {"effective_from": INSTANT},
-                                    closed=True))},
+                  ZONE, request=request_schema(bodies.ZoneChange))},
     "/v1/me/daily/{metric}": {"get": op(
         "one figure per local day, with each source's own", obj(
             {"metric": STR, "unit": STR, "zone": STR,
@@ -252,23 +240,20 @@ PATHS: dict[str, dict[str, Schema]] = {
                   errors=(404,)),
         "put": op("set my device order for a metric", DEVICE_ORDER, params=[METRIC_PARAM],
                   errors=(404,),
-                  request=obj({"device_ids": {"type": "array", "items": TEXT}}, closed=True))},
+                  request=request_schema(bodies.SourceOrder))},
     "/v1/me/devices": {"get": op(
         "my devices: state, last seen, battery when known",
         obj({"devices": {"type": "array", "items": DEVICE}}))},
     "/v1/me/devices/pair": {"post": op(
         "pair a device with its serial and the code it shows", DEVICE, status="201",
-        request=obj({"serial": {"type": "string", "maxLength": MAX_SERIAL_LENGTH,
-                                "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"},
-                     "pairing_code": TEXT | {"maxLength": MAX_PAIRING_CODE_LENGTH}},
-                    closed=True))},
+        request=request_schema(bodies.Pairing))},
     "/v1/me/devices/{device_id}": {"delete": op(
         "unpair a device: its certificate is revoked", None, status="204", errors=(404, 409),
         params=[p("device_id", TEXT)])},
     "/v1/me/devices/join": {"post": op(
         "join a shared scale with an invitation code, as a member",
         DEVICE, status="201", errors=(404, 409),
-        request=obj({"code": TEXT | {"maxLength": MAX_INVITATION_CODE_LENGTH}}, closed=True))},
+        request=request_schema(bodies.Invitation))},
     "/v1/me/devices/{device_id}/invitations": {"post": op(
         "the owner's one-time code inviting a member to a scale", obj(
             {"device_id": STR, "code": STR, "expires_at": STR}), status="201",
@@ -292,14 +277,14 @@ PATHS: dict[str, dict[str, Schema]] = {
         errors=(404, 409), params=READING_PARAMS)},
     "/v1/clinicians/login": {"post": op(
         "clinician sign-in with password and code", TOKENS, secure=False, errors=(401,),
-        request=obj({"username": TEXT, "password": TEXT, "totp": TEXT}, closed=True))},
+        request=request_schema(bodies.ClinicianLogin))},
     "/v1/clinicians/oidc/nonce": {"post": op(
         "a single-use nonce for the identity provider's authorisation request",
         obj({"nonce": STR, "expires_in": INT}), status="201", secure=False, errors=(404,))},
     "/v1/clinicians/oidc": {"post": op(
         "clinician sign-in with an ID token of the identity provider", TOKENS, secure=False,
         errors=(401, 403, 404, 409),
-        request=obj({"id_token": TEXT}, closed=True))},
+        request=request_schema(bodies.IdToken))},
     "/v1/clinician/patients": {"get": op("patients who share with me", obj(
         {"patients": {"type": "array", "items": obj({"patient_id": UUID})}}))},
     "/v1/clinician/patients/{patient_id}/summary": {"get": op(

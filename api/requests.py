@@ -1,4 +1,4 @@
-"""What every handler shares: the typed dependencies, strict bodies, bearer tokens, times.
+"""What every handler shares: the typed dependencies, request bodies, bearer tokens, times.
 
 Route modules (``api/*_routes.py``) import from here, never from ``api.app``, so that the
 application can import them without a cycle.
@@ -12,11 +12,13 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
+from api.bodies import BODIES, Body, field_errors
 from api.limits import Limits
 from api.oidc import OidcVerifier
 from api.problems import Problem
@@ -46,6 +48,7 @@ class ApiDeps:
 
 
 DEPS = web.AppKey("deps", ApiDeps)
+B = TypeVar("B", bound=Body)
 
 
 # Text PostgreSQL cannot store (NUL) or UTF-8 cannot encode (an unpaired surrogate, which
@@ -83,15 +86,28 @@ def _check_text(value: Any) -> None:
             _check_text(item)
 
 
-async def strict_body(request: web.Request, fields: dict[str, type],
-                      optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
-    """A JSON object with ``fields`` (those in ``optional`` may be left out) and no other
-    (no mass assignment), or 422. Not JSON (NaN and numbers beyond a float included), too
-    deeply nested, or holding text that cannot be stored: 400."""
+async def read_body(request: web.Request, model: type[B]) -> B:
+    """The JSON body of ``request`` as ``model``, the model ``api.bodies.BODIES`` gives for
+    the route (the one its OpenAPI schema is generated from).
+
+    Not application/json: 415. Not JSON (NaN and numbers beyond a float included), too
+    deeply nested, or holding text that cannot be stored: 400. Not an object of the model
+    (unknown, missing or wrong-typed fields; bool is no integer): 422, with the extension
+    members ``unknown``, ``missing`` and ``wrong_type`` listing the fields. A handler that
+    asks for a model other than its route's raises ``LookupError`` (a bug: 500)."""
+    route = request.match_info.route.resource
+    if route is None or BODIES.get((request.method, route.canonical)) is not model:
+        raise LookupError(f"{model.__name__} is not the body of {request.method} "
+                          f"{route.canonical if route else request.path} in api.bodies.BODIES")
     if request.content_type != "application/json":
         raise Problem(415, "send application/json")
+    return decode(await request.read(), model)
+
+
+def decode(raw: bytes, model: type[B]) -> B:
+    """``raw`` as ``model``, or the problem (400 or 422) ``read_body`` describes."""
     try:
-        body = json.loads(await request.read(), parse_constant=_refuse_constant,
+        body = json.loads(raw, parse_constant=_refuse_constant,
                           parse_float=_finite)
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an over-long integer
         raise Problem(400, "the body is not valid JSON") from None
@@ -100,15 +116,14 @@ async def strict_body(request: web.Request, fields: dict[str, type],
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")
     _check_text(body)
-    unknown = sorted(body.keys() - fields.keys())
-    missing = sorted(fields.keys() - body.keys() - set(optional))
-    # bool is an int to Python, not to a schema: an integer field refuses true and false.
-    wrong = sorted(k for k, t in fields.items() if k in body and (
-        not isinstance(body[k], t) or (t is not bool and isinstance(body[k], bool))))
-    if unknown or missing or wrong:
-        raise Problem(422, "the body does not match the schema",
-                      extra={"unknown": unknown, "missing": missing, "wrong_type": wrong})
-    return body
+    try:
+        # strict: no coercion, so a string is no number and true no integer.
+        return msgspec.convert(body, model, strict=True)
+    except msgspec.ValidationError as exc:
+        unknown, missing, wrong = field_errors(body, model)
+        raise Problem(422, f"the body does not match the schema: {exc}",
+                      extra={"unknown": unknown, "missing": missing,
+                             "wrong_type": wrong}) from None
 
 
 def bearer_claims(request: web.Request, *, health_data: bool) -> Claims:
