@@ -44,6 +44,9 @@ INSTANT: Schema = {"type": "string", "pattern": (
     rf"^{_DAY}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{{1,6}})?(Z|[+-](0\d|1[0-3]):[0-5]\d)$")}
 DAY: Schema = {"type": "string", "pattern": rf"^{_DAY}$"}
 UUID: Schema = {"type": "string", "format": "uuid"}
+# _format, defined by R4 for every interaction: the JSON forms (anything else is 406).
+FHIR_FORMAT: Schema = {"name": "_format", "in": "query", "required": False, "schema": {
+    "type": "string", "enum": ["json", "application/json", "application/fhir+json"]}}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
                         "schema": {"type": "string", "enum": list(METRIC_NAMES)}}
 
@@ -311,21 +314,28 @@ PATHS: dict[str, dict[str, Schema]] = {
         "a shared metric as an SVG chart", STR, media="image/svg+xml", errors=(404,),
         params=[p("patient_id", TEXT), p("metric", TEXT), *RANGE])},
     "/fhir/metadata": {"get": op("CapabilityStatement", FHIR_RESOURCE, secure=False,
-                                 media="application/fhir+json", fhir=True)},
+                                 media="application/fhir+json", fhir=True,
+                                 params=[FHIR_FORMAT], errors=(406,))},
     "/fhir/Patient/{patient_id}": {"get": op(
         "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
-        fhir=True, params=[p("patient_id", TEXT)])},
+        fhir=True, params=[p("patient_id", TEXT), FHIR_FORMAT], errors=(406,))},
     "/fhir/Device/{device_id}": {"get": op(
         "a device that measured a patient who shares with me", FHIR_RESOURCE,
-        media="application/fhir+json", fhir=True, params=[p("device_id", TEXT)])},
+        media="application/fhir+json", fhir=True, params=[p("device_id", TEXT), FHIR_FORMAT],
+        errors=(406,))},
     "/fhir/Observation": {"get": op(
-        "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
-        media="application/fhir+json", fhir=True,
-        params=[q("patient", TEXT, required=True), q("code", TEXT),
+        "shared Observations: by patient, code, category, date; sorted by date; keyset "
+        "paging by the next link; unknown parameters ignored unless Prefer: handling=strict",
+        FHIR_RESOURCE, media="application/fhir+json", fhir=True, errors=(406,),
+        params=[q("patient", TEXT, required=True), q("code", TEXT), q("category", TEXT),
                 {"name": "date", "in": "query", "required": False,
                  "schema": {"type": "array", "items": TEXT}, "style": "form", "explode": True},
-                q("_count", {"type": "integer", "minimum": 1, "maximum": 200}),
-                q("_page", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
+                q("_count", {"type": "integer", "minimum": 0}),
+                q("_sort", {"type": "string", "enum": ["date", "-date"]}),
+                q("_summary", {"type": "string", "enum": ["count", "false"]}),
+                q("_total", {"type": "string", "enum": ["none", "estimate", "accurate"]}),
+                q("_cursor", {"type": "string", "pattern": "^-?[0-9]{1,16}\\.[0-9a-f-]{36}$"}),
+                FHIR_FORMAT])},
 }
 
 

@@ -73,6 +73,24 @@ MOMENT_NOT_REPORTED = "moment non renseigné par l'appareil"
 # identifier of the patient's authorisation).
 Subject = str | dict[str, Any]
 
+# The observation-category of each metric: vital signs are the ones FHIR's vital-signs
+# profiles name (plus what the ANS profiles put there: glucose, steps by day); a watch's
+# steps and sleep are activity; body fat, skin temperature and RR intervals are
+# measurements outside the vital signs.
+VITAL_SIGN_METRICS = frozenset({"heart_rate", "spo2", "body_temperature", "body_weight",
+                                "blood_pressure", "systolic_bp", "diastolic_bp",
+                                "blood_glucose", "steps_by_day"})
+_CATEGORY_DISPLAY = {"vital-signs": VITAL_SIGNS_DISPLAY, "activity": "Activity",
+                     "exam": "Exam"}
+
+
+def category_code(metric: str) -> str:
+    """The observation-category code an Observation of ``metric`` carries."""
+    if metric in VITAL_SIGN_METRICS:
+        return "vital-signs"
+    return "activity" if metric in ("steps", "sleep_duration") else "exam"
+
+
 # Metrics the medical record refuses on input: it computes BMI itself.
 NOT_FED = frozenset({"bmi"})
 
@@ -139,9 +157,9 @@ def _base(observation_id: str, metric: str, patient_ref: Subject,
     if metric == "blood_glucose":
         resource["extension"] = [glucose_moment(moment)]
     resource["status"] = "final"
-    resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY,
-                                         "code": "vital-signs",
-                                         "display": VITAL_SIGNS_DISPLAY}]}]
+    category = category_code(metric)
+    resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category,
+                                         "display": _CATEGORY_DISPLAY[category]}]}]
     if metric == "blood_pressure":
         resource["code"] = _coding(BP_PANEL_LOINC, "Blood pressure panel")
     elif metric == "steps_by_day":
@@ -304,15 +322,24 @@ class PhdFacts:
 
 
 def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
-           links: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """A searchset or collection Bundle of ``resources``."""
+           links: Sequence[tuple[str, str]] = (), base: str | None = None) -> dict[str, Any]:
+    """A searchset or collection Bundle of ``resources``. With ``base`` (the server's FHIR
+    base URL) each fullUrl is the absolute URL the resource is read at, as R4 wants of a
+    searchset; without, relative (``Observation/<id>``)."""
     out: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type}
     if total is not None:
         out["total"] = total
     if links:
         out["link"] = [{"relation": rel, "url": url} for rel, url in links]
-    out["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r}
-                    for r in resources]
+    entries = []
+    for r in resources:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}" if base
+                                 else f"{r['resourceType']}/{r['id']}", "resource": r}
+        if bundle_type == "searchset":
+            entry["search"] = {"mode": "match"}
+        entries.append(entry)
+    if entries:  # FHIR allows no empty array
+        out["entry"] = entries
     return out
 
 
