@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -40,14 +41,13 @@ DEFAULT_COUNT, MAX_COUNT = 50, 200
 # data never loads more than a month of one patient at once.
 FIRST_WINDOW = dt.timedelta(days=1)
 MAX_WINDOW = dt.timedelta(days=32)
-_CURSOR = re.compile(r"(-?\d{1,16})\.([0-9a-f-]{36})")
+_CURSOR = re.compile(r"(-?\d{1,16})\.([0-9a-z-]{1,64})")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HOUR_MS = 3_600_000
 # Dense metrics: the SampledData grid of each; steps are summed per minute first.
 SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000,
                      "skin_temperature": 60_000}
 BP = ("systolic_bp", "diastolic_bp")
-_ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
 _BY_LOINC = {m.loinc: m.name for m in METRICS.values() if m.loinc}
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -58,6 +58,7 @@ def register(app: web.Application) -> None:
     app.router.add_get("/fhir/Patient/{patient_id}", read_patient)
     app.router.add_get("/fhir/Device/{device_id}", read_device)
     app.router.add_get("/fhir/Observation", search_observations)
+    app.router.add_get("/fhir/Observation/{observation_id}", read_observation)
 
 
 def _resource(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -320,7 +321,7 @@ class _Scan:
             else:
                 a, b = lo, min(hi, lo + size)
                 lo = b
-            stubs = [s for s in await self._stubs(a, b) if self._after(s, cursor)]
+            stubs = [s for s in await self.stubs_in(a, b) if self._after(s, cursor)]
             stubs.sort(key=lambda s: (s.t, s.id), reverse=self._descending)
             size = min(size * 2, MAX_WINDOW) if not stubs else FIRST_WINDOW
             if stubs:
@@ -334,7 +335,8 @@ class _Scan:
             return True
         return (stub.t, stub.id) < cursor if self._descending else (stub.t, stub.id) > cursor
 
-    async def _stubs(self, a: dt.datetime, b: dt.datetime) -> list[_Stub]:
+    async def stubs_in(self, a: dt.datetime, b: dt.datetime) -> list[_Stub]:
+        """Every granted Observation in [a, b), whole hours: unsorted, unfiltered."""
         by_source: dict[str, dict[str, Samples]] = {}
         for metric in self._metrics:
             for device_id, samples in (await _granted_by_source(
@@ -391,8 +393,74 @@ def _clean(samples: Samples) -> Samples:
     return Samples(samples.t_ms[keep], samples.value[keep], samples.flags[keep])
 
 
-def _oid(patient_id: uuid.UUID, key: str) -> str:
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{patient_id}/{key}"))
+_METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
+_OID = re.compile(r"(bp|m\d{1,2})-([0-9a-f]{32})-(\d{1,15})-([0-9a-f]{8})")
+
+
+def _source_tag(device_id: str | None) -> str:
+    return hashlib.sha256((device_id or "").encode()).hexdigest()[:8]
+
+
+def _oid(patient_id: uuid.UUID, metric: str, t: int, device_id: str | None) -> str:
+    """An Observation's id, which says where it comes from, so that it can be read back:
+    the metric (``bp`` for a blood-pressure panel), the patient, the time (ms of a reading,
+    the hour number of a series) and a tag of the source device. At most 58 characters
+    (FHIR allows 64); no health value in it."""
+    kind = "bp" if metric == "blood_pressure" else f"m{_METRIC_INDEX[metric]}"
+    return f"{kind}-{patient_id.hex}-{t}-{_source_tag(device_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    """Where an Observation's samples lie, from its id."""
+
+    patient_id: uuid.UUID
+    metrics: tuple[str, ...]
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _address(observation_id: str) -> _Address | None:
+    found = _OID.fullmatch(observation_id)
+    if not found:
+        return None
+    kind, patient_hex, t = found[1], found[2], int(found[3])
+    if kind == "bp":
+        metrics: tuple[str, ...] = BP
+    else:
+        index = int(kind[1:])
+        if index >= len(METRICS):
+            return None
+        metrics = (list(METRICS)[index],)
+    if metrics[0] in SAMPLED_PERIOD_MS:
+        start_ms, end_ms = t * HOUR_MS, (t + 1) * HOUR_MS
+    else:
+        start_ms, end_ms = t, t + 1
+    start, end = _from_ms(start_ms), _from_ms(end_ms)
+    if not (EARLIEST <= start and end <= LATEST):
+        return None
+    return _Address(uuid.UUID(hex=patient_hex), metrics, start, end)
+
+
+@fhir_errors
+async def read_observation(request: web.Request) -> web.Response:
+    """One Observation by the id a search gave it: the same content whatever search found
+    it (a series is always its whole hour), for a clinician the patient shares it with.
+    An id of another patient answers 403 like every route; one that names no shared
+    Observation, 404."""
+    observation_id = request.match_info["observation_id"]
+    address = _address(observation_id)
+    if address is None:
+        bearer_claims(request, health_data=True)  # 401 before 404, as on every route
+        raise Problem(404, f"no Observation {observation_id}")
+    _, access = await clinician_access(request, address.patient_id, action="read",
+                                       resource=f"fhir/Observation/{observation_id}")
+    scan = _Scan(request, access, address.patient_id, list(address.metrics),
+                 address.start, address.end, descending=False)
+    for stub in await scan.stubs_in(address.start, address.end):
+        if stub.id == observation_id:
+            return _resource(stub.build())
+    raise Problem(404, f"no Observation {observation_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,30 +488,30 @@ def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str 
            ) -> list[_Stub]:
     subject = f"Patient/{patient_id}"
     device_ref = f"Device/{device_id}" if device_id else None
-    source = f"{device_id}/" if device_id else ""  # ids stay unique across sources
     out: list[_Stub] = []
     for metric, samples in series.items():
         if metric not in SAMPLED_PERIOD_MS and metric not in BP:
             for t, v in zip(samples.t_ms.tolist(), samples.value.tolist(), strict=True):
-                oid = _oid(patient_id, f"{metric}/{source}{t}")
+                oid = _oid(patient_id, metric, t, device_id)
                 out.append(_Stub(t, oid, functools.partial(
                     fhir.observation, oid, metric, subject, t, v, device_ref=device_ref),
                     t, t))
         elif metric in SAMPLED_PERIOD_MS:
-            out += _hourly(patient_id, metric, samples, device_ref, source)
+            out += _hourly(patient_id, metric, samples, device_id)
     if all(m in series for m in BP):
         sys_s, dia_s = series[BP[0]], series[BP[1]]
         common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
         for k, t in enumerate(common.tolist()):
-            oid = _oid(patient_id, f"blood_pressure/{source}{t}")
+            oid = _oid(patient_id, "blood_pressure", t, device_id)
             out.append(_Stub(t, oid, functools.partial(
                 fhir.blood_pressure, oid, subject, t, float(sys_s.value[i[k]]),
                 float(dia_s.value[j[k]]), device_ref=device_ref), t, t))
     return out
 
 
-def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_ref: str | None,
-            source: str) -> list[_Stub]:
+def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_id: str | None
+            ) -> list[_Stub]:
+    device_ref = f"Device/{device_id}" if device_id else None
     period = SAMPLED_PERIOD_MS[metric]
     t, v = samples.t_ms, samples.value
     if metric == "steps" and len(t):  # counts add up within a grid slot
@@ -454,7 +522,7 @@ def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_ref: st
     hours, first = np.unique(t // HOUR_MS, return_index=True)
     bounds = [*first[1:], len(t)]
     for hour, a, b in zip(hours.tolist(), first.tolist(), bounds, strict=True):
-        oid = _oid(patient_id, f"{metric}/{source}h{hour}")
+        oid = _oid(patient_id, metric, hour, device_id)
         out.append(_Stub(hour * HOUR_MS, oid, functools.partial(
             fhir.sampled, oid, metric, f"Patient/{patient_id}", t[a:b], v[a:b], period,
             device_ref=device_ref), int(t[a]), int(t[b - 1])))

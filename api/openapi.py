@@ -323,6 +323,10 @@ PATHS: dict[str, dict[str, Schema]] = {
         "a device that measured a patient who shares with me", FHIR_RESOURCE,
         media="application/fhir+json", fhir=True, params=[p("device_id", TEXT), FHIR_FORMAT],
         errors=(406,))},
+    "/fhir/Observation/{observation_id}": {"get": op(
+        "an Observation by the id a search gave it", FHIR_RESOURCE,
+        media="application/fhir+json", fhir=True, errors=(404, 406),
+        params=[p("observation_id", TEXT), FHIR_FORMAT])},
     "/fhir/Observation": {"get": op(
         "shared Observations: by patient, code, category, date; sorted by date; keyset "
         "paging by the next link; unknown parameters ignored unless Prefer: handling=strict",
@@ -334,7 +338,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                 q("_sort", {"type": "string", "enum": ["date", "-date"]}),
                 q("_summary", {"type": "string", "enum": ["count", "false"]}),
                 q("_total", {"type": "string", "enum": ["none", "estimate", "accurate"]}),
-                q("_cursor", {"type": "string", "pattern": "^-?[0-9]{1,16}\\.[0-9a-f-]{36}$"}),
+                q("_cursor", {"type": "string", "pattern": "^-?[0-9]{1,16}\\.[0-9a-z-]{1,64}$"}),
                 FHIR_FORMAT])},
 }
 
