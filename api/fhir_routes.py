@@ -29,6 +29,7 @@ from api.requests import DEPS, EARLIEST, LATEST, bearer_claims
 from storage.consents import Access
 from storage.device_info import device_info
 from storage.extent import data_extent
+from storage.record_links import RecordLinks
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -45,7 +46,8 @@ _CURSOR = re.compile(r"(-?\d{1,16})\.([0-9a-z-]{1,64})")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HOUR_MS = 3_600_000
 # Dense metrics: the SampledData grid of each; steps are summed per minute first.
-SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000,
+# SpO2 from a watch is one reading a minute: a 1-second grid would be 98% "E".
+SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 60_000, "steps": 60_000,
                      "skin_temperature": 60_000}
 BP = ("systolic_bp", "diastolic_bp")
 _BY_LOINC = {m.loinc: m.name for m in METRICS.values() if m.loinc}
@@ -110,7 +112,10 @@ def _patient_id(raw: str) -> uuid.UUID:
 async def read_patient(request: web.Request) -> web.Response:
     patient_id = _patient_id(request.match_info["patient_id"])
     await clinician_access(request, patient_id, action="read", resource="fhir/Patient")
-    return _resource({"resourceType": "Patient", "id": str(patient_id), "active": True})
+    deps = request.app[DEPS]
+    link = await RecordLinks(deps.pool, deps.keyring).get(patient_id)
+    person = (link.tokens.person.system_oid, link.tokens.person.value) if link else None
+    return _resource(fhir.patient_resource(str(patient_id), person=person))
 
 
 @fhir_errors

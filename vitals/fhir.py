@@ -26,6 +26,7 @@ MESURES = "https://interop.esante.gouv.fr/ig/fhir/mesures"
 FEED_BUNDLE_PROFILE = f"{MESURES}/StructureDefinition/mesures-bundle-flux-alimentation"
 PHD_DEVICE_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
 BP_PANEL_LOINC = "85354-9"
+PULSE_OXIMETRY_LOINC = "59408-5"  # SpO2 by pulse oximetry: how every device of ours measures
 # LOINC as the French terminology server (NOS, TRE_A04) publishes it: the system of the
 # codes in the guide's value sets (glucose type JDV-J154, glucose moment JDV-J157).
 NOS_LOINC = "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc"
@@ -134,6 +135,12 @@ def _metric_concept(metric: str) -> dict[str, Any]:
         return {"coding": [{"system": NOS_LOINC, "code": code, "display": display},
                            {"system": LOINC, "code": code, "display": m.display}],
                 "text": m.display}
+    if metric == "spo2":  # measured by pulse oximetry: the profile's second coding says so
+        concept = _coding(m.loinc, m.display)
+        concept["coding"].append({"system": LOINC, "code": PULSE_OXIMETRY_LOINC,
+                                  "display": "Oxygen saturation in Arterial blood by "
+                                             "Pulse oximetry"})
+        return concept
     return _coding(m.loinc, m.display)
 
 
@@ -355,7 +362,14 @@ def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
-RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # the RPPS identifier system
+RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # the IDNPS system (national professional ids)
+
+
+def idnps(rpps: str) -> dict[str, str]:
+    """A professional's national identifier (IDNPS) from an RPPS number: under
+    1.2.250.1.71.4.2.1 an RPPS is written with the type prefix "8" before its 11 digits."""
+    return {"system": RPPS_SYSTEM, "value": f"8{rpps}"}
+
 _AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _REST = "http://hl7.org/fhir/restful-interaction"
 _OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
@@ -387,7 +401,7 @@ def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
     profile, interaction, fhir_action = _BALP_ACTIONS[action]
     who: dict[str, Any] = {"display": actor_display}
     if rpps:
-        who["identifier"] = {"system": RPPS_SYSTEM, "value": rpps}
+        who["identifier"] = idnps(rpps)
     if action == "feed":
         agents = [{"type": {"coding": [_SOURCE]}, "who": who, "requestor": True},
                   {"type": {"coding": [_RECIPIENT]}, "who": {"display": recipient},
@@ -441,6 +455,19 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
     }
 
 
+def patient_resource(patient_id: str, *, person: tuple[str, str] | None = None,
+                     active: bool = True) -> dict[str, Any]:
+    """A patient as the read API shows them: our id as a URI identifier, and the national
+    person identifier (oid, value) the patient's medical-record link gave, when there is
+    one. No name or birth date: the app does not collect them. No profile is claimed (FR
+    Core Patient wants more than we hold)."""
+    identifiers = [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{patient_id}"}]
+    if person is not None:
+        identifiers.append({"system": f"urn:oid:{person[0]}", "value": person[1]})
+    return {"resourceType": "Patient", "id": patient_id, "identifier": identifiers,
+            "active": active}
+
+
 def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms: int,
                      expires_ms: int, data_from_ms: int, data_to_ms: int,
                      clinician_rpps: str | None, metrics: Sequence[str]) -> dict[str, Any]:
@@ -450,7 +477,7 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
         "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
         "code": "IRCP"}]}, "reference": {"display": "clinician"}}
     if clinician_rpps:
-        actor["reference"] = {"identifier": {"system": RPPS_SYSTEM, "value": clinician_rpps}}
+        actor["reference"] = {"identifier": idnps(clinician_rpps)}
     return {
         "resourceType": "Consent", "id": consent_id,
         "status": "active" if active else "inactive",
@@ -459,6 +486,9 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
         "category": [{"coding": [{"system": LOINC, "code": "59284-0",
                                   "display": "Patient Consent"}]}],
         "patient": {"reference": patient_ref}, "dateTime": instant(granted_ms),
+        # ppc-1 wants a policy or a policy rule: an opt-in the patient gave in the app.
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN", "display": "opt-in"}]},
         "provision": {"type": "permit",
                       "period": {"start": instant(granted_ms), "end": instant(expires_ms)},
                       "actor": [actor],

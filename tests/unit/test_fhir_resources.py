@@ -143,7 +143,7 @@ def test_balp_audit_event_for_a_clinician_read() -> None:
                              "Observation?code=8867-4", rpps="10001234567")
     AuditEvent.model_validate(event)
     assert event["meta"]["profile"] == [f"{fhir.BALP}/IHE.BasicAudit.PatientQuery"]
-    assert event["agent"][0]["who"]["identifier"]["value"] == "10001234567"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "810001234567"  # IDNPS
     assert fhir.audit_event("ae-2", T, "read", "refused", "x", PATIENT, "y")["outcome"] == "4"
     _golden("audit-event", event)
 
