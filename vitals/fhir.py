@@ -7,6 +7,7 @@ the metric; codes are LOINC, units UCUM.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from collections.abc import Sequence
@@ -372,61 +373,90 @@ def idnps(rpps: str) -> dict[str, str]:
 
 _AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _REST = "http://hl7.org/fhir/restful-interaction"
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_NETWORK_TYPE = {"machine": "1", "ip": "2", "uri": "5"}
 _OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
 # What the audit log calls an action -> (BALP profile, restful interaction, FHIR action).
+# An export (GDPR access and portability) has no BALP profile: it is DICOM's 110106 Export.
 _BALP_ACTIONS = {
     "read": ("IHE.BasicAudit.PatientRead", "read", "R"),
     "search": ("IHE.BasicAudit.PatientQuery", "search-type", "E"),
     "feed": ("IHE.BasicAudit.PatientCreate", "create", "C"),
 }
-
+AUDITED_AS_FHIR = frozenset({*_BALP_ACTIONS, "export"})
 
 _RECIPIENT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
               "code": "IRCP", "display": "information recipient"}
-_SOURCE = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153",
-           "display": "Source Role ID"}
+_SOURCE = {"system": _DCM, "code": "110153", "display": "Source Role ID"}
+_DESTINATION = {"system": _DCM, "code": "110152", "display": "Destination Role ID"}
 MEDICAL_RECORD = "Mon espace santé"  # the record the feed writes to
+
+
+def _agent(role: dict[str, str], who: dict[str, Any], requestor: bool,
+           network: tuple[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": {"coding": [role]}, "who": who, "requestor": requestor}
+    if network is not None:
+        out["network"] = {"address": network[1], "type": _NETWORK_TYPE[network[0]]}
+    return out
 
 
 def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
                 actor_display: str, patient_ref: str, what: str, *, rpps: str | None = None,
-                observer: str = "healthiot", recipient: str = MEDICAL_RECORD
-                ) -> dict[str, Any]:
-    """One audit-log entry as an IHE BALP AuditEvent: who (the clinician, by RPPS when
-    known), what (the patient and the resource or query), when, and the outcome.
+                observer: str = "healthiot", recipient: str = MEDICAL_RECORD,
+                server: tuple[str, str] | None = None,
+                client: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One audit-log entry as an IHE BALP AuditEvent: who (a person by name, a clinician
+    also by IDNPS), what (the patient and the resource, or the query), when, the outcome,
+    and the two machines with their ``network`` (kind, address): ``server`` the FHIR base
+    that answered, ``client`` the address that asked when it was recorded.
 
-    A clinician's read has the clinician as the recipient who asked and healthiot as the
-    source. A feed is the other way round: the feed (``actor_display``) is the source that
-    acted, and the medical record (``recipient``) received the data."""
-    profile, interaction, fhir_action = _BALP_ACTIONS[action]
+    BALP's roles: a read has the client as Destination (110152) and the server as Source
+    (110153); a query and a create the other way round (the client is the Source of the
+    request). A feed is a create by our feed (the client) into the medical record (the
+    server); no person takes part. An export is DICOM's Export (110106) by the patient."""
+    server = server or ("machine", observer)
     who: dict[str, Any] = {"display": actor_display}
     if rpps:
         who["identifier"] = idnps(rpps)
     if action == "feed":
-        agents = [{"type": {"coding": [_SOURCE]}, "who": who, "requestor": True},
-                  {"type": {"coding": [_RECIPIENT]}, "who": {"display": recipient},
-                   "requestor": False}]
+        agents = [_agent(_SOURCE, {"display": actor_display}, True, client),
+                  _agent(_DESTINATION, {"display": recipient}, False, ("machine", recipient))]
     else:
-        agents = [{"type": {"coding": [_RECIPIENT]}, "who": who, "requestor": True},
-                  {"type": {"coding": [_SOURCE]}, "who": {"display": observer},
-                   "requestor": False}]
-    return {
-        "resourceType": "AuditEvent", "id": event_id,
-        "meta": {"profile": [f"{BALP}/{profile}"]},
-        "type": {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": _REST, "code": interaction}],
-        "action": fhir_action,
-        "recorded": instant(recorded_ms),
-        "outcome": _OUTCOMES.get(outcome, "8"),
-        "agent": agents,
-        "source": {"observer": {"display": observer}},
-        "entity": [{"what": {"reference": patient_ref},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                             "code": "1", "display": "Patient"}},
-                   {"what": {"display": what},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                             "code": "4", "display": "Domain Resource"}}],
-    }
+        client_role, server_role = ((_DESTINATION, _SOURCE) if action in ("read", "export")
+                                    else (_SOURCE, _DESTINATION))
+        agents = [_agent(_RECIPIENT, who, True),
+                  _agent(client_role, {"display": f"application of {actor_display}"}, False,
+                         client),
+                  _agent(server_role, {"display": observer}, False, server)]
+    patient = {"what": {"reference": patient_ref},
+               "type": {"system": _ENTITY_TYPE, "code": "1", "display": "Person"},
+               "role": {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}}
+    if action == "search":
+        query = what.removeprefix("fhir/")
+        data = {"type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": _OBJECT_ROLE, "code": "24", "display": "Query"},
+                "description": query,
+                "query": base64.b64encode(query.encode()).decode()}
+    else:
+        data = {"what": {"display": what},
+                "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}}
+    out: dict[str, Any] = {"resourceType": "AuditEvent", "id": event_id}
+    if action == "export":
+        out["type"] = {"system": _DCM, "code": "110106", "display": "Export"}
+        out["action"] = "R"
+    else:
+        profile, interaction, fhir_action = _BALP_ACTIONS[action]
+        out["meta"] = {"profile": [f"{BALP}/{profile}"]}
+        out["type"] = {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"}
+        out["subtype"] = [{"system": _REST, "code": interaction}]
+        out["action"] = fhir_action
+    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8"),
+            "agent": agents, "source": {"observer": {"display": observer}},
+            "entity": [patient, data]}
+    return out
 
 
 def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:

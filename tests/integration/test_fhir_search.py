@@ -234,3 +234,26 @@ async def test_a_date_search_never_truncates_an_observation(world: World) -> Non
     resp = await world.client.get(f"/fhir/Observation/{dense['id']}",
                                   headers=world.as_clinician())
     assert await resp.json() == dense
+
+
+async def test_the_export_and_the_access_log_name_the_clinician_as_balp_wants(
+        world: World) -> None:
+    """Seen: the export named the actor ``clinician:<uuid>``; agents had no network."""
+    await _grant(world, metrics=["body_weight"])
+    await _get(world, {"patient": str(world.patient)})
+    await world.client.get(f"/fhir/Patient/{world.patient}", headers=world.as_clinician())
+    await world.client.get("/v1/me/export", headers=world.as_patient())  # audited too
+    for route in ("/v1/me/export", "/v1/me/access-log?format=fhir"):
+        resp = await world.client.get(route, headers=world.as_patient())
+        events = [e["resource"] for e in (await resp.json())["entry"]
+                  if e["resource"]["resourceType"] == "AuditEvent"]
+        kinds = {e["type"]["code"] for e in events}
+        assert {"rest", "110106"} <= kinds, route
+        for event in events:
+            if event["type"]["code"] != "rest":
+                continue
+            users = [a for a in event["agent"] if a["type"]["coding"][0]["code"] == "IRCP"]
+            assert users[0]["who"]["display"] == "Dr Martin (physician)", route
+            assert users[0]["who"]["identifier"]["value"] == "8" + world.rpps
+            assert any(a.get("network", {}).get("address", "").endswith("/fhir")
+                       for a in event["agent"])
