@@ -462,7 +462,13 @@ def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
 def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
     """What the read API offers, as its ``metadata`` answer."""
     search = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
-              {"name": "date", "type": "date"}, {"name": "_count", "type": "number"}]
+              {"name": "category", "type": "token"}, {"name": "date", "type": "date"},
+              {"name": "_count", "type": "number",
+               "documentation": "0 for the total only; more than 200 is served as 200"},
+              {"name": "_sort", "type": "string", "documentation": "date or -date (default)"},
+              {"name": "_summary", "type": "token", "documentation": "count"},
+              {"name": "_total", "type": "token", "documentation": "accurate adds the total "
+               "to a page"}]
     return {
         "resourceType": "CapabilityStatement", "status": "active",
         "date": "2026-11-23", "kind": "instance", "fhirVersion": FHIR_VERSION,
@@ -470,6 +476,9 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
         "software": {"name": "healthiot", "version": software_version},
         "implementation": {"description": "healthiot clinician read API", "url": base_url},
         "rest": [{"mode": "server",
+                  "documentation": "Search has no default date window: next links reach "
+                                   "every shared Observation (keyset paging). Unknown "
+                                   "parameters are ignored unless Prefer: handling=strict.",
                   "security": {"cors": False, "description":
                                "Bearer tokens of clinicians with two factors; every read "
                                "is checked against the patient's consent and audited."},
@@ -480,7 +489,7 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                       {"type": "Observation",
                        "supportedProfile": [p for m in ANS_PROFILES if m != "steps_by_day"
                                             and (p := profile_url(m)) is not None],
-                       "interaction": [{"code": "search-type"}],
+                       "interaction": [{"code": "read"}, {"code": "search-type"}],
                        "searchParam": search}]}],
     }
 
