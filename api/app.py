@@ -11,6 +11,7 @@ from aiohttp import web
 
 from api import (
     account_routes,
+    bulk_export,
     clinician_routes,
     consent_routes,
     day_routes,
@@ -31,7 +32,7 @@ from storage.sessions import Sessions
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes, device_routes, household_routes)
+                 fhir_routes, device_routes, household_routes, bulk_export)
 
 
 def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,

@@ -188,6 +188,21 @@ PATHS: dict[str, dict[str, Schema]] = {
             request=obj({"password": TEXT, "totp": TEXT}, closed=True))},
     "/v1/me/export": {"get": op("all my data as a FHIR Bundle", FHIR_RESOURCE,
                                 media="application/fhir+json")},
+    "/v1/me/$export": {"get": op(
+        "start a FHIR Bulk Data export of all my data: 202, the status URL in "
+        "Content-Location", None, status="202",
+        params=[{"name": "Prefer", "in": "header", "required": True,
+                 "schema": {"type": "string", "enum": ["respond-async"]}}])},
+    "/v1/me/export-jobs/{job_id}": {
+        "get": op("the Bulk Data manifest of my export: one NDJSON file per resource type",
+                  obj({"transactionTime": STR, "request": STR, "requiresAccessToken": BOOL,
+                       "output": {"type": "array"}, "error": {"type": "array"}}),
+                  errors=(404,), params=[p("job_id", TEXT)]),
+        "delete": op("end my export", None, status="202", errors=(404,),
+                     params=[p("job_id", TEXT)])},
+    "/v1/me/export-jobs/{job_id}/{kind}": {"get": op(
+        "one NDJSON file of my export, streamed", STR, media="application/fhir+ndjson",
+        errors=(404,), params=[p("job_id", TEXT), p("kind", TEXT)])},
     "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
         {"latest": {"type": "object"}}))},
     "/v1/me/vitals/{metric}": {"get": op(
