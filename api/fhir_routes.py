@@ -130,9 +130,12 @@ async def read_device(request: web.Request) -> web.Response:
         raise Problem(403, NO_CONSENT)
     await clinician_access(request, found.patient_id, action="read",
                            resource=f"fhir/Device/{device_id}")
-    return _resource(fhir.device_resource(device_id, None, device_id, found.model,
-                                          found.serial,
-                                          patient_ref=f"Patient/{found.patient_id}"))
+    device = fhir.device_resource(device_id, None, device_id, found.model, found.serial,
+                                  patient_ref=f"Patient/{found.patient_id}")
+    # Without its PHD facts (system id, manufacturer, model number, specialisation) the
+    # Device does not meet PhdDevice: it claims no profile here.
+    device.pop("meta", None)
+    return _resource(device)
 
 
 _PARTIAL = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
@@ -398,6 +401,7 @@ def _clean(samples: Samples) -> Samples:
     return Samples(samples.t_ms[keep], samples.value[keep], samples.flags[keep])
 
 
+# Observation ids carry a metric's place in the catalogue: new metrics go at its end.
 _METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
 _OID = re.compile(r"(bp|m\d{1,2})-([0-9a-f]{32})-(\d{1,15})-([0-9a-f]{8})")
 
