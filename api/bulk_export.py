@@ -24,6 +24,7 @@ from api.requests import DEPS, bearer_claims, patient_of
 from storage import device_refs
 from storage.clinicians import Clinicians
 from storage.consents import Consents
+from storage.record_links import RecordLinks
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -113,7 +114,11 @@ async def output(request: web.Request) -> web.StreamResponse:
 
 
 async def _patients(request: web.Request, patient_id: uuid.UUID, _: dt.datetime) -> Lines:
-    yield fhir.patient_resource(str(patient_id))
+    """The patient, with the national identifier their medical-record link gave."""
+    deps = request.app[DEPS]
+    link = await RecordLinks(deps.pool, deps.keyring).get(patient_id)
+    person = (link.tokens.person.system_oid, link.tokens.person.value) if link else None
+    yield fhir.patient_resource(str(patient_id), person=person)
 
 
 async def _devices(request: web.Request, patient_id: uuid.UUID, _: dt.datetime) -> Lines:

@@ -3,8 +3,10 @@ resource type streamed, deleted on request; only the patient's own job."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+from storage.record_links import Person, RecordLinks, Tokens
 from tests.integration import test_clinician_access
 from tests.integration.test_clinician_access import World, _grant
 
@@ -39,3 +41,17 @@ async def test_kick_off_poll_fetch_ndjson_and_delete(world: World) -> None:
     assert other.status == 403
     assert (await world.client.delete(status_path, headers=me)).status == 202
     assert (await world.client.get(status_path, headers=me)).status == 404
+
+
+async def test_the_patient_file_carries_the_national_identifier_of_the_record_link(
+        world: World) -> None:
+    await RecordLinks(world.core.pool, world.core.keyring).save(world.patient, Tokens(
+        "at", None, dt.datetime.now(dt.UTC), Person("1.2.250.1.213.1.4.10", "IDPE0123")))
+    me = world.as_patient()
+    resp = await world.client.get("/v1/me/$export", headers={**me, **ASYNC})
+    status_url = resp.headers["Content-Location"]
+    resp = await world.client.get(status_url[status_url.index("/v1/"):] + "/Patient.ndjson",
+                                  headers=me)
+    patient = json.loads(await resp.text())
+    assert {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "IDPE0123"} in patient[
+        "identifier"]
