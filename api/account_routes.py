@@ -15,6 +15,7 @@ from msgspec import UNSET
 
 from api import credentials, passwords, totp
 from api.bodies import USERNAME, Erasure, Login, NewAccount, Refresh
+from api.consent_routes import who_is
 from api.device_routes import REVOKER
 from api.fhir_routes import observations
 from api.limits import SignInGuard, TooMany, too_many
@@ -236,11 +237,16 @@ async def export_me(request: web.Request) -> web.Response:
             c.metrics))
     trail = await deps.audit.for_patient(patient_id, limit=100_000)
     what = await device_refs.resolve(deps.pool, [row["resource"] for row in trail])
+    server = ("uri", f"{request.scheme}://{request.host}/fhir")
+    names: dict[str, tuple[str, str | None]] = {}
     for row, resource in zip(trail, what, strict=True):
-        if row["action"] in ("read", "search", "feed"):
+        if row["action"] in fhir.AUDITED_AS_FHIR:
+            if row["actor"] not in names:  # by name and RPPS, as the access log shows them
+                names[row["actor"]] = await who_is(clinicians, row["actor"], patient_id)
+            name, rpps = names[row["actor"]]
             resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),
-                                              row["action"], row["outcome"], row["actor"],
-                                              ref, resource))
+                                              row["action"], row["outcome"], name,
+                                              ref, resource, rpps=rpps, server=server))
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="export", resource="all", outcome="ok")
     return web.json_response(fhir.bundle("collection", resources),

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from api import (
     account_routes,
+    bulk_export,
     clinician_routes,
     consent_routes,
     day_routes,
@@ -31,7 +32,7 @@ from storage.sessions import Sessions
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes, device_routes, household_routes)
+                 fhir_routes, device_routes, household_routes, bulk_export)
 
 
 def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
@@ -100,10 +101,14 @@ async def known_query_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """A query parameter the OpenAPI document does not list for the operation is refused
-    (400), as unknown body fields are (422): a misspelt ``form=`` is not silently ignored."""
+    (400), as unknown body fields are (422): a misspelt ``form=`` is not silently ignored.
+    Under /fhir, R4's rule instead: unknown parameters are ignored unless the client sends
+    ``Prefer: handling=strict``."""
     route = request.match_info.route
     resource = route.resource
-    if request.query and resource is not None:
+    lenient = request.path.startswith("/fhir/") and "handling=strict" not in "".join(
+        request.headers.getall("Prefer", [])).replace(" ", "").lower()
+    if request.query and resource is not None and not lenient:
         known = openapi.query_parameters(resource.canonical, request.method)
         unknown = sorted(set(request.query) - known) if known is not None else []
         if unknown:

@@ -126,17 +126,19 @@ async def access_log(request: web.Request) -> web.Response:
     for row, resource in zip(rows, what, strict=True):
         actor = row["actor"]
         if actor not in names:
-            names[actor] = await _who(clinicians, actor, patient_id)
+            names[actor] = await who_is(clinicians, actor, patient_id)
         who, rpps = names[actor]
         entries.append({"id": row["id"], "at": row["at"].isoformat(), "who": who, "rpps": rpps,
                         "actor": actor, "action": row["action"],
                         "what": resource, "outcome": row["outcome"]})
     if request.query.get("format") == "fhir":
+        server = ("uri", f"{request.scheme}://{request.host}/fhir")
         events = [fhir.audit_event(f"audit-{row['id']}", int(row["at"].timestamp() * 1000),
                                    row["action"], row["outcome"], e["who"],
-                                   f"Patient/{patient_id}", e["what"], rpps=e["rpps"])
+                                   f"Patient/{patient_id}", e["what"], rpps=e["rpps"],
+                                   server=server)
                   for row, e in zip(rows, entries, strict=True)
-                  if row["action"] in ("read", "search", "feed")]
+                  if row["action"] in fhir.AUDITED_AS_FHIR]
         return web.json_response(fhir.bundle("collection", events),
                                  content_type="application/fhir+json")
     page: dict[str, Any] = {"entries": entries}
@@ -145,7 +147,8 @@ async def access_log(request: web.Request) -> web.Response:
     return web.json_response(page)
 
 
-async def _who(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str, str | None]:
+async def who_is(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str, str | None]:
+    """How the patient ``me`` is shown an audit row's actor: a name, and an RPPS number."""
     kind, _, ident = actor.partition(":")
     if kind == "clinician":
         found = await clinicians.by_id(uuid.UUID(ident))

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -23,9 +25,11 @@ from aiohttp import web
 
 from api.access import NO_CONSENT, clinician_access
 from api.problems import Problem
-from api.requests import DEPS, EARLIEST, LATEST, bearer_claims, int_param
+from api.requests import DEPS, EARLIEST, LATEST, bearer_claims
 from storage.consents import Access
 from storage.device_info import device_info
+from storage.extent import data_extent
+from storage.record_links import RecordLinks
 from storage.segments import Samples
 from vitals import fhir
 from vitals.catalogue import METRICS
@@ -33,15 +37,19 @@ from vitals.normalise import reliable
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_COUNT, MAX_COUNT = 50, 200
-DEFAULT_RANGE = dt.timedelta(days=7)
-MAX_RANGE = dt.timedelta(days=92)
+# A search scans the timeline in windows: one day first (a page of 50 hourly series needs
+# about two), doubled while empty up to a month, so sparse data costs few queries and dense
+# data never loads more than a month of one patient at once.
+FIRST_WINDOW = dt.timedelta(days=1)
+MAX_WINDOW = dt.timedelta(days=32)
+_CURSOR = re.compile(r"(-?\d{1,16})\.([0-9a-z-]{1,64})")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HOUR_MS = 3_600_000
 # Dense metrics: the SampledData grid of each; steps are summed per minute first.
-SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 1000, "steps": 60_000,
+# SpO2 from a watch is one reading a minute: a 1-second grid would be 98% "E".
+SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 60_000, "steps": 60_000,
                      "skin_temperature": 60_000}
 BP = ("systolic_bp", "diastolic_bp")
-_ID_NAMESPACE = uuid.UUID("0f3a6d2e-77c4-4b1a-9a51-3d1f4c2b8e90")
-_SEARCH_PARAMS = {"patient", "code", "date", "_count", "_page"}
 _BY_LOINC = {m.loinc: m.name for m in METRICS.values() if m.loinc}
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -52,6 +60,7 @@ def register(app: web.Application) -> None:
     app.router.add_get("/fhir/Patient/{patient_id}", read_patient)
     app.router.add_get("/fhir/Device/{device_id}", read_device)
     app.router.add_get("/fhir/Observation", search_observations)
+    app.router.add_get("/fhir/Observation/{observation_id}", read_observation)
 
 
 def _resource(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -60,15 +69,25 @@ def _resource(body: dict[str, Any], status: int = 200) -> web.Response:
 
 def outcome(status: int, text: str) -> web.Response:
     """An OperationOutcome: how the FHIR API answers an error."""
-    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found"}.get(
+    code = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
+            406: "not-supported"}.get(
         status, "exception")
     return _resource({"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": code, "diagnostics": text}]}, status)
 
 
+# ``_format`` (defined for every interaction): the JSON forms R4 names; XML is not served.
+JSON_FORMATS = ("json", "application/json", "application/fhir+json")
+
+
 def fhir_errors(handler: Handler) -> Handler:
+    """Problems as OperationOutcomes, and ``_format`` honoured (406 for XML or anything
+    else than JSON), on every FHIR interaction."""
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.Response:
+        fmt = request.query.get("_format")
+        if fmt is not None and fmt not in JSON_FORMATS:
+            return outcome(406, f"_format {fmt!r}: only JSON is served here")
         try:
             return await handler(request)
         except Problem as exc:
@@ -76,6 +95,7 @@ def fhir_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+@fhir_errors
 async def metadata(request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}/fhir"
     return _resource(fhir.capability_statement(base, "0.1.0"))
@@ -92,7 +112,10 @@ def _patient_id(raw: str) -> uuid.UUID:
 async def read_patient(request: web.Request) -> web.Response:
     patient_id = _patient_id(request.match_info["patient_id"])
     await clinician_access(request, patient_id, action="read", resource="fhir/Patient")
-    return _resource({"resourceType": "Patient", "id": str(patient_id), "active": True})
+    deps = request.app[DEPS]
+    link = await RecordLinks(deps.pool, deps.keyring).get(patient_id)
+    person = (link.tokens.person.system_oid, link.tokens.person.value) if link else None
+    return _resource(fhir.patient_resource(str(patient_id), person=person))
 
 
 @fhir_errors
@@ -107,95 +130,246 @@ async def read_device(request: web.Request) -> web.Response:
         raise Problem(403, NO_CONSENT)
     await clinician_access(request, found.patient_id, action="read",
                            resource=f"fhir/Device/{device_id}")
-    return _resource(fhir.device_resource(device_id, None, device_id, found.model,
-                                          found.serial,
-                                          patient_ref=f"Patient/{found.patient_id}"))
+    device = fhir.device_resource(device_id, None, device_id, found.model, found.serial,
+                                  patient_ref=f"Patient/{found.patient_id}")
+    # Without its PHD facts (system id, manufacturer, model number, specialisation) the
+    # Device does not meet PhdDevice: it claims no profile here.
+    device.pop("meta", None)
+    return _resource(device)
 
 
-def _instant(raw: str) -> dt.datetime:
-    """A FHIR date or dateTime (UTC without an offset) within the instants the API
-    accepts; ValueError otherwise."""
-    value = dt.datetime.fromisoformat(raw)
-    try:
-        value = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-    except OverflowError:
-        raise ValueError("out of range") from None
-    if not EARLIEST <= value < LATEST:
+_PARTIAL = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_PREFIXES = ("eq", "ge", "gt", "le", "lt")
+
+
+def _period(raw: str) -> tuple[dt.datetime, dt.datetime]:
+    """The period a FHIR date search value stands for: a year, a month, a day, or an
+    instant (to the precision given); ValueError for anything else or out of range."""
+    whole = _PARTIAL.fullmatch(raw)
+    if whole:
+        year, month, day = int(whole[1]), int(whole[2] or 1), int(whole[3] or 1)
+        lo = dt.datetime(year, month, day, tzinfo=dt.UTC)
+        if whole[3]:
+            hi = lo + dt.timedelta(days=1)
+        elif whole[2]:
+            hi = dt.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt.UTC)
+        else:
+            hi = dt.datetime(year + 1, 1, 1, tzinfo=dt.UTC)
+    else:
+        if "T" not in raw:
+            raise ValueError("not a FHIR date")
+        lo = dt.datetime.fromisoformat(raw)
+        try:
+            lo = (lo if lo.tzinfo else lo.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
+        precision = {16: dt.timedelta(minutes=1), 19: dt.timedelta(seconds=1)}
+        hi = lo + precision.get(len(raw.split("+")[0].rstrip("Z")), dt.timedelta(
+            milliseconds=1))
+    if not (EARLIEST <= lo and hi <= LATEST):
         raise ValueError("out of range")
-    return value
+    return lo, hi
 
 
 def _date_range(values: list[str]) -> tuple[dt.datetime, dt.datetime]:
-    """``date`` parameters with ge/gt/le/lt prefixes (or none: that day or instant)."""
-    now = dt.datetime.now(dt.UTC)
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
+    """``date`` parameters (with eq, ge, gt, le or lt, or none) as one range [start, end)
+    that an Observation's effective time must overlap; all of time without any."""
+    start, end = EARLIEST, LATEST
     for raw in values:
-        prefix, body = (raw[:2], raw[2:]) if raw[:2] in ("ge", "gt", "le", "lt", "eq") \
-            else ("eq", raw)
+        prefix, body = (raw[:2], raw[2:]) if raw[:2] in _PREFIXES else ("eq", raw)
         try:
-            moment = _instant(body)
+            lo, hi = _period(body)
         except ValueError:
             raise Problem(400, f"date {raw!r} is not a FHIR date or dateTime") from None
-        day_only = len(body) == 10
-        if prefix in ("ge", "gt", "eq"):
-            start = moment + (dt.timedelta(days=1) if prefix == "gt" and day_only else
-                              dt.timedelta(milliseconds=1 if prefix == "gt" else 0))
-        if prefix in ("le", "lt", "eq"):
-            end = moment + (dt.timedelta(days=1) if day_only and prefix != "lt" else
-                            dt.timedelta(milliseconds=1 if prefix == "le" else 0))
-    end = end or now
-    start = start or end - DEFAULT_RANGE
-    if not start < end <= start + MAX_RANGE:
-        raise Problem(400, f"the date range must be non-empty and at most {MAX_RANGE.days} days")
+        if prefix in ("eq", "ge"):
+            start = max(start, lo)
+        if prefix == "gt":
+            start = max(start, hi)
+        if prefix in ("eq", "le"):
+            end = min(end, hi)
+        if prefix == "lt":
+            end = min(end, lo)
     return start, end
 
 
-def _metrics(code: str | None, access: Access) -> list[str]:
-    """The shared metrics a ``code`` parameter asks for (all shared ones without it)."""
-    if code is None:
-        return sorted(access.windows)
-    wanted: set[str] = set()
-    for token in code.split(","):
-        system, _, value = token.rpartition("|")
-        if system not in ("", fhir.LOINC):
-            continue
-        if value == fhir.BP_PANEL_LOINC:
-            wanted.update(BP)
-        elif value in _BY_LOINC:
-            wanted.add(_BY_LOINC[value])
-    return sorted(wanted & access.windows.keys())
+def _metrics(code: str | None, categories: list[str], access: Access) -> list[str]:
+    """The shared metrics ``code`` and ``category`` ask for (all shared ones without)."""
+    wanted = set(access.windows)
+    if code is not None:
+        coded: set[str] = set()
+        for token in code.split(","):
+            system, _, value = token.rpartition("|")
+            if system not in ("", fhir.LOINC):
+                continue
+            if value == fhir.BP_PANEL_LOINC:
+                coded.update(BP)
+            elif value in _BY_LOINC:
+                coded.add(_BY_LOINC[value])
+        wanted &= coded
+    for category in categories:  # each parameter ANDs, commas within one OR
+        codes = set()
+        for token in category.split(","):
+            system, _, value = token.rpartition("|")
+            if system in ("", fhir.OBSERVATION_CATEGORY):
+                codes.add(value)
+        wanted = {m for m in wanted
+                  if fhir.category_code("blood_pressure" if m in BP else m) in codes}
+    return sorted(wanted)
+
+
+def _count(request: web.Request) -> int:
+    """``_count``: 0 (the total only) up to any number, served as at most MAX_COUNT."""
+    raw = request.query.get("_count")
+    if raw is None:
+        return DEFAULT_COUNT
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise Problem(400, "_count must be a whole number, 0 or more")
+    return min(int(raw), MAX_COUNT)
+
+
+def _cursor(request: web.Request) -> tuple[int, str] | None:
+    raw = request.query.get("_cursor")
+    if raw is None:
+        return None
+    found = _CURSOR.fullmatch(raw)
+    if not found:
+        raise Problem(400, "_cursor is not one of ours: follow the Bundle's next link")
+    return int(found[1]), found[2]
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = request.query.get(name, default)
+    if value not in allowed:
+        raise Problem(400, f"{name} must be one of {', '.join(allowed)}")
+    return value
 
 
 @fhir_errors
 async def search_observations(request: web.Request) -> web.Response:
-    unknown = sorted(set(request.query) - _SEARCH_PARAMS)
-    if unknown:
-        raise Problem(400, f"unsupported search parameters: {', '.join(unknown)}")
+    """Observations of one patient, only what they share, ordered by date (newest first
+    unless ``_sort=date``) and paged by keyset: a ``next`` link carries the (time, id) of
+    the last entry, so data arriving between pages neither repeats nor hides any."""
     if "patient" not in request.query:
         raise Problem(400, "the patient parameter is required")
     patient_id = _patient_id(request.query["patient"])
     start, end = _date_range(request.query.getall("date", []))
-    count = int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
-    page = int_param(request, "_page", 1, 10_000)
+    count = _count(request)
+    descending = _choice(request, "_sort", ("-date", "date"), "-date") == "-date"
+    summary = _choice(request, "_summary", ("false", "count"), "false")
+    total_wanted = _choice(request, "_total", ("none", "estimate", "accurate"), "none")
+    cursor = _cursor(request)
     what = "fhir/Observation?" + urlencode(
-        [(k, v) for k, v in request.query.items() if k in ("code", "date")])
+        [(k, v) for k, v in request.query.items() if k in ("code", "date", "category")])
     _, access = await clinician_access(request, patient_id, action="search", resource=what)
-    by_source: dict[str, dict[str, Samples]] = {}
-    for metric in _metrics(request.query.get("code"), access):
-        for device_id, samples in (await _granted_by_source(
-                request, access, patient_id, metric, start, end)).items():
-            by_source.setdefault(device_id, {})[metric] = _clean(samples)
-    found = [stub for device_id, series in sorted(by_source.items())
-             for stub in _stubs(patient_id, series, device_id)]
-    found.sort(key=lambda stub: (-stub.t, stub.id))  # newest first, stable
-    # Only the requested page is built: a week of 1 Hz heart rate is 168 SampledData
-    # resources of 3600 values each, and a client paging by 10 needs ten of them.
-    chosen = [stub.build() for stub in found[(page - 1) * count: page * count]]
-    links = [("self", _page_url(request, page))]
-    if page * count < len(found):
-        links.append(("next", _page_url(request, page + 1)))
-    return _resource(fhir.bundle("searchset", chosen, total=len(found), links=links))
+    metrics = _metrics(request.query.get("code"), request.query.getall("category", []),
+                       access)
+    scan = _Scan(request, access, patient_id, metrics, start, end, descending)
+    if summary == "count" or count == 0:
+        counted = sum([len(stubs) async for stubs in scan.windows(None)])
+        return _resource(fhir.bundle("searchset", [], total=counted, base=_base(request),
+                                     links=[("self", _page_url(request, None))]))
+    found: list[_Stub] = []
+    async for stubs in scan.windows(cursor):
+        found += stubs
+        if len(found) > count:
+            break
+    chosen = found[:count]
+    links = [("self", _page_url(request, cursor and f"{cursor[0]}.{cursor[1]}"))]
+    if len(found) > count:
+        links.append(("next", _page_url(request, f"{chosen[-1].t}.{chosen[-1].id}")))
+    total: int | None = None
+    if total_wanted == "accurate":
+        total = sum([len(stubs) async for stubs in scan.windows(None)])
+    return _resource(fhir.bundle("searchset", [stub.build() for stub in chosen], total=total,
+                                 links=links, base=_base(request)))
+
+
+def _base(request: web.Request) -> str:
+    """The FHIR base URL as the client reached it: what absolute fullUrls start with."""
+    return f"{request.scheme}://{request.host}/fhir"
+
+
+class _Scan:
+    """The matching Observations of a search, window by window in the order asked for.
+    Windows are whole hours (an hour's SampledData is built from the whole hour, whatever
+    the dates asked), start at one day and double while they find nothing, and cover only
+    the span that holds the patient's data."""
+
+    def __init__(self, request: web.Request, access: Access, patient_id: uuid.UUID,
+                 metrics: list[str], start: dt.datetime, end: dt.datetime,
+                 descending: bool) -> None:
+        self._request, self._access, self._patient = request, access, patient_id
+        self._metrics, self._start, self._end = metrics, start, end
+        self._descending = descending
+
+    async def windows(self, cursor: tuple[int, str] | None
+                      ) -> AsyncIterator[list[_Stub]]:
+        """Lists of stubs, each sorted, each list after the previous in search order;
+        with ``cursor`` only what comes after it."""
+        if not self._metrics or self._start >= self._end:
+            return
+        extent = await data_extent(self._request.app[DEPS].pool, self._patient,
+                                   self._metrics, _floor_hour(self._start),
+                                   _ceil_hour(self._end))
+        if extent is None:
+            return
+        lo = max(_floor_hour(self._start), _floor_hour(extent[0]))
+        hi = min(_ceil_hour(self._end), _floor_hour(extent[1]) + dt.timedelta(hours=1))
+        if cursor is not None:
+            at = _floor_hour(_from_ms(cursor[0]))
+            if self._descending:
+                hi = min(hi, at + dt.timedelta(hours=1))
+            else:
+                lo = max(lo, at)
+        size = FIRST_WINDOW
+        while lo < hi:
+            if self._descending:
+                a, b = max(lo, hi - size), hi
+                hi = a
+            else:
+                a, b = lo, min(hi, lo + size)
+                lo = b
+            stubs = [s for s in await self.stubs_in(a, b) if self._after(s, cursor)]
+            stubs.sort(key=lambda s: (s.t, s.id), reverse=self._descending)
+            size = min(size * 2, MAX_WINDOW) if not stubs else FIRST_WINDOW
+            if stubs:
+                yield stubs
+
+    def _after(self, stub: _Stub, cursor: tuple[int, str] | None) -> bool:
+        start_ms, end_ms = _ms(self._start), _ms(self._end)
+        if not (stub.last >= start_ms and stub.first < end_ms):
+            return False
+        if cursor is None:
+            return True
+        return (stub.t, stub.id) < cursor if self._descending else (stub.t, stub.id) > cursor
+
+    async def stubs_in(self, a: dt.datetime, b: dt.datetime) -> list[_Stub]:
+        """Every granted Observation in [a, b), whole hours: unsorted, unfiltered."""
+        by_source: dict[str, dict[str, Samples]] = {}
+        for metric in self._metrics:
+            for device_id, samples in (await _granted_by_source(
+                    self._request, self._access, self._patient, metric, a, b)).items():
+                by_source.setdefault(device_id, {})[metric] = _clean(samples)
+        return [stub for device_id, series in sorted(by_source.items())
+                for stub in _stubs(self._patient, series, device_id)]
+
+
+def _floor_hour(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: dt.datetime) -> dt.datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment or floor + dt.timedelta(hours=1) > LATEST \
+        else floor + dt.timedelta(hours=1)
+
+
+def _ms(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(milliseconds=ms)
 
 
 async def _granted_by_source(request: web.Request, access: Access, patient_id: uuid.UUID,
@@ -215,8 +389,10 @@ async def _granted_by_source(request: web.Request, access: Access, patient_id: u
             for d, ps in parts.items()}
 
 
-def _page_url(request: web.Request, page: int) -> str:
-    query = [(k, v) for k, v in request.query.items() if k != "_page"] + [("_page", str(page))]
+def _page_url(request: web.Request, cursor: str | None) -> str:
+    query = [(k, v) for k, v in request.query.items() if k != "_cursor"]
+    if cursor:
+        query.append(("_cursor", cursor))
     return f"{request.scheme}://{request.host}{request.path}?{urlencode(query)}"
 
 
@@ -225,17 +401,88 @@ def _clean(samples: Samples) -> Samples:
     return Samples(samples.t_ms[keep], samples.value[keep], samples.flags[keep])
 
 
-def _oid(patient_id: uuid.UUID, key: str) -> str:
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{patient_id}/{key}"))
+# Observation ids carry a metric's place in the catalogue: new metrics go at its end.
+_METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
+_OID = re.compile(r"(bp|m\d{1,2})-([0-9a-f]{32})-(\d{1,15})-([0-9a-f]{8})")
+
+
+def _source_tag(device_id: str | None) -> str:
+    return hashlib.sha256((device_id or "").encode()).hexdigest()[:8]
+
+
+def _oid(patient_id: uuid.UUID, metric: str, t: int, device_id: str | None) -> str:
+    """An Observation's id, which says where it comes from, so that it can be read back:
+    the metric (``bp`` for a blood-pressure panel), the patient, the time (ms of a reading,
+    the hour number of a series) and a tag of the source device. At most 58 characters
+    (FHIR allows 64); no health value in it."""
+    kind = "bp" if metric == "blood_pressure" else f"m{_METRIC_INDEX[metric]}"
+    return f"{kind}-{patient_id.hex}-{t}-{_source_tag(device_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    """Where an Observation's samples lie, from its id."""
+
+    patient_id: uuid.UUID
+    metrics: tuple[str, ...]
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _address(observation_id: str) -> _Address | None:
+    found = _OID.fullmatch(observation_id)
+    if not found:
+        return None
+    kind, patient_hex, t = found[1], found[2], int(found[3])
+    if kind == "bp":
+        metrics: tuple[str, ...] = BP
+    else:
+        index = int(kind[1:])
+        if index >= len(METRICS):
+            return None
+        metrics = (list(METRICS)[index],)
+    if metrics[0] in SAMPLED_PERIOD_MS:
+        start_ms, end_ms = t * HOUR_MS, (t + 1) * HOUR_MS
+    else:
+        start_ms, end_ms = t, t + 1
+    start, end = _from_ms(start_ms), _from_ms(end_ms)
+    if not (EARLIEST <= start and end <= LATEST):
+        return None
+    return _Address(uuid.UUID(hex=patient_hex), metrics, start, end)
+
+
+@fhir_errors
+async def read_observation(request: web.Request) -> web.Response:
+    """One Observation by the id a search gave it: the same content whatever search found
+    it (a series is always its whole hour), for a clinician the patient shares it with.
+    An id of another patient answers 403 like every route; one that names no shared
+    Observation, 404."""
+    observation_id = request.match_info["observation_id"]
+    address = _address(observation_id)
+    if address is None:
+        bearer_claims(request, health_data=True)  # 401 before 404, as on every route
+        raise Problem(404, f"no Observation {observation_id}")
+    _, access = await clinician_access(request, address.patient_id, action="read",
+                                       resource=f"fhir/Observation/{observation_id}")
+    scan = _Scan(request, access, address.patient_id, list(address.metrics),
+                 address.start, address.end, descending=False)
+    for stub in await scan.stubs_in(address.start, address.end):
+        if stub.id == observation_id:
+            return _resource(stub.build())
+    raise Problem(404, f"no Observation {observation_id}")
 
 
 @dataclass(frozen=True, slots=True)
 class _Stub:
-    """An Observation not built yet: its time and id, enough to sort and page."""
+    """An Observation not built yet: its sort key (the reading's time; a series' hour,
+    which later samples never move), its id, and the times of its first and last sample
+    (what a date search matches)."""
 
     t: int
     id: str
     build: Callable[[], dict[str, Any]]
+    first: int
+    last: int
 
 
 def observations(patient_id: uuid.UUID, series: Mapping[str, Samples],
@@ -250,29 +497,30 @@ def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str 
            ) -> list[_Stub]:
     subject = f"Patient/{patient_id}"
     device_ref = f"Device/{device_id}" if device_id else None
-    source = f"{device_id}/" if device_id else ""  # ids stay unique across sources
     out: list[_Stub] = []
     for metric, samples in series.items():
         if metric not in SAMPLED_PERIOD_MS and metric not in BP:
             for t, v in zip(samples.t_ms.tolist(), samples.value.tolist(), strict=True):
-                oid = _oid(patient_id, f"{metric}/{source}{t}")
+                oid = _oid(patient_id, metric, t, device_id)
                 out.append(_Stub(t, oid, functools.partial(
-                    fhir.observation, oid, metric, subject, t, v, device_ref=device_ref)))
+                    fhir.observation, oid, metric, subject, t, v, device_ref=device_ref),
+                    t, t))
         elif metric in SAMPLED_PERIOD_MS:
-            out += _hourly(patient_id, metric, samples, device_ref, source)
+            out += _hourly(patient_id, metric, samples, device_id)
     if all(m in series for m in BP):
         sys_s, dia_s = series[BP[0]], series[BP[1]]
         common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
         for k, t in enumerate(common.tolist()):
-            oid = _oid(patient_id, f"blood_pressure/{source}{t}")
+            oid = _oid(patient_id, "blood_pressure", t, device_id)
             out.append(_Stub(t, oid, functools.partial(
                 fhir.blood_pressure, oid, subject, t, float(sys_s.value[i[k]]),
-                float(dia_s.value[j[k]]), device_ref=device_ref)))
+                float(dia_s.value[j[k]]), device_ref=device_ref), t, t))
     return out
 
 
-def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_ref: str | None,
-            source: str) -> list[_Stub]:
+def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_id: str | None
+            ) -> list[_Stub]:
+    device_ref = f"Device/{device_id}" if device_id else None
     period = SAMPLED_PERIOD_MS[metric]
     t, v = samples.t_ms, samples.value
     if metric == "steps" and len(t):  # counts add up within a grid slot
@@ -283,8 +531,8 @@ def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_ref: st
     hours, first = np.unique(t // HOUR_MS, return_index=True)
     bounds = [*first[1:], len(t)]
     for hour, a, b in zip(hours.tolist(), first.tolist(), bounds, strict=True):
-        oid = _oid(patient_id, f"{metric}/{source}h{hour}")
+        oid = _oid(patient_id, metric, hour, device_id)
         out.append(_Stub(hour * HOUR_MS, oid, functools.partial(
             fhir.sampled, oid, metric, f"Patient/{patient_id}", t[a:b], v[a:b], period,
-            device_ref=device_ref)))
+            device_ref=device_ref), int(t[a]), int(t[b - 1])))
     return out

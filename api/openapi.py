@@ -39,6 +39,9 @@ DATE_TIME: Schema = {"type": "string", "format": "date-time"}
 INSTANT: Schema = {"type": "string", "pattern": bodies.INSTANT_PATTERN}
 DAY: Schema = {"type": "string", "pattern": rf"^{bodies.DAY_PATTERN}$"}
 UUID: Schema = {"type": "string", "format": "uuid"}
+# _format, defined by R4 for every interaction: the JSON forms (anything else is 406).
+FHIR_FORMAT: Schema = {"name": "_format", "in": "query", "required": False, "schema": {
+    "type": "string", "enum": ["json", "application/json", "application/fhir+json"]}}
 METRIC_PARAM: Schema = {"name": "metric", "in": "path", "required": True,
                         "schema": {"type": "string", "enum": list(METRIC_NAMES)}}
 
@@ -177,6 +180,21 @@ PATHS: dict[str, dict[str, Schema]] = {
             request=request_schema(bodies.Erasure))},
     "/v1/me/export": {"get": op("all my data as a FHIR Bundle", FHIR_RESOURCE,
                                 media="application/fhir+json")},
+    "/v1/me/$export": {"get": op(
+        "start a FHIR Bulk Data export of all my data: 202, the status URL in "
+        "Content-Location", None, status="202",
+        params=[{"name": "Prefer", "in": "header", "required": True,
+                 "schema": {"type": "string", "enum": ["respond-async"]}}])},
+    "/v1/me/export-jobs/{job_id}": {
+        "get": op("the Bulk Data manifest of my export: one NDJSON file per resource type",
+                  obj({"transactionTime": STR, "request": STR, "requiresAccessToken": BOOL,
+                       "output": {"type": "array"}, "error": {"type": "array"}}),
+                  errors=(404,), params=[p("job_id", TEXT)]),
+        "delete": op("end my export", None, status="202", errors=(404,),
+                     params=[p("job_id", TEXT)])},
+    "/v1/me/export-jobs/{job_id}/{kind}": {"get": op(
+        "one NDJSON file of my export, streamed", STR, media="application/fhir+ndjson",
+        errors=(404,), params=[p("job_id", TEXT), p("kind", TEXT)])},
     "/v1/me/vitals": {"get": op("the latest value of each metric", obj(
         {"latest": {"type": "object"}}))},
     "/v1/me/vitals/{metric}": {"get": op(
@@ -296,21 +314,32 @@ PATHS: dict[str, dict[str, Schema]] = {
         "a shared metric as an SVG chart", STR, media="image/svg+xml", errors=(404,),
         params=[p("patient_id", TEXT), p("metric", TEXT), *RANGE])},
     "/fhir/metadata": {"get": op("CapabilityStatement", FHIR_RESOURCE, secure=False,
-                                 media="application/fhir+json", fhir=True)},
+                                 media="application/fhir+json", fhir=True,
+                                 params=[FHIR_FORMAT], errors=(406,))},
     "/fhir/Patient/{patient_id}": {"get": op(
         "a patient who shares with me", FHIR_RESOURCE, media="application/fhir+json",
-        fhir=True, params=[p("patient_id", TEXT)])},
+        fhir=True, params=[p("patient_id", TEXT), FHIR_FORMAT], errors=(406,))},
     "/fhir/Device/{device_id}": {"get": op(
         "a device that measured a patient who shares with me", FHIR_RESOURCE,
-        media="application/fhir+json", fhir=True, params=[p("device_id", TEXT)])},
+        media="application/fhir+json", fhir=True, params=[p("device_id", TEXT), FHIR_FORMAT],
+        errors=(406,))},
+    "/fhir/Observation/{observation_id}": {"get": op(
+        "an Observation by the id a search gave it", FHIR_RESOURCE,
+        media="application/fhir+json", fhir=True, errors=(404, 406),
+        params=[p("observation_id", TEXT), FHIR_FORMAT])},
     "/fhir/Observation": {"get": op(
-        "shared Observations: by patient, code, date; paged", FHIR_RESOURCE,
-        media="application/fhir+json", fhir=True,
-        params=[q("patient", TEXT, required=True), q("code", TEXT),
+        "shared Observations: by patient, code, category, date; sorted by date; keyset "
+        "paging by the next link; unknown parameters ignored unless Prefer: handling=strict",
+        FHIR_RESOURCE, media="application/fhir+json", fhir=True, errors=(406,),
+        params=[q("patient", TEXT, required=True), q("code", TEXT), q("category", TEXT),
                 {"name": "date", "in": "query", "required": False,
                  "schema": {"type": "array", "items": TEXT}, "style": "form", "explode": True},
-                q("_count", {"type": "integer", "minimum": 1, "maximum": 200}),
-                q("_page", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
+                q("_count", {"type": "integer", "minimum": 0}),
+                q("_sort", {"type": "string", "enum": ["date", "-date"]}),
+                q("_summary", {"type": "string", "enum": ["count", "false"]}),
+                q("_total", {"type": "string", "enum": ["none", "estimate", "accurate"]}),
+                q("_cursor", {"type": "string", "pattern": "^-?[0-9]{1,16}\\.[0-9a-z-]{1,64}$"}),
+                FHIR_FORMAT])},
 }
 
 

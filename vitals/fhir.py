@@ -7,6 +7,7 @@ the metric; codes are LOINC, units UCUM.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ MESURES = "https://interop.esante.gouv.fr/ig/fhir/mesures"
 FEED_BUNDLE_PROFILE = f"{MESURES}/StructureDefinition/mesures-bundle-flux-alimentation"
 PHD_DEVICE_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdDevice"
 BP_PANEL_LOINC = "85354-9"
+PULSE_OXIMETRY_LOINC = "59408-5"  # SpO2 by pulse oximetry: how every device of ours measures
 # LOINC as the French terminology server (NOS, TRE_A04) publishes it: the system of the
 # codes in the guide's value sets (glucose type JDV-J154, glucose moment JDV-J157).
 NOS_LOINC = "https://mos.esante.gouv.fr/NOS/TRE_A04-Loinc/FHIR/TRE-A04-Loinc"
@@ -73,6 +75,24 @@ MOMENT_NOT_REPORTED = "moment non renseigné par l'appareil"
 # identifier of the patient's authorisation).
 Subject = str | dict[str, Any]
 
+# The observation-category of each metric: vital signs are the ones FHIR's vital-signs
+# profiles name (plus what the ANS profiles put there: glucose, steps by day); a watch's
+# steps and sleep are activity; body fat, skin temperature and RR intervals are
+# measurements outside the vital signs.
+VITAL_SIGN_METRICS = frozenset({"heart_rate", "spo2", "body_temperature", "body_weight",
+                                "blood_pressure", "systolic_bp", "diastolic_bp",
+                                "blood_glucose", "steps_by_day"})
+_CATEGORY_DISPLAY = {"vital-signs": VITAL_SIGNS_DISPLAY, "activity": "Activity",
+                     "exam": "Exam"}
+
+
+def category_code(metric: str) -> str:
+    """The observation-category code an Observation of ``metric`` carries."""
+    if metric in VITAL_SIGN_METRICS:
+        return "vital-signs"
+    return "activity" if metric in ("steps", "sleep_duration") else "exam"
+
+
 # Metrics the medical record refuses on input: it computes BMI itself.
 NOT_FED = frozenset({"bmi"})
 
@@ -116,6 +136,12 @@ def _metric_concept(metric: str) -> dict[str, Any]:
         return {"coding": [{"system": NOS_LOINC, "code": code, "display": display},
                            {"system": LOINC, "code": code, "display": m.display}],
                 "text": m.display}
+    if metric == "spo2":  # measured by pulse oximetry: the profile's second coding says so
+        concept = _coding(m.loinc, m.display)
+        concept["coding"].append({"system": LOINC, "code": PULSE_OXIMETRY_LOINC,
+                                  "display": "Oxygen saturation in Arterial blood by "
+                                             "Pulse oximetry"})
+        return concept
     return _coding(m.loinc, m.display)
 
 
@@ -139,9 +165,9 @@ def _base(observation_id: str, metric: str, patient_ref: Subject,
     if metric == "blood_glucose":
         resource["extension"] = [glucose_moment(moment)]
     resource["status"] = "final"
-    resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY,
-                                         "code": "vital-signs",
-                                         "display": VITAL_SIGNS_DISPLAY}]}]
+    category = category_code(metric)
+    resource["category"] = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category,
+                                         "display": _CATEGORY_DISPLAY[category]}]}]
     if metric == "blood_pressure":
         resource["code"] = _coding(BP_PANEL_LOINC, "Blood pressure panel")
     elif metric == "steps_by_day":
@@ -304,15 +330,24 @@ class PhdFacts:
 
 
 def bundle(bundle_type: str, resources: Sequence[dict[str, Any]], *, total: int | None = None,
-           links: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """A searchset or collection Bundle of ``resources``."""
+           links: Sequence[tuple[str, str]] = (), base: str | None = None) -> dict[str, Any]:
+    """A searchset or collection Bundle of ``resources``. With ``base`` (the server's FHIR
+    base URL) each fullUrl is the absolute URL the resource is read at, as R4 wants of a
+    searchset; without, relative (``Observation/<id>``)."""
     out: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type}
     if total is not None:
         out["total"] = total
     if links:
         out["link"] = [{"relation": rel, "url": url} for rel, url in links]
-    out["entry"] = [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r}
-                    for r in resources]
+    entries = []
+    for r in resources:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}" if base
+                                 else f"{r['resourceType']}/{r['id']}", "resource": r}
+        if bundle_type == "searchset":
+            entry["search"] = {"mode": "match"}
+        entries.append(entry)
+    if entries:  # FHIR allows no empty array
+        out["entry"] = entries
     return out
 
 
@@ -328,70 +363,112 @@ def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
-RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # the RPPS identifier system
+RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # the IDNPS system (national professional ids)
+
+
+def idnps(rpps: str) -> dict[str, str]:
+    """A professional's national identifier (IDNPS) from an RPPS number: under
+    1.2.250.1.71.4.2.1 an RPPS is written with the type prefix "8" before its 11 digits."""
+    return {"system": RPPS_SYSTEM, "value": f"8{rpps}"}
+
 _AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _REST = "http://hl7.org/fhir/restful-interaction"
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_NETWORK_TYPE = {"machine": "1", "ip": "2", "uri": "5"}
 _OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
 # What the audit log calls an action -> (BALP profile, restful interaction, FHIR action).
+# An export (GDPR access and portability) has no BALP profile: it is DICOM's 110106 Export.
 _BALP_ACTIONS = {
     "read": ("IHE.BasicAudit.PatientRead", "read", "R"),
     "search": ("IHE.BasicAudit.PatientQuery", "search-type", "E"),
     "feed": ("IHE.BasicAudit.PatientCreate", "create", "C"),
 }
-
+AUDITED_AS_FHIR = frozenset({*_BALP_ACTIONS, "export"})
 
 _RECIPIENT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
               "code": "IRCP", "display": "information recipient"}
-_SOURCE = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153",
-           "display": "Source Role ID"}
+_SOURCE = {"system": _DCM, "code": "110153", "display": "Source Role ID"}
+_DESTINATION = {"system": _DCM, "code": "110152", "display": "Destination Role ID"}
 MEDICAL_RECORD = "Mon espace santé"  # the record the feed writes to
+
+
+def _agent(role: dict[str, str], who: dict[str, Any], requestor: bool,
+           network: tuple[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": {"coding": [role]}, "who": who, "requestor": requestor}
+    if network is not None:
+        out["network"] = {"address": network[1], "type": _NETWORK_TYPE[network[0]]}
+    return out
 
 
 def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
                 actor_display: str, patient_ref: str, what: str, *, rpps: str | None = None,
-                observer: str = "healthiot", recipient: str = MEDICAL_RECORD
-                ) -> dict[str, Any]:
-    """One audit-log entry as an IHE BALP AuditEvent: who (the clinician, by RPPS when
-    known), what (the patient and the resource or query), when, and the outcome.
+                observer: str = "healthiot", recipient: str = MEDICAL_RECORD,
+                server: tuple[str, str] | None = None,
+                client: tuple[str, str] | None = None) -> dict[str, Any]:
+    """One audit-log entry as an IHE BALP AuditEvent: who (a person by name, a clinician
+    also by IDNPS), what (the patient and the resource, or the query), when, the outcome,
+    and the two machines with their ``network`` (kind, address): ``server`` the FHIR base
+    that answered, ``client`` the address that asked when it was recorded.
 
-    A clinician's read has the clinician as the recipient who asked and healthiot as the
-    source. A feed is the other way round: the feed (``actor_display``) is the source that
-    acted, and the medical record (``recipient``) received the data."""
-    profile, interaction, fhir_action = _BALP_ACTIONS[action]
+    BALP's roles: a read has the client as Destination (110152) and the server as Source
+    (110153); a query and a create the other way round (the client is the Source of the
+    request). A feed is a create by our feed (the client) into the medical record (the
+    server); no person takes part. An export is DICOM's Export (110106) by the patient."""
+    server = server or ("machine", observer)
     who: dict[str, Any] = {"display": actor_display}
     if rpps:
-        who["identifier"] = {"system": RPPS_SYSTEM, "value": rpps}
+        who["identifier"] = idnps(rpps)
     if action == "feed":
-        agents = [{"type": {"coding": [_SOURCE]}, "who": who, "requestor": True},
-                  {"type": {"coding": [_RECIPIENT]}, "who": {"display": recipient},
-                   "requestor": False}]
+        agents = [_agent(_SOURCE, {"display": actor_display}, True, client),
+                  _agent(_DESTINATION, {"display": recipient}, False, ("machine", recipient))]
     else:
-        agents = [{"type": {"coding": [_RECIPIENT]}, "who": who, "requestor": True},
-                  {"type": {"coding": [_SOURCE]}, "who": {"display": observer},
-                   "requestor": False}]
-    return {
-        "resourceType": "AuditEvent", "id": event_id,
-        "meta": {"profile": [f"{BALP}/{profile}"]},
-        "type": {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": _REST, "code": interaction}],
-        "action": fhir_action,
-        "recorded": instant(recorded_ms),
-        "outcome": _OUTCOMES.get(outcome, "8"),
-        "agent": agents,
-        "source": {"observer": {"display": observer}},
-        "entity": [{"what": {"reference": patient_ref},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                             "code": "1", "display": "Patient"}},
-                   {"what": {"display": what},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role",
-                             "code": "4", "display": "Domain Resource"}}],
-    }
+        client_role, server_role = ((_DESTINATION, _SOURCE) if action in ("read", "export")
+                                    else (_SOURCE, _DESTINATION))
+        agents = [_agent(_RECIPIENT, who, True),
+                  _agent(client_role, {"display": f"application of {actor_display}"}, False,
+                         client),
+                  _agent(server_role, {"display": observer}, False, server)]
+    patient = {"what": {"reference": patient_ref},
+               "type": {"system": _ENTITY_TYPE, "code": "1", "display": "Person"},
+               "role": {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}}
+    if action == "search":
+        query = what.removeprefix("fhir/")
+        data = {"type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": _OBJECT_ROLE, "code": "24", "display": "Query"},
+                "description": query,
+                "query": base64.b64encode(query.encode()).decode()}
+    else:
+        data = {"what": {"display": what},
+                "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}}
+    out: dict[str, Any] = {"resourceType": "AuditEvent", "id": event_id}
+    if action == "export":
+        out["type"] = {"system": _DCM, "code": "110106", "display": "Export"}
+        out["action"] = "R"
+    else:
+        profile, interaction, fhir_action = _BALP_ACTIONS[action]
+        out["meta"] = {"profile": [f"{BALP}/{profile}"]}
+        out["type"] = {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"}
+        out["subtype"] = [{"system": _REST, "code": interaction}]
+        out["action"] = fhir_action
+    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8"),
+            "agent": agents, "source": {"observer": {"display": observer}},
+            "entity": [patient, data]}
+    return out
 
 
 def capability_statement(base_url: str, software_version: str) -> dict[str, Any]:
     """What the read API offers, as its ``metadata`` answer."""
     search = [{"name": "patient", "type": "reference"}, {"name": "code", "type": "token"},
-              {"name": "date", "type": "date"}, {"name": "_count", "type": "number"}]
+              {"name": "category", "type": "token"}, {"name": "date", "type": "date"},
+              {"name": "_count", "type": "number",
+               "documentation": "0 for the total only; more than 200 is served as 200"},
+              {"name": "_sort", "type": "string", "documentation": "date or -date (default)"},
+              {"name": "_summary", "type": "token", "documentation": "count"},
+              {"name": "_total", "type": "token", "documentation": "accurate adds the total "
+               "to a page"}]
     return {
         "resourceType": "CapabilityStatement", "status": "active",
         "date": "2026-11-23", "kind": "instance", "fhirVersion": FHIR_VERSION,
@@ -399,6 +476,9 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
         "software": {"name": "healthiot", "version": software_version},
         "implementation": {"description": "healthiot clinician read API", "url": base_url},
         "rest": [{"mode": "server",
+                  "documentation": "Search has no default date window: next links reach "
+                                   "every shared Observation (keyset paging). Unknown "
+                                   "parameters are ignored unless Prefer: handling=strict.",
                   "security": {"cors": False, "description":
                                "Bearer tokens of clinicians with two factors; every read "
                                "is checked against the patient's consent and audited."},
@@ -409,9 +489,22 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
                       {"type": "Observation",
                        "supportedProfile": [p for m in ANS_PROFILES if m != "steps_by_day"
                                             and (p := profile_url(m)) is not None],
-                       "interaction": [{"code": "search-type"}],
+                       "interaction": [{"code": "read"}, {"code": "search-type"}],
                        "searchParam": search}]}],
     }
+
+
+def patient_resource(patient_id: str, *, person: tuple[str, str] | None = None,
+                     active: bool = True) -> dict[str, Any]:
+    """A patient as the read API shows them: our id as a URI identifier, and the national
+    person identifier (oid, value) the patient's medical-record link gave, when there is
+    one. No name or birth date: the app does not collect them. No profile is claimed (FR
+    Core Patient wants more than we hold)."""
+    identifiers = [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{patient_id}"}]
+    if person is not None:
+        identifiers.append({"system": f"urn:oid:{person[0]}", "value": person[1]})
+    return {"resourceType": "Patient", "id": patient_id, "identifier": identifiers,
+            "active": active}
 
 
 def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms: int,
@@ -423,7 +516,7 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
         "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
         "code": "IRCP"}]}, "reference": {"display": "clinician"}}
     if clinician_rpps:
-        actor["reference"] = {"identifier": {"system": RPPS_SYSTEM, "value": clinician_rpps}}
+        actor["reference"] = {"identifier": idnps(clinician_rpps)}
     return {
         "resourceType": "Consent", "id": consent_id,
         "status": "active" if active else "inactive",
@@ -432,6 +525,9 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
         "category": [{"coding": [{"system": LOINC, "code": "59284-0",
                                   "display": "Patient Consent"}]}],
         "patient": {"reference": patient_ref}, "dateTime": instant(granted_ms),
+        # ppc-1 wants a policy or a policy rule: an opt-in the patient gave in the app.
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN", "display": "opt-in"}]},
         "provision": {"type": "permit",
                       "period": {"start": instant(granted_ms), "end": instant(expires_ms)},
                       "actor": [actor],

@@ -237,6 +237,7 @@ CLASSIFIED: dict[str, str] = {
     "record_link_requests": "a sign-in to the medical record under way: deleted (cascade)",
     "record_links": "sealed tokens of the medical record: revoked there, deleted (cascade)",
     "record_device_system_ids": "a device's EUI-64, as its serial: deleted with its owner",
+    "export_jobs": "a Bulk Data export under way (no data in it): deleted (cascade)",
 }
 # What may still name the erased patient afterwards, per table (kinds as in _identifiers).
 # The audit log keeps the old device references of its rows (it is never rewritten): they

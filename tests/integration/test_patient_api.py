@@ -112,7 +112,8 @@ ONE_FACTOR_ENOUGH = {
 }
 PATH_VALUES = {"metric": "heart_rate", "consent_id": str(uuid.uuid4()),
                "device_id": str(uuid.uuid4()), "patient_id": str(uuid.uuid4()),
-               "user": "me", "reading_id": str(uuid.uuid4())}
+               "user": "me", "reading_id": str(uuid.uuid4()), "job_id": str(uuid.uuid4()),
+               "kind": "Observation.ndjson"}
 
 
 async def test_without_the_second_factor_every_health_route_is_403(api) -> None:  # type: ignore[no-untyped-def]

@@ -444,6 +444,8 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
                            " '\\x00', now())", patient)
         await conn.execute("INSERT INTO record_link_requests VALUES ($1, $2, 1, '\\x00',"
                            " now())", os.urandom(32), patient)
+        await conn.execute("INSERT INTO export_jobs VALUES ($1, $2, now(), now())",
+                           uuid.uuid4(), patient)
         await conn.execute(
             "INSERT INTO clinicians (id, rpps, profession, display_name, oidc_subject)"
             " VALUES ($1, $2, 'doctor', 'Dr', $3)", clinician, tag.rjust(11, "1")[:11], tag)

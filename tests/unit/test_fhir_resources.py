@@ -143,7 +143,7 @@ def test_balp_audit_event_for_a_clinician_read() -> None:
                              "Observation?code=8867-4", rpps="10001234567")
     AuditEvent.model_validate(event)
     assert event["meta"]["profile"] == [f"{fhir.BALP}/IHE.BasicAudit.PatientQuery"]
-    assert event["agent"][0]["who"]["identifier"]["value"] == "10001234567"
+    assert event["agent"][0]["who"]["identifier"]["value"] == "810001234567"  # IDNPS
     assert fhir.audit_event("ae-2", T, "read", "refused", "x", PATIENT, "y")["outcome"] == "4"
     _golden("audit-event", event)
 
@@ -157,7 +157,7 @@ def test_a_feed_audit_event_has_the_feed_as_source_and_the_record_as_recipient()
     roles = [(a["type"]["coding"][0]["code"], a["who"]["display"], a["requestor"])
              for a in event["agent"]]
     assert roles == [("110153", "the feed to your medical record", True),
-                     ("IRCP", fhir.MEDICAL_RECORD, False)]
+                     ("110152", fhir.MEDICAL_RECORD, False)]  # BALP Create: the server
     assert event["meta"]["profile"] == [f"{fhir.BALP}/IHE.BasicAudit.PatientCreate"]
     assert event["action"] == "C"
 

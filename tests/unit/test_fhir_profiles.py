@@ -1,0 +1,106 @@
+"""Every FHIR resource we emit claims only profiles it meets (issue 21): each one built,
+each claimed profile checked against its key constraints (value type, required elements,
+bound codes, invariants), categories and grids that fit the metric."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+
+from api.fhir_routes import observations
+from storage.segments import Samples
+from tests.record_sim import profiles
+from vitals import fhir
+from vitals.catalogue import METRICS
+
+T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+PATIENT_ID = uuid.UUID("6f1c2d3e-0000-4000-8000-000000000001")
+PATIENT = f"Patient/{PATIENT_ID}"
+VITAL_SIGNS = {"heart_rate", "spo2", "body_temperature", "body_weight", "systolic_bp",
+               "diastolic_bp", "blood_glucose"}
+RPPS = "10001234567"
+
+
+def _samples(t: list[int] | np.ndarray, v: float) -> Samples:
+    t = np.asarray(t, np.int64) + T
+    return Samples(t, np.full(len(t), v), np.zeros(len(t), np.uint8))
+
+
+def _everything() -> list[dict[str, Any]]:
+    """One of every Observation the read API and the export build."""
+    series = {m: _samples([0, 60_000], 50.0) for m in METRICS}
+    return [r for _, r in observations(PATIENT_ID, series, "watch-1")]
+
+
+def _category(obs: dict[str, Any]) -> set[str]:
+    return {c["code"] for cat in obs.get("category", []) for c in cat["coding"]}
+
+
+def test_every_observation_meets_each_profile_it_claims() -> None:
+    found = _everything()
+    assert len(found) > 10
+    for obs in found:
+        Observation.model_validate(obs)
+        claimed = (obs.get("meta") or {}).get("profile", [])
+        for profile in claimed:
+            assert profile in profiles.RULES, (obs["code"], profile)
+        if claimed:
+            # The read API names the subject by reference; the record's rule that it be an
+            # identifier is the feed's (tests/unit/test_record_bundle.py).
+            issues = [i for i in profiles.check_observation(obs)
+                      if "subject.identifier" not in i.diagnostics]
+            assert not issues, (obs["code"], issues)
+        if "valueSampledData" in obs:
+            assert not claimed, "a series claims a Quantity-only profile"
+
+
+def test_vital_signs_category_only_where_it_belongs() -> None:
+    for obs in _everything():
+        text = obs["code"].get("text")
+        metric = next(m for m in [*METRICS, "blood_pressure"]
+                      if (METRICS[m].display if m in METRICS else "Blood pressure panel")
+                      == text)
+        assert ("vital-signs" in _category(obs)) == (
+            metric in VITAL_SIGNS or metric == "blood_pressure"), metric
+
+
+def test_spo2_is_pulse_oximetry_on_its_own_grid() -> None:
+    obs = fhir.observation("o-1", "spo2", PATIENT, T, 97.0)
+    codes = {(c["system"], c["code"]) for c in obs["code"]["coding"]}
+    assert {(fhir.LOINC, "2708-6"), (fhir.LOINC, "59408-5")} <= codes
+    minute = np.arange(60, dtype=np.int64) * 60_000  # a watch: one reading a minute
+    series = [r for _, r in observations(PATIENT_ID, {"spo2": _samples(minute, 97.0)})]
+    assert len(series) == 1
+    data = series[0]["valueSampledData"]
+    assert data["period"] == 60_000 and "E" not in data["data"].split()
+
+
+def test_a_consent_meets_ppc_1_and_names_the_clinician_by_idnps() -> None:
+    consent = fhir.consent_resource("c-1", PATIENT, True, T, T + 1000, T - 1000, T, RPPS,
+                                    ["heart_rate"])
+    Consent.model_validate(consent)
+    assert consent.get("policy") or consent.get("policyRule"), "ppc-1"
+    ident = consent["provision"]["actor"][0]["reference"]["identifier"]
+    assert ident == {"system": fhir.RPPS_SYSTEM, "value": "8" + RPPS}
+
+
+def test_an_audit_event_names_the_clinician_by_idnps() -> None:
+    event = fhir.audit_event("ae-1", T, "read", "ok", "Dr A. Martin", PATIENT,
+                             "Patient", rpps=RPPS)
+    idents = [a["who"].get("identifier") for a in event["agent"]]
+    assert {"system": fhir.RPPS_SYSTEM, "value": "8" + RPPS} in idents
+
+
+def test_a_patient_is_more_than_an_id() -> None:
+    patient = fhir.patient_resource(str(PATIENT_ID), person=("1.2.250.1.213.1.4.10",
+                                                             "IDPE0123456789"))
+    Patient.model_validate(patient)
+    assert set(patient) > {"resourceType", "id", "active"}
+    systems = {i["system"] for i in patient["identifier"]}
+    assert systems == {"urn:ietf:rfc:3986", "urn:oid:1.2.250.1.213.1.4.10"}
+    assert "meta" not in patient  # no profile claimed that it does not meet
