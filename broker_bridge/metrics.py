@@ -48,6 +48,8 @@ class BridgeStats:
     # Weighings of shared scales: attributed, or held and why (broker_bridge/attribution.py).
     shared_scale_weighings: Counter[str] = field(default_factory=Counter)
     receive_to_commit_s: Histogram = field(default_factory=Histogram)
+    # Refusal notices to devices: sent, suppressed (rate limit) or failed (notices.py).
+    refusal_notices: Counter[str] = field(default_factory=Counter)
     backlog: int = 0  # messages received and waiting for a batch; set when rendered
 
 
@@ -80,7 +82,9 @@ def render(stats: BridgeStats, prefix: str = "healthiot_bridge") -> str:
             ("quarantined_by_reason_total", stats.quarantined_by_reason,
              "quarantine records, by reason"),
             ("shared_scale_weighings_total", stats.shared_scale_weighings,
-             "weighings of shared scales: attributed, or held for the users and why")):
+             "weighings of shared scales: attributed, or held for the users and why"),
+            ("refusal_notices_total", stats.refusal_notices,
+             "refusal notices to devices' inboxes: sent, suppressed or failed")):
         full = family(name, "counter", help_text)
         lines.extend(f'{full}{{reason="{_label(reason)}"}} {n}'
                      for reason, n in sorted(counter.items()))
