@@ -36,6 +36,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthiot", description="Health-IoT ingestion backend: devices over MQTT/mTLS, "
@@ -43,13 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the embedded stack with a demo fleet (make run)")
-    run.add_argument("--duration", type=float, default=None,
+    run.add_argument("--duration", type=_positive, default=None,
                      help="stop after this many seconds and print a summary line")
 
     sim = sub.add_parser("simulate", help="run the embedded stack with a fleet of simulated "
                          "devices, then report what each sent and what was stored")
-    sim.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--devices", type=_positive_int, default=10, help="fleet size (default 10)")
+    sim.add_argument("--duration", type=_positive, default=60.0, help="seconds (default 60)")
     sim.add_argument("--scenario", default="steady",
                      choices=["steady", "lossy-broker", "offline", "duplicates",
                               "clock-skew", "broker-restart", "artefacts", "shared-scale"],

@@ -21,7 +21,7 @@ from broker_bridge.connection import tls_context
 from broker_bridge.health import PROMETHEUS_TEXT
 from devices import takeover
 from devices.ca import CertificateAuthority
-from devices.errors import DeviceError
+from devices.errors import DeviceError, UnknownDevice
 from devices.provisioning import provision, write_enrolment
 from devices.registry import Registry
 from devices.renewal import CertificateRenewer, RenewalService
@@ -128,6 +128,8 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
                                  lambda: _reload_embedded_broker(settings))
         try:
             device = await Revoker(registry, publisher, takeover).revoke(device_id)
+        except UnknownDevice:
+            raise SettingsError(f"no device {device_id}: nothing to revoke") from None
         except DeviceError as exc:
             raise SettingsError(str(exc)) from None
         # Its held weighings and quarantine went with it (a trigger deleted the wrapped
