@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from paho.mqtt.properties import Properties
 from aiopaho import AsyncClient, MqttError
 from broker_bridge.gaps import Resender
 from broker_bridge.metrics import BridgeStats
+from broker_bridge.notices import Notifier, Refusal
 from broker_bridge.shared_scale import SharedScales
 from devices.broker_config import SHARED_TELEMETRY
 from devices.identity import is_device_id
@@ -124,7 +126,7 @@ class Bridge:
     def __init__(self, client: AsyncClient, store: Store, registry: Registry,
                  config: BridgeConfig = BridgeConfig(),
                  clock: Callable[[], float] = time.time,
-                 resender: Resender | None = None) -> None:
+                 resender: Resender | None = None, notifier: Notifier | None = None) -> None:
         self._client = client
         self._store = store
         self._registry = registry
@@ -132,7 +134,11 @@ class Bridge:
         self._clock = clock
         self.resender = resender  # sequence gaps and resend requests; None: not asked
         self.stats = BridgeStats()
+        self.notifier = notifier  # refusal notices to devices' inboxes; None: not told
+        if notifier is not None:
+            self.stats.refusal_notices = notifier.stats
         self._generation = 0  # bumped on every (re)connection
+        self._notifying: asyncio.Task[int] | None = None
 
     @property
     def backlog(self) -> int:
@@ -182,6 +188,8 @@ class Bridge:
         for this client id to resume. ``end_session`` removes it: a bridge retired for good
         must, or its session stays in the shared group and keeps receiving a share of the
         telemetry that nobody consumes until it expires."""
+        if self._notifying is not None:
+            await asyncio.wait([self._notifying], timeout=5.0)
         properties = None
         if end_session:
             properties = Properties(PacketTypes.DISCONNECT)
@@ -210,6 +218,12 @@ class Bridge:
                 return  # acks belong to the old connection; the broker will redeliver
             for message in batch:
                 self._client.ack(message)
+            if self.notifier is not None:  # after the acks: a notice never delays one
+                # Shielded, and awaited by close(): a DISCONNECT that overtakes our own
+                # PUBLISHes in flight left a later shared subscriber without its messages.
+                self._notifying = asyncio.create_task(self.notifier.send(self._client),
+                                                      name="refusal-notices")
+                await asyncio.shield(self._notifying)
 
     async def _next_batch(self) -> list[mqtt.MQTTMessage]:
         queue = self._client.messages
@@ -252,11 +266,14 @@ class Bridge:
         received_at = self._clock()
         received = dt.datetime.fromtimestamp(received_at, dt.UTC)
         quarantined: list[QuarantineIn] = []
+        refusals: list[Refusal] = []  # told to the devices once the batch has committed
 
         def refuse(message: mqtt.MQTTMessage, device: str | None, reason: str,
-                   detail: str) -> None:
+                   detail: str, seq: int | None = None, epoch: int | None = None) -> None:
             quarantined.append(QuarantineIn(device, message.topic, received, reason, detail,
                                             bytes(message.payload)))
+            if device is not None:
+                refusals.append(Refusal(device, reason, seq, epoch))
 
         decoded: list[_Decoded] = []
         numbered: list[tuple[str, int, int]] = []  # stored or quarantined: not lost
@@ -271,19 +288,20 @@ class Bridge:
                 continue
             epoch = epoch_number(message)
             if epoch is None:
-                refuse(message, device_id, "invalid_epoch", "'epoch' is not an integer")
+                refuse(message, device_id, "invalid_epoch", "'epoch' is not an integer", seq)
                 continue
             numbered.append((device_id, epoch, seq))
             # MQTT v5 Content Type chooses the representation; JSON when a device omits it.
             content_type = getattr(message.properties, "ContentType", CONTENT_TYPE_JSON)
             decode = DECODERS.get(content_type)
             if decode is None:
-                refuse(message, device_id, "unsupported_content_type", str(content_type)[:80])
+                refuse(message, device_id, "unsupported_content_type", str(content_type)[:80],
+                       seq, epoch)
                 continue
             try:
                 pack = decode(bytes(message.payload), received_at=received_at)
             except PayloadError as exc:
-                refuse(message, device_id, exc.reason, exc.detail)
+                refuse(message, device_id, exc.reason, exc.detail, seq, epoch)
                 continue
             decoded.append(_Decoded(message, device_id, seq, pack, epoch))
 
@@ -294,7 +312,8 @@ class Bridge:
             if device is None or not device.may_send:
                 state = device.state if device else "unknown"
                 refuse(item.message, item.device_id, f"device_{state}",
-                       "data from a device that is not paired is not stored")
+                       "data from a device that is not paired is not stored", item.seq,
+                       item.epoch)
             else:
                 accepted.append(item)
 
@@ -325,7 +344,8 @@ class Bridge:
             log.info("device clock ahead; its samples are flagged", extra={
                 "device": accepted[i].device_id, "seq": accepted[i].seq,
                 "clock_offset_s": round(float(norm.clock_offset_s[i]), 1)})
-        messages = self._to_messages(accepted, norm, devices, received, quarantined)
+        messages = self._to_messages(accepted, norm, devices, received, quarantined,
+                                     refusals)
         if any(devices[m.device_id].shared for m in messages):
             messages = await self._attribute_shared(messages)
         messages += others  # after their first copies: storage keeps the first
@@ -337,6 +357,13 @@ class Bridge:
             # A firmware reset or a wrapped counter without a new epoch: ids only.
             log.warning("sequence number reused with another payload; quarantined",
                         extra={"device": m.device_id, "epoch": m.epoch, "seq": m.seq})
+        if self.notifier is not None:
+            # Refused samples are told once, with the message's first storage.
+            self.notifier.refused(
+                [r for r in refusals if r.samples is None
+                 or (r.device_id, r.epoch, r.seq) in result.fresh]
+                + [Refusal(m.device_id, "sequence_reused", m.seq, m.epoch)
+                   for m in result.reused])
 
         self.stats.batches += 1
         self.stats.messages += new
@@ -369,7 +396,8 @@ class Bridge:
 
     def _to_messages(self, accepted: list[_Decoded], norm: Normalised,
                      devices: dict[str, Device], received: dt.datetime,
-                     quarantined: list[QuarantineIn]) -> list[MessageIn]:
+                     quarantined: list[QuarantineIn], refusals: list[Refusal]
+                     ) -> list[MessageIn]:
         messages: list[MessageIn] = []
         # One sort groups every sample by (message, metric); then slice the groups out.
         order = np.lexsort((norm.t_ms, norm.metric, norm.pack))
@@ -399,6 +427,8 @@ class Bridge:
                     item.device_id, item.message.topic, received,
                     "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
                     json.dumps(record).encode(), seq=item.seq, epoch=item.epoch))
+                refusals.append(Refusal(item.device_id, "rejected_samples", item.seq,
+                                        item.epoch, Counter(reasons)))
             seen = firsts[i] != NO_SAMPLE_MS
             messages.append(MessageIn(
                 item.device_id, item.seq, received, segments, len(bad),

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import asyncpg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient, MqttError
 from devices.broker_config import inbox_topic
@@ -236,6 +238,13 @@ def resend_request(ranges: Iterable[Range], epoch: int = 0) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _json_properties() -> Properties:
+    # asyncapi.yaml: every JSON message on the inbox says so in its content type.
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    return props
+
+
 class Ledger(Protocol):
     """What the database knows of sequence numbers (the ingested_messages table)."""
 
@@ -346,7 +355,7 @@ class Resender:
         # A request that fails is asked again after retry_s, like one that went unanswered.
         await asyncio.gather(*(
             client.publish(inbox_topic(s.device_id), resend_request(r, s.epoch), qos=1,
-                           timeout=5.0)
+                           properties=_json_properties(), timeout=5.0)
             for s, r in requests.items()))
         for stream, asking in requests.items():
             tracker.stats.requests += 1

@@ -10,17 +10,20 @@ probes, not for the network.
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
 
 from broker_bridge.bridge import Bridge
-from broker_bridge.metrics import render
+from broker_bridge.metrics import registry
 
 BRIDGE = web.AppKey("bridge", Bridge)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(bridge: Bridge) -> web.Application:
     app = web.Application()
     app[BRIDGE] = bridge
+    app[REGISTRY] = registry(lambda: bridge.stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
@@ -39,7 +42,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     bridge = request.app[BRIDGE]
     bridge.stats.backlog = bridge.backlog
-    return web.Response(body=render(bridge.stats).encode(),
+    return web.Response(body=generate_latest(request.app[REGISTRY]),
                         headers={"Content-Type": PROMETHEUS_TEXT})
 
 

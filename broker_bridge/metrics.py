@@ -1,15 +1,25 @@
-"""The bridge's counters, in the Prometheus text exposition format (version 0.0.4).
+"""The bridge's counters, exposed through prometheus_client (text format 0.0.4).
 
 Counted here, never health values: messages, samples, refusals by reason, batch timings and
-the consumer's backlog. A dozen series do not justify a client library and its global
-registry; the format is a few lines of text.
+the consumer's backlog. The bridge counts in plain fields (``BridgeStats``, cheap on the hot
+path); a collector reads them at each scrape into a registry of the process's own.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 # Receive-to-commit seconds: the bridge waits up to 50 ms to fill a batch, a commit takes a
 # few ms, a database outage holds a batch for as long as it lasts.
@@ -48,6 +58,8 @@ class BridgeStats:
     # Weighings of shared scales: attributed, or held and why (broker_bridge/attribution.py).
     shared_scale_weighings: Counter[str] = field(default_factory=Counter)
     receive_to_commit_s: Histogram = field(default_factory=Histogram)
+    # Refusal notices to devices: sent, suppressed (rate limit) or failed (notices.py).
+    refusal_notices: Counter[str] = field(default_factory=Counter)
     backlog: int = 0  # messages received and waiting for a batch; set when rendered
 
 
@@ -62,45 +74,55 @@ _COUNTERS = (
 )
 
 
-def render(stats: BridgeStats, prefix: str = "healthiot_bridge") -> str:
-    """The whole exposition, ``# HELP``/``# TYPE`` lines included."""
-    lines: list[str] = []
+class BridgeCollector(Collector):
+    """Reads a bridge's ``BridgeStats`` at each scrape; ``stats`` returns the current ones."""
 
-    def family(name: str, kind: str, help_text: str) -> str:
-        full = f"{prefix}_{name}"
-        lines.extend((f"# HELP {full} {help_text}", f"# TYPE {full} {kind}"))
-        return full
+    def __init__(self, stats: Callable[[], BridgeStats], prefix: str = "healthiot_bridge"
+                 ) -> None:
+        self._stats = stats
+        self._prefix = prefix
 
-    for name, help_text in _COUNTERS:
-        full = family(f"{name}_total", "counter", help_text)
-        lines.append(f"{full} {getattr(stats, name)}")
-    for name, counter, help_text in (
-            ("rejected_samples_by_reason_total", stats.rejected_by_reason,
-             "samples refused, by reason"),
-            ("quarantined_by_reason_total", stats.quarantined_by_reason,
-             "quarantine records, by reason"),
-            ("shared_scale_weighings_total", stats.shared_scale_weighings,
-             "weighings of shared scales: attributed, or held for the users and why")):
-        full = family(name, "counter", help_text)
-        lines.extend(f'{full}{{reason="{_label(reason)}"}} {n}'
-                     for reason, n in sorted(counter.items()))
-    for name, value, help_text in (
-            ("up", stats.connected, "1 when connected to the broker"),
-            ("healthy", stats.healthy, "1 when the last batch was stored"),
-            ("backlog_messages", stats.backlog, "messages received, not yet in a batch")):
-        full = family(name, "gauge", help_text)
-        lines.append(f"{full} {int(value)}")
-    histogram = stats.receive_to_commit_s
-    full = family("receive_to_commit_seconds", "histogram",
-                  "from the oldest message of a batch received to the batch committed")
-    cumulative = 0
-    for bound, n in zip((*histogram.buckets, float("inf")), histogram.counts, strict=True):
-        cumulative += n
-        le = "+Inf" if bound == float("inf") else repr(bound)
-        lines.append(f'{full}_bucket{{le="{le}"}} {cumulative}')
-    lines += [f"{full}_sum {histogram.total!r}", f"{full}_count {histogram.count}"]
-    return "\n".join(lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        stats, prefix = self._stats(), self._prefix
+        for name, help_text in _COUNTERS:
+            yield CounterMetricFamily(f"{prefix}_{name}", help_text, value=getattr(stats, name))
+        for name, label, counter, help_text in (
+                ("rejected_samples_by_reason", "reason", stats.rejected_by_reason,
+                 "samples refused, by reason"),
+                ("quarantined_by_reason", "reason", stats.quarantined_by_reason,
+                 "quarantine records, by reason"),
+                ("shared_scale_weighings", "reason", stats.shared_scale_weighings,
+                 "weighings of shared scales: attributed, or held for the users and why"),
+                ("refusal_notices", "outcome", stats.refusal_notices,
+                 "refusal notices to devices' inboxes: sent, suppressed or failed")):
+            family = CounterMetricFamily(f"{prefix}_{name}", help_text, labels=[label])
+            for key, n in sorted(counter.items()):
+                family.add_metric([key], n)
+            yield family
+        for name, level, help_text in (
+                ("up", stats.connected, "1 when connected to the broker"),
+                ("healthy", stats.healthy, "1 when the last batch was stored"),
+                ("backlog_messages", stats.backlog, "messages received, not yet in a batch")):
+            yield GaugeMetricFamily(f"{prefix}_{name}", help_text, value=int(level))
+        histogram = stats.receive_to_commit_s
+        buckets, cumulative = [], 0
+        for bound, n in zip((*histogram.buckets, float("inf")), histogram.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            f"{prefix}_receive_to_commit_seconds",
+            "from the oldest message of a batch received to the batch committed",
+            buckets=buckets, sum_value=histogram.total)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+def registry(stats: Callable[[], BridgeStats]) -> CollectorRegistry:
+    """A registry of this process's bridge (prometheus_client's global one stays unused:
+    two bridges in one process, as in the tests, must not share series)."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(BridgeCollector(stats))
+    return found
+
+
+def render(stats: BridgeStats) -> str:
+    """The whole exposition (text format 0.0.4), ``# HELP``/``# TYPE`` lines included."""
+    return generate_latest(registry(lambda: stats)).decode()

@@ -514,9 +514,7 @@ class SimulatedDevice:
     async def _publish(self, conn: AsyncClient, message: Message) -> bool:
         """Publish one message; True when the broker accepted it. Raises MqttError when the
         connection failed (the caller keeps the message)."""
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = CONTENT_TYPE_JSON
-        props.UserProperty = [("seq", str(message.seq)), ("epoch", str(message.epoch))]
+        props = telemetry_properties(message.seq, message.epoch)
         self.ledger.sent += 1
         code = await conn.publish(self.telemetry_topic, message.payload,
                                   qos=1, properties=props)
@@ -546,6 +544,14 @@ class SimulatedDevice:
         if ledger.first_acked is None:
             ledger.first_acked = message.seq
         ledger.last_acked = message.seq
+
+
+def telemetry_properties(seq: int, epoch: int) -> Properties:
+    """The MQTT v5 properties of a telemetry message (asyncapi.yaml, ``numbering``)."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = CONTENT_TYPE_JSON
+    props.UserProperty = [("seq", str(seq)), ("epoch", str(epoch))]
+    return props
 
 
 async def _first_of(*events: asyncio.Event) -> None:

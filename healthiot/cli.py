@@ -16,6 +16,33 @@ from healthiot.errors import HealthiotError
 from healthiot.settings import Settings, load
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # NaN fails both
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthiot", description="Health-IoT ingestion backend: devices over MQTT/mTLS, "
@@ -23,13 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the embedded stack with a demo fleet (make run)")
-    run.add_argument("--duration", type=float, default=None,
+    run.add_argument("--duration", type=_positive, default=None,
                      help="stop after this many seconds and print a summary line")
 
     sim = sub.add_parser("simulate", help="run the embedded stack with a fleet of simulated "
                          "devices, then report what each sent and what was stored")
-    sim.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--devices", type=_positive_int, default=10, help="fleet size (default 10)")
+    sim.add_argument("--duration", type=_positive, default=60.0, help="seconds (default 60)")
     sim.add_argument("--scenario", default="steady",
                      choices=["steady", "lossy-broker", "offline", "duplicates",
                               "clock-skew", "broker-restart", "artefacts", "shared-scale"],
@@ -113,13 +140,31 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--reason", default=None,
                             help="only this reason (sequence_reused, malformed, ...)")
     quarantine.add_argument("--device", default=None, help="only this device id")
-    quarantine.add_argument("--limit", type=int, default=100)
+    quarantine.add_argument("--limit", type=_positive_int, default=100)
     for p in (prov, revoke, crl, renewer):
         p.add_argument("--pki", type=Path, default=None,
                        help="directory of the device CA (default: var/pki)")
     for p in (revoke, crl):
         p.add_argument("--crl-file", type=Path, default=None,
                        help="the broker's crlfile (default: the embedded broker's)")
+
+    quar = sub.add_parser("quarantine", help="what the bridge refused, per device and reason "
+                          "(payloads stay sealed)")
+    quar_sub = quar.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    qlist = quar_sub.add_parser("list", help="records, newest first: id, time, device, reason, "
+                                "detail")
+    qlist.add_argument("--device", default=None, help="only this device id")
+    qlist.add_argument("--reason", default=None, help="only this reason (asyncapi.yaml)")
+    qlist.add_argument("--hours", type=_non_negative, default=None,
+                       help="only those received in the last HOURS")
+    qlist.add_argument("--limit", type=_positive_int, default=100)
+    qshow = quar_sub.add_parser("show", help="one record's metadata")
+    qshow.add_argument("record_id", type=_positive_int, metavar="ID")
+    qpurge = quar_sub.add_parser("purge", help="delete records older than --older-than-days "
+                                 "(maintenance does it after the retention period)")
+    qpurge.add_argument("--older-than-days", type=_non_negative, required=True)
+    qpurge.add_argument("--device", default=None, help="only this device id")
+    qpurge.add_argument("--reason", default=None, help="only this reason")
 
     broker = sub.add_parser("broker-config",
                             help="write mosquitto.conf and the policy plugin for a deployment")
@@ -231,6 +276,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             files, bind=args.bind, port=args.port,
             services=ServicesListener(args.bind, args.services_port)))
         return 0
+    if args.command == "quarantine":
+        return asyncio.run(_quarantine(args, settings))
     if args.command == "totp":
         return _print_totp(settings, args.username)
     raise AssertionError(args.command)
@@ -257,6 +304,18 @@ async def _devices(args: argparse.Namespace, settings: Settings) -> int:
             settings, args.log_file or settings.var_dir / "log" / "mosquitto.log",
             metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return await device_admin.publish_crl(settings, pki=args.pki, crl_file=args.crl_file)
+
+
+async def _quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from healthiot import device_admin
+    if args.quarantine_command == "list":
+        return await device_admin.list_quarantine(settings, reason=args.reason,
+                                                  device_id=args.device, limit=args.limit,
+                                                  hours=args.hours)
+    if args.quarantine_command == "show":
+        return await device_admin.show_quarantined(settings, args.record_id)
+    return await device_admin.purge_quarantine(settings, older_than_days=args.older_than_days,
+                                               device_id=args.device, reason=args.reason)
 
 
 def _print_totp(settings: Settings, username: str) -> int:

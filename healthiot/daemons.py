@@ -46,23 +46,41 @@ from vitals.errors import InvalidProfessional
 log = logging.getLogger(__name__)
 
 
-def _required(settings: Settings, name: str) -> Path:
+def _required(settings: Settings, name: str, embedded_default: str | None = None) -> Path:
+    """The path setting ``name``; next to the embedded stack's files when it is running
+    from this var directory (development only), else required."""
     value = getattr(settings, name)
-    if not value:
-        raise SettingsError(f"HEALTHIOT_{name.upper()} is required here")
-    return Path(value)
+    if value:
+        return Path(value)
+    if embedded_default is not None and _embedded(settings):
+        return settings.var_dir / embedded_default
+    raise SettingsError(f"HEALTHIOT_{name.upper()} is required here")
+
+
+def _embedded(settings: Settings) -> bool:
+    # `healthiot run` wrote the service role's password here: its database is the one meant.
+    return (settings.environment == "development" and not settings.database_url
+            and (settings.var_dir / EMBEDDED_SERVICE_SECRET).exists())
+
+
+EMBEDDED_SERVICE_SECRET = "secrets/postgres-service-password"  # noqa: S105 (a file name)
 
 
 def _database(settings: Settings) -> tuple[str, str]:
-    if not settings.database_url:
-        raise SettingsError("HEALTHIOT_DATABASE_URL is required here")
-    return settings.database_url, settings.database_password
+    if settings.database_url:
+        return settings.database_url, settings.database_password
+    if _embedded(settings):
+        secret = (settings.var_dir / EMBEDDED_SERVICE_SECRET).read_text().strip()
+        return stack.service_dsn(settings), settings.database_password or secret
+    raise SettingsError("HEALTHIOT_DATABASE_URL is required here (or run `healthiot run` "
+                        "first: its database is then used)")
 
 
 async def _open_core(settings: Settings) -> Core:
     dsn, password = _database(settings)
-    return await open_core(dsn, password, _required(settings, "kek_file"),
-                           owner_keys_dir=_required(settings, "owner_keys_dir"),
+    return await open_core(dsn, password, _required(settings, "kek_file", "keys/kek.bin"),
+                           owner_keys_dir=_required(settings, "owner_keys_dir",
+                                                    "keys/owner-keys"),
                            audit_key_file=settings.path("audit_key_file", "keys/audit.key"),
                            audit_anchor_dir=settings.path("audit_anchor_dir", "audit-anchors"))
 
@@ -234,9 +252,9 @@ async def rotate_kek(settings: Settings, new_kek: Path) -> int:
     """Re-wrap every data key with ``new_kek``; then point HEALTHIOT_KEK_FILE at it. Reads
     keep working throughout: the ring unwraps with either KEK."""
     dsn, password = _database(settings)
-    old = _required(settings, "kek_file")
+    old = _required(settings, "kek_file", "keys/kek.bin")
     core = await open_core(dsn, password, new_kek, create_kek=False,
-                           owner_keys_dir=_required(settings, "owner_keys_dir"),
+                           owner_keys_dir=_required(settings, "owner_keys_dir", "keys/owner-keys"),
                            previous_kek_files=(old,))
     try:
         async with core.pool.acquire() as conn:

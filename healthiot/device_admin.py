@@ -7,8 +7,10 @@ run`` is up, and the device CA under ``--pki`` (default var/pki).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +21,7 @@ from broker_bridge.connection import tls_context
 from broker_bridge.health import PROMETHEUS_TEXT
 from devices import takeover
 from devices.ca import CertificateAuthority
-from devices.errors import DeviceError
+from devices.errors import DeviceError, UnknownDevice
 from devices.provisioning import provision, write_enrolment
 from devices.registry import Registry
 from devices.renewal import CertificateRenewer, RenewalService
@@ -32,7 +34,7 @@ from healthiot.settings import Settings
 from storage.audit import Anchors, Audit, AuditKey
 from storage.erasure import device_key_owners
 from storage.owner_secrets import OwnerSecrets
-from storage.quarantine import list_quarantined
+from storage.quarantine import get_quarantined, list_quarantined, purge_quarantined
 
 
 def crl_path(settings: Settings, given: Path | None) -> Path:
@@ -126,6 +128,8 @@ async def revoke_device(settings: Settings, device_id: str, *, pki: Path | None,
                                  lambda: _reload_embedded_broker(settings))
         try:
             device = await Revoker(registry, publisher, takeover).revoke(device_id)
+        except UnknownDevice:
+            raise SettingsError(f"no device {device_id}: nothing to revoke") from None
         except DeviceError as exc:
             raise SettingsError(str(exc)) from None
         # Its held weighings and quarantine went with it (a trigger deleted the wrapped
@@ -214,11 +218,14 @@ async def run_renewer(settings: Settings, *, pki: Path | None, cert: Path | None
 
 
 async def list_quarantine(settings: Settings, *, reason: str | None, device_id: str | None,
-                          limit: int) -> int:
-    """Print the quarantine records, tab-separated, newest first."""
+                          limit: int, hours: float | None = None) -> int:
+    """Print the quarantine records, tab-separated, newest first (of the last ``hours``
+    when given)."""
+    since = None if hours is None else dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
     pool = await _pool(settings)
     try:
-        rows = await list_quarantined(pool, reason=reason, device_id=device_id, limit=limit)
+        rows = await list_quarantined(pool, reason=reason, device_id=device_id, limit=limit,
+                                      since=since)
     finally:
         await pool.close()
     print("id\treceived_at\tdevice\treason\tdetail")
@@ -226,4 +233,35 @@ async def list_quarantine(settings: Settings, *, reason: str | None, device_id: 
         detail = " ".join(q.detail.split())  # one line per record, whatever a detail holds
         print(f"{q.id}\t{q.received_at.isoformat()}\t{q.device_id or '-'}\t{q.reason}\t"
               f"{detail}")
+    return 0
+
+
+async def show_quarantined(settings: Settings, record_id: int) -> int:
+    """Print one record's metadata, one field a line; the payload stays sealed."""
+    pool = await _pool(settings)
+    try:
+        q = await get_quarantined(pool, record_id)
+    finally:
+        await pool.close()
+    if q is None:
+        print(f"healthiot: no quarantine record {record_id}", file=sys.stderr)
+        return 1
+    for name, value in (("id", q.id), ("received_at", q.received_at.isoformat()),
+                        ("device", q.device_id or "-"), ("topic", q.topic),
+                        ("reason", q.reason), ("detail", " ".join(q.detail.split()))):
+        print(f"{name}: {value}")
+    return 0
+
+
+async def purge_quarantine(settings: Settings, *, older_than_days: float,
+                           device_id: str | None, reason: str | None) -> int:
+    """Delete the records older than ``older_than_days``; print how many."""
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(days=older_than_days)
+    pool = await _pool(settings)
+    try:
+        removed = await purge_quarantined(pool, before=before, device_id=device_id,
+                                          reason=reason)
+    finally:
+        await pool.close()
+    print(f"{removed} quarantine records deleted (received before {before.isoformat()})")
     return 0

@@ -23,6 +23,7 @@ from api.tokens import TokenService
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import make_client, tls_context
 from broker_bridge.gaps import GapTracker, PgLedger, Resender
+from broker_bridge.notices import Notifier
 from devices.registry import Registry
 from devices.revocation import Revoker
 from healthiot.settings import Settings
@@ -120,7 +121,7 @@ def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Pa
     client = AsyncClient(make_client(client_id, tls_context(ca_file, cert, key)),
                          queue_size=batch_size * 4)
     return Bridge(client, core.store, core.registry, BridgeConfig(batch_size=batch_size),
-                  resender=Resender(GapTracker(), PgLedger(core.pool)))
+                  resender=Resender(GapTracker(), PgLedger(core.pool)), notifier=Notifier())
 
 
 def oidc_verifier(settings: Settings, session: aiohttp.ClientSession) -> OidcVerifier | None:

@@ -18,6 +18,7 @@ from api.headers import cors_origins
 from healthiot.errors import SettingsError
 
 ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PREFIX = "HEALTHIOT_"
 
 
@@ -144,6 +145,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
             raise SettingsError(f"HEALTHIOT_ENVIRONMENT must be one of {ENVIRONMENTS}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"HEALTHIOT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.log_format not in ("text", "json"):
             raise SettingsError("HEALTHIOT_LOG_FORMAT must be text or json")
         if min(self.retention_raw_days, self.retention_rollups_days,

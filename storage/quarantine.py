@@ -137,11 +137,33 @@ class Quarantined:
 
 
 async def list_quarantined(pool: asyncpg.Pool, *, reason: str | None = None,
-                           device_id: str | None = None, limit: int = 100
-                           ) -> list[Quarantined]:
-    """The newest quarantine records first, filtered by reason and device when given."""
+                           device_id: str | None = None, limit: int = 100,
+                           since: dt.datetime | None = None) -> list[Quarantined]:
+    """The newest quarantine records first, filtered by reason, device and receipt time
+    when given."""
     rows = await pool.fetch(
         """SELECT id, received_at, device_id, topic, reason, detail FROM quarantine
            WHERE ($1::text IS NULL OR reason = $1) AND ($2::text IS NULL OR device_id = $2)
-           ORDER BY id DESC LIMIT $3""", reason, device_id, max(0, min(limit, MAX_LISTED)))
+             AND ($4::timestamptz IS NULL OR received_at >= $4)
+           ORDER BY id DESC LIMIT $3""", reason, device_id, max(0, min(limit, MAX_LISTED)),
+        since)
     return [Quarantined(**dict(r)) for r in rows]
+
+
+async def get_quarantined(pool: asyncpg.Pool, record_id: int) -> Quarantined | None:
+    """One quarantine record's metadata (never its payload), or None."""
+    row = await pool.fetchrow(
+        """SELECT id, received_at, device_id, topic, reason, detail FROM quarantine
+           WHERE id = $1""", record_id)
+    return None if row is None else Quarantined(**dict(row))
+
+
+async def purge_quarantined(pool: asyncpg.Pool, *, before: dt.datetime,
+                            device_id: str | None = None, reason: str | None = None) -> int:
+    """Delete the records received before ``before`` (of one device, one reason when given);
+    returns how many. Maintenance does the same after the retention period."""
+    status = await pool.execute(
+        """DELETE FROM quarantine WHERE received_at < $1
+             AND ($2::text IS NULL OR device_id = $2) AND ($3::text IS NULL OR reason = $3)""",
+        before, device_id, reason)
+    return int(status.split()[-1])

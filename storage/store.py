@@ -76,6 +76,8 @@ class Ingested:
 
     new: int
     reused: list[MessageIn]
+    # (device, epoch, seq) of the messages stored for the first time by this batch.
+    fresh: frozenset[tuple[str, int, int]] = frozenset()
 
 
 def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, device_id: str,
@@ -171,7 +173,7 @@ class Store:
                        FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) s
                        WHERE d.id = s.id""",
                     [m.device_id for m in messages], [m.received_at for m in messages])
-        return Ingested(new_count, reused)
+        return Ingested(new_count, reused, frozenset(fresh))
 
     async def _digests(self, conn: asyncpg.Connection,
                        messages: Sequence[MessageIn]) -> list[bytes | None]:

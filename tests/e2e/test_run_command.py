@@ -83,4 +83,4 @@ def test_ctrl_c_stops_everything_cleanly(run_env):
     _no_server_left(var)
     assert health.stdout == "200", health
     assert "healthiot_bridge_messages_total " in metrics.stdout, metrics
-    assert "healthiot_bridge_worker_failures_total 0" in metrics.stdout, metrics
+    assert "healthiot_bridge_worker_failures_total 0.0" in metrics.stdout, metrics

@@ -155,8 +155,8 @@ async def test_database_restart_loses_nothing_and_health_shows_the_outage(
             return await health_status(port) == 200
         await wait_until(healthy)
         text = await metrics_text(port)
-        assert "healthiot_bridge_messages_total 120\n" in text
-        assert "healthiot_bridge_duplicates_total 0\n" in text
+        assert "healthiot_bridge_messages_total 120.0\n" in text
+        assert "healthiot_bridge_duplicates_total 0.0\n" in text
         assert 'healthiot_bridge_receive_to_commit_seconds_bucket{le="+Inf"}' in text
     finally:
         await probes.cleanup()

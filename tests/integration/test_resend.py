@@ -173,7 +173,7 @@ class _Inbox:
     def __init__(self):
         self.published = []
 
-    async def publish(self, topic, payload, *, qos, timeout):
+    async def publish(self, topic, payload, *, qos, timeout, properties=None):
         self.published.append((topic, json.loads(payload), qos))
 
 

@@ -124,7 +124,7 @@ async def test_a_reused_sequence_number_with_other_readings_is_quarantined_and_c
                                           dt.datetime.now(dt.UTC))
     assert 90.0 not in series.value.tolist() and 70.0 in series.value.tolist()
     assert bridge.stats.quarantined_by_reason["sequence_reused"] == 2
-    assert ('healthiot_bridge_quarantined_by_reason_total{reason="sequence_reused"} 2'
+    assert ('healthiot_bridge_quarantined_by_reason_total{reason="sequence_reused"} 2.0'
             in render(bridge.stats))
     logged = [r for r in caplog.records if "reused" in r.getMessage()]
     assert logged and {getattr(r, "device", None) for r in logged} == {watch.device_id}

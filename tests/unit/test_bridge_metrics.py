@@ -23,9 +23,9 @@ def test_every_line_is_a_comment_or_a_sample_and_each_family_is_typed() -> None:
             assert SAMPLE.match(line), line
             name = line.split("{")[0].split(" ")[0]
             assert name in families or name.rsplit("_", 1)[0] in families, line
-    assert "healthiot_bridge_messages_total 3" in text
-    assert 'healthiot_bridge_quarantined_by_reason_total{reason="malformed"} 2' in text
-    assert "healthiot_bridge_up 1" in text and "healthiot_bridge_healthy 1" in text
+    assert "healthiot_bridge_messages_total 3.0" in text
+    assert 'healthiot_bridge_quarantined_by_reason_total{reason="malformed"} 2.0' in text
+    assert "healthiot_bridge_up 1.0" in text and "healthiot_bridge_healthy 1.0" in text
 
 
 def test_histogram_buckets_are_cumulative_and_end_with_the_count() -> None:
@@ -39,7 +39,7 @@ def test_histogram_buckets_are_cumulative_and_end_with_the_count() -> None:
     assert len(buckets) == len(LATENCY_BUCKETS_S) + 1
     assert buckets == sorted(buckets) and buckets[-1] == 5
     assert buckets[0] == 1  # le=0.005 holds 0.001 only
-    assert "healthiot_bridge_receive_to_commit_seconds_count 5" in text
+    assert "healthiot_bridge_receive_to_commit_seconds_count 5.0" in text
     assert "healthiot_bridge_receive_to_commit_seconds_sum 127.041" in text
 
 
@@ -54,5 +54,24 @@ def test_shared_scale_weighings_are_counted_by_reason() -> None:
     stats.shared_scale_weighings.update(["attributed", "attributed", "ambiguous"])
     text = render(stats)
     assert "# TYPE healthiot_bridge_shared_scale_weighings_total counter" in text
-    assert 'healthiot_bridge_shared_scale_weighings_total{reason="attributed"} 2' in text
-    assert 'healthiot_bridge_shared_scale_weighings_total{reason="ambiguous"} 1' in text
+    assert 'healthiot_bridge_shared_scale_weighings_total{reason="attributed"} 2.0' in text
+    assert 'healthiot_bridge_shared_scale_weighings_total{reason="ambiguous"} 1.0' in text
+
+
+def test_each_bridge_has_a_registry_of_its_own_read_at_each_scrape() -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from broker_bridge.metrics import registry
+    one, two = BridgeStats(messages=1), BridgeStats(messages=2)
+    first, second = registry(lambda: one), registry(lambda: two)
+    one.messages = 5  # counted after the registry was made: seen at the next scrape
+    assert b"healthiot_bridge_messages_total 5.0" in generate_latest(first)
+    assert b"healthiot_bridge_messages_total 2.0" in generate_latest(second)
+    assert b"healthiot_bridge" not in generate_latest(REGISTRY)  # the global one is unused
+
+
+def test_refusal_notices_are_counted_by_outcome() -> None:
+    stats = BridgeStats()
+    stats.refusal_notices.update({"sent": 10, "suppressed": 290})
+    text = render(stats)
+    assert 'healthiot_bridge_refusal_notices_total{outcome="suppressed"} 290.0' in text
