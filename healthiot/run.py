@@ -105,35 +105,57 @@ async def run(settings: Settings, duration: float | None,
         loop.add_signal_handler(sig, stop.set)
 
     materials = await asyncio.to_thread(stack.prepare, settings)
-    postgres = stack.postgres_server(settings, materials)
     broker = stack.mosquitto_server(settings, materials)
+    if not settings.embedded_database:
+        return await _run_on_broker(settings, materials, broker, [], stop, duration, workload)
+    postgres = stack.postgres_server(settings, materials)
     _say(f"starting PostgreSQL on 127.0.0.1:{settings.pg_port} ({settings.var_dir}/pg)")
     await postgres.start()
     try:
-        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port} (devices) "
-             f"and :{settings.mqtt_services_port} (services)")
-        await broker.start()
-        try:
-            return await _run_services(settings, materials, [postgres, broker], stop,
-                                       duration, workload)
-        finally:
-            broker.stop()
+        return await _run_on_broker(settings, materials, broker, [postgres], stop, duration,
+                                    workload)
     finally:
         postgres.stop()
         _say("stopped: database and broker are down, nothing left running")
 
 
+async def _run_on_broker(settings: Settings, materials: stack.Materials,
+                         broker: MosquittoServer, servers: Servers, stop: asyncio.Event,
+                         duration: float | None, workload: Workload | None) -> int:
+    """Start the broker, then the services, on the database of ``settings`` (the embedded
+    one in ``servers``, or HEALTHIOT_DATABASE_URL's)."""
+    if not servers:
+        _say("using the database of HEALTHIOT_DATABASE_URL")
+    try:
+        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port} (devices) "
+             f"and :{settings.mqtt_services_port} (services)")
+        await broker.start()
+        try:
+            return await _run_services(settings, materials, [*servers, broker], stop,
+                                       duration, workload)
+        finally:
+            broker.stop()
+    finally:
+        if not servers:
+            _say("stopped: broker is down, nothing left running")
+
+
 async def _run_services(settings: Settings, materials: stack.Materials,
                         servers: Servers, stop: asyncio.Event,
                         duration: float | None, workload: Workload | None) -> int:
-    server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
-    dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
-    await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
-    applied = await stack.migrate_database(dsn, materials.db_password)
+    # An existing database (HEALTHIOT_DATABASE_URL) is created and owned elsewhere, as the
+    # daemons' is; the embedded one is made here.
+    dsn, password = settings.database_url, settings.database_password
+    if settings.embedded_database:
+        server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
+        dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+        password = materials.db_password
+        await stack.ensure_database(server_dsn, password, stack.DB_NAME)
+    applied = await stack.migrate_database(dsn, password)
     _say(f"schema ready ({len(applied)} migration(s) applied now)")
     # Torn down in reverse: the bridge stops consuming, then the API, then the pool.
     async with contextlib.AsyncExitStack() as resources:
-        core = await open_core(dsn, materials.db_password, materials.kek,
+        core = await open_core(dsn, password, materials.kek,
                                create_kek=settings.environment == "development")
         resources.push_async_callback(core.pool.close)
         tokens = stack.token_service(settings, materials.jwt_key)
