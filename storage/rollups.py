@@ -22,7 +22,7 @@ import numpy.typing as npt
 from storage.crypto import open_sealed, seal
 from storage.errors import IntegrityError
 from storage.keyring import Keyring
-from storage.store import Store
+from storage.store import MAX_SEGMENT_SPAN, Store
 from vitals.normalise import reliable
 from vitals.resample import bucketise
 
@@ -168,8 +168,8 @@ class Rollups:
         async with self._pool.acquire() as conn:
             seen = [r["id"] for r in await conn.fetch(
                 """SELECT id FROM segments WHERE patient_id = $1 AND metric = $2
-                   AND NOT rolled_up AND end_at >= $3 AND start_at < $4""",
-                patient_id, metric, day, end)]
+                   AND NOT rolled_up AND end_at >= $3 AND start_at < $4 AND start_at > $5""",
+                patient_id, metric, day, end, day - MAX_SEGMENT_SPAN)]
         samples = await self._store.read_series(patient_id, metric, day, end)
         clean = reliable(samples.flags)  # doubtful samples wait for review: not in summaries
         t, v = samples.t_ms[clean], samples.value[clean]

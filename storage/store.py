@@ -76,6 +76,27 @@ def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, devi
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DAY_MS = 86_400_000
+# Every segment lies within one UTC day (written so, and checked by the table since 150), so
+# one that ends at or after ``start`` began less than this before it: reads bound start_at
+# from below too, and the engine prunes partitions and chunks from both ends.
+MAX_SEGMENT_SPAN = dt.timedelta(days=1)
+SEGMENTS_IN_RANGE = """
+    SELECT id, device_id, start_at, end_at, samples, key_version, sealed
+    FROM segments WHERE patient_id = $1 AND metric = $2
+    AND end_at >= $3 AND start_at < $4 AND start_at > $5"""
+
+
+def by_utc_day(segment: SegmentIn) -> list[SegmentIn]:
+    """``segment`` cut at UTC midnights: one piece per day it has samples in."""
+    t = segment.samples.t_ms
+    days = t // _DAY_MS
+    if days.min() == days.max():
+        return [segment]
+    s = segment.samples
+    return [SegmentIn(segment.patient_id, segment.metric,
+                      Samples(t[days == d], s.value[days == d], s.flags[days == d]))
+            for d in np.unique(days)]
 
 
 def _utc(ms: int) -> dt.datetime:
@@ -119,7 +140,8 @@ class Store:
                     continue
                 fresh.discard(key)  # the same message twice in one batch is stored once
                 for segment in message.segments:
-                    rows.append(await self._sealed_segment(conn, message.device_id, segment))
+                    for piece in by_utc_day(segment):
+                        rows.append(await self._sealed_segment(conn, message.device_id, piece))
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
                                message.received_at, message.held)
@@ -138,8 +160,8 @@ class Store:
                              segments: Sequence[SegmentIn]) -> None:
         """Seal and write segments measured by ``device_id`` in the caller's transaction
         (a held weighing claimed by a patient becomes their data this way)."""
-        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, s)
-                                         for s in segments])
+        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, piece)
+                                         for s in segments for piece in by_utc_day(s)])
 
     @staticmethod
     async def _copy_segments(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -190,10 +212,8 @@ class Store:
     async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                              end: dt.datetime) -> list[tuple[str, Samples]]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT id, device_id, start_at, end_at, samples, key_version, sealed
-                   FROM segments WHERE patient_id = $1 AND metric = $2
-                   AND end_at >= $3 AND start_at < $4""", patient_id, metric, start, end)
+            rows = await conn.fetch(SEGMENTS_IN_RANGE, patient_id, metric, start, end,
+                                    start - MAX_SEGMENT_SPAN)
             parts = []
             for row in rows:
                 key = await self._keyring.get(conn, str(patient_id), row["key_version"])
