@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from storage.crypto import open_sealed, seal
+from storage.errors import IntegrityError, KeyUnavailable
 from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
 from storage.segments import Samples, pack, unpack
 from vitals.normalise import Flag
 
 QUARANTINE_KEY = "quarantine"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
         self._pool = pool
         self._keyring = keyring
+        self.set_aside_total = 0  # segments moved to segments_set_aside by this process
 
     async def ingest(self, messages: Sequence[MessageIn],
                      quarantined: Sequence[QuarantineIn] = ()) -> int:
@@ -237,12 +241,16 @@ class Store:
                    ORDER BY start_at FOR UPDATE""", patient_id, metric, device_id, day, end)
             if len(rows) < 2:
                 return 0
-            parts = []
+            parts, bad = [], []
             for row in rows:
-                key = await self._keyring.get(conn, str(patient_id), row["key_version"])
-                aad = _segment_aad(row["id"], patient_id, metric, device_id, row["start_at"],
-                                   row["end_at"], row["samples"], row["key_version"])
-                parts.append(unpack(open_sealed(key, row["sealed"], aad)))
+                try:
+                    parts.append(await self._open_row(conn, row, patient_id, metric))
+                except (IntegrityError, KeyUnavailable) as exc:
+                    bad.append((row, type(exc).__name__))
+            await self._set_aside(conn, bad)
+            rows = [r for r in rows if r["id"] not in {b["id"] for b, _ in bad}]
+            if len(rows) < 2:
+                return 0
             lo, hi = _utc(min(int(p.t_ms.min()) for p in parts)), _utc(
                 max(int(p.t_ms.max()) for p in parts) + 1)
             merged = _in_range(parts, lo, hi)
@@ -255,6 +263,43 @@ class Store:
             await conn.execute("DELETE FROM segments WHERE id = ANY($1::uuid[])",
                                [r["id"] for r in rows])
         return len(rows)
+
+    async def _open_row(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                        patient_id: uuid.UUID, metric: str) -> Samples:
+        key = await self._keyring.get(conn, str(patient_id), row["key_version"])
+        aad = _segment_aad(row["id"], patient_id, metric, row["device_id"], row["start_at"],
+                           row["end_at"], row["samples"], row["key_version"])
+        return unpack(open_sealed(key, row["sealed"], aad))
+
+    async def set_aside_unopenable(self, patient_id: uuid.UUID, metric: str,
+                                   start: dt.datetime, end: dt.datetime) -> int:
+        """Move the segments of [start, end) that do not open to segments_set_aside (each
+        logged by id, with the reason); returns how many. The maintenance job calls it when
+        a day fails, so that one bad row stops nothing else."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(SEGMENTS_IN_RANGE + " FOR UPDATE", patient_id, metric,
+                                    start, end, start - MAX_SEGMENT_SPAN)
+            bad = []
+            for row in rows:
+                try:
+                    await self._open_row(conn, row, patient_id, metric)
+                except (IntegrityError, KeyUnavailable) as exc:
+                    bad.append((row, type(exc).__name__))
+            await self._set_aside(conn, bad)
+        return len(bad)
+
+    async def _set_aside(self, conn: asyncpg.Connection,
+                         bad: Sequence[tuple[asyncpg.Record, str]]) -> None:
+        for row, reason in bad:
+            await conn.execute(
+                """WITH moved AS (DELETE FROM segments WHERE id = $1 AND start_at = $2
+                       RETURNING id, patient_id, metric, device_id, start_at, end_at, samples,
+                                 key_version, sealed)
+                   INSERT INTO segments_set_aside (id, patient_id, metric, device_id, start_at,
+                                                   end_at, samples, key_version, sealed, reason)
+                   SELECT *, $3 FROM moved""", row["id"], row["start_at"], reason)
+            log.warning("segment %s does not open (%s): set aside", row["id"], reason)
+        self.set_aside_total += len(bad)
 
     async def stored_already(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these (device id, seq) messages are stored already (redeliveries)."""

@@ -423,6 +423,10 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
                            " VALUES ($1, $2, now() + interval '1 day')", os.urandom(32), session)
         await conn.execute("INSERT INTO patient_time_zones VALUES ($1, now(), 'Europe/Paris')",
                            patient)
+        await conn.execute(
+            "INSERT INTO segments_set_aside (id, patient_id, metric, device_id, start_at,"
+            " end_at, samples, key_version, sealed, reason) VALUES ($1, $2, 'heart_rate', $3,"
+            " now(), now(), 1, 1, '\\x00', 'IntegrityError')", uuid.uuid4(), patient, device)
         await conn.execute("INSERT INTO source_priorities (patient_id, metric, device_ids)"
                            " VALUES ($1, 'heart_rate', ARRAY[$2])", patient, device)
         await conn.execute("INSERT INTO record_feed_consents VALUES ($1, true, '\\x00', 1)",
