@@ -8,9 +8,12 @@ import datetime as dt
 import logging
 import uuid
 
+import aiohttp
 import numpy as np
 import pytest
 
+from healthiot.daemons import _serve_maintenance_metrics
+from healthiot.localservers import free_port
 from healthiot.services import Core
 from storage import maintenance as maintenance_module
 from storage.errors import IntegrityError
@@ -99,3 +102,20 @@ async def test_no_timescaledb_job_is_relied_on_and_failed_ones_are_counted(
         "SELECT count(*) FROM timescaledb_information.job_stats"
         " WHERE last_run_status = 'Failed'")
     assert job.stats.timescaledb_failed_jobs == failed
+
+
+async def test_the_maintenance_daemon_serves_its_counters_at_metrics(core: Core) -> None:
+    job = Maintenance(core.pool, core.store, _FailingRollups(core.pool, core.keyring, core.store),
+                      core.audit, RetentionPolicy())
+    await job.run_once()
+    port = free_port()
+    runner = await _serve_maintenance_metrics(job, core, "127.0.0.1", port)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(10)) as resp:
+            text = await resp.text()
+    finally:
+        await runner.cleanup()
+    assert 'healthiot_maintenance_step_failures_total{step="rollups"} 1' in text
+    assert "healthiot_maintenance_segments_set_aside_total 0" in text
+    assert "healthiot_maintenance_timescaledb_failed_jobs " in text
