@@ -29,6 +29,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #define CONTROL_TOPIC "$CONTROL/healthiot/v1/disconnect"
 #define MAX_GRANTS 32
@@ -45,6 +46,9 @@ static struct grant grants[MAX_GRANTS];
 static int grant_count;
 static char *service_prefix;
 static char *revoker;
+/* The client whose disconnection Mosquitto is handling: its will, published in the same
+ * call, comes next. Cleared at the next tick. */
+static const struct mosquitto *departing;
 
 static bool is_service(const char *username)
 {
@@ -66,15 +70,31 @@ static bool owns_client_id(const char *username, const char *client_id)
 	return client_id != NULL && strcmp(client_id, username) == 0;
 }
 
-static int device_check(const char *username, const char *client_id,
+/* Mosquitto forwards a Payload Format Indicator of any value, but MQTT v5 allows only 0
+ * and 1, and a client library reading another value drops its whole connection: one such
+ * message would cut the bridge off at every redelivery. Checked on each PUBLISH (the ACL
+ * check is not given the properties, the message event is). */
+static bool sound_properties(const mosquitto_property *properties)
+{
+	uint8_t format = 0;
+	if(mosquitto_property_read_byte(properties, MQTT_PROP_PAYLOAD_FORMAT_INDICATOR, &format,
+				false) != NULL && format > 1){
+		return false;
+	}
+	return true;
+}
+
+static int device_check(const struct mosquitto *client, const char *username,
 		const char *topic, int access, bool retain)
 {
-	if(!owns_client_id(username, client_id)) return MOSQ_ERR_ACL_DENIED;
+	if(!owns_client_id(username, mosquitto_client_id(client))) return MOSQ_ERR_ACL_DENIED;
 	switch(access){
 		case MOSQ_ACL_WRITE:
 			/* Nothing a device sends is kept for later subscribers: a retained message
-			 * would reach every bridge that subscribes, again and again. */
-			if(retain) return MOSQ_ERR_ACL_DENIED;
+			 * would reach every bridge that subscribes, again and again. Nor is a
+			 * device's will published: it would go out after its connection ended, its
+			 * properties unchecked. */
+			if(retain || client == departing) return MOSQ_ERR_ACL_DENIED;
 			return is_own_topic(topic, username, "telemetry") || is_own_topic(topic, username, "csr")
 				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_SUBSCRIBE:
@@ -127,14 +147,40 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	if(username == NULL || ed->topic == NULL) return MOSQ_ERR_ACL_DENIED;
 	int rc = is_service(username)
 		? service_check(username, ed->topic, ed->access)
-		: device_check(username, mosquitto_client_id(ed->client), ed->topic, ed->access,
-			ed->retain);
+		: device_check(ed->client, username, ed->topic, ed->access, ed->retain);
 	if(rc != MOSQ_ERR_SUCCESS && (ed->access == MOSQ_ACL_SUBSCRIBE || ed->access == MOSQ_ACL_WRITE)){
 		/* Counted by the log watcher (devices/takeover.py); ids only, never the topic. */
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "healthiot: refused %s by %s",
 			ed->access == MOSQ_ACL_SUBSCRIBE ? "subscribe" : "publish", username);
 	}
 	return rc;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	(void)event; (void)userdata;
+	const char *username = mosquitto_client_username(ed->client);
+	if(username == NULL || is_service(username) || sound_properties(ed->properties)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "healthiot: refused publish by %s", username);
+	return MOSQ_ERR_ACL_DENIED;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	(void)event; (void)userdata;
+	departing = ed->client;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event; (void)event_data; (void)userdata;
+	departing = NULL;
+	return MOSQ_ERR_SUCCESS;
 }
 
 static bool is_device_id(const char *value, uint32_t len)
@@ -214,6 +260,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		return MOSQ_ERR_INVAL;
 	}
 	int rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL,
+			NULL);
+	if(!rc) rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
 	if(rc) return rc;
 	return mosquitto_callback_register(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, NULL);
 }
@@ -223,6 +273,9 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	(void)userdata; (void)options; (void)option_count;
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
 	for(int i = 0; i < grant_count; i++){
 		mosquitto_free(grants[i].identity);
 		mosquitto_free(grants[i].filter);

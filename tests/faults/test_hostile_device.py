@@ -17,7 +17,6 @@ import json
 import random
 import socket
 import ssl
-import struct
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from firmware_sim.device import Watch
 from healthiot.services import Core
 from tests.conftest import BrokerAddress, Pki, new_patient, new_watch, wait_until
 from tests.faults.senders import PersistentSender
+from tests.mqtt_packets import Will, connect_packet, string, varint
 from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON
 
 SEED = 20261204
@@ -155,30 +155,6 @@ async def _fire_library(rng: random.Random, hostile: Watch, victim: Watch,
     return fired, accepted
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: bytes) -> bytes:
-    return struct.pack("!H", len(text)) + text
-
-
-def _connect_packet(client_id: bytes, will: tuple[bytes, bytes, int, bool] | None) -> bytes:
-    flags = 0x02  # clean start
-    payload = _string(client_id)
-    if will is not None:
-        topic, message, qos, retain = will
-        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-        payload += _varint(0) + _string(topic) + _string(message)
-    body = _string(b"MQTT") + bytes([5, flags]) + struct.pack("!H", 30) + _varint(0) + payload
-    return bytes([0x10]) + _varint(len(body)) + body
-
-
 def _raw_packet(rng: random.Random, device: str, victim: str) -> bytes:
     """One packet that a library would not send, or a hostile one it would."""
     topic = rng.choice([f"devices/{device}/telemetry", f"devices/{victim}/telemetry",
@@ -186,35 +162,35 @@ def _raw_packet(rng: random.Random, device: str, victim: str) -> bytes:
     kind = rng.randrange(9)
     if kind == 0:  # QoS 3, or reserved flag bits
         header = 0x30 | rng.choice([0x06, 0x0F, 0x07])
-        body = _string(topic) + b"\x00\x01" + _varint(0) + b"[]"
-        return bytes([header]) + _varint(len(body)) + body
+        body = string(topic) + b"\x00\x01" + varint(0) + b"[]"
+        return bytes([header]) + varint(len(body)) + body
     if kind == 1:  # unknown property ids, repeated ones, a property list that lies
         props = rng.choice([b"\x7f\x00", b"\x03\x00\x01a\x03\x00\x01b", b"\x26\x00",
                             b"\x01\x05", b"\x23\xff\xff", b"\x0b\x00"])
-        body = _string(topic) + b"\x00\x02" + _varint(len(props) + rng.choice([0, 0, 5]))
+        body = string(topic) + b"\x00\x02" + varint(len(props) + rng.choice([0, 0, 5]))
         body += props + b"[]"
-        return bytes([0x32]) + _varint(len(body)) + body
+        return bytes([0x32]) + varint(len(body)) + body
     if kind == 2:  # a remaining length longer than what follows
-        return bytes([0x32]) + _varint(5000) + _string(topic)
+        return bytes([0x32]) + varint(5000) + string(topic)
     if kind == 3:  # random bytes
         return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200)))
     if kind == 4:  # oversized publish
         size = MAX_PACKET_BYTES + rng.randrange(1, 5000)
-        body = _string(topic) + b"\x00\x03" + _varint(0) + b"[" * (size - len(topic) - 5)
-        return bytes([0x32]) + _varint(len(body)) + body
+        body = string(topic) + b"\x00\x03" + varint(0) + b"[" * (size - len(topic) - 5)
+        return bytes([0x32]) + varint(len(body)) + body
     if kind == 5:  # a forbidden subscription, including the bridge's shared group
         flt = rng.choice([b"#", b"$share/ingest/devices/+/telemetry", b"$SYS/#",
                           f"devices/{victim}/inbox".encode()])
-        body = b"\x00\x04" + _varint(0) + _string(flt) + b"\x01"
-        return bytes([0x82]) + _varint(len(body)) + body
+        body = b"\x00\x04" + varint(0) + string(flt) + b"\x01"
+        return bytes([0x82]) + varint(len(body)) + body
     if kind == 6:  # a topic with a wildcard or a NUL in a PUBLISH
         bad = rng.choice([b"devices/+/telemetry", b"#", b"devices/\x00/telemetry"])
-        body = _string(bad) + b"\x00\x05" + _varint(0) + b"[]"
-        return bytes([0x32]) + _varint(len(body)) + body
+        body = string(bad) + b"\x00\x05" + varint(0) + b"[]"
+        return bytes([0x32]) + varint(len(body)) + body
     if kind == 7:  # a second CONNECT on the connection
-        return _connect_packet(device.encode(), None)
-    body = _string(topic) + b"\x00\x06" + _varint(0) + b"[]"  # retained, another's topic
-    return bytes([0x33]) + _varint(len(body)) + body
+        return connect_packet(device.encode(), None)
+    body = string(topic) + b"\x00\x06" + varint(0) + b"[]"  # retained, another's topic
+    return bytes([0x33]) + varint(len(body)) + body
 
 
 def _fire_raw(rng: random.Random, device: Watch, victim: Watch, broker: BrokerAddress) -> int:
@@ -224,14 +200,16 @@ def _fire_raw(rng: random.Random, device: Watch, victim: Watch, broker: BrokerAd
     context.load_cert_chain(str(device.flash.cert_file), str(device.flash.key_file))
     fired = 0
     while fired < RAW_PACKETS:
-        will = None
-        if rng.random() < 0.2:
-            will = (f"devices/{victim.device_id}/telemetry".encode(), b"[]", rng.randrange(3),
-                    rng.random() < 0.5)
+        will: Will | None = None
+        if rng.random() < 0.2:  # at the victim, or at its own topic with a bad format byte
+            will = rng.choice([(f"devices/{victim.device_id}/telemetry".encode(), b"[]",
+                                rng.randrange(3), rng.random() < 0.5, b""),
+                               (f"devices/{device.device_id}/telemetry".encode(), b"[]", 1,
+                                False, b"\x01\x07")])
         try:
             with socket.create_connection((broker.host, broker.port), timeout=5) as raw, \
                     context.wrap_socket(raw, server_hostname=broker.host) as tls:
-                tls.sendall(_connect_packet(device.device_id.encode(), will))
+                tls.sendall(connect_packet(device.device_id.encode(), will))
                 fired += 1
                 tls.settimeout(2)
                 tls.recv(64)  # CONNACK (or a refusal of the will)
@@ -265,6 +243,7 @@ async def test_ten_thousand_hostile_packets_stop_nothing_and_lose_nothing(
     victim = await new_watch(core, pki, broker, tmp_path, patient)
     honest = PersistentSender(victim, broker.host, broker.port)
     failures_before = bridge.stats.worker_failures
+    connection_before = bridge._generation  # bumped at every (re)connection
 
     honest_task = asyncio.create_task(honest.send_all(1, HONEST_MESSAGES), name="honest")
     raw_task = asyncio.create_task(asyncio.to_thread(_fire_raw, random.Random(SEED + 1),
@@ -302,6 +281,7 @@ async def test_ten_thousand_hostile_packets_stop_nothing_and_lose_nothing(
     assert await core.pool.fetchval(
         "SELECT count(*) FROM quarantine WHERE device_id = $1", victim.device_id) == 0
     assert bridge.stats.worker_failures == failures_before  # the bridge never stopped
+    assert bridge._generation == connection_before  # nor lost its connection once
     assert bridge.stats.connected and bridge.stats.healthy
     reasons = {r["reason"] for r in await core.pool.fetch(
         "SELECT DISTINCT reason FROM quarantine WHERE device_id = $1", hostile.device_id)}

@@ -10,6 +10,8 @@ had its PUBACK.
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.integration.test_bridge import _connected_device, _heart_rate, _props
+from tests.mqtt_packets import Will, connect_packet, string, varint
 from vitals.senml import encode_json
 
 MESSAGES = 1_000
@@ -193,3 +196,53 @@ async def test_services_still_share_their_subscription(
         assert with_inbox[0] >= 0x80  # it writes inboxes, never reads them
     finally:
         await client.disconnect(timeout=5)
+
+
+def _raw_session(device: Watch, broker: BrokerAddress, will: Will | None,
+                 packets: list[bytes]) -> bytes:
+    """Over a TLS socket: CONNECT (with ``will``), then ``packets``; returns what the broker
+    answered after the CONNACK. The connection is then dropped without a DISCONNECT."""
+    context = ssl.create_default_context(cafile=str(device.broker.ca_file))
+    context.load_cert_chain(str(device.flash.cert_file), str(device.flash.key_file))
+    with socket.create_connection((broker.host, broker.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=broker.host) as tls:
+        tls.sendall(connect_packet(device.device_id.encode(), will))
+        assert tls.recv(64)[:1] == b"\x20"  # CONNACK
+        answered = b""
+        for packet in packets:
+            tls.sendall(packet)
+            answered += tls.recv(64)
+        return answered
+
+
+async def test_a_bad_format_byte_or_a_will_from_a_device_never_reaches_the_bridge(
+        core: Core, pki: Pki, broker: BrokerAddress, tmp_path: Path) -> None:
+    """Mosquitto forwards any Payload Format Indicator, and a client library reading one
+    other than 0 or 1 drops its connection: one such message, redelivered at every
+    reconnection, would keep the bridge off for good. Seen first by the hostile-device
+    fuzz test; a will carries it past the ACL too."""
+    patient, _, _ = await new_patient(core, "attack.format")
+    device = await new_watch(core, pki, broker, tmp_path, patient)
+    subscriber = AsyncClient(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                         client_id="svc-bridge-format-probe",
+                                         protocol=mqtt.MQTTv5))
+    subscriber.paho.tls_set_context(tls_context(pki.ca.ca_file, pki.bridge_cert,
+                                                pki.bridge_key))
+    await subscriber.connect(broker.host, broker.services_port, timeout=5)
+    await subscriber.subscribe("devices/+/telemetry")
+    topic = f"devices/{device.device_id}/telemetry".encode()
+    try:
+        props = b"\x01\x05"  # Payload Format Indicator 5
+        body = string(topic) + b"\x00\x07" + varint(len(props)) + props + b"[]"
+        answer = await asyncio.to_thread(_raw_session, device, broker, None,
+                                         [bytes([0x32]) + varint(len(body)) + body])
+        assert answer[:1] == b"\x40" and answer[4:5] == b"\x87"  # PUBACK, not authorized
+        # A will of any kind, at its own topic, left by a connection dropped uncleanly.
+        for will_props in (b"\x01\x07", b""):
+            await asyncio.to_thread(_raw_session, device, broker,
+                                    (topic, b"[]", 1, False, will_props), [])
+        await asyncio.sleep(1.0)
+        assert subscriber.is_connected
+        assert subscriber.messages.empty()
+    finally:
+        await subscriber.disconnect()
