@@ -80,7 +80,7 @@ def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, devi
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DAY_MS = 86_400_000
-# Every segment lies within one UTC day (written so, and checked by the table since 150), so
+# Every segment spans less than a day (written so, and checked by the table since 150), so
 # one that ends at or after ``start`` began less than this before it: reads bound start_at
 # from below too, and the engine prunes partitions and chunks from both ends.
 MAX_SEGMENT_SPAN = dt.timedelta(days=1)
@@ -88,6 +88,16 @@ SEGMENTS_IN_RANGE = """
     SELECT id, device_id, start_at, end_at, samples, key_version, sealed
     FROM segments WHERE patient_id = $1 AND metric = $2
     AND end_at >= $3 AND start_at < $4 AND start_at > $5"""
+
+
+def within_a_day(segment: SegmentIn) -> list[SegmentIn]:
+    """``segment`` as it is when its samples span less than a day (most messages: a device's
+    last seconds or minutes), else cut at UTC midnights, one piece per day it has samples
+    in (a device's backlog of several days)."""
+    t = segment.samples.t_ms
+    if int(t.max()) - int(t.min()) < _DAY_MS:
+        return [segment]
+    return by_utc_day(segment)
 
 
 def by_utc_day(segment: SegmentIn) -> list[SegmentIn]:
@@ -144,7 +154,7 @@ class Store:
                     continue
                 fresh.discard(key)  # the same message twice in one batch is stored once
                 for segment in message.segments:
-                    for piece in by_utc_day(segment):
+                    for piece in within_a_day(segment):
                         rows.append(await self._sealed_segment(conn, message.device_id, piece))
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
@@ -165,7 +175,7 @@ class Store:
         """Seal and write segments measured by ``device_id`` in the caller's transaction
         (a held weighing claimed by a patient becomes their data this way)."""
         await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, piece)
-                                         for s in segments for piece in by_utc_day(s)])
+                                         for s in segments for piece in within_a_day(s)])
 
     @staticmethod
     async def _copy_segments(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -216,8 +226,11 @@ class Store:
     async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                              end: dt.datetime) -> list[tuple[str, Samples]]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(SEGMENTS_IN_RANGE, patient_id, metric, start, end,
-                                    start - MAX_SEGMENT_SPAN)
+            # Samples are kept from start's millisecond (_sorted_in_range): rows are chosen
+            # from it too, or one whose last sample is that millisecond would be missed.
+            lo = _utc(int(start.timestamp() * 1000))
+            rows = await conn.fetch(SEGMENTS_IN_RANGE, patient_id, metric, lo, end,
+                                    lo - MAX_SEGMENT_SPAN)
             parts = []
             for row in rows:
                 key = await self._keyring.get(conn, str(patient_id), row["key_version"])
@@ -254,12 +267,13 @@ class Store:
             lo, hi = _utc(min(int(p.t_ms.min()) for p in parts)), _utc(
                 max(int(p.t_ms.max()) for p in parts) + 1)
             merged = _in_range(parts, lo, hi)
-            record = await self._sealed_segment(conn, device_id,
-                                                SegmentIn(patient_id, metric, merged))
-            await conn.execute(
-                """INSERT INTO segments (id, patient_id, metric, device_id, start_at, end_at,
-                                         samples, key_version, sealed, rolled_up)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)""", *record)
+            # Segments starting on one day may end on the next: the merge too, within a day.
+            for piece in within_a_day(SegmentIn(patient_id, metric, merged)):
+                record = await self._sealed_segment(conn, device_id, piece)
+                await conn.execute(
+                    """INSERT INTO segments (id, patient_id, metric, device_id, start_at,
+                                             end_at, samples, key_version, sealed, rolled_up)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)""", *record)
             await conn.execute("DELETE FROM segments WHERE id = ANY($1::uuid[])",
                                [r["id"] for r in rows])
         return len(rows)

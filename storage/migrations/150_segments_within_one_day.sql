@@ -1,8 +1,8 @@
 -- Reads bound segments' start_at from both ends (issue 19): a segment that ends at or after
 -- a read's start began less than a day before it, so a one-day read touches one or two
--- partitions or chunks, not a year of them. The store writes each segment within one UTC
--- day (a message whose samples cross midnight becomes one segment per day); the table
--- refuses any other. Added before the conversion on a new database, so both engines carry it.
+-- partitions or chunks, not a year of them. The store writes no segment spanning a day or
+-- more (a message with several days of backlog becomes one segment per UTC day); the table
+-- refuses one. Added before the conversion on a new database, so both engines carry it.
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM segments WHERE end_at >= start_at + interval '24 hours') THEN

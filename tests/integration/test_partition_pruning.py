@@ -1,6 +1,6 @@
-"""Reads prune partitions (native) and chunks (TimescaleDB) from both ends: a segment lies
-within one UTC day, so a read bounds start_at from below as well as from above, and a
-one-day read of a year of data touches one or two of them, not all."""
+"""Reads prune partitions (native) and chunks (TimescaleDB) from both ends: a segment spans
+less than a day, so a read bounds start_at from below as well as from above, and a one-day
+read of a year of data touches one or two of them, not all."""
 
 from __future__ import annotations
 
@@ -76,20 +76,32 @@ async def test_a_one_day_read_of_a_year_touches_one_or_two_partitions(
     assert series.t_ms.tolist() == [_ms(today - 100 * DAY + DAY / 2)]
 
 
-async def test_a_message_across_midnight_is_stored_one_segment_per_day_and_reads_whole(
+async def test_a_message_across_midnight_stays_one_segment_and_reads_whole(
         core: Core) -> None:
     patient, _, _ = await new_patient(core, "midnight")
     midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     times = [_ms(midnight) + s * 1000 for s in range(-30, 30)]
     await core.store.ingest([_message(patient, 1, times)])
-    rows = await core.pool.fetch("SELECT start_at, end_at FROM segments ORDER BY start_at")
-    assert [(r["start_at"], r["end_at"]) for r in rows] == [
-        (midnight - dt.timedelta(seconds=30), midnight - dt.timedelta(seconds=1)),
-        (midnight, midnight + dt.timedelta(seconds=29))]
+    assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
     whole = await core.store.read_series(patient, "heart_rate", midnight - DAY, midnight + DAY)
     assert whole.t_ms.tolist() == times
     after = await core.store.read_series(patient, "heart_rate", midnight, midnight + DAY)
     assert after.t_ms.tolist() == times[30:]
+
+
+async def test_a_backlog_of_days_is_stored_one_segment_per_utc_day(core: Core) -> None:
+    patient, _, _ = await new_patient(core, "backlog")
+    midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    times = [_ms(midnight - 2 * DAY) + h * 3_600_000 for h in range(0, 60, 6)]  # 2.5 days
+    await core.store.ingest([_message(patient, 1, times)])
+    rows = await core.pool.fetch("SELECT start_at, end_at FROM segments ORDER BY start_at")
+    assert [(r["start_at"], r["end_at"]) for r in rows] == [
+        (midnight - 2 * DAY, midnight - 2 * DAY + dt.timedelta(hours=18)),
+        (midnight - DAY, midnight - DAY + dt.timedelta(hours=18)),
+        (midnight, midnight + dt.timedelta(hours=6))]
+    whole = await core.store.read_series(patient, "heart_rate", midnight - 3 * DAY,
+                                         midnight + DAY)
+    assert whole.t_ms.tolist() == times
 
 
 async def test_the_table_refuses_a_segment_spanning_a_day(core: Core) -> None:
