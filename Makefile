@@ -5,13 +5,18 @@ BIN := $(VENV)/bin
 DURATION ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint system-deps venv clean
+.PHONY: run test test-timescaledb bench lint system-deps venv clean
 
 run: system-deps venv
 	$(BIN)/healthiot run $(if $(DURATION),--duration $(DURATION))
 
 test: system-deps venv
 	$(BIN)/python -m pytest
+
+# The database suites again on TimescaleDB: TIMESCALEDB_BIN=<bin dir of a PostgreSQL with
+# TimescaleDB> or TIMESCALEDB_URL=<running server> (see scripts/test-timescaledb.sh).
+test-timescaledb: system-deps venv
+	VENV=$(VENV) bash scripts/test-timescaledb.sh
 
 bench: system-deps venv
 	$(BIN)/python bench/bench_decisions.py

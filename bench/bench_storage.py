@@ -1,22 +1,44 @@
-"""Storage, measured on a throwaway PostgreSQL: bytes on disk per sample for a week of 1 Hz
-heart rate from 100 watches after compaction, next to a naive one-row-per-sample table
-measured in the same run; one day read for one patient; a one-year daily summary.
+"""Storage, everything counted: bytes on disk per stored sample for three device cadences, on
+both engines side by side in one run, with a one-day read and a one-year summary.
 
-The naive table is measured on one watch-week (604,800 rows): its size per row does not
-depend on how many rows there are, and loading 60 million rows would take minutes.
-Run with `make bench`.
+Counted per sample: the segments (every partition or chunk), the message ledger
+(``ingested_messages``, one row per message) and the rollups, each with its indexes and
+TOAST (``pg_total_relation_size``), after rollups and compaction, and after VACUUM FULL so
+that the space compaction freed (which PostgreSQL reuses, but keeps in the files) is not
+counted as data.
+
+Cadences, each seeded into a database of its own through ``Store.ingest`` (the bridge's
+write path, without MQTT):
+- ``watch-5s``: 1 Hz heart rate sent every 5 seconds (the simulator's watches);
+- ``watch-60s``: 1 Hz heart rate sent every 60 seconds;
+- ``scale-daily``: one weighing a day per scale (no 1 Hz target applies).
+
+``day_read_ms``: the median of one patient's whole day of raw samples, over five patients.
+``year_summary_ms``: the median of a one-year daily summary (``read_stats`` at 1d) of one
+patient with a year of per-minute heart rate, rolled up; measured once per engine (its own
+database) and printed on each of that engine's lines.
+
+Engines: native partitions on the PostgreSQL found as usual (HEALTHIOT_PG_BIN_DIR or
+Debian's), TimescaleDB on the PostgreSQL of TIMESCALEDB_BIN (for example the bin directory
+../shared/timescaledb/install.sh prints); without it, the TimescaleDB lines say so.
+BENCH_WATCHES and BENCH_DAYS scale the seeding (default 5 watches, 2 days). Run with
+`make bench` or `python bench/bench_storage.py`. Output, one line per engine and cadence:
+``storage: engine=<e> cadence=<c> bytes_per_sample=<x> day_read_ms=<n> year_summary_ms=<n>``
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import secrets
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +47,7 @@ import numpy as np
 from api import totp
 from healthiot.localservers import PostgresServer, free_port
 from healthiot.services import Core, open_core
+from storage import partitioning
 from storage.maintenance import Maintenance, RetentionPolicy
 from storage.migrate import migrate
 from storage.reads import read_stats
@@ -32,10 +55,22 @@ from storage.rollups import Rollups
 from storage.segments import Samples
 from storage.store import MessageIn, SegmentIn
 
-WATCHES = 100
-DAYS = 7
-HOUR_S = 3600
+WATCHES = int(os.environ.get("BENCH_WATCHES", "5"))
+DAYS = int(os.environ.get("BENCH_DAYS", "2"))
+BATCH = 500  # messages per ingest transaction, as the bridge batches them
 rng = np.random.default_rng(7)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    name: str
+    metric: str
+    message_s: int  # seconds of samples per message
+    sample_s: int  # seconds between samples
+
+
+CADENCES = (Cadence("watch-5s", "heart_rate", 5, 1), Cadence("watch-60s", "heart_rate", 60, 1),
+            Cadence("scale-daily", "body_weight", 86_400, 86_400))
 
 
 def heart_rate(seconds: int, start_s: int) -> np.ndarray:
@@ -47,117 +82,179 @@ def heart_rate(seconds: int, start_s: int) -> np.ndarray:
     return np.round(62 + circadian + activity + rng.normal(0, 1.5, seconds))
 
 
-async def seed_watches(core: Core, start: dt.datetime) -> tuple[list[uuid.UUID], int]:
-    patients, samples = [], 0
+def values(cadence: Cadence, n: int, start_s: int) -> np.ndarray:
+    if cadence.metric == "heart_rate":
+        return heart_rate(n, start_s)
+    return np.round(72.0 + np.cumsum(rng.normal(0, 0.1, n)), 1)  # kg, 0.1 kg grid
+
+
+def messages(cadence: Cadence, patient: uuid.UUID, device: str, start: dt.datetime,
+             received: dt.datetime) -> Iterator[MessageIn]:
     start_s = int(start.timestamp())
+    total = DAYS * 86_400 // cadence.sample_s
+    v = values(cadence, total, start_s)
+    per = cadence.message_s // cadence.sample_s
+    for seq, i in enumerate(range(0, total, per)):
+        t = (start_s + (i + np.arange(per, dtype=np.int64)) * cadence.sample_s) * 1000
+        yield MessageIn(device, seq, received, [SegmentIn(
+            patient, cadence.metric, Samples(t, v[i:i + per], np.zeros(per, np.uint8)))], 0)
+
+
+async def seed(core: Core, cadence: Cadence, start: dt.datetime,
+               received: dt.datetime) -> tuple[list[uuid.UUID], int]:
+    patients, samples = [], 0
     for w in range(WATCHES):
-        patient = (await core.patients.create(f"p{w}", "x", totp.new_secret())).id
+        patient = (await core.patients.create(f"{cadence.name}-{w}", "x",
+                                              totp.new_secret())).id
         patients.append(patient)
-        hr = heart_rate(DAYS * 86_400, start_s)
-        messages = []
-        for hour in range(DAYS * 24):
-            t = (start_s + hour * HOUR_S + np.arange(HOUR_S, dtype=np.int64)) * 1000
-            v = hr[hour * HOUR_S:(hour + 1) * HOUR_S]
-            messages.append(MessageIn(f"watch-{w}", hour, start, [SegmentIn(
-                patient, "heart_rate", Samples(t, v, np.zeros(HOUR_S, np.uint8)))], 0))
-            samples += HOUR_S
-        for i in range(0, len(messages), 24):
-            await core.store.ingest(messages[i:i + 24])
+        batch: list[MessageIn] = []
+        for message in messages(cadence, patient, f"{cadence.name}-{w}", start, received):
+            batch.append(message)
+            samples += message.samples
+            if len(batch) == BATCH:
+                await core.store.ingest(batch)
+                batch = []
+        if batch:
+            await core.store.ingest(batch)
     return patients, samples
 
 
-async def segments_bytes(conn: asyncpg.Connection) -> int:
+async def stored_bytes(conn: asyncpg.Connection) -> int:
+    """Segments (with every partition or chunk), ledger and rollups, indexes and TOAST."""
     return int(await conn.fetchval(
-        "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
-        " WHERE inhparent = 'segments'::regclass"))
+        """SELECT sum(pg_total_relation_size(oid)) FROM (
+               SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = 'segments'::regclass
+               UNION SELECT 'segments'::regclass::oid
+               UNION SELECT 'ingested_messages'::regclass::oid
+               UNION SELECT 'rollups'::regclass::oid) AS t"""))
 
 
-async def naive_bytes_per_row(conn: asyncpg.Connection, patient: uuid.UUID,
-                              start: dt.datetime) -> float:
-    await conn.execute("""CREATE TABLE naive (patient_id uuid, metric text,
-                          t timestamptz, value double precision, flags smallint)""")
-    await conn.execute("CREATE INDEX ON naive (patient_id, metric, t)")
-    hr = heart_rate(DAYS * 86_400, int(start.timestamp()))
-    rows = [(patient, "heart_rate", start + dt.timedelta(seconds=i), float(v), 0)
-            for i, v in enumerate(hr)]
-    await conn.copy_records_to_table("naive", records=rows)
-    await conn.execute("VACUUM ANALYZE naive")
-    size = await conn.fetchval("SELECT pg_total_relation_size('naive')")
-    return float(size) / len(rows)
-
-
-async def year_of_minutes(core: Core, now: dt.datetime) -> uuid.UUID:
-    """One patient with a year of per-minute heart rate, rolled up."""
-    patient = (await core.patients.create("year", "x", totp.new_secret())).id
-    start = now - dt.timedelta(days=365)
-    minutes = 365 * 1440
-    t = (int(start.timestamp()) + np.arange(minutes, dtype=np.int64) * 60) * 1000
-    v = heart_rate(minutes, int(start.timestamp()))
-    messages = [MessageIn("watch-year", day, now, [SegmentIn(patient, "heart_rate", Samples(
-        t[day * 1440:(day + 1) * 1440], v[day * 1440:(day + 1) * 1440],
-        np.zeros(1440, np.uint8)))], 0) for day in range(365)]
-    await core.store.ingest(messages)
-    return patient
+async def settle(core: Core, now: dt.datetime) -> None:
+    """Roll up and compact everything, as the maintenance job does over time."""
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, RetentionPolicy())
+    while True:
+        report = await job.run_once(now)
+        pending = await core.pool.fetchval("SELECT count(*) FROM segments WHERE NOT rolled_up")
+        if not pending and report is not None and not report.segments_compacted:
+            return
 
 
 def timed_ms(runs: list[float]) -> float:
     return round(statistics.median(runs) * 1000, 1)
 
 
-async def main(workdir: Path) -> str:
-    password = secrets.token_urlsafe(16)
-    server = PostgresServer(workdir / "pg", port=free_port(), user="bench", password=password,
-                            log_file=workdir / "pg.log")
-    await server.start()
+async def new_database(server: PostgresServer, name: str) -> str:
+    admin = await asyncpg.connect(server.dsn, password=server.password)
     try:
-        conn = await asyncpg.connect(server.dsn, password=password)
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return server.dsn.rsplit("/", 1)[0] + "/" + name
+
+
+async def measure_cadence(server: PostgresServer, workdir: Path, cadence: Cadence,
+                          now: dt.datetime) -> tuple[str, float, float]:
+    """(engine, bytes per sample, day read ms) for one cadence, in a database of its own."""
+    dsn = await new_database(server, "bench_" + cadence.name.replace("-", "_"))
+    conn = await asyncpg.connect(dsn, password=server.password)
+    core = None
+    try:
         await migrate(conn)
-        core = await open_core(server.dsn, password, workdir / "kek.bin", create_kek=True)
-        now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        engine = await partitioning.mode(conn)
+        core = await open_core(dsn, server.password, workdir / "kek.bin", create_kek=True)
         start = now - dt.timedelta(days=DAYS + 1)
         began = time.perf_counter()
-        patients, samples = await seed_watches(core, start)
-        print(f"seeded {samples:,} samples from {WATCHES} watches in "
+        patients, samples = await seed(core, cadence, start, now)
+        await settle(core, now)
+        for table in ("segments", "ingested_messages", "rollups"):
+            await conn.execute(f"VACUUM FULL ANALYZE {table}")
+        per_sample = await stored_bytes(conn) / samples
+        print(f"{engine} {cadence.name}: {samples:,} samples seeded and settled in "
               f"{time.perf_counter() - began:.0f}s", file=sys.stderr)
-        job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
-                          core.audit, RetentionPolicy())
-        while (await core.pool.fetchval("SELECT count(*) FROM segments WHERE NOT rolled_up")):
-            await job.run_once(now)
-        await job.compact(now)
-        await conn.execute("VACUUM ANALYZE segments")
-        per_sample = await segments_bytes(conn) / samples
-        naive = await naive_bytes_per_row(conn, patients[0], start)
-
-        day = start + dt.timedelta(days=2)
+        day = start + dt.timedelta(days=1)
         day_runs = []
         for p in patients[:5]:
             t0 = time.perf_counter()
-            s = await core.store.read_series(p, "heart_rate", day, day + dt.timedelta(days=1))
+            s = await core.store.read_series(p, cadence.metric, day, day + dt.timedelta(days=1))
             day_runs.append(time.perf_counter() - t0)
-            assert len(s) == 86_400
-        year_patient = await year_of_minutes(core, now)
-        await job.run_once(now)
-        while (await core.pool.fetchval("SELECT count(*) FROM segments WHERE NOT rolled_up")):
-            await job.run_once(now)
+            assert len(s) == 86_400 // cadence.sample_s, len(s)
+    finally:
+        if core is not None:
+            await core.pool.close()
+        await conn.close()
+    return engine, per_sample, timed_ms(day_runs)
+
+
+async def year_summary_ms(server: PostgresServer, workdir: Path, now: dt.datetime) -> float:
+    """One patient with a year of per-minute heart rate, rolled up: a one-year daily
+    summary, median of five."""
+    dsn = await new_database(server, "bench_year")
+    conn = await asyncpg.connect(dsn, password=server.password)
+    await migrate(conn)
+    await conn.close()
+    core = await open_core(dsn, server.password, workdir / "kek.bin", create_kek=True)
+    try:
+        patient = (await core.patients.create("year", "x", totp.new_secret())).id
+        start = now - dt.timedelta(days=365)
+        minutes = 365 * 1440
+        t = (int(start.timestamp()) + np.arange(minutes, dtype=np.int64) * 60) * 1000
+        v = heart_rate(minutes, int(start.timestamp()))
+        await core.store.ingest([MessageIn("watch-year", day, now, [SegmentIn(
+            patient, "heart_rate", Samples(t[day * 1440:(day + 1) * 1440],
+                                           v[day * 1440:(day + 1) * 1440],
+                                           np.zeros(1440, np.uint8)))], 0)
+            for day in range(365)])
+        await settle(core, now)
         rollups = Rollups(core.pool, core.keyring, core.store)
-        year_runs = []
+        runs = []
         for _ in range(5):
             t0 = time.perf_counter()
-            stats = await read_stats(core.pool, core.store, rollups, year_patient,
-                                     "heart_rate", now - dt.timedelta(days=365),
+            stats = await read_stats(core.pool, core.store, rollups, patient, "heart_rate",
+                                     now - dt.timedelta(days=365),
                                      now - dt.timedelta(hours=now.hour), "1d")
-            year_runs.append(time.perf_counter() - t0)
+            runs.append(time.perf_counter() - t0)
         assert len(stats) >= 360
+    finally:
         await core.pool.close()
-        await conn.close()
+    return timed_ms(runs)
+
+
+async def engine_lines(workdir: Path, bin_dir: str | None, now: dt.datetime) -> list[str]:
+    password = secrets.token_urlsafe(16)
+    server = PostgresServer(workdir / "pg", port=free_port(), user="bench", password=password,
+                            log_file=workdir / "pg.log", bin_dir=bin_dir)
+    await server.start()
+    try:
+        year_ms = await year_summary_ms(server, workdir, now)
+        lines = []
+        for cadence in CADENCES:
+            engine, per_sample, day_ms = await measure_cadence(server, workdir, cadence, now)
+            lines.append(f"storage: engine={engine} cadence={cadence.name} "
+                         f"bytes_per_sample={per_sample:.3f} day_read_ms={day_ms} "
+                         f"year_summary_ms={year_ms}")
+            print(lines[-1], flush=True)
     finally:
         server.stop()
-    return (f"storage: bytes_per_sample={per_sample:.3f} naive_ratio={naive / per_sample:.1f} "
-            f"day_read_ms={timed_ms(day_runs)} year_summary_ms={timed_ms(year_runs)}")
+    return lines
+
+
+async def main(workdir: Path) -> None:
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    native_dir = workdir / "native"
+    native_dir.mkdir(mode=0o755)
+    await engine_lines(native_dir, os.environ.get("HEALTHIOT_PG_BIN_DIR"), now)
+    tsdb_bin = os.environ.get("TIMESCALEDB_BIN")
+    if not tsdb_bin:
+        print("storage: engine=timescaledb not measured: set TIMESCALEDB_BIN to the bin "
+              "directory of a PostgreSQL with TimescaleDB", flush=True)
+        return
+    tsdb_dir = workdir / "timescaledb"
+    tsdb_dir.mkdir(mode=0o755)
+    await engine_lines(tsdb_dir, tsdb_bin, now)
 
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="healthiot-bench-") as tmp:
         Path(tmp).chmod(0o755)  # the postgres user must traverse it when we run as root
-        line = asyncio.run(main(Path(tmp)))
-    print(line)
+        asyncio.run(main(Path(tmp)))

@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     maint = sub.add_parser("maintenance",
                            help="storage upkeep: partitions, rollups, compaction, retention")
     maint.add_argument("--once", action="store_true", help="one pass, then exit")
+    maint.add_argument("--metrics-host", default="127.0.0.1")
+    maint.add_argument("--metrics-port", type=int, default=0,
+                       help="/metrics (segments set aside, failed steps, failed TimescaleDB "
+                            "jobs) in the Prometheus text format; 0 (default) turns it off")
     keys = sub.add_parser("keys", help="key management")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     rotate = keys_sub.add_parser("rotate", help="re-wrap every data key with a new KEK")
@@ -238,7 +242,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                                          name=args.name, username=args.username))
     if args.command == "maintenance":
         from healthiot.daemons import run_maintenance
-        return asyncio.run(run_maintenance(settings, once=args.once))
+        return asyncio.run(run_maintenance(settings, once=args.once,
+                                           metrics_host=args.metrics_host,
+                                           metrics_port=args.metrics_port))
     if args.command == "keys":
         from healthiot.daemons import rotate_kek
         return asyncio.run(rotate_kek(settings, args.new_kek))

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 from aiopaho import stop_task
 from api import passwords, totp
 from api.headers import cors_origins
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
+from broker_bridge.health import PROMETHEUS_TEXT
 from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.services import (
@@ -39,6 +41,8 @@ from healthiot.settings import Settings
 from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
+from storage.maintenance import Maintenance
+from storage.maintenance import render as render_maintenance
 from storage.record_links import RecordLinks
 from vitals import fhir
 from vitals.errors import InvalidProfessional
@@ -233,19 +237,40 @@ async def verify_audit(settings: Settings) -> int:
     return 1
 
 
-async def run_maintenance(settings: Settings, *, once: bool) -> int:
+async def run_maintenance(settings: Settings, *, once: bool, metrics_host: str = "127.0.0.1",
+                          metrics_port: int = 0) -> int:
     core = await _open_core(settings)
+    runner: web.AppRunner | None = None
     try:
         job = maintenance(core, settings)
         if once:
             print(f"maintenance: {await job.run_once()}")
             return 0
-        task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s))
+        if metrics_port:
+            runner = await _serve_maintenance_metrics(job, core, metrics_host, metrics_port)
+        task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s),
+                                   name="maintenance")
         await until_signalled()
         await stop_task(task)
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await core.close()
     return 0
+
+
+async def _serve_maintenance_metrics(job: Maintenance, core: Core, host: str,
+                                     port: int) -> web.AppRunner:
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=render_maintenance(job.stats,
+                                                    core.store.set_aside_total).encode(),
+                            headers={"Content-Type": PROMETHEUS_TEXT})
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
 
 
 async def rotate_kek(settings: Settings, new_kek: Path) -> int:

@@ -26,6 +26,7 @@ import asyncpg
 
 from devices.broker_config import BrokerFiles, ServicesListener, mosquitto_conf
 from devices.broker_plugin import build_plugin
+from healthiot import timescaledb
 from healthiot.errors import ServerUnavailable
 
 START_TIMEOUT_S = 60.0  # initdb plus first start on a loaded 2-core machine
@@ -230,11 +231,13 @@ class PostgresServer:
             raise ServerUnavailable(f"port {self.port} is taken: is another stack running? "
                                     "Choose another with HEALTHIOT_PG_PORT")
         self.initdb()
+        postgres = find_binary("postgres", env_dir=self.bin_dir)
         self._child.spawn(
-            [find_binary("postgres", env_dir=self.bin_dir), "-D", str(self.data_dir),
+            [postgres, "-D", str(self.data_dir),
              "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
              "-c", "unix_socket_directories=", "-c", "max_connections=200",
-             "-c", "password_encryption=scram-sha-256"],
+             "-c", "password_encryption=scram-sha-256",
+             *timescaledb.server_options(postgres)],  # preloaded when installed whole
             user="postgres" if running_as_root() else None)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

@@ -108,39 +108,62 @@ async def run(settings: Settings, duration: float | None,
         loop.add_signal_handler(sig, stop.set)
 
     materials = await asyncio.to_thread(stack.prepare, settings)
-    postgres = stack.postgres_server(settings, materials)
     broker = stack.mosquitto_server(settings, materials)
+    if not settings.embedded_database:
+        return await _run_on_broker(settings, materials, broker, [], stop, duration, workload)
+    postgres = stack.postgres_server(settings, materials)
     _say(f"starting PostgreSQL on 127.0.0.1:{settings.pg_port} ({settings.var_dir}/pg)")
     await postgres.start()
     try:
-        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port} (devices) "
-             f"and :{settings.mqtt_services_port} (services)")
-        await broker.start()
-        try:
-            return await _run_services(settings, materials, [postgres, broker], stop,
-                                       duration, workload)
-        finally:
-            broker.stop()
+        return await _run_on_broker(settings, materials, broker, [postgres], stop, duration,
+                                    workload)
     finally:
         postgres.stop()
         _say("stopped: database and broker are down, nothing left running")
 
 
+async def _run_on_broker(settings: Settings, materials: stack.Materials,
+                         broker: MosquittoServer, servers: Servers, stop: asyncio.Event,
+                         duration: float | None, workload: Workload | None) -> int:
+    """Start the broker, then the services, on the database of ``settings`` (the embedded
+    one in ``servers``, or HEALTHIOT_DATABASE_URL's)."""
+    if not servers:
+        _say("using the database of HEALTHIOT_DATABASE_URL")
+    try:
+        _say(f"starting Mosquitto (mTLS only) on 127.0.0.1:{settings.mqtt_port} (devices) "
+             f"and :{settings.mqtt_services_port} (services)")
+        await broker.start()
+        try:
+            return await _run_services(settings, materials, [*servers, broker], stop,
+                                       duration, workload)
+        finally:
+            broker.stop()
+    finally:
+        if not servers:
+            _say("stopped: broker is down, nothing left running")
+
+
 async def _run_services(settings: Settings, materials: stack.Materials,
                         servers: Servers, stop: asyncio.Event,
                         duration: float | None, workload: Workload | None) -> int:
-    server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
-    dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
-    await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
-    applied = await stack.migrate_database(
-        dsn, materials.db_password, service_password=materials.db_service_password,
-        audit_retention_days=settings.retention_audit_days)
-    _say(f"schema ready ({len(applied)} migration(s) applied now)")
+    if settings.embedded_database:
+        server_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/postgres"
+        admin_dsn = f"postgresql://{stack.DB_USER}@127.0.0.1:{settings.pg_port}/{stack.DB_NAME}"
+        await stack.ensure_database(server_dsn, materials.db_password, stack.DB_NAME)
+        applied = await stack.migrate_database(
+            admin_dsn, materials.db_password, service_password=materials.db_service_password,
+            audit_retention_days=settings.retention_audit_days)
+        _say(f"schema ready ({len(applied)} migration(s) applied now)")
+        # The services from here on: the service role, not the superuser that migrated.
+        dsn, password = stack.service_dsn(settings), materials.db_service_password
+    else:
+        # An existing database (HEALTHIOT_DATABASE_URL), made and migrated elsewhere
+        # (`healthiot db migrate`, as its administrator), as the daemons' is.
+        dsn, password = settings.database_url, settings.database_password
     # Torn down in reverse: the bridge stops consuming, then the API, then the pool.
     async with contextlib.AsyncExitStack() as resources:
-        # The services from here on: the service role, not the superuser that migrated.
-        core = await open_core(stack.service_dsn(settings), materials.db_service_password,
-                               materials.kek, create_kek=settings.environment == "development",
+        core = await open_core(dsn, password, materials.kek,
+                               create_kek=settings.environment == "development",
                                audit_key_file=materials.audit_key,
                                audit_anchor_dir=materials.audit_anchors)
         resources.push_async_callback(core.close)

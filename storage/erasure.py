@@ -54,6 +54,7 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
             patient_id)]
         await conn.execute("DELETE FROM data_keys WHERE owner = $1", str(patient_id))
         status = await conn.execute("DELETE FROM segments WHERE patient_id = $1", patient_id)
+        await conn.execute("DELETE FROM segments_set_aside WHERE patient_id = $1", patient_id)
         # Rollups, like segments, have no foreign key to patients to cascade from.
         rollups = await conn.execute("DELETE FROM rollups WHERE patient_id = $1", patient_id)
         quarantined = await conn.execute(

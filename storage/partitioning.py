@@ -58,8 +58,32 @@ async def mode(conn: asyncpg.Connection) -> str:
 
 
 async def timescale_available(conn: asyncpg.Connection) -> bool:
+    """The server offers TimescaleDB and has it preloaded: its control file alone (what
+    pg_available_extensions lists) is not enough, as CREATE EXTENSION then fails with
+    "must be preloaded"."""
     return bool(await conn.fetchval(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"))
+        """SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+           AND 'timescaledb' = ANY (string_to_array(
+               replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"""))
+
+
+async def _to_hypertable(conn: asyncpg.Connection) -> bool:
+    """Make ``segments`` a hypertable; False (nothing changed) when the extension cannot be
+    created after all (say, its versioned library is missing): native partitions then.
+    Its default index on the time column is not made: the native path has none, and
+    segments_by_patient_metric_time serves every time-bounded read."""
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the outer one usable
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as exc:
+        log.warning("TimescaleDB offered but not usable (%s): native partitions instead",
+                    type(exc).__name__)
+        return False
+    await conn.execute(
+        f"SELECT create_hypertable('{TABLE}', '{TIME_COLUMN}', chunk_time_interval"
+        f" => interval '{CHUNK_INTERVAL}', create_default_indexes => false,"
+        " migrate_data => true)")
+    return True
 
 
 async def prepare(conn: asyncpg.Connection, now: dt.datetime | None = None) -> str:
@@ -69,11 +93,7 @@ async def prepare(conn: asyncpg.Connection, now: dt.datetime | None = None) -> s
     current = await mode(conn)
     if current == "plain":
         async with conn.transaction():
-            if await timescale_available(conn):
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-                await conn.execute(
-                    f"SELECT create_hypertable('{TABLE}', '{TIME_COLUMN}', chunk_time_interval"
-                    f" => interval '{CHUNK_INTERVAL}', migrate_data => true)")
+            if await timescale_available(conn) and await _to_hypertable(conn):
                 current = "timescaledb"
             else:
                 await _to_native(conn, now)

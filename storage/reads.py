@@ -18,7 +18,7 @@ import asyncpg
 import numpy as np
 
 from storage.rollups import DAY_MS, HOUR_MS, Rollups, Stats, compute
-from storage.store import Store
+from storage.store import MAX_SEGMENT_SPAN, Store
 from vitals.normalise import reliable
 
 WIDTH_MS = {"1m": 60_000, "1h": HOUR_MS, "1d": DAY_MS}
@@ -40,7 +40,8 @@ async def read_stats(pool: asyncpg.Pool, store: Store, rollups: Rollups,
                                            date_trunc('day', end_at, 'UTC'),
                                            interval '1 day') AS day
            FROM segments WHERE patient_id = $1 AND metric = $2 AND NOT rolled_up
-           AND end_at >= $3 AND start_at < $4""", patient_id, metric, start, end)}
+           AND end_at >= $3 AND start_at < $4 AND start_at > $5""",
+        patient_id, metric, start, end, start - MAX_SEGMENT_SPAN)}
     first = dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC)
     days = [first + dt.timedelta(days=i) for i in range((end - first).days + 1)
             if first + dt.timedelta(days=i) < end]

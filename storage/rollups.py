@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from storage.crypto import open_sealed, seal
-from storage.errors import IntegrityError
+from storage.errors import IntegrityError, KeyUnavailable
 from storage.keyring import Keyring
-from storage.store import Store
+from storage.store import MAX_SEGMENT_SPAN, Store
 from vitals.normalise import reliable
 from vitals.resample import bucketise
 
@@ -159,7 +159,16 @@ class Rollups:
                                           interval '1 day') AS day
                    FROM segments WHERE NOT rolled_up LIMIT $1""", limit)
         for row in pending:
-            await self.roll_up_day(row["patient_id"], row["metric"], row["day"])
+            try:
+                await self.roll_up_day(row["patient_id"], row["metric"], row["day"])
+            except (IntegrityError, KeyUnavailable):
+                # A segment of that day does not open: set it aside, and the day is summed
+                # from the rest. Nothing set aside means another cause: raised as it was.
+                day = _utc_day(row["day"])
+                if not await self._store.set_aside_unopenable(
+                        row["patient_id"], row["metric"], day, day + dt.timedelta(days=1)):
+                    raise
+                await self.roll_up_day(row["patient_id"], row["metric"], row["day"])
         return len(pending)
 
     async def roll_up_day(self, patient_id: uuid.UUID, metric: str, day: dt.datetime) -> None:
@@ -168,8 +177,8 @@ class Rollups:
         async with self._pool.acquire() as conn:
             seen = [r["id"] for r in await conn.fetch(
                 """SELECT id FROM segments WHERE patient_id = $1 AND metric = $2
-                   AND NOT rolled_up AND end_at >= $3 AND start_at < $4""",
-                patient_id, metric, day, end)]
+                   AND NOT rolled_up AND end_at >= $3 AND start_at < $4 AND start_at > $5""",
+                patient_id, metric, day, end, day - MAX_SEGMENT_SPAN)]
         samples = await self._store.read_series(patient_id, metric, day, end)
         clean = reliable(samples.flags)  # doubtful samples wait for review: not in summaries
         t, v = samples.t_ms[clean], samples.value[clean]

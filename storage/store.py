@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storage.crypto import open_sealed, seal
+from storage.errors import IntegrityError, KeyUnavailable
 from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
 from storage.quarantine import QuarantineIn as QuarantineIn  # re-exported: the bridge makes them
@@ -24,6 +26,7 @@ from vitals.normalise import Flag
 # Keys the payload digests of the message ledger: a plain hash of a small pack could be
 # brute-forced back to its value. System keys have one version, so digests stay comparable.
 DIGEST_KEY = "ledger_digest"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,37 @@ def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, devi
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DAY_MS = 86_400_000
+# Every segment spans less than a day (written so, and checked by the table since 150), so
+# one that ends at or after ``start`` began less than this before it: reads bound start_at
+# from below too, and the engine prunes partitions and chunks from both ends.
+MAX_SEGMENT_SPAN = dt.timedelta(days=1)
+SEGMENTS_IN_RANGE = """
+    SELECT id, device_id, start_at, end_at, samples, key_version, sealed
+    FROM segments WHERE patient_id = $1 AND metric = $2
+    AND end_at >= $3 AND start_at < $4 AND start_at > $5"""
+
+
+def within_a_day(segment: SegmentIn) -> list[SegmentIn]:
+    """``segment`` as it is when its samples span less than a day (most messages: a device's
+    last seconds or minutes), else cut at UTC midnights, one piece per day it has samples
+    in (a device's backlog of several days)."""
+    t = segment.samples.t_ms
+    if int(t.max()) - int(t.min()) < _DAY_MS:
+        return [segment]
+    return by_utc_day(segment)
+
+
+def by_utc_day(segment: SegmentIn) -> list[SegmentIn]:
+    """``segment`` cut at UTC midnights: one piece per day it has samples in."""
+    t = segment.samples.t_ms
+    days = t // _DAY_MS
+    if days.min() == days.max():
+        return [segment]
+    s = segment.samples
+    return [SegmentIn(segment.patient_id, segment.metric,
+                      Samples(t[days == d], s.value[days == d], s.flags[days == d]))
+            for d in np.unique(days)]
 
 
 def _utc(ms: int) -> dt.datetime:
@@ -100,6 +134,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
         self._pool = pool
         self._keyring = keyring
+        self.set_aside_total = 0  # segments moved to segments_set_aside by this process
 
     async def ingest(self, messages: Sequence[MessageIn],
                      quarantined: Sequence[QuarantineIn] = ()) -> int:
@@ -160,7 +195,8 @@ class Store:
                 if message.key not in fresh:
                     continue
                 for segment in message.segments:
-                    rows.append(await self._sealed_segment(conn, message.device_id, segment))
+                    for piece in within_a_day(segment):
+                        rows.append(await self._sealed_segment(conn, message.device_id, piece))
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
                                message.received_at, message.held)
@@ -199,8 +235,8 @@ class Store:
                              segments: Sequence[SegmentIn]) -> None:
         """Seal and write segments measured by ``device_id`` in the caller's transaction
         (a held weighing claimed by a patient becomes their data this way)."""
-        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, s)
-                                         for s in segments])
+        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, piece)
+                                         for s in segments for piece in within_a_day(s)])
 
     @staticmethod
     async def _copy_segments(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -241,10 +277,11 @@ class Store:
     async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                              end: dt.datetime) -> list[tuple[str, Samples]]:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT id, device_id, start_at, end_at, samples, key_version, sealed
-                   FROM segments WHERE patient_id = $1 AND metric = $2
-                   AND end_at >= $3 AND start_at < $4""", patient_id, metric, start, end)
+            # Samples are kept from start's millisecond (_sorted_in_range): rows are chosen
+            # from it too, or one whose last sample is that millisecond would be missed.
+            lo = _utc(int(start.timestamp() * 1000))
+            rows = await conn.fetch(SEGMENTS_IN_RANGE, patient_id, metric, lo, end,
+                                    lo - MAX_SEGMENT_SPAN)
             parts = []
             for row in rows:
                 key = await self._keyring.get(conn, str(patient_id), row["key_version"])
@@ -268,24 +305,66 @@ class Store:
                    ORDER BY start_at FOR UPDATE""", patient_id, metric, device_id, day, end)
             if len(rows) < 2:
                 return 0
-            parts = []
+            parts, bad = [], []
             for row in rows:
-                key = await self._keyring.get(conn, str(patient_id), row["key_version"])
-                aad = _segment_aad(row["id"], patient_id, metric, device_id, row["start_at"],
-                                   row["end_at"], row["samples"], row["key_version"])
-                parts.append(unpack(open_sealed(key, row["sealed"], aad)))
+                try:
+                    parts.append(await self._open_row(conn, row, patient_id, metric))
+                except (IntegrityError, KeyUnavailable) as exc:
+                    bad.append((row, type(exc).__name__))
+            await self._set_aside(conn, bad)
+            rows = [r for r in rows if r["id"] not in {b["id"] for b, _ in bad}]
+            if len(rows) < 2:
+                return 0
             lo, hi = _utc(min(int(p.t_ms.min()) for p in parts)), _utc(
                 max(int(p.t_ms.max()) for p in parts) + 1)
             merged = _in_range(parts, lo, hi)
-            record = await self._sealed_segment(conn, device_id,
-                                                SegmentIn(patient_id, metric, merged))
-            await conn.execute(
-                """INSERT INTO segments (id, patient_id, metric, device_id, start_at, end_at,
-                                         samples, key_version, sealed, rolled_up)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)""", *record)
+            # Segments starting on one day may end on the next: the merge too, within a day.
+            for piece in within_a_day(SegmentIn(patient_id, metric, merged)):
+                record = await self._sealed_segment(conn, device_id, piece)
+                await conn.execute(
+                    """INSERT INTO segments (id, patient_id, metric, device_id, start_at,
+                                             end_at, samples, key_version, sealed, rolled_up)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)""", *record)
             await conn.execute("DELETE FROM segments WHERE id = ANY($1::uuid[])",
                                [r["id"] for r in rows])
         return len(rows)
+
+    async def _open_row(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                        patient_id: uuid.UUID, metric: str) -> Samples:
+        key = await self._keyring.get(conn, str(patient_id), row["key_version"])
+        aad = _segment_aad(row["id"], patient_id, metric, row["device_id"], row["start_at"],
+                           row["end_at"], row["samples"], row["key_version"])
+        return unpack(open_sealed(key, row["sealed"], aad))
+
+    async def set_aside_unopenable(self, patient_id: uuid.UUID, metric: str,
+                                   start: dt.datetime, end: dt.datetime) -> int:
+        """Move the segments of [start, end) that do not open to segments_set_aside (each
+        logged by id, with the reason); returns how many. The maintenance job calls it when
+        a day fails, so that one bad row stops nothing else."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(SEGMENTS_IN_RANGE + " FOR UPDATE", patient_id, metric,
+                                    start, end, start - MAX_SEGMENT_SPAN)
+            bad = []
+            for row in rows:
+                try:
+                    await self._open_row(conn, row, patient_id, metric)
+                except (IntegrityError, KeyUnavailable) as exc:
+                    bad.append((row, type(exc).__name__))
+            await self._set_aside(conn, bad)
+        return len(bad)
+
+    async def _set_aside(self, conn: asyncpg.Connection,
+                         bad: Sequence[tuple[asyncpg.Record, str]]) -> None:
+        for row, reason in bad:
+            await conn.execute(
+                """WITH moved AS (DELETE FROM segments WHERE id = $1 AND start_at = $2
+                       RETURNING id, patient_id, metric, device_id, start_at, end_at, samples,
+                                 key_version, sealed)
+                   INSERT INTO segments_set_aside (id, patient_id, metric, device_id, start_at,
+                                                   end_at, samples, key_version, sealed, reason)
+                   SELECT *, $3 FROM moved""", row["id"], row["start_at"], reason)
+            log.warning("segment %s does not open (%s): set aside", row["id"], reason)
+        self.set_aside_total += len(bad)
 
     async def stored_already(self, keys: Sequence[tuple[str, int, int]]
                              ) -> set[tuple[str, int, int]]:

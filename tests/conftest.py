@@ -48,7 +48,7 @@ from healthiot.errors import ServerUnavailable
 from healthiot.localservers import MosquittoServer, PostgresServer, free_port, stable_port
 from healthiot.services import Core, new_bridge, open_core
 from healthiot.stack import SERVER_NAMES
-from storage import roles
+from storage import partitioning, roles
 from storage.migrate import migrate
 
 TEMPLATE_DB = "healthiot_template"
@@ -140,7 +140,7 @@ async def db_template(pg_server: Database) -> str:
         pytest.fail(f"cannot reach the test PostgreSQL at {pg_server.dsn}: {exc}",
                     pytrace=False)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
         await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     finally:
         await conn.close()
@@ -148,9 +148,45 @@ async def db_template(pg_server: Database) -> str:
                                  password=pg_server.password)
     try:
         await migrate(conn)
+        _ENGINES[pg_server.dsn] = await partitioning.mode(conn)
     finally:
         await conn.close()
+    _check_engine(_ENGINES[pg_server.dsn])
+    await _seal_template(pg_server, TEMPLATE_DB)
     return TEMPLATE_DB
+
+
+# The partitioning engine of each test server's template: 'native' or 'timescaledb'.
+_ENGINES: dict[str, str] = {}
+
+
+def _check_engine(found: str) -> None:
+    """HEALTHIOT_TEST_ENGINE names the engine a pass means to test (make test-timescaledb
+    sets it): a server that fell back to another fails the pass rather than test the wrong
+    thing green."""
+    wanted = os.environ.get("HEALTHIOT_TEST_ENGINE")
+    if wanted and wanted != found:
+        pytest.fail(f"HEALTHIOT_TEST_ENGINE={wanted} but the test server gave {found}: is "
+                    "TimescaleDB installed whole and preloaded there?", pytrace=False)
+
+
+async def _seal_template(pg_server: Database, name: str) -> None:
+    """Make the template non-connectable and end any session in it. TimescaleDB's
+    background-worker scheduler connects to every database that allows it, and CREATE
+    DATABASE ... TEMPLATE fails while anyone is connected to the template."""
+    admin = await asyncpg.connect(pg_server.dsn, password=pg_server.password)
+    try:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def db_engine(pg_server: Database, db_template: str) -> str:
+    """The partitioning engine the test databases use: 'native' or 'timescaledb'."""
+    return _ENGINES[pg_server.dsn]
 
 
 def _with_db(dsn: str, name: str) -> str:

@@ -4,6 +4,7 @@ It must start everything itself, print the summary line with nothing lost, work 
 time on the same var/, stop cleanly on Ctrl-C, and leave no server process behind.
 """
 
+import asyncio
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from healthiot.localservers import free_port
@@ -84,3 +86,25 @@ def test_ctrl_c_stops_everything_cleanly(run_env):
     assert health.stdout == "200", health
     assert "healthiot_bridge_messages_total " in metrics.stdout, metrics
     assert "healthiot_bridge_worker_failures_total 0.0" in metrics.stdout, metrics
+
+
+async def test_run_uses_the_database_of_HEALTHIOT_DATABASE_URL(run_env, database):
+    """With HEALTHIOT_DATABASE_URL (a compose-like database), no cluster of its own: the
+    readings land in that database."""
+    var, env = run_env
+    env.update(HEALTHIOT_DATABASE_URL=database.dsn,
+               HEALTHIOT_DATABASE_PASSWORD=database.password)
+    done = await asyncio.to_thread(
+        subprocess.run, _healthiot("run", "--duration", "6"), env=env, text=True,
+        capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = SUMMARY.search(done.stdout)
+    assert match and int(match.group(4)) > 0, done.stdout
+    assert not (var / "pg").exists(), "a cluster of its own was started"
+    conn = await asyncpg.connect(database.dsn, password=database.password)
+    try:
+        assert await conn.fetchval("SELECT sum(samples) FROM ingested_messages") == int(
+            match.group(4))
+    finally:
+        await conn.close()
+    _no_server_left(var)

@@ -1,10 +1,13 @@
 """`healthiot simulate`, as a user runs it: a subprocess with its own var/, the whole stack,
 a small fleet, and a report that matches the database."""
 
+import asyncio
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import asyncpg
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout, imported first by the child
 TOTALS = re.compile(r"^simulate: devices=(\d+) messages=(\d+) samples=(\d+) stored=(\d+) "
@@ -74,4 +77,20 @@ def test_a_broker_killed_halfway_loses_nothing_and_the_fleet_is_back_within_a_mi
     assert back.group(1) == back.group(2) == "8" and float(back.group(3)) < 60
     assert (totals["lost"], totals["dup"], totals["buffered"]) == (0, 0, 0)
     assert totals["stored"] + totals["rejected"] == totals["samples"] > 0
+    _no_server_left(var)
+
+
+async def test_simulate_uses_the_database_of_HEALTHIOT_DATABASE_URL(sim_env, database):
+    var, env = sim_env
+    env.update(HEALTHIOT_DATABASE_URL=database.dsn,
+               HEALTHIOT_DATABASE_PASSWORD=database.password)
+    done, totals = await asyncio.to_thread(_simulate, env, "--devices", "3", "--duration", "10")
+    assert done.returncode == 0 and totals["lost"] == 0, done.stdout + done.stderr
+    assert not (var / "pg").exists(), "a cluster of its own was started"
+    conn = await asyncpg.connect(database.dsn, password=database.password)
+    try:
+        assert await conn.fetchval("SELECT sum(samples) FROM ingested_messages") == (
+            totals["stored"] + totals["rejected"]) > 0
+    finally:
+        await conn.close()
     _no_server_left(var)

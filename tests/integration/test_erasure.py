@@ -238,6 +238,7 @@ CLASSIFIED: dict[str, str] = {
     "record_links": "sealed tokens of the medical record: revoked there, deleted (cascade)",
     "record_device_system_ids": "a device's EUI-64, as its serial: deleted with its owner",
     "export_jobs": "a Bulk Data export under way (no data in it): deleted (cascade)",
+    "segments_set_aside": "sealed segments that did not open: deleted, and the key destroyed",
 }
 # What may still name the erased patient afterwards, per table (kinds as in _identifiers).
 # The audit log keeps the old device references of its rows (it is never rewritten): they

@@ -60,46 +60,26 @@ def _pg_dump(dsn: str, password: str, out: Path) -> str:
     return out.read_text()
 
 
-async def test_segments_live_in_monthly_partitions(core) -> None:  # type: ignore[no-untyped-def]
+async def test_segments_live_in_the_time_partitions_of_the_engine_in_use(  # type: ignore[no-untyped-def]
+        core, db_engine) -> None:
+    """Native: a month's partition. TimescaleDB: a chunk of the 7-day hypertable."""
     patient, _, _ = await new_patient(core, "parted")
     now = dt.datetime.now(dt.UTC)
     await _ingest(core, patient, "heart_rate", np.array([_ms(now)]), np.array([70.0]))
     async with core.pool.acquire() as conn:
-        assert await partitioning.mode(conn) == "native"
+        assert await partitioning.mode(conn) == db_engine
         where = await conn.fetchval("SELECT tableoid::regclass::text FROM segments")
-    assert where == partitioning.partition_name(partitioning.month_start(now))
-
-
-class _RecordingConn:
-    """Answers the questions prepare() asks of a server that offers TimescaleDB."""
-
-    def __init__(self) -> None:
-        self.executed: list[str] = []
-
-    async def fetchval(self, sql: str, *args: object) -> object:
-        return 1 if "pg_available_extensions" in sql else None
-
-    async def execute(self, sql: str, *args: object) -> str:
-        self.executed.append(" ".join(sql.split()))
-        return "OK"
-
-    def transaction(self) -> _RecordingConn:
-        return self
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-async def test_with_timescaledb_segments_become_a_hypertable() -> None:
-    conn = _RecordingConn()
-    assert await partitioning.prepare(conn) == "timescaledb"  # type: ignore[arg-type]
-    assert conn.executed == [
-        "CREATE EXTENSION IF NOT EXISTS timescaledb",
-        "SELECT create_hypertable('segments', 'start_at', chunk_time_interval => interval "
-        "'7 days', migrate_data => true)"]
+        if db_engine == "native":
+            assert where == partitioning.partition_name(partitioning.month_start(now))
+        else:
+            assert await conn.fetchval(
+                "SELECT time_interval FROM timescaledb_information.dimensions"
+                " WHERE hypertable_name = 'segments' AND column_name = 'start_at'"
+            ) == dt.timedelta(days=7)
+            chunks = await conn.fetch("SELECT chunk_schema || '.' || chunk_name AS c FROM"
+                                      " timescaledb_information.chunks"
+                                      " WHERE hypertable_name = 'segments'")
+            assert [r["c"] for r in chunks] == [where]
 
 
 async def test_a_dump_after_a_week_reveals_no_value(core, database, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -268,16 +248,33 @@ async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> 
     assert after.t_ms.tolist() == before.t_ms.tolist() and len(after) == 300
 
 
-async def test_retention_drops_old_months_and_records_it(core) -> None:  # type: ignore[no-untyped-def]
+async def _partitions(conn: asyncpg.Connection) -> set[str]:
+    """The month partitions (native) or chunks (TimescaleDB) that hold segments now."""
+    rows = await conn.fetch(
+        """SELECT c.oid::regclass::text AS name FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'segments'::regclass""")
+    return {r["name"] for r in rows}
+
+
+async def test_retention_drops_old_partitions_or_chunks_and_records_it(  # type: ignore[no-untyped-def]
+        core, db_engine) -> None:
     patient, _, _ = await new_patient(core, "old")
     now = dt.datetime.now(dt.UTC)
     old = now - dt.timedelta(days=400)
     async with core.pool.acquire() as conn:
-        await partitioning.ensure_months(conn, now, since=partitioning.month_start(old))
-        old_part = partitioning.partition_name(partitioning.month_start(old))
-        assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
+        if db_engine == "native":
+            await partitioning.ensure_months(conn, now, since=partitioning.month_start(old))
+        before = await _partitions(conn)
     await _ingest(core, patient, "heart_rate", np.array([_ms(old)]), np.array([70.0]))
     await _ingest(core, patient, "heart_rate", np.array([_ms(now)]), np.array([71.0]))
+    old_part = await core.pool.fetchval(
+        "SELECT tableoid::regclass::text FROM segments WHERE start_at < now() - interval"
+        " '1 year'")
+    if db_engine == "native":
+        assert old_part == partitioning.partition_name(partitioning.month_start(old))
+        assert old_part in before
+    else:
+        assert old_part not in before  # the chunk came with the row
     await core.pool.execute(
         "INSERT INTO quarantine (received_at, topic, reason, detail, sealed, key_owner,"
         " key_version) VALUES (now() - interval '40 days', 't', 'r', 'd', '\\x00',"
@@ -287,6 +284,8 @@ async def test_retention_drops_old_months_and_records_it(core) -> None:  # type:
     removed = await job.enforce_retention(now)
     assert removed["raw"] == 1 and removed["quarantine"] == 1
     assert not await core.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
+    async with core.pool.acquire() as conn:
+        assert old_part not in await _partitions(conn)
     assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
     kinds = {r["kind"] for r in await core.pool.fetch("SELECT kind FROM retention_runs")}
     assert {"raw", "quarantine"} <= kinds
@@ -431,6 +430,10 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
                            " VALUES ($1, $2, now() + interval '1 day')", os.urandom(32), session)
         await conn.execute("INSERT INTO patient_time_zones VALUES ($1, now(), 'Europe/Paris')",
                            patient)
+        await conn.execute(
+            "INSERT INTO segments_set_aside (id, patient_id, metric, device_id, start_at,"
+            " end_at, samples, key_version, sealed, reason) VALUES ($1, $2, 'heart_rate', $3,"
+            " now(), now(), 1, 1, '\\x00', 'IntegrityError')", uuid.uuid4(), patient, device)
         await conn.execute("INSERT INTO source_priorities (patient_id, metric, device_ids)"
                            " VALUES ($1, 'heart_rate', ARRAY[$2])", patient, device)
         await conn.execute("INSERT INTO record_feed_consents VALUES ($1, true, '\\x00', 1)",
