@@ -170,8 +170,11 @@ class AsyncClient:
 
     def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
         def unwatch() -> None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
+            # A socket closed already (fd -1) was unwatched before it closed: paho reports
+            # it again when it collects a client whose connection _close_quietly ended.
+            with contextlib.suppress(ValueError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
             if self._sock is sock:
                 self._sock = None
         self._call_in_loop(unwatch)
@@ -181,7 +184,8 @@ class AsyncClient:
 
     def _on_socket_unregister_write(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
         def unwatch() -> None:
-            self._loop.remove_writer(sock)
+            with contextlib.suppress(ValueError):  # closed already: see _on_socket_close
+                self._loop.remove_writer(sock)
         self._call_in_loop(unwatch)
 
     def _on_readable(self) -> None:
