@@ -60,11 +60,21 @@ async def mode(conn: asyncpg.Connection) -> str:
 async def timescale_available(conn: asyncpg.Connection) -> bool:
     """The server offers TimescaleDB and has it preloaded: its control file alone (what
     pg_available_extensions lists) is not enough, as CREATE EXTENSION then fails with
-    "must be preloaded"."""
-    return bool(await conn.fetchval(
-        """SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-           AND 'timescaledb' = ANY (string_to_array(
-               replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"""))
+    "must be preloaded". Created already in this database: available (only a preloaded
+    server lets it be created). Only a superuser may read the preload setting: the owner
+    role that converts ``segments`` finds the extension made by the administrator before
+    (storage/migrate.py), or takes native partitions."""
+    if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        return True
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the outer one usable
+            return bool(await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM pg_available_extensions
+                                  WHERE name = 'timescaledb')
+                   AND 'timescaledb' = ANY (string_to_array(
+                       replace(current_setting('shared_preload_libraries'), ' ', ''), ','))"""))
+    except asyncpg.InsufficientPrivilegeError:
+        return False
 
 
 async def _to_hypertable(conn: asyncpg.Connection) -> bool:
