@@ -12,16 +12,12 @@ spends it (storage/nonces.py), so a captured ID token cannot be replayed while i
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import jwt
 
-ALGORITHMS = ["RS256", "ES256"]  # pinned: never "none", never a MAC with a public key
-JWKS_TTL_S = 600.0
-REFRESH_AT_MOST_EVERY_S = 60.0  # an unknown kid refetches the JWKS, but not in a loop
+from api.id_tokens import IdTokenVerifier, ProviderUnavailable, TokenRefused
 
 # Professions of the French health-professional directory (code -> our name); only these,
 # bound by medical secrecy, can sign in.
@@ -52,52 +48,15 @@ class ProIdentity:
 class OidcVerifier:
     def __init__(self, config: OidcConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
-        self._session = session
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = -JWKS_TTL_S
-
-    async def _get_json(self, url: str) -> dict[str, Any]:
-        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
-            if resp.status != 200:
-                raise OidcError(f"{url} answered {resp.status}")
-            body: dict[str, Any] = await resp.json(content_type=None)
-            return body
-
-    async def _refresh(self) -> None:
-        discovery = await self._get_json(
-            self.config.issuer.rstrip("/") + "/.well-known/openid-configuration")
-        if discovery.get("issuer") != self.config.issuer:
-            raise OidcError("the discovery document names another issuer")
-        keys = await self._get_json(str(discovery["jwks_uri"]))
-        self._keys = {k["kid"]: jwt.PyJWK(k) for k in keys.get("keys", [])
-                      if "kid" in k and k.get("use", "sig") == "sig"}
-        self._fetched_at = time.monotonic()
-
-    async def _key(self, kid: str) -> jwt.PyJWK:
-        age = time.monotonic() - self._fetched_at
-        if age > JWKS_TTL_S or (kid not in self._keys and age > REFRESH_AT_MOST_EVERY_S):
-            await self._refresh()
-        key = self._keys.get(kid)
-        if key is None:
-            raise OidcError("the token is signed by a key the provider does not publish")
-        return key
+        self._tokens = IdTokenVerifier(config.issuer, config.client_id, session)
 
     async def verify(self, id_token: str) -> ProIdentity:
         try:
-            header = jwt.get_unverified_header(id_token)
-            if header.get("alg") not in ALGORITHMS:
-                raise OidcError(f"algorithm {header.get('alg')!r} is not accepted")
-            key = await self._key(str(header.get("kid")))
-            claims: dict[str, Any] = jwt.decode(
-                id_token, key, algorithms=ALGORITHMS, audience=self.config.client_id,
-                issuer=self.config.issuer, leeway=5,
-                options={"require": ["exp", "iat", "iss", "aud", "sub", "nonce"]})
-        except (jwt.PyJWTError, aiohttp.ClientError, KeyError, ValueError) as exc:
+            claims = await self._tokens.verify(id_token)
+        except (TokenRefused, ProviderUnavailable) as exc:
             raise OidcError(str(exc)) from None
         if claims.get("acr") not in self.config.accepted_acr:
             raise OidcError(f"authentication level {claims.get('acr')!r} is not accepted")
-        if not isinstance(claims["nonce"], str):
-            raise OidcError("the nonce is not a string")
         return _identity(claims)
 
 

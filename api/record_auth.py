@@ -22,22 +22,19 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import jwt
 
+from api.id_tokens import IdTokenVerifier, ProviderUnavailable, TokenRefused
 from storage.record_links import Person, RecordLinks, Tokens
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ["ES256", "RS256"]  # pinned: never "none", never a MAC
 REFRESH_MARGIN = dt.timedelta(seconds=120)  # refresh an access token this long before expiry
-DISCOVERY_TTL_S = 3600.0
 # The ID token claims that carry the person identifier the record binds to the
 # authorisation. The guide names the pair (oid, IDPE) but not the claims; these are ours,
 # configurable if the record's registration says otherwise.
@@ -84,9 +81,8 @@ class RecordAccount:
         self.config = config
         self.links = links
         self._session = session
-        self._discovery: dict[str, Any] = {}
-        self._discovered_at = -DISCOVERY_TTL_S
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._id_tokens = IdTokenVerifier(config.issuer, config.client_id, session,
+                                          config.timeout_s)
 
     async def begin(self, patient_id: uuid.UUID) -> str:
         """The URL where the patient signs in at the record to authorise us."""
@@ -163,23 +159,10 @@ class RecordAccount:
         return True
 
     async def _meta(self) -> dict[str, Any]:
-        if time.monotonic() - self._discovered_at > DISCOVERY_TTL_S:
-            url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            meta = await self._get_json(url)
-            if meta.get("issuer") != self.config.issuer:
-                raise RecordAuthError("the discovery document names another issuer")
-            self._discovery, self._discovered_at = meta, time.monotonic()
-        return self._discovery
-
-    async def _get_json(self, url: str) -> dict[str, Any]:
         try:
-            async with self._session.get(url, timeout=self._timeout()) as resp:
-                if resp.status != 200:
-                    raise RecordAuthError(f"{url} answered {resp.status}")
-                body: dict[str, Any] = await resp.json(content_type=None)
-                return body
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise RecordAuthError(f"{url}: {exc!r}") from None
+            return await self._id_tokens.discovery()
+        except ProviderUnavailable as exc:
+            raise RecordAuthError(str(exc)) from None
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -222,28 +205,13 @@ class RecordAccount:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RecordAuthError(f"revocation: {exc!r}") from None
 
-    async def _key(self, kid: str) -> jwt.PyJWK:
-        if kid not in self._keys:
-            jwks = await self._get_json(str((await self._meta())["jwks_uri"]))
-            self._keys = {k["kid"]: jwt.PyJWK(k) for k in jwks.get("keys", [])
-                          if "kid" in k and k.get("use", "sig") == "sig"}
-        key = self._keys.get(kid)
-        if key is None:
-            raise LinkRefused("the ID token is signed by a key the record does not publish")
-        return key
-
     async def _person(self, id_token: str, nonce: str) -> Person:
         try:
-            header = jwt.get_unverified_header(id_token)
-            if header.get("alg") not in ALGORITHMS:
-                raise LinkRefused(f"ID token algorithm {header.get('alg')!r} refused")
-            key = await self._key(str(header.get("kid")))
-            claims: dict[str, Any] = jwt.decode(
-                id_token, key, algorithms=ALGORITHMS, audience=self.config.client_id,
-                issuer=self.config.issuer, leeway=5,
-                options={"require": ["exp", "iat", "iss", "aud", "sub", "nonce"]})
-        except jwt.PyJWTError as exc:
+            claims = await self._id_tokens.verify(id_token)
+        except TokenRefused as exc:
             raise LinkRefused(f"ID token: {exc}") from None
+        except ProviderUnavailable as exc:
+            raise RecordAuthError(str(exc)) from None
         if not secrets.compare_digest(str(claims["nonce"]), nonce):
             raise LinkRefused("ID token nonce does not match the request")
         oid, value = claims.get(self.config.idpe_oid_claim), claims.get(self.config.idpe_claim)
