@@ -10,6 +10,7 @@ patient does the same to each of their devices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -84,7 +85,14 @@ def _ender(pki: Pki, port: int, directory: Path) -> SessionEnder:
         pki.ca.ca_file, directory / "revoker.pem", directory / "revoker.key"))
 
 
-async def _api(core: Core, revoker: Revoker) -> TestClient[Any, Any]:
+@contextlib.asynccontextmanager
+async def _revoking_api(core: Core, pki: Pki, broker: MosquittoServer, directory: Path,
+                        *, end_sessions: bool = True) -> AsyncIterator[TestClient[Any, Any]]:
+    """The patient API with a revoker that writes the broker's CRL and, with
+    ``end_sessions``, ends the device's live sessions through the services' listener."""
+    revoker = Revoker(core.registry,
+                      CrlPublisher(core.registry, pki.ca, broker.crl_file, broker.reload),
+                      _ender(pki, broker.services_port, directory) if end_sessions else None)
     tokens = TokenService(new_key(), issuer="https://test", audience="test")
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry,
                              core.patients, core.audit, tokens,
@@ -92,7 +100,10 @@ async def _api(core: Core, revoker: Revoker) -> TestClient[Any, Any]:
                      revoker=revoker)
     client = TestClient(TestServer(app))
     await client.start_server()
-    return client
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def _factory_device(core: Core, pki: Pki, directory: Path, serial: str
@@ -141,10 +152,7 @@ async def test_after_unpairing_nothing_is_stored_and_no_new_handshake_succeeds(
         core: Core, pki: Pki, crl_broker: MosquittoServer, crl_bridge: Bridge,
         tmp_path: Path) -> None:
     # No session takeover here: the live session stays up, as Mosquitto leaves it.
-    revoker = Revoker(core.registry, CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
-                                                  crl_broker.reload))
-    api = await _api(core, revoker)
-    try:
+    async with _revoking_api(core, pki, crl_broker, tmp_path, end_sessions=False) as api:
         account, flash, device_id = await _paired(api, core, pki, tmp_path, "alice.rv", "R-1")
         device = await _connect(pki, flash, device_id, crl_broker.port)
         topic = f"devices/{device_id}/telemetry"
@@ -170,19 +178,12 @@ async def test_after_unpairing_nothing_is_stored_and_no_new_handshake_succeeds(
         with pytest.raises(MqttError):
             await _connect(pki, flash, device_id, crl_broker.port)
         await device.disconnect()
-    finally:
-        await api.close()
 
 
 async def test_unpairing_ends_the_live_session_within_five_seconds(
         core: Core, pki: Pki, crl_broker: MosquittoServer, crl_bridge: Bridge,
         tmp_path: Path) -> None:
-    revoker = Revoker(core.registry,
-                      CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
-                                   crl_broker.reload),
-                      _ender(pki, crl_broker.services_port, tmp_path))
-    api = await _api(core, revoker)
-    try:
+    async with _revoking_api(core, pki, crl_broker, tmp_path) as api:
         account, flash, device_id = await _paired(api, core, pki, tmp_path, "bob.rv", "R-2")
         _, other_flash, other_id = await _paired(api, core, pki, tmp_path, "carol.rv", "R-3")
         device = await _connect(pki, flash, device_id, crl_broker.port)
@@ -245,19 +246,12 @@ async def test_unpairing_ends_the_live_session_within_five_seconds(
         await wait_until(bystander_stored)
         await bystander.disconnect()
         await device.disconnect()
-    finally:
-        await api.close()
 
 
 async def test_erasing_the_patient_ends_their_devices_sessions_and_refuses_the_next_handshake(
         core: Core, pki: Pki, crl_broker: MosquittoServer, crl_bridge: Bridge,
         tmp_path: Path) -> None:
-    revoker = Revoker(core.registry,
-                      CrlPublisher(core.registry, pki.ca, crl_broker.crl_file,
-                                   crl_broker.reload),
-                      _ender(pki, crl_broker.services_port, tmp_path))
-    api = await _api(core, revoker)
-    try:
+    async with _revoking_api(core, pki, crl_broker, tmp_path) as api:
         account, flash, device_id = await _paired(api, core, pki, tmp_path, "erin.rv", "R-4")
         device = await _connect(pki, flash, device_id, crl_broker.port)
         serial = x509.load_pem_x509_certificate(flash.cert_file.read_bytes()).serial_number
@@ -274,5 +268,3 @@ async def test_erasing_the_patient_ends_their_devices_sessions_and_refuses_the_n
         print(f"\nerasure: the device's session ended {ended_s * 1000:.0f} ms after DELETE "
               "/v1/me; its certificate is in the CRL")
         assert ended_s <= REVOCATION_DEADLINE_S
-    finally:
-        await api.close()
