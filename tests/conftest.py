@@ -290,10 +290,12 @@ async def in_background(work: Coroutine[Any, Any, None], name: str,
         raise AssertionError(f"{name} crashed during the test") from crashed
 
 
-@pytest.fixture
-async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[Bridge]:
-    """A bridge consuming from the test broker, connected and subscribed."""
-    running = new_bridge(core, client_id=f"svc-bridge-test-{next(_counter)}",
+@contextlib.asynccontextmanager
+async def running_bridge(core: Core, broker: BrokerAddress, pki: Pki, name: str
+                         ) -> AsyncIterator[Bridge]:
+    """A bridge consuming from ``broker``, connected and subscribed; its session is ended
+    after, or it keeps a share of the next tests' data."""
+    running = new_bridge(core, client_id=f"svc-bridge-{name}-{next(_counter)}",
                          ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
                          batch_size=100)
     ready = asyncio.Event()
@@ -303,7 +305,14 @@ async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[B
                                  "the bridge", ready):
             yield running
     finally:
-        await running.close(end_session=True)  # or it keeps a share of the next tests' data
+        await running.close(end_session=True)
+
+
+@pytest.fixture
+async def bridge(core: Core, broker: BrokerAddress, pki: Pki) -> AsyncIterator[Bridge]:
+    """A bridge consuming from the test broker, connected and subscribed."""
+    async with running_bridge(core, broker, pki, "test") as running:
+        yield running
 
 
 async def new_patient(core: Core, username: str) -> tuple[uuid.UUID, str, bytes]:

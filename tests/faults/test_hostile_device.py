@@ -30,17 +30,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from aiopaho import AsyncClient, MqttError
 from broker_bridge.bridge import Bridge
-from broker_bridge.connection import connect_properties, tls_context
+from broker_bridge.connection import tls_context
 from devices.broker_config import MAX_PACKET_BYTES
 from firmware_sim.device import Watch
-from healthiot.services import Core, new_bridge
+from healthiot.services import Core
 from tests.conftest import (
     BrokerAddress,
     Pki,
-    in_background,
     mosquitto,
     new_patient,
     new_watch,
+    running_bridge,
     start_mosquitto,
     wait_until,
 )
@@ -259,17 +259,8 @@ async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
 
 @pytest.fixture
 async def own_bridge(core: Core, own_broker: BrokerAddress, pki: Pki) -> AsyncIterator[Bridge]:
-    running = new_bridge(core, client_id=f"svc-bridge-hostile-{time.monotonic_ns()}",
-                         ca_file=pki.ca.ca_file, cert=pki.bridge_cert, key=pki.bridge_key,
-                         batch_size=100)
-    ready = asyncio.Event()
-    try:
-        async with in_background(running.run(own_broker.host, own_broker.services_port,
-                                              connect_properties(200), ready),
-                                 "the bridge", ready):
-            yield running
-    finally:
-        await running.close(end_session=True)
+    async with running_bridge(core, own_broker, pki, "hostile") as running:
+        yield running
 
 
 async def test_ten_thousand_hostile_packets_stop_nothing_and_lose_nothing(
