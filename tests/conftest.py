@@ -252,14 +252,21 @@ async def start_mosquitto(server: MosquittoServer) -> None:
         pytest.fail(f"the tests need Mosquitto and could not start one: {exc}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
-    server = mosquitto(workdir, pki, "mosquitto")
+@contextlib.asynccontextmanager
+async def running_broker(workdir: Path, pki: Pki, name: str) -> AsyncIterator[BrokerAddress]:
+    """A Mosquitto of our generated configuration, started, and stopped after."""
+    server = mosquitto(workdir, pki, name)
     await start_mosquitto(server)
     try:
         yield BrokerAddress("localhost", server.port, server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+async def broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
+    async with running_broker(workdir, pki, "mosquitto") as address:
+        yield address
 
 
 @pytest.fixture

@@ -37,11 +37,10 @@ from healthiot.services import Core
 from tests.conftest import (
     BrokerAddress,
     Pki,
-    mosquitto,
     new_patient,
     new_watch,
     running_bridge,
-    start_mosquitto,
+    running_broker,
     wait_until,
 )
 from tests.faults.senders import PersistentSender
@@ -249,12 +248,8 @@ async def _whole_message_refusals(core: Core, device_id: str) -> int:
 async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
     """A broker of this test's own: what the hostile device leaves behind (sessions, queued
     messages, thousands of log lines) must not reach other tests, nor theirs this one."""
-    server = mosquitto(workdir, pki, f"mosquitto-hostile-{time.monotonic_ns()}")
-    await start_mosquitto(server)
-    try:
-        yield BrokerAddress("localhost", server.port, server)
-    finally:
-        server.stop()
+    async with running_broker(workdir, pki, f"mosquitto-hostile-{time.monotonic_ns()}") as address:
+        yield address
 
 
 @pytest.fixture

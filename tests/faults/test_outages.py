@@ -38,10 +38,9 @@ from tests.conftest import (
     BrokerAddress,
     Database,
     Pki,
-    mosquitto,
     new_patient,
     new_watch,
-    start_mosquitto,
+    running_broker,
     wait_until,
 )
 from tests.faults.senders import SAMPLES_PER_MESSAGE, PersistentSender
@@ -110,12 +109,8 @@ async def core_on(server: PostgresServer, directory: Path) -> Core:
 
 @pytest.fixture
 async def own_broker(workdir: Path, pki: Pki) -> AsyncIterator[BrokerAddress]:
-    server = mosquitto(workdir, pki, f"mosquitto-fault-{time.monotonic_ns()}")
-    await start_mosquitto(server)
-    try:
-        yield BrokerAddress("localhost", server.port, server)
-    finally:
-        server.stop()
+    async with running_broker(workdir, pki, f"mosquitto-fault-{time.monotonic_ns()}") as address:
+        yield address
 
 
 async def test_database_restart_loses_nothing_and_health_shows_the_outage(
