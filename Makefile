@@ -42,5 +42,8 @@ $(STAMP): pyproject.toml
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
+# As root, var/pg and var/mosquitto may be links to /var/lib/healthiot/<checkout>: that goes too.
 clean:
+	@for link in var/pg var/mosquitto; do \
+		if [ -L $$link ]; then rm -rf "$$(dirname "$$(readlink -f $$link)")"; fi; done
 	rm -rf $(VENV) var
