@@ -20,6 +20,7 @@ from api import (
     headers,
     household_routes,
     openapi,
+    operator_routes,
     vitals_routes,
 )
 from api.limits import SignInGuard, TokenBucket, rate_limit_middleware
@@ -32,7 +33,7 @@ from storage.sessions import Sessions
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes, device_routes, household_routes, bulk_export)
+                 fhir_routes, device_routes, household_routes, bulk_export, operator_routes)
 
 
 def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,

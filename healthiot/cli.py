@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True, help="display name shown to patients")
     add.add_argument("--username", required=True)
 
+    ops = sub.add_parser("operators", help="operator accounts (password + TOTP): they read "
+                         "refusals through the API")
+    ops_sub = ops.add_subparsers(dest="operators_command", required=True, metavar="ACTION")
+    op_add = ops_sub.add_parser("add", help="create an account; prints its one-time secrets")
+    op_add.add_argument("--username", required=True)
+    op_add.add_argument("--name", required=True, help="display name, in the audit log")
+    op_add.add_argument("--role", required=True, choices=["operator", "operator-values"],
+                        help="operator: refusals without payloads; operator-values: may also "
+                        "open payloads, which can hold health values")
+
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
@@ -240,6 +250,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from healthiot.daemons import add_clinician
         return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,
                                          name=args.name, username=args.username))
+    if args.command == "operators":
+        from healthiot.daemons import add_operator
+        return asyncio.run(add_operator(settings, username=args.username, name=args.name,
+                                        role=args.role))
     if args.command == "maintenance":
         from healthiot.daemons import run_maintenance
         return asyncio.run(run_maintenance(settings, once=args.once,

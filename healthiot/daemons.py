@@ -41,8 +41,10 @@ from healthiot.settings import Settings
 from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
+from storage.errors import DuplicateOperator
 from storage.maintenance import Maintenance
 from storage.maintenance import render as render_maintenance
+from storage.operators import Operators
 from storage.record_links import RecordLinks
 from vitals import fhir
 from vitals.errors import InvalidProfessional
@@ -214,6 +216,26 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
         except InvalidProfessional as exc:
             raise SettingsError(str(exc)) from None
         print(f"clinician {clinician.id} ({name}, RPPS {rpps})\n"
+              f"password: {first_password}\n"
+              f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
+    finally:
+        await core.close()
+    return 0
+
+
+async def add_operator(settings: Settings, *, username: str, name: str, role: str) -> int:
+    """Create a password + TOTP operator account and print its secrets, once."""
+    core = await _open_core(settings)
+    try:
+        secret, first_password = totp.new_secret(), secrets.token_urlsafe(18)
+        try:
+            operator = await Operators(core.pool, core.keyring).create(
+                username=username.strip().lower(), display_name=name, role=role,
+                password_hash=await asyncio.to_thread(passwords.hash_password, first_password),
+                totp_secret=secret)
+        except (DuplicateOperator, ValueError) as exc:
+            raise SettingsError(str(exc)) from None
+        print(f"operator {operator.id} ({name}, role {role})\n"
               f"password: {first_password}\n"
               f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
     finally:
