@@ -69,10 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     maint = sub.add_parser("maintenance",
                            help="storage upkeep: partitions, rollups, compaction, retention")
     maint.add_argument("--once", action="store_true", help="one pass, then exit")
-    maint.add_argument("--metrics-host", default="127.0.0.1")
-    maint.add_argument("--metrics-port", type=int, default=0,
-                       help="/metrics (segments set aside, failed steps, failed TimescaleDB "
-                            "jobs) in the Prometheus text format; 0 (default) turns it off")
+    maint.add_argument("--metrics-host", default=None,
+                       help="default: HEALTHIOT_MAINTENANCE_METRICS_HOST")
+    maint.add_argument("--metrics-port", type=int, default=None,
+                       help="/metrics (passes, retention runs and rows removed, segments set "
+                            "aside, failed steps, failed TimescaleDB jobs) in the Prometheus "
+                            "text format; 0 turns it off (default: "
+                            "HEALTHIOT_MAINTENANCE_METRICS_PORT)")
     keys = sub.add_parser("keys", help="key management")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     rotate = keys_sub.add_parser("rotate", help="re-wrap every data key with a new KEK")

@@ -368,7 +368,7 @@ def test_api_serves_https_on_8443_and_checks_its_own_healthz(services):
     env = environment(api)
     assert env["HEALTHIOT_API_HOST"] == "0.0.0.0"  # noqa: S104 (inside a container)
     assert int(env.get("HEALTHIOT_API_PORT", settings.Settings.api_port)) == 8443
-    assert container_ports(api) == {8443}
+    assert container_ports(api) == {8443, 9110}  # HTTPS, and /metrics (exposed only)
     test = api["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
     code = test[3]
@@ -504,3 +504,26 @@ def test_the_record_feed_is_off_without_the_operator_variables(services, tmp_pat
 def test_the_record_feed_with_an_empty_client_secret_file_refuses_to_start(services, tmp_path):
     with pytest.raises(settings.SettingsError, match="HEALTHIOT_RECORD_CLIENT_SECRET"):
         _service_settings(services, "record-feed", RECORD_VARIABLES, tmp_path, "")
+
+
+# Where each long-running service serves /metrics: the settings naming host and port.
+METRICS = {**{b: ("bridge_health_host", "bridge_health_port") for b in BRIDGES},
+           "api": ("api_metrics_host", "api_metrics_port"),
+           "maintenance": ("maintenance_metrics_host", "maintenance_metrics_port")}
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_each_service_serves_metrics_to_the_compose_network_and_not_beyond(services, name):
+    service = services[name]
+    host_field, port_field = METRICS[name]
+    env = environment(service)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings.Settings)}
+    host = env.get(settings.env_name(host_field), defaults[host_field])
+    port = int(env.get(settings.env_name(port_field), defaults[port_field]))
+    assert port, f"{name} serves no /metrics"
+    assert host == "0.0.0.0", f"{name}: /metrics on {host} is out of Prometheus's reach"  # noqa: S104 (inside a container)
+    exposed = {int(str(p).split("/")[0]) for p in service.get("expose") or []}
+    assert port in exposed, f"{name} does not expose its /metrics port {port}"
+    published = {int(str(p).split("/")[0].rsplit(":", 1)[-1])
+                 for p in service.get("ports") or []}
+    assert port not in published, f"{name} publishes /metrics outside the compose networks"
