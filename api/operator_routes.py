@@ -101,22 +101,24 @@ async def refusals(request: web.Request) -> web.Response:
     if include not in (None, "payload"):
         raise Problem(400, "include is payload or absent")
     actor = f"operator:{operator.id}"
-    action = "read-payload" if include else "read"
-    resource = f"quarantine/device/{device}" if device else "quarantine"
+    # A read either way (BALP PatientRead in the patient's FHIR access log); what was read
+    # is in the resource: refusals, or refusals with their payloads.
+    suffix = "/payloads" if include else ""
+    resource = (f"quarantine/device/{device}" if device else "quarantine") + suffix
     if include and not operator.may_open_payloads:
-        await deps.audit.record(actor=actor, patient_id=None, action=action,
+        await deps.audit.record(actor=actor, patient_id=None, action="read",
                                 resource=resource, outcome="refused")
         raise Problem(403, NO_PAYLOADS)
     rows = await refusals_between(deps.pool, start, end, device_id=device, reason=reason,
                                   limit=limit)
     counts = await count_refusals(deps.pool, start, end, device_id=device, reason=reason)
     # Audited before anything is answered: an access the log misses must not happen.
-    await deps.audit.record(actor=actor, patient_id=None, action=action, resource=resource,
+    await deps.audit.record(actor=actor, patient_id=None, action="read", resource=resource,
                             outcome="ok")
     for patient_id, device_id in await _whose(request, {r.device_id for r in rows
                                                         if r.device_id}):
-        await deps.audit.record(actor=actor, patient_id=patient_id, action=action,
-                                resource=f"device/{device_id}/refusals", outcome="ok")
+        await deps.audit.record(actor=actor, patient_id=patient_id, action="read",
+                                resource=f"device/{device_id}/refusals{suffix}", outcome="ok")
     payloads = (await open_payloads(deps.pool, deps.keyring, [r.id for r in rows])
                 if include else {})
     listed: list[dict[str, Any]] = []

@@ -173,7 +173,8 @@ async def test_an_operator_without_the_values_permission_sees_no_payload(world: 
     body = await asked.text()
     assert "61.5" not in body and "furlong" not in body
     rows = await _audit_rows(world.core, world.reader)
-    assert rows[-1]["outcome"] == "refused" and rows[-1]["action"] == "read-payload"
+    assert rows[-1]["outcome"] == "refused"
+    assert rows[-1]["resource"].endswith("/payloads") and rows[-1]["patient_id"] is None
 
 
 async def test_an_operator_with_the_values_permission_opens_payloads_and_the_patient_sees_it(
@@ -189,9 +190,12 @@ async def test_an_operator_with_the_values_permission_opens_payloads_and_the_pat
     log = await (await world.client.get("/v1/me/access-log", headers=_bearer(alice))).json()
     mine = [e for e in log["entries"] if e["actor"] == f"operator:{world.viewer.id}"]
     assert mine, "Alice does not see the operator's access to her device's refusals"
-    assert {e["action"] for e in mine} == {"read-payload"}
-    assert all(world.watch in e["what"] for e in mine)
+    assert {e["action"] for e in mine} == {"read"}
+    assert {e["what"] for e in mine} == {f"device/{world.watch}/refusals/payloads"}
     assert all("operator" in e["who"] for e in mine)
+    fhir_log = await (await world.client.get("/v1/me/access-log", headers=_bearer(alice),
+                                             params={"format": "fhir"})).json()
+    assert any("operator" in str(entry) for entry in fhir_log["entry"])
     bob = await _patient_token(world, world.bob, "bob")
     log = await (await world.client.get("/v1/me/access-log", headers=_bearer(bob))).json()
     assert not [e for e in log["entries"] if e["actor"].startswith("operator:")]
