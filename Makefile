@@ -45,5 +45,6 @@ system-deps:
 # As root, var/pg and var/mosquitto may be links to /var/lib/healthiot/<checkout>: that goes too.
 clean:
 	@for link in var/pg var/mosquitto; do \
-		if [ -L $$link ]; then rm -rf "$$(dirname "$$(readlink -f $$link)")"; fi; done
+		target=$$(readlink $$link) && case "$$target" in \
+			/var/lib/healthiot/?*/*) rm -rf "$${target%/*}";; esac; done; true
 	rm -rf $(VENV) var

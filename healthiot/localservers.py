@@ -115,7 +115,7 @@ def reachable_home(link: Path, *, state_root: Path = SERVER_STATE_ROOT) -> Path:
     """The directory a server run as another user keeps its files in, for ``link``
     (var/pg, var/mosquitto): ``link`` itself unless we are root and a parent is closed to
     other users. Then a directory under ``state_root`` named after the absolute path of
-    ``link`` (each checkout its own, found again by the next run), with ``link`` a symlink
+    var/ (each checkout its own, found again by the next run), with ``link`` a symlink
     to it, so that our own tools still find the files under var/. A real directory left at
     ``link`` by an earlier run is moved there first. No mode of the user's directories is
     changed."""
@@ -125,15 +125,15 @@ def reachable_home(link: Path, *, state_root: Path = SERVER_STATE_ROOT) -> Path:
         return link.resolve()
     if traversable(link):
         return link
-    absolute = link.parent.resolve() / link.name
-    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:16]
+    var = link.parent.resolve()
+    digest = hashlib.sha256(str(var).encode()).hexdigest()[:16]  # one per var/, all servers
     checkout = state_root / digest
     target = checkout / link.name
     state_root.mkdir(mode=0o755, parents=True, exist_ok=True)
     # 0711: the servers' users pass through, nobody lists which checkouts exist.
     checkout.mkdir(mode=0o711, exist_ok=True)
     os.chmod(checkout, 0o711)  # noqa: S103 (traversal only: the servers must pass)
-    (checkout / "checkout").write_text(f"{absolute}\n")  # whose files these are
+    (checkout / "var").write_text(f"{var}\n")  # whose files these are
     if link.exists() and not target.exists():
         shutil.move(link, target)
     elif link.exists():

@@ -55,6 +55,8 @@ async def test_root_runs_the_embedded_servers_from_a_checkout_under_a_0700_home(
         for link in homes:
             assert link.is_symlink(), f"{link} is not linked to a reachable directory"
             assert home not in link.resolve().parents
+        # One directory per checkout, holding both servers' (make clean removes it).
+        assert len({link.resolve().parent for link in homes}) == 1
         # What the servers wrote is reachable through var/, as the CLI expects it.
         assert (var / "pg" / "data" / "PG_VERSION").exists()
         assert (var / "mosquitto" / "mosquitto.conf").exists()
