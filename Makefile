@@ -42,5 +42,9 @@ $(STAMP): pyproject.toml
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
+# As root, var/pg and var/mosquitto may be links to /var/lib/healthiot/<checkout>: that goes too.
 clean:
+	@for link in var/pg var/mosquitto; do \
+		target=$$(readlink $$link) && case "$$target" in \
+			/var/lib/healthiot/?*/*) rm -rf "$${target%/*}";; esac; done; true
 	rm -rf $(VENV) var

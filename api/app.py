@@ -20,9 +20,11 @@ from api import (
     headers,
     household_routes,
     openapi,
+    operator_routes,
     vitals_routes,
 )
 from api.limits import SignInGuard, TokenBucket, rate_limit_middleware
+from api.metrics import ApiMetrics, metrics_middleware
 from api.problems import problem_middleware, problem_response
 from api.requests import DEPS, ApiDeps, unstorable
 from api.tokens import TokenError
@@ -32,18 +34,21 @@ from storage.sessions import Sessions
 MAX_BODY_BYTES = 64 * 1024  # no API body is larger; bigger ones get 413
 
 ROUTE_MODULES = (account_routes, vitals_routes, consent_routes, day_routes, clinician_routes,
-                 fhir_routes, device_routes, household_routes, bulk_export)
+                 fhir_routes, device_routes, household_routes, bulk_export, operator_routes)
 
 
 def create_app(deps: ApiDeps, *, revoker: Revoker | None = None,
-               cors_origins: tuple[str, ...] = ()) -> web.Application:
-    """The application; CORS answers only ``cors_origins`` (exact origins; none: off).
+               cors_origins: tuple[str, ...] = (),
+               metrics: ApiMetrics | None = None) -> web.Application:
+    """The application; CORS answers only ``cors_origins`` (exact origins; none: off);
+    ``metrics`` counts every request and its latency by route template and status.
     ``revoker`` publishes the CRL and ends live sessions when a device
     is unpaired; without one (a process with no CA), unpairing still revokes the device in
     the registry, so the bridge refuses its data, and the CRL waits for the next
     publication."""
     app = web.Application(
-        middlewares=[problem_middleware,
+        middlewares=[*([metrics_middleware(metrics)] if metrics is not None else []),
+                     problem_middleware,
                      rate_limit_middleware(TokenBucket(deps.limits.requests_per_second,
                                                        deps.limits.request_burst)),
                      storable_text_middleware, known_query_middleware,

@@ -111,6 +111,12 @@ class IdToken(Body):
     id_token: Text
 
 
+class OperatorLogin(Body):
+    username: Text
+    password: Text
+    totp: Text  # required: no operator session without the second factor
+
+
 # (method, path as the router and the document write it) -> the model of its body.
 BODIES: dict[tuple[str, str], type[Body]] = {
     ("POST", "/v1/accounts"): NewAccount,
@@ -125,6 +131,7 @@ BODIES: dict[tuple[str, str], type[Body]] = {
     ("POST", "/v1/me/devices/join"): Invitation,
     ("POST", "/v1/clinicians/login"): ClinicianLogin,
     ("POST", "/v1/clinicians/oidc"): IdToken,
+    ("POST", "/v1/operators/login"): OperatorLogin,
 }
 
 

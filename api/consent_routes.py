@@ -157,6 +157,8 @@ async def who_is(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str
     if kind == "patient":
         # Another patient appears only as a user of a scale shared with me.
         return ("you" if ident == str(me) else "another user of a shared device"), None
+    if kind == "operator":
+        return "a healthiot operator (refused messages of your devices)", None
     if actor == "service:record-feed":
         return "the feed to your medical record", None
     return actor, None

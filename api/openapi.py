@@ -313,6 +313,24 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/clinician/patients/{patient_id}/charts/{metric}": {"get": op(
         "a shared metric as an SVG chart", STR, media="image/svg+xml", errors=(404,),
         params=[p("patient_id", TEXT), p("metric", TEXT), *RANGE])},
+    "/v1/operators/login": {"post": op(
+        "operator sign-in with password and code (both required)", TOKENS, secure=False,
+        errors=(401,), request=request_schema(bodies.OperatorLogin))},
+    "/v1/operator/refusals": {"get": op(
+        "refusals (quarantine records) over a period, default the last day, newest first, "
+        "with counts per device and reason; payloads only with include=payload and the "
+        "operator-values role; every access audited", obj(
+            {"from": STR, "to": STR, "device": OPT_STR, "reason": OPT_STR,
+             "refusals": {"type": "array", "items": obj(
+                 {"id": INT, "received_at": STR, "device_id": OPT_STR, "topic": STR,
+                  "reason": STR, "detail": STR},
+                 {"payload": {"type": ["string", "null"], "contentEncoding": "base64"}})},
+             "counts": {"type": "array", "items": obj(
+                 {"device_id": OPT_STR, "reason": STR, "count": INT})},
+             "truncated": BOOL}),
+        params=[q("device", TEXT), q("reason", TEXT), *RANGE,
+                q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                q("include", {"type": "string", "enum": ["payload"]})])},
     "/fhir/metadata": {"get": op("CapabilityStatement", FHIR_RESOURCE, secure=False,
                                  media="application/fhir+json", fhir=True,
                                  params=[FHIR_FORMAT], errors=(406,))},
@@ -347,8 +365,9 @@ def document() -> Schema:
     return {
         "openapi": "3.1.0",
         "info": {"title": "healthiot API", "version": "1",
-                 "description": "Patients' and clinicians' API: accounts with two factors, "
-                                "vitals, consent, access log, GDPR rights, FHIR R4 reads."},
+                 "description": "Patients', clinicians' and operators' API: accounts with "
+                                "two factors, vitals, consent, access log, GDPR rights, "
+                                "FHIR R4 reads, refusals for operators."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "bearerFormat": "JWT"}}},
         "paths": PATHS,

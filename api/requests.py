@@ -183,6 +183,7 @@ def int_param(request: web.Request, name: str, default: int, top: int) -> int:
 
 
 CLINICIAN_SUBJECT = "clinician:"  # access tokens of clinicians: sub = clinician:<uuid>
+OPERATOR_SUBJECT = "operator:"  # access tokens of operators: sub = operator:<uuid>
 
 
 def patient_of(claims: Claims) -> uuid.UUID:
@@ -201,6 +202,16 @@ def clinician_of(claims: Claims) -> uuid.UUID:
     except ValueError:
         pass
     raise Problem(403, "this route is for clinicians")
+
+
+def operator_of(claims: Claims) -> uuid.UUID:
+    """The operator a token speaks for; 403 for a patient's or a clinician's token."""
+    try:
+        if claims.subject.startswith(OPERATOR_SUBJECT):
+            return uuid.UUID(claims.subject.removeprefix(OPERATOR_SUBJECT))
+    except ValueError:
+        pass
+    raise Problem(403, "this route is for operators")
 
 
 def uuid_param(request: web.Request, name: str, *, status: int = 404) -> uuid.UUID:

@@ -69,10 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     maint = sub.add_parser("maintenance",
                            help="storage upkeep: partitions, rollups, compaction, retention")
     maint.add_argument("--once", action="store_true", help="one pass, then exit")
-    maint.add_argument("--metrics-host", default="127.0.0.1")
-    maint.add_argument("--metrics-port", type=int, default=0,
-                       help="/metrics (segments set aside, failed steps, failed TimescaleDB "
-                            "jobs) in the Prometheus text format; 0 (default) turns it off")
+    maint.add_argument("--metrics-host", default=None,
+                       help="default: HEALTHIOT_MAINTENANCE_METRICS_HOST")
+    maint.add_argument("--metrics-port", type=int, default=None,
+                       help="/metrics (passes, retention runs and rows removed, segments set "
+                            "aside, failed steps, failed TimescaleDB jobs) in the Prometheus "
+                            "text format; 0 turns it off (default: "
+                            "HEALTHIOT_MAINTENANCE_METRICS_PORT)")
     keys = sub.add_parser("keys", help="key management")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     rotate = keys_sub.add_parser("rotate", help="re-wrap every data key with a new KEK")
@@ -91,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="physician, pharmacist, midwife, nurse, dentist, physiotherapist")
     add.add_argument("--name", required=True, help="display name shown to patients")
     add.add_argument("--username", required=True)
+
+    ops = sub.add_parser("operators", help="operator accounts (password + TOTP): they read "
+                         "refusals through the API")
+    ops_sub = ops.add_subparsers(dest="operators_command", required=True, metavar="ACTION")
+    op_add = ops_sub.add_parser("add", help="create an account; prints its one-time secrets")
+    op_add.add_argument("--username", required=True)
+    op_add.add_argument("--name", required=True, help="display name, in the audit log")
+    op_add.add_argument("--role", required=True, choices=["operator", "operator-values"],
+                        help="operator: refusals without payloads; operator-values: may also "
+                        "open payloads, which can hold health values")
 
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -240,6 +253,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from healthiot.daemons import add_clinician
         return asyncio.run(add_clinician(settings, rpps=args.rpps, profession=args.profession,
                                          name=args.name, username=args.username))
+    if args.command == "operators":
+        from healthiot.daemons import add_operator
+        return asyncio.run(add_operator(settings, username=args.username, name=args.name,
+                                        role=args.role))
     if args.command == "maintenance":
         from healthiot.daemons import run_maintenance
         return asyncio.run(run_maintenance(settings, once=args.once,

@@ -19,21 +19,23 @@ from aiohttp import web
 from aiopaho import stop_task
 from api import passwords, totp
 from api.headers import cors_origins
+from api.metrics import ApiMetrics
 from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
-from broker_bridge.health import PROMETHEUS_TEXT
 from healthiot import stack
 from healthiot.errors import SettingsError
 from healthiot.services import (
     Core,
     bridge_client_id,
     maintenance,
+    maintenance_registry,
     new_bridge,
     oidc_verifier,
     open_core,
     record_account,
     record_feed,
     record_session,
+    serve_metrics,
     server_tls,
     start_api,
 )
@@ -41,8 +43,8 @@ from healthiot.settings import Settings
 from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
-from storage.maintenance import Maintenance
-from storage.maintenance import render as render_maintenance
+from storage.errors import DuplicateOperator
+from storage.operators import Operators
 from storage.record_links import RecordLinks
 from vitals import fhir
 from vitals.errors import InvalidProfessional
@@ -154,15 +156,21 @@ async def run_api(settings: Settings) -> int:
     try:
         tokens = stack.token_service(settings, _required(settings, "jwt_key_file"))
         async with aiohttp.ClientSession() as session, record_session(settings) as to_record:
+            api_metrics = ApiMetrics()
             runner = await start_api(core, tokens, host=settings.api_host,
                                      port=settings.api_port,
                                      tls=server_tls(_required(settings, "api_cert_file"),
                                                     _required(settings, "api_key_file")),
                                      oidc=oidc_verifier(settings, session),
                                      cors_origins=cors_origins(settings.api_cors_origins),
-                                     record=record_account(core, settings, to_record))
+                                     record=record_account(core, settings, to_record),
+                                     metrics=api_metrics)
+            scraped = await serve_metrics(api_metrics.registry, settings.api_metrics_host,
+                                          settings.api_metrics_port)
             await until_signalled()
             await runner.cleanup()
+            if scraped is not None:
+                await scraped.cleanup()
     finally:
         await core.close()
     return 0
@@ -221,6 +229,26 @@ async def add_clinician(settings: Settings, *, rpps: str, profession: str, name:
     return 0
 
 
+async def add_operator(settings: Settings, *, username: str, name: str, role: str) -> int:
+    """Create a password + TOTP operator account and print its secrets, once."""
+    core = await _open_core(settings)
+    try:
+        secret, first_password = totp.new_secret(), secrets.token_urlsafe(18)
+        try:
+            operator = await Operators(core.pool, core.keyring).create(
+                username=username.strip().lower(), display_name=name, role=role,
+                password_hash=await asyncio.to_thread(passwords.hash_password, first_password),
+                totp_secret=secret)
+        except (DuplicateOperator, ValueError) as exc:
+            raise SettingsError(str(exc)) from None
+        print(f"operator {operator.id} ({name}, role {role})\n"
+              f"password: {first_password}\n"
+              f"TOTP secret (add to an authenticator app): {totp.secret_base32(secret)}")
+    finally:
+        await core.close()
+    return 0
+
+
 async def verify_audit(settings: Settings) -> int:
     """Walk the audit chain; 0 when intact, 1 naming the first row that was edited."""
     core = await _open_core(settings)
@@ -237,8 +265,10 @@ async def verify_audit(settings: Settings) -> int:
     return 1
 
 
-async def run_maintenance(settings: Settings, *, once: bool, metrics_host: str = "127.0.0.1",
-                          metrics_port: int = 0) -> int:
+async def run_maintenance(settings: Settings, *, once: bool, metrics_host: str | None = None,
+                          metrics_port: int | None = None) -> int:
+    """Passes every interval (or one with ``once``), with /metrics on ``metrics_host``:
+    ``metrics_port`` (default: the settings'; 0: off)."""
     core = await _open_core(settings)
     runner: web.AppRunner | None = None
     try:
@@ -246,8 +276,9 @@ async def run_maintenance(settings: Settings, *, once: bool, metrics_host: str =
         if once:
             print(f"maintenance: {await job.run_once()}")
             return 0
-        if metrics_port:
-            runner = await _serve_maintenance_metrics(job, core, metrics_host, metrics_port)
+        runner = await serve_metrics(
+            maintenance_registry(job, core), metrics_host or settings.maintenance_metrics_host,
+            settings.maintenance_metrics_port if metrics_port is None else metrics_port)
         task = asyncio.create_task(job.run_forever(settings.maintenance_interval_s),
                                    name="maintenance")
         await until_signalled()
@@ -257,20 +288,6 @@ async def run_maintenance(settings: Settings, *, once: bool, metrics_host: str =
             await runner.cleanup()
         await core.close()
     return 0
-
-
-async def _serve_maintenance_metrics(job: Maintenance, core: Core, host: str,
-                                     port: int) -> web.AppRunner:
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=render_maintenance(job.stats,
-                                                    core.store.set_aside_total).encode(),
-                            headers={"Content-Type": PROMETHEUS_TEXT})
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
 
 
 async def rotate_kek(settings: Settings, new_kek: Path) -> int:

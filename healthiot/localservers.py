@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import glob
+import hashlib
 import os
 import pwd
 import random
@@ -96,6 +97,51 @@ def give_to(user: str, *paths: Path) -> None:
     for top in paths:
         for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
             os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def traversable(path: Path) -> bool:
+    """True when every existing directory above ``path`` lets other users through (o+x);
+    those still to be made get the default mode, which does."""
+    return all(parent.stat().st_mode & 0o001 for parent in path.resolve().parents
+               if parent.exists())
+
+
+# Where, as root, a server's files go when its user cannot reach var/ (a checkout under a
+# 0700 /root, where a root user on a fresh server clones first): the FHS place for state.
+SERVER_STATE_ROOT = Path("/var/lib/healthiot")
+
+
+def reachable_home(link: Path, *, state_root: Path = SERVER_STATE_ROOT) -> Path:
+    """The directory a server run as another user keeps its files in, for ``link``
+    (var/pg, var/mosquitto): ``link`` itself unless we are root and a parent is closed to
+    other users. Then a directory under ``state_root`` named after the absolute path of
+    var/ (each checkout its own, found again by the next run), with ``link`` a symlink
+    to it, so that our own tools still find the files under var/. A real directory left at
+    ``link`` by an earlier run is moved there first. No mode of the user's directories is
+    changed."""
+    if not running_as_root():
+        return link
+    if link.is_symlink():
+        return link.resolve()
+    if traversable(link):
+        return link
+    var = link.parent.resolve()
+    digest = hashlib.sha256(str(var).encode()).hexdigest()[:16]  # one per var/, all servers
+    checkout = state_root / digest
+    target = checkout / link.name
+    state_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # 0711: the servers' users pass through, nobody lists which checkouts exist.
+    checkout.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(checkout, 0o711)  # noqa: S103 (traversal only: the servers must pass)
+    (checkout / "var").write_text(f"{var}\n")  # whose files these are
+    if link.exists() and not target.exists():
+        shutil.move(link, target)
+    elif link.exists():
+        raise ServerUnavailable(f"both {link} and {target} exist: keep one, remove the other")
+    target.mkdir(mode=0o711, exist_ok=True)  # the server makes or locks what is inside
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+    return target
 
 
 def _check_traversable(path: Path, user: str) -> None:

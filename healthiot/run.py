@@ -18,6 +18,7 @@ import aiohttp
 
 from aiopaho import stop_task
 from api.headers import cors_origins
+from api.metrics import ApiMetrics
 from broker_bridge import health as bridge_health
 from broker_bridge.bridge import Bridge
 from broker_bridge.connection import connect_properties, tls_context
@@ -32,12 +33,14 @@ from healthiot.services import (
     Core,
     bridge_client_id,
     maintenance,
+    maintenance_registry,
     new_bridge,
     oidc_verifier,
     open_core,
     record_account,
     record_feed,
     record_session,
+    serve_metrics,
     server_tls,
     start_api,
 )
@@ -174,15 +177,26 @@ async def _run_services(settings: Settings, materials: stack.Materials,
         revoker = await _revoker(settings, materials, core, broker)
         for task in _device_services(settings, materials, core, broker):
             resources.push_async_callback(stop_task, task)
+        api_metrics = ApiMetrics()
         runner = await start_api(core, tokens, host=settings.api_host, port=settings.api_port,
                                  tls=server_tls(materials.api_cert, materials.api_key),
                                  oidc=oidc_verifier(settings, session), revoker=revoker,
                                  cors_origins=cors_origins(settings.api_cors_origins),
-                                 record=record_account(core, settings, to_record))
+                                 record=record_account(core, settings, to_record),
+                                 metrics=api_metrics)
         resources.push_async_callback(runner.cleanup)
-        upkeep = asyncio.create_task(
-            maintenance(core, settings).run_forever(settings.maintenance_interval_s),
-            name="maintenance")
+        job = maintenance(core, settings)
+        # Each part's metrics on its own port, as the separate processes of compose serve
+        # them: one scrape configuration for both.
+        for found, host, port in (
+                (api_metrics.registry, settings.api_metrics_host, settings.api_metrics_port),
+                (maintenance_registry(job, core), settings.maintenance_metrics_host,
+                 settings.maintenance_metrics_port)):
+            served = await serve_metrics(found, host, port)
+            if served is not None:
+                resources.push_async_callback(served.cleanup)
+        upkeep = asyncio.create_task(job.run_forever(settings.maintenance_interval_s),
+                                     name="maintenance")
         resources.push_async_callback(stop_task, upkeep)
         feed = record_feed(core, settings, to_record)
         if feed is not None:

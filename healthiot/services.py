@@ -10,16 +10,19 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from aiopaho import AsyncClient
 from api.app import create_app
 from api.headers import ApiRunner
+from api.metrics import ApiMetrics
 from api.oidc import OidcConfig, OidcVerifier
 from api.record_auth import RecordAccount, RecordAuthConfig
 from api.record_feed import FeedConfig, FeedSender
 from api.record_models import ModelCatalogue
 from api.requests import ApiDeps
 from api.tokens import TokenService
+from broker_bridge import health as bridge_health
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import make_client, tls_context
 from broker_bridge.gaps import GapTracker, PgLedger, Resender
@@ -27,6 +30,7 @@ from broker_bridge.notices import Notifier
 from devices.registry import Registry
 from devices.revocation import Revoker
 from healthiot.settings import Settings
+from storage import maintenance as maintenance_metrics
 from storage.audit import ANCHOR_EVERY_S, Anchors, Audit, AuditKey
 from storage.crypto import KekRing, KeyProvider, LocalKeyFile
 from storage.keyring import Keyring
@@ -92,10 +96,11 @@ async def start_api(core: Core, tokens: TokenService, *, host: str, port: int,
                     tls: ssl.SSLContext, oidc: OidcVerifier | None = None,
                     revoker: Revoker | None = None,
                     cors_origins: tuple[str, ...] = (),
-                    record: RecordAccount | None = None) -> web.AppRunner:
+                    record: RecordAccount | None = None,
+                    metrics: ApiMetrics | None = None) -> web.AppRunner:
     app = create_app(ApiDeps(core.pool, core.keyring, core.store, core.registry, core.patients,
                              core.audit, tokens, oidc, record=record), revoker=revoker,
-                     cors_origins=cors_origins)
+                     cors_origins=cors_origins, metrics=metrics)
     return await serve_api(app, host=host, port=port, tls=tls)
 
 
@@ -165,6 +170,19 @@ def record_feed(core: Core, settings: Settings,
     return FeedSender(RecordFeed(core.pool, core.keyring), core.store, core.audit, session,
                       FeedConfig(settings.record_feed_url, settings.record_feed_sender_oid),
                       account, ModelCatalogue.load(settings.record_feed_models_file))
+
+
+async def serve_metrics(found: CollectorRegistry, host: str, port: int
+                        ) -> web.AppRunner | None:
+    """Serve ``found`` at http://host:port/metrics (the bridge's helper); None when the
+    port is 0 (off)."""
+    if not port:
+        return None
+    return await bridge_health.serve(bridge_health.metrics_app(found), host, port)
+
+
+def maintenance_registry(job: Maintenance, core: Core) -> CollectorRegistry:
+    return maintenance_metrics.registry(lambda: job.stats, lambda: core.store.set_aside_total)
 
 
 def maintenance(core: Core, settings: Settings) -> Maintenance:

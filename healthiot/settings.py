@@ -73,6 +73,11 @@ class Settings:
 
     api_host: str = field(default="127.0.0.1", metadata=_doc("API listen address"))
     api_port: int = field(default=8443, metadata=_doc("API HTTPS port"))
+    api_metrics_host: str = field(default="127.0.0.1", metadata=_doc(
+        "listen address of the API's plain-HTTP /metrics (requests by route and status, "
+        "latency), apart from the API itself (loopback: the host's Prometheus only)"))
+    api_metrics_port: int = field(default=9110, metadata=_doc(
+        "port of the API's /metrics; 0 turns it off"))
     api_cert_file: Path | None = field(default=None, metadata=_doc(
         "API server certificate (embedded: issued on first run)"))
     api_key_file: Path | None = field(default=None, metadata=_doc(
@@ -107,6 +112,11 @@ class Settings:
     retention_audit_days: int = field(default=1825, metadata=_doc(
         "days the audit log is kept (cut from its oldest end; the chain stays checkable); "
         "stored in the database by `db migrate`: the services cannot shorten it"))
+    maintenance_metrics_host: str = field(default="127.0.0.1", metadata=_doc(
+        "listen address of maintenance's plain-HTTP /metrics (passes, retention runs and "
+        "rows removed, segments set aside, failed steps)"))
+    maintenance_metrics_port: int = field(default=9111, metadata=_doc(
+        "port of maintenance's /metrics; 0 turns it off"))
     maintenance_interval_s: int = field(default=300, metadata=_doc(
         "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
 

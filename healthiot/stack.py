@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from api.tokens import TokenService
 from devices.broker_config import BRIDGE_IDENTITY, RENEWER_IDENTITY, REVOKER_IDENTITY
 from devices.ca import CertificateAuthority, key_pem, make_csr, new_key, write_private
-from healthiot.localservers import MosquittoServer, PostgresServer
+from healthiot.localservers import MosquittoServer, PostgresServer, reachable_home
 from healthiot.settings import Settings
 from storage import roles
 from storage.migrate import migrate
@@ -133,14 +133,17 @@ def token_service(settings: Settings, signing_key: Path) -> TokenService:
 
 
 def postgres_server(settings: Settings, materials: Materials) -> PostgresServer:
-    return PostgresServer(settings.var_dir / "pg" / "data", port=settings.pg_port,
+    # As root, under a directory the postgres user reaches (localservers.reachable_home).
+    return PostgresServer(reachable_home(settings.var_dir / "pg") / "data",
+                          port=settings.pg_port,
                           user=DB_USER, password=materials.db_password,
                           log_file=settings.var_dir / "log" / "postgres.log",
                           bin_dir=settings.pg_bin_dir or None)
 
 
 def mosquitto_server(settings: Settings, materials: Materials) -> MosquittoServer:
-    return MosquittoServer(settings.var_dir / "mosquitto", port=settings.mqtt_port,
+    return MosquittoServer(reachable_home(settings.var_dir / "mosquitto"),
+                           port=settings.mqtt_port,
                            services_port=settings.mqtt_services_port,
                            bind="127.0.0.1", clients_ca=materials.ca.clients_ca_file.read_bytes(),
                            cert=materials.broker_cert.read_bytes(),

@@ -4,8 +4,9 @@
     ├── MigrationError: a migration file failed or the recorded history does not match
     ├── KeyUnavailable (also LookupError): no data key for a patient (never created, or erased)
     ├── IntegrityError (also ValueError): a sealed blob does not open with its row's identity
-    └── IdentityConflict: an identity-provider sign-in whose RPPS number belongs to an
-        account bound to another identity
+    ├── IdentityConflict: an identity-provider sign-in whose RPPS number belongs to an
+    │   account bound to another identity
+    └── DuplicateOperator: an operator account with that username exists
 """
 
 
@@ -27,3 +28,7 @@ class IntegrityError(StorageError, ValueError):
 
 class IdentityConflict(StorageError):
     """The account an identity-provider sign-in would use belongs to another identity."""
+
+
+class DuplicateOperator(StorageError):
+    """An operator with this username exists already."""

@@ -17,10 +17,13 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from storage import partitioning
 from storage.audit import Audit
@@ -56,29 +59,62 @@ class PassReport:
 
 @dataclass
 class MaintenanceStats:
-    """Counters of this process's passes, for /metrics (``render``)."""
+    """Counters of this process's passes, for /metrics (``registry``)."""
 
     passes: int = 0
     step_failures: Counter[str] = field(default_factory=Counter)
     timescaledb_failed_jobs: int = 0  # jobs whose last run failed, at the last pass
+    retention_runs: int = 0  # retention steps completed
+    removed: Counter[str] = field(default_factory=Counter)  # rows removed, by kind
 
 
-def render(stats: MaintenanceStats, set_aside_total: int,
-           prefix: str = "healthiot_maintenance") -> str:
-    """The Prometheus text exposition of the maintenance job's counters."""
-    lines = [f"# HELP {prefix}_passes_total maintenance passes run",
-             f"# TYPE {prefix}_passes_total counter", f"{prefix}_passes_total {stats.passes}",
-             f"# HELP {prefix}_step_failures_total steps that failed (the pass went on)",
-             f"# TYPE {prefix}_step_failures_total counter"]
-    lines += [f'{prefix}_step_failures_total{{step="{step}"}} {n}'
-              for step, n in sorted(stats.step_failures.items())]
-    lines += [f"# HELP {prefix}_segments_set_aside_total segments that did not open, set aside",
-              f"# TYPE {prefix}_segments_set_aside_total counter",
-              f"{prefix}_segments_set_aside_total {set_aside_total}",
-              f"# HELP {prefix}_timescaledb_failed_jobs TimescaleDB jobs whose last run failed",
-              f"# TYPE {prefix}_timescaledb_failed_jobs gauge",
-              f"{prefix}_timescaledb_failed_jobs {stats.timescaledb_failed_jobs}"]
-    return "\n".join(lines) + "\n"
+class MaintenanceCollector(Collector):
+    """Reads the job's counters at each scrape, and the segments set aside (counted by the
+    store, which sets them aside during rollups and compaction)."""
+
+    def __init__(self, stats: Callable[[], MaintenanceStats], set_aside_total: Callable[[], int],
+                 prefix: str = "healthiot_maintenance") -> None:
+        self._stats = stats
+        self._set_aside = set_aside_total
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        stats, prefix = self._stats(), self._prefix
+        yield CounterMetricFamily(f"{prefix}_passes", "maintenance passes run",
+                                  value=stats.passes)
+        failures = CounterMetricFamily(f"{prefix}_step_failures",
+                                       "steps that failed (the pass went on)", labels=["step"])
+        for step, n in sorted(stats.step_failures.items()):
+            failures.add_metric([step], n)
+        yield failures
+        yield CounterMetricFamily(f"{prefix}_segments_set_aside",
+                                  "segments that did not open, set aside",
+                                  value=self._set_aside())
+        yield CounterMetricFamily(f"{prefix}_retention_runs",
+                                  "retention steps completed (each records what it removed)",
+                                  value=stats.retention_runs)
+        removed = CounterMetricFamily(f"{prefix}_retention_removed_rows",
+                                      "rows removed by retention, by kind", labels=["kind"])
+        for kind, n in sorted(stats.removed.items()):
+            removed.add_metric([kind], n)
+        yield removed
+        yield GaugeMetricFamily(f"{prefix}_timescaledb_failed_jobs",
+                                "TimescaleDB jobs whose last run failed",
+                                value=stats.timescaledb_failed_jobs)
+
+
+def registry(stats: Callable[[], MaintenanceStats], set_aside_total: Callable[[], int],
+             ) -> CollectorRegistry:
+    """A registry of this process's maintenance job (prometheus_client's global one stays
+    unused)."""
+    found = CollectorRegistry(auto_describe=False)
+    found.register(MaintenanceCollector(stats, set_aside_total))
+    return found
+
+
+def render(stats: MaintenanceStats, set_aside_total: int) -> str:
+    """The Prometheus text exposition (format 0.0.4) of the maintenance job's counters."""
+    return generate_latest(registry(lambda: stats, lambda: set_aside_total)).decode()
 
 
 class Maintenance:
@@ -199,6 +235,8 @@ class Maintenance:
             await conn.executemany(
                 "INSERT INTO retention_runs (kind, cutoff, removed) VALUES ($1, $2, $3)",
                 [(kind, cutoffs[kind], n) for kind, n in removed.items() if n])
+        self.stats.retention_runs += 1
+        self.stats.removed.update(removed)
         if any(removed.values()):
             log.info("retention removed %s", removed)
         return removed

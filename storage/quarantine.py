@@ -167,3 +167,54 @@ async def purge_quarantined(pool: asyncpg.Pool, *, before: dt.datetime,
              AND ($2::text IS NULL OR device_id = $2) AND ($3::text IS NULL OR reason = $3)""",
         before, device_id, reason)
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalCount:
+    device_id: str | None
+    reason: str
+    count: int
+
+
+async def refusals_between(pool: asyncpg.Pool, start: dt.datetime, end: dt.datetime, *,
+                           device_id: str | None = None, reason: str | None = None,
+                           limit: int = 100) -> list[Quarantined]:
+    """The records received in [start, end), newest first, of one device and one reason
+    when given; at most ``limit`` (capped at MAX_LISTED)."""
+    rows = await pool.fetch(
+        """SELECT id, received_at, device_id, topic, reason, detail FROM quarantine
+           WHERE received_at >= $1 AND received_at < $2
+             AND ($3::text IS NULL OR device_id = $3) AND ($4::text IS NULL OR reason = $4)
+           ORDER BY received_at DESC, id DESC LIMIT $5""",
+        start, end, device_id, reason, max(0, min(limit, MAX_LISTED)))
+    return [Quarantined(**dict(r)) for r in rows]
+
+
+async def count_refusals(pool: asyncpg.Pool, start: dt.datetime, end: dt.datetime, *,
+                         device_id: str | None = None, reason: str | None = None,
+                         ) -> list[RefusalCount]:
+    """How many records each device has per reason in [start, end), all of them counted
+    (a listing stops at its limit, the counts do not)."""
+    rows = await pool.fetch(
+        """SELECT device_id, reason, count(*) AS count FROM quarantine
+           WHERE received_at >= $1 AND received_at < $2
+             AND ($3::text IS NULL OR device_id = $3) AND ($4::text IS NULL OR reason = $4)
+           GROUP BY device_id, reason ORDER BY device_id NULLS LAST, reason""",
+        start, end, device_id, reason)
+    return [RefusalCount(r["device_id"], r["reason"], r["count"]) for r in rows]
+
+
+async def open_payloads(pool: asyncpg.Pool, keyring: Keyring, record_ids: Sequence[int],
+                        ) -> dict[int, bytes | None]:
+    """The payloads of ``record_ids``: None for one not kept, or whose key is erased."""
+    found: dict[int, bytes | None] = {}
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT id, topic, received_at, sealed, key_owner, key_version FROM quarantine
+               WHERE id = ANY($1::bigint[])""", list(record_ids))
+        for row in rows:
+            try:
+                found[row["id"]] = await open_quarantined(conn, keyring, row)
+            except KeyUnavailable:
+                found[row["id"]] = None
+    return found

@@ -20,6 +20,8 @@ def sim_env(workdir):
                HEALTHIOT_MQTT_PORT=str(stable_port()), HEALTHIOT_API_PORT=str(free_port()),
                HEALTHIOT_MQTT_SERVICES_PORT=str(stable_port()),
                HEALTHIOT_BRIDGE_HEALTH_PORT=str(free_port()),
+               HEALTHIOT_API_METRICS_PORT=str(free_port()),
+               HEALTHIOT_MAINTENANCE_METRICS_PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
                                                         os.environ.get("PYTHONPATH")])))
     return var, env

@@ -28,7 +28,9 @@ def run_env(workdir):
     env = dict(os.environ, HEALTHIOT_VAR_DIR=str(var), HEALTHIOT_PG_PORT=str(free_port()),
                HEALTHIOT_MQTT_PORT=str(free_port()), HEALTHIOT_API_PORT=str(free_port()),
                HEALTHIOT_MQTT_SERVICES_PORT=str(free_port()),
-               HEALTHIOT_BRIDGE_HEALTH_PORT=str(free_port()))
+               HEALTHIOT_BRIDGE_HEALTH_PORT=str(free_port()),
+               HEALTHIOT_API_METRICS_PORT=str(free_port()),
+               HEALTHIOT_MAINTENANCE_METRICS_PORT=str(free_port()))
     return var, env
 
 

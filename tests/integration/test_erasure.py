@@ -223,6 +223,7 @@ CLASSIFIED: dict[str, str] = {
     "record_feed_consents": "feed consent and sealed INS: deleted (cascade)",
     "record_feed_outbox": "sealed Bundles: deleted (cascade)",
     "clinicians": "professionals, not patients",
+    "operators": "the service's operators, not patients",
     "consents": "a patient's consents: deleted (cascade)",
     "audit_log": "who accessed whose data (CNIL: every access traced; HDS): kept, "
                  "append-only; names the patient id, never a device id",

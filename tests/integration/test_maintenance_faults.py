@@ -12,9 +12,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from healthiot.daemons import _serve_maintenance_metrics
 from healthiot.localservers import free_port
-from healthiot.services import Core
+from healthiot.services import Core, maintenance_registry, serve_metrics
 from storage import maintenance as maintenance_module
 from storage.errors import IntegrityError
 from storage.maintenance import Maintenance, RetentionPolicy
@@ -69,7 +68,9 @@ async def test_a_segment_that_does_not_open_is_set_aside_and_the_pass_goes_on(
     series = await core.store.read_series(patient, "heart_rate", day, day + dt.timedelta(days=1))
     assert len(series) == 30
     metrics = maintenance_module.render(job.stats, core.store.set_aside_total)
-    assert "healthiot_maintenance_segments_set_aside_total 1\n" in metrics
+    assert "healthiot_maintenance_segments_set_aside_total 1.0\n" in metrics
+    assert "healthiot_maintenance_retention_runs_total 1.0\n" in metrics
+    assert 'healthiot_maintenance_retention_removed_rows_total{kind="quarantine"} 1.0' in metrics
 
 
 class _FailingRollups(Rollups):
@@ -85,7 +86,7 @@ async def test_retention_runs_when_an_earlier_step_fails(core: Core) -> None:
     assert report is not None and report.failed_steps == ("rollups",)
     assert report.removed is not None and report.removed["quarantine"] == 1
     assert job.stats.step_failures["rollups"] == 1
-    assert 'healthiot_maintenance_step_failures_total{step="rollups"} 1' in (
+    assert 'healthiot_maintenance_step_failures_total{step="rollups"} 1.0' in (
         maintenance_module.render(job.stats, core.store.set_aside_total))
 
 
@@ -111,13 +112,15 @@ async def test_the_maintenance_daemon_serves_its_counters_at_metrics(core: Core)
                       core.audit, RetentionPolicy())
     await job.run_once()
     port = free_port()
-    runner = await _serve_maintenance_metrics(job, core, "127.0.0.1", port)
+    runner = await serve_metrics(maintenance_registry(job, core), "127.0.0.1", port)
+    assert runner is not None
     try:
         async with aiohttp.ClientSession() as session, session.get(
                 f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(10)) as resp:
             text = await resp.text()
     finally:
         await runner.cleanup()
-    assert 'healthiot_maintenance_step_failures_total{step="rollups"} 1' in text
-    assert "healthiot_maintenance_segments_set_aside_total 0" in text
+    assert 'healthiot_maintenance_step_failures_total{step="rollups"} 1.0' in text
+    assert "healthiot_maintenance_segments_set_aside_total 0.0" in text
+    assert "healthiot_maintenance_retention_runs_total 1.0" in text
     assert "healthiot_maintenance_timescaledb_failed_jobs " in text

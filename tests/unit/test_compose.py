@@ -28,9 +28,10 @@ READS = {
     "migrate": {"database_admin_password", "database_password"},
     **{name: {"database_password", "kek_file", "mqtt_ca_file", "mqtt_cert_file",
               "mqtt_key_file"} for name in BRIDGES},
+    # The record's client secret: patients link their record through the API.
     "api": {"database_password", "kek_file", "audit_key_file", "jwt_key_file",
-            "api_cert_file", "api_key_file"},
-    "record-feed": {"database_password", "kek_file", "audit_key_file"},
+            "api_cert_file", "api_key_file", "record_client_secret"},
+    "record-feed": {"database_password", "kek_file", "audit_key_file", "record_client_secret"},
     "maintenance": {"database_password", "kek_file"},
     # Its certificate, key and the device CA are command-line files (tested apart below).
     "renewer": {"database_password", "mqtt_ca_file"},
@@ -367,7 +368,7 @@ def test_api_serves_https_on_8443_and_checks_its_own_healthz(services):
     env = environment(api)
     assert env["HEALTHIOT_API_HOST"] == "0.0.0.0"  # noqa: S104 (inside a container)
     assert int(env.get("HEALTHIOT_API_PORT", settings.Settings.api_port)) == 8443
-    assert container_ports(api) == {8443}
+    assert container_ports(api) == {8443, 9110}  # HTTPS, and /metrics (exposed only)
     test = api["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
     code = test[3]
@@ -441,3 +442,88 @@ def test_the_renewer_loads_the_operator_device_ca_from_its_mounts(compose, servi
     assert (loaded.root, loaded.device_ca) == (made.root, made.device_ca)
     assert loaded.root_key is None
     assert {str(args.cert), str(args.key)} <= secret_mounts(renewer).keys()
+
+
+RECORD_VARIABLES = {"RECORD_FEED_URL": "https://record.example.test/fhir",
+                    "RECORD_FEED_SENDER_OID": "1.2.250.1.999.1",
+                    "RECORD_ISSUER": "https://auth.record.example.test",
+                    "RECORD_CLIENT_ID": "healthiot-client",
+                    "RECORD_REDIRECT_URI": "https://api.example.test/v1/record-link/callback",
+                    "API_PUBLIC_URL": "https://api.example.test"}
+
+
+def _service_settings(services: dict[str, Any], name: str, variables: dict[str, str],
+                      tmp_path: Path, client_secret: str) -> settings.Settings:
+    env = {}
+    for variable, value in environment(services[name]).items():
+        value = interpolate(value, variables)
+        if value.startswith(RUN_SECRETS):
+            path = tmp_path / value.removeprefix(RUN_SECRETS)
+            secret = value.removeprefix(RUN_SECRETS)
+            path.write_text(client_secret if secret == "record-client-secret"
+                            else f"contents of {secret}\n")
+            value = str(path)
+        env[variable] = value
+    return settings.load(env)
+
+
+@pytest.mark.parametrize("name", ["api", "record-feed"])
+def test_the_record_feed_settings_come_from_the_operator_not_from_defaults(
+        services, name, tmp_path):
+    """Issue 20: with the operator's record variables and secret file, the API (where
+    patients link their record) and the feed load every setting the feed needs; the client
+    secret comes from a compose secret, and no value is a default of compose.yaml."""
+    loaded = _service_settings(services, name, RECORD_VARIABLES, tmp_path,
+                               "the-operator-client-secret\n")
+
+    assert loaded.record_feed_url == RECORD_VARIABLES["RECORD_FEED_URL"]
+    assert loaded.record_feed_sender_oid == RECORD_VARIABLES["RECORD_FEED_SENDER_OID"]
+    assert loaded.record_issuer == RECORD_VARIABLES["RECORD_ISSUER"]
+    assert loaded.record_client_id == RECORD_VARIABLES["RECORD_CLIENT_ID"]
+    assert loaded.record_redirect_uri == RECORD_VARIABLES["RECORD_REDIRECT_URI"]
+    assert loaded.record_client_secret == "the-operator-client-secret"
+    assert loaded.record_feed_models_file is not None
+
+
+def test_the_record_models_file_is_mounted_where_the_feed_reads_it(compose, services):
+    feed = services["record-feed"]
+    models = environment(feed)["HEALTHIOT_RECORD_FEED_MODELS_FILE"]
+    mounted = {entry["target"]: entry["source"] for entry in feed.get("configs", [])}
+    assert models in mounted
+    assert compose["configs"][mounted[models]]["file"].startswith("./")
+
+
+def test_the_record_feed_is_off_without_the_operator_variables(services, tmp_path):
+    for name in ("api", "record-feed"):
+        loaded = _service_settings(services, name, {"API_PUBLIC_URL": "https://a.example"},
+                                   tmp_path, "")
+        assert loaded.record_feed_url == ""
+        assert loaded.record_client_secret == ""
+
+
+def test_the_record_feed_with_an_empty_client_secret_file_refuses_to_start(services, tmp_path):
+    with pytest.raises(settings.SettingsError, match="HEALTHIOT_RECORD_CLIENT_SECRET"):
+        _service_settings(services, "record-feed", RECORD_VARIABLES, tmp_path, "")
+
+
+# Where each long-running service serves /metrics: the settings naming host and port.
+METRICS = {**{b: ("bridge_health_host", "bridge_health_port") for b in BRIDGES},
+           "api": ("api_metrics_host", "api_metrics_port"),
+           "maintenance": ("maintenance_metrics_host", "maintenance_metrics_port")}
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_each_service_serves_metrics_to_the_compose_network_and_not_beyond(services, name):
+    service = services[name]
+    host_field, port_field = METRICS[name]
+    env = environment(service)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings.Settings)}
+    host = env.get(settings.env_name(host_field), defaults[host_field])
+    port = int(env.get(settings.env_name(port_field), defaults[port_field]))
+    assert port, f"{name} serves no /metrics"
+    assert host == "0.0.0.0", f"{name}: /metrics on {host} is out of Prometheus's reach"  # noqa: S104 (inside a container)
+    exposed = {int(str(p).split("/")[0]) for p in service.get("expose") or []}
+    assert port in exposed, f"{name} does not expose its /metrics port {port}"
+    published = {int(str(p).split("/")[0].rsplit(":", 1)[-1])
+                 for p in service.get("ports") or []}
+    assert port not in published, f"{name} publishes /metrics outside the compose networks"
