@@ -217,7 +217,11 @@ def sampled(observation_id: str, metric: str, patient_ref: str,
             *, device_ref: str | None = None) -> dict[str, Any]:
     """A dense series as one Observation with SampledData on a regular grid of
     ``period_ms``; grid points without a sample are "E" (no value), as FHIR says. It claims
-    no ANS profile: those allow only valueQuantity (the value[x] slicing is closed)."""
+    no ANS profile: those allow only valueQuantity (the value[x] slicing is closed).
+
+    The data are small integers: each value is ``origin + factor * datum`` (FHIR's own
+    decoding), the factor the device's resolution (0.1 for a tenth of a degree), the origin
+    near the series' median. A year of 1 Hz heart rate is ~3 bytes a second this way."""
     if len(t_ms) == 0:
         raise ValueError("a SampledData Observation needs at least one sample")
     resource = _base(observation_id, metric, patient_ref, device_ref, claim_profile=False)
@@ -226,17 +230,111 @@ def sampled(observation_id: str, metric: str, patient_ref: str,
     grid[slots] = value  # the last sample in a slot wins; the grid is the reader's choice
     resource["effectivePeriod"] = {"start": instant(int(t_ms[0])),
                                    "end": instant(int(t_ms[0] + slots[-1] * period_ms))}
-    unit = metric_named(metric).unit
-    resource["valueSampledData"] = {
-        "origin": {"value": 0, "unit": unit, "system": UCUM, "code": unit},
-        "period": period_ms, "dimensions": 1,
-        "data": " ".join("E" if np.isnan(x) else _number(x) for x in grid)}
+    resource["valueSampledData"] = _sampled_data(grid, metric_named(metric).unit, period_ms)
     return _ordered(resource)
+
+
+# SampledData's decimals: up to this many the data are written as integers with a factor.
+_MAX_DECIMALS = 3
+
+
+def _sampled_data(grid: npt.NDArray[np.float64], unit: str, period: float,
+                  extension: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """SampledData of ``grid`` (NaN: "E"): origin, factor and integer data when the values
+    have at most _MAX_DECIMALS decimals (a converted unit may have more: then decimals)."""
+    present = ~np.isnan(grid)
+    finite = grid[present]
+    decimals = next((d for d in range(_MAX_DECIMALS + 1)
+                     if np.all(np.abs(finite * 10 ** d - np.round(finite * 10 ** d)) < 1e-6)),
+                    None)
+    out: dict[str, Any] = {"extension": extension} if extension else {}
+    if decimals is None:
+        origin = 0.0
+        text = ["E" if np.isnan(x) else _number(x) for x in grid.tolist()]
+    else:
+        origin = float(np.round(np.median(finite))) if len(finite) else 0.0
+        data = np.round((np.where(present, grid, origin) - origin) * 10 ** decimals)
+        text = list(map(str, data.astype(np.int64).tolist()))
+        for i in np.flatnonzero(~present).tolist():
+            text[i] = "E"
+    out["origin"] = {"value": int(origin) if origin.is_integer() else origin, "unit": unit,
+                     "system": UCUM, "code": unit}
+    out["period"] = period
+    if decimals:
+        out["factor"] = float(f"1e-{decimals}")
+    out["dimensions"] = 1
+    out["data"] = " ".join(text)
+    return out
 
 
 def _number(x: float) -> str:
     text = f"{x:.6f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def sampled_values(data: dict[str, Any]) -> list[float | None]:
+    """The values a SampledData holds (None for "E"), decoded as FHIR says: origin plus
+    factor times each datum; rounded to the factor's decimals."""
+    origin = float(data["origin"]["value"])
+    factor = float(data.get("factor", 1))
+    decimals = max(0, round(-np.log10(factor))) if "factor" in data else 6
+    return [None if x in ("E", "U", "L") else round(origin + factor * float(x), decimals)
+            for x in data["data"].split()]
+
+
+# RR intervals (issue 21): beat-to-beat intervals, one a beat, are no vital sign and have no
+# LOINC code. Their times are irregular, which R4's SampledData cannot say, so a series
+# holds the intervals in beat order and this extension the runs of consecutive beats: pairs
+# "<index of the run's first beat> <its time, ms after effectivePeriod.start>". Within a run
+# each beat comes one interval after the one before (what an RR interval is): the time of
+# beat i is its run's start plus the intervals of the beats after the start up to i.
+RR_RUNS_EXTENSION = "https://healthiot.example/fhir/StructureDefinition/rr-interval-runs"
+RR_RUN_TOLERANCE_MS = 50  # beats further apart than their interval (+-this) start a new run
+
+
+def rr_runs(t_ms: npt.NDArray[np.int64], rr_ms: npt.NDArray[np.float64]) -> list[int]:
+    """The indices where a run of consecutive beats starts (0 first)."""
+    gaps = np.diff(t_ms).astype(np.float64)
+    breaks = np.flatnonzero(np.abs(gaps - rr_ms[1:]) > RR_RUN_TOLERANCE_MS) + 1
+    return [0, *breaks.tolist()]
+
+
+def rr_series(observation_id: str, patient_ref: str, t_ms: npt.NDArray[np.int64],
+              rr_ms: npt.NDArray[np.float64], *, device_ref: str | None = None
+              ) -> dict[str, Any]:
+    """RR intervals of a period as one Observation: no profile, outside the vital signs,
+    coded by text (LOINC has no code for one interval), the intervals as SampledData in
+    beat order with the runs extension (RR_RUNS_EXTENSION) giving when each run of beats
+    started; ``period`` is the mean interval, the mean time between two samples."""
+    if len(t_ms) == 0:
+        raise ValueError("an RR series needs at least one beat")
+    resource = _base(observation_id, "rr_interval", patient_ref, device_ref,
+                     claim_profile=False)
+    resource["effectivePeriod"] = {"start": instant(int(t_ms[0])),
+                                   "end": instant(int(t_ms[-1]))}
+    starts = rr_runs(t_ms, rr_ms)
+    runs = " ".join(f"{i} {int(t_ms[i] - t_ms[0])}" for i in starts)
+    resource["valueSampledData"] = _sampled_data(
+        rr_ms.astype(np.float64), "ms", round(float(np.mean(rr_ms)), 1),
+        [{"url": RR_RUNS_EXTENSION, "valueString": runs}])
+    return _ordered(resource)
+
+
+def rr_beat_times(resource: dict[str, Any]) -> list[int]:
+    """The beat times (epoch ms) of an RR series, from its runs and intervals."""
+    data = resource["valueSampledData"]
+    rr = [x or 0.0 for x in sampled_values(data)]
+    start = int(dt.datetime.fromisoformat(resource["effectivePeriod"]["start"])
+                .timestamp() * 1000)
+    pairs = [int(x) for x in next(e["valueString"] for e in data["extension"]
+                                  if e["url"] == RR_RUNS_EXTENSION).split()]
+    run_at = dict(zip(pairs[::2], pairs[1::2], strict=True))
+    times: list[int] = []
+    at = 0.0
+    for i, interval in enumerate(rr):
+        at = float(run_at[i]) if i in run_at else at + interval
+        times.append(start + round(at))
+    return times
 
 
 def steps_by_day(observation_id: str, patient_ref: Subject, day_start_ms: int,
