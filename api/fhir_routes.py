@@ -411,7 +411,7 @@ _METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
 _OID = re.compile(r"(bp|m\d{1,2})-([0-9a-f]{32})-(\d{1,15})-([0-9a-f]{8})")
 
 
-def _source_tag(device_id: str | None) -> str:
+def source_tag(device_id: str | None) -> str:
     return hashlib.sha256((device_id or "").encode()).hexdigest()[:8]
 
 
@@ -421,7 +421,7 @@ def _oid(patient_id: uuid.UUID, metric: str, t: int, device_id: str | None) -> s
     the hour number of a series) and a tag of the source device. At most 58 characters
     (FHIR allows 64); no health value in it."""
     kind = "bp" if metric == "blood_pressure" else f"m{_METRIC_INDEX[metric]}"
-    return f"{kind}-{patient_id.hex}-{t}-{_source_tag(device_id)}"
+    return f"{kind}-{patient_id.hex}-{t}-{source_tag(device_id)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,4 +557,4 @@ def _span_oid(patient_id: uuid.UUID, metric: str, n: int, span_ms: int,
     """The id of a series over another span than an hour: the span's letter (``d`` for
     a day) after the metric, so that it never names an hourly Observation."""
     letter = "d" if span_ms == DAY_MS else f"s{span_ms}"
-    return f"m{_METRIC_INDEX[metric]}{letter}-{patient_id.hex}-{n}-{_source_tag(device_id)}"
+    return f"m{_METRIC_INDEX[metric]}{letter}-{patient_id.hex}-{n}-{source_tag(device_id)}"

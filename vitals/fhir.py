@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from vitals.catalogue import METRICS as _CATALOGUE
 from vitals.catalogue import metric as metric_named
 
 FHIR_VERSION = "4.0.1"
@@ -286,17 +287,17 @@ def sampled_values(data: dict[str, Any]) -> list[float | None]:
 # LOINC code. Their times are irregular, which R4's SampledData cannot say, so a series
 # holds the intervals in beat order and this extension the runs of consecutive beats: pairs
 # "<index of the run's first beat> <its time, ms after effectivePeriod.start>". Within a run
-# each beat comes one interval after the one before (what an RR interval is): the time of
-# beat i is its run's start plus the intervals of the beats after the start up to i.
+# each beat comes one interval after the one before (what an RR interval is), to the
+# millisecond: the time of beat i is the time of beat i-1 plus interval i rounded to whole
+# milliseconds (half to even). A beat whose stored time is not that starts a run, so every
+# beat time comes back exactly.
 RR_RUNS_EXTENSION = "https://healthiot.example/fhir/StructureDefinition/rr-interval-runs"
-RR_RUN_TOLERANCE_MS = 50  # beats further apart than their interval (+-this) start a new run
 
 
 def rr_runs(t_ms: npt.NDArray[np.int64], rr_ms: npt.NDArray[np.float64]) -> list[int]:
     """The indices where a run of consecutive beats starts (0 first)."""
-    gaps = np.diff(t_ms).astype(np.float64)
-    breaks = np.flatnonzero(np.abs(gaps - rr_ms[1:]) > RR_RUN_TOLERANCE_MS) + 1
-    return [0, *breaks.tolist()]
+    follows = np.diff(t_ms) == np.round(rr_ms[1:]).astype(np.int64)
+    return [0, *(np.flatnonzero(~follows) + 1).tolist()]
 
 
 def rr_series(observation_id: str, patient_ref: str, t_ms: npt.NDArray[np.int64],
@@ -330,10 +331,10 @@ def rr_beat_times(resource: dict[str, Any]) -> list[int]:
                                   if e["url"] == RR_RUNS_EXTENSION).split()]
     run_at = dict(zip(pairs[::2], pairs[1::2], strict=True))
     times: list[int] = []
-    at = 0.0
+    at = 0
     for i, interval in enumerate(rr):
-        at = float(run_at[i]) if i in run_at else at + interval
-        times.append(start + round(at))
+        at = run_at[i] if i in run_at else at + round(interval)
+        times.append(start + at)
     return times
 
 
@@ -475,7 +476,11 @@ _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _NETWORK_TYPE = {"machine": "1", "ip": "2", "uri": "5"}
-_OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
+# The audit log's outcomes as AuditEvent.outcome: success, minor failure (the request was
+# refused), serious failure; an outcome not listed here is a serious failure.
+_OUTCOMES = {"ok": "0", "granted": "0", "revoked": "0", "paired": "0", "sent": "0",
+             "invited": "0",
+             "refused": "4", "throttled": "4", "failed": "8"}
 # What the audit log calls an action -> (BALP profile, restful interaction, FHIR action).
 # An export (GDPR access and portability) has no BALP profile: it is DICOM's 110106 Export.
 _BALP_ACTIONS = {
@@ -483,7 +488,21 @@ _BALP_ACTIONS = {
     "search": ("IHE.BasicAudit.PatientQuery", "search-type", "E"),
     "feed": ("IHE.BasicAudit.PatientCreate", "create", "C"),
 }
-AUDITED_AS_FHIR = frozenset({*_BALP_ACTIONS, "export"})
+# Every other access and change the audit log traces (issue 21: all of them are exported):
+# action -> (type, subtype, FHIR action). Sign-in is DICOM's User Authentication (Login);
+# changes to what the patient holds or allows (account, consents, devices) are DICOM's
+# Patient Record event with the FHIR action saying which.
+_PATIENT_RECORD = {"system": _DCM, "code": "110110", "display": "Patient Record"}
+_OTHER_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
+    "login": ({"system": _DCM, "code": "110114", "display": "User Authentication"},
+              {"system": _DCM, "code": "110122", "display": "Login"}, "E"),
+    "register": (_PATIENT_RECORD, None, "C"),
+    "consent": (_PATIENT_RECORD, None, "U"),
+    "device": (_PATIENT_RECORD, None, "U"),
+    "erase": (_PATIENT_RECORD, None, "D"),
+    "claim": (_PATIENT_RECORD, None, "U"),
+    "dismiss": (_PATIENT_RECORD, None, "U"),
+}
 
 _RECIPIENT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
               "code": "IRCP", "display": "information recipient"}
@@ -545,14 +564,22 @@ def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
     if action == "export":
         out["type"] = {"system": _DCM, "code": "110106", "display": "Export"}
         out["action"] = "R"
+    elif action not in _BALP_ACTIONS:
+        kind, sub, fhir_action = _OTHER_ACTIONS.get(action, (_PATIENT_RECORD, None, "E"))
+        out["type"] = kind
+        if sub is not None:
+            out["subtype"] = [sub]
+        out["action"] = fhir_action
     else:
         profile, interaction, fhir_action = _BALP_ACTIONS[action]
         out["meta"] = {"profile": [f"{BALP}/{profile}"]}
         out["type"] = {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"}
         out["subtype"] = [{"system": _REST, "code": interaction}]
         out["action"] = fhir_action
-    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8"),
-            "agent": agents, "source": {"observer": {"display": observer}},
+    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8")}
+    if outcome != "ok":
+        out["outcomeDesc"] = outcome  # the log's own word: granted, revoked, throttled...
+    out |= {"agent": agents, "source": {"observer": {"display": observer}},
             "entity": [patient, data]}
     return out
 
@@ -632,3 +659,67 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
                       "code": [_metric_concept(m) for m in metrics],
                       "dataPeriod": {"start": instant(data_from_ms),
                                      "end": instant(data_to_ms)}}}
+
+
+# Sample quality flags (vitals.normalise.Flag) on an exported reading that carries any:
+# one extension per flag, its code the flag's name.
+QUALITY_EXTENSION = "https://healthiot.example/fhir/StructureDefinition/sample-quality"
+
+
+def flagged(resource: dict[str, Any], flag_names: Sequence[str], doubtful: bool
+            ) -> dict[str, Any]:
+    """``resource`` (a one-reading Observation) with its sample's quality flags; a reading
+    whose value is in doubt (waiting for review, out of every figure) is ``preliminary``."""
+    out = dict(resource)
+    out["extension"] = [*resource.get("extension", []),
+                        *({"url": QUALITY_EXTENSION, "valueCode": name}
+                          for name in flag_names)]
+    if doubtful:
+        out["status"] = "preliminary"
+    out.pop("meta", None)  # a profile's fixed status may be final only: claim none
+    return _ordered(out)
+
+
+def feed_consent_resource(patient_ref: str, enabled: bool, updated_ms: int,
+                          recipient: str = MEDICAL_RECORD) -> dict[str, Any]:
+    """The patient's consent to feed their medical record as a FHIR Consent: an opt-in
+    (ppc-1) permitting the record (the recipient) to receive their readings."""
+    return {
+        "resourceType": "Consent", "id": "record-feed",
+        "status": "active" if enabled else "inactive",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": LOINC, "code": "59284-0",
+                                  "display": "Patient Consent"}]}],
+        "patient": {"reference": patient_ref}, "dateTime": instant(updated_ms),
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN", "display": "opt-in"}]},
+        "provision": {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+            "code": "IRCP"}]}, "reference": {"display": recipient}}]}}
+
+
+_FEED_STATES = {"sent": "completed", "refused": "not-done", "pending": "in-progress"}
+
+
+def feed_communication(entry_id: int, patient_ref: str, metric: str, measured_ms: int,
+                       state: str, created_ms: int, sent_ms: int | None,
+                       status_code: int | None, reason: str | None,
+                       recipient: str = MEDICAL_RECORD) -> dict[str, Any]:
+    """One reading of the feed's history as a Communication to the medical record: sent
+    (completed), refused (not-done, with the record's reason) or still pending."""
+    out: dict[str, Any] = {"resourceType": "Communication", "id": f"feed-{entry_id}",
+                           "status": _FEED_STATES[state]}
+    if state != "sent" and (reason or status_code):
+        text = reason or f"HTTP {status_code}"
+        out["statusReason"] = {"text": text if status_code is None
+                               else f"{text} (HTTP {status_code})"}
+    out["subject"] = {"reference": patient_ref}
+    if sent_ms is not None:
+        out["sent"] = instant(sent_ms)
+    out["recipient"] = [{"display": recipient}]
+    name = metric_named(metric).display if metric in _CATALOGUE else metric
+    out["payload"] = [{"contentString": f"{name} measured at "
+                                         f"{instant(measured_ms)}, queued at "
+                                         f"{instant(created_ms)}"}]
+    return out
