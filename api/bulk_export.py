@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from email.utils import format_datetime
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,9 @@ async def kick_off(request: web.Request) -> web.Response:
         "Content-Location": f"{_base(request)}/v1/me/export-jobs/{job_id}"})
 
 
-async def _job(request: web.Request) -> tuple[uuid.UUID, dt.datetime]:
-    """The caller's job named in the path: (patient, requested at); 404 otherwise."""
+async def _job(request: web.Request) -> tuple[uuid.UUID, dt.datetime, dt.datetime]:
+    """The caller's job named in the path: (patient, requested at, expires at); 404
+    otherwise."""
     claims = bearer_claims(request, health_data=True)
     patient_id = patient_of(claims)
     try:
@@ -84,25 +86,28 @@ async def _job(request: web.Request) -> tuple[uuid.UUID, dt.datetime]:
     except ValueError:
         raise Problem(404, "no such export") from None
     row = await request.app[DEPS].pool.fetchrow(
-        "SELECT requested_at FROM export_jobs WHERE id = $1 AND patient_id = $2"
+        "SELECT requested_at, expires_at FROM export_jobs WHERE id = $1 AND patient_id = $2"
         " AND expires_at > now()", job_id, patient_id)
     if row is None:
         raise Problem(404, "no such export")
-    return patient_id, row["requested_at"]
+    return patient_id, row["requested_at"], row["expires_at"]
 
 
 async def status(request: web.Request) -> web.Response:
     """Complete at once: the files are made as they are fetched."""
-    _, requested_at = await _job(request)
+    _, requested_at, expires = await _job(request)
     here = f"{_base(request)}{request.path}"
-    return web.json_response({
+    manifest = {
         "transactionTime": requested_at.isoformat(), "request": f"{_base(request)}/v1/me/$export",
         "requiresAccessToken": True, "error": [],
-        "output": [{"type": kind, "url": f"{here}/{kind}.ndjson"} for kind in TYPES]})
+        "output": [{"type": kind, "url": f"{here}/{kind}.ndjson"} for kind in TYPES]}
+    # Bulk Data: Expires says until when the files can be fetched.
+    return web.json_response(manifest, headers={
+        "Expires": format_datetime(expires, usegmt=True)})
 
 
 async def delete(request: web.Request) -> web.Response:
-    patient_id, _ = await _job(request)
+    patient_id, _, _ = await _job(request)
     await request.app[DEPS].pool.execute(
         "DELETE FROM export_jobs WHERE id = $1 AND patient_id = $2",
         uuid.UUID(request.match_info["job_id"]), patient_id)
@@ -110,7 +115,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def output(request: web.Request) -> web.StreamResponse:
-    patient_id, requested_at = await _job(request)
+    patient_id, requested_at, _ = await _job(request)
     kind = request.match_info["kind"].removesuffix(".ndjson")
     makers: dict[str, Callable[[web.Request, uuid.UUID, dt.datetime], Lines]] = {
         "Patient": _patients, "Device": _devices, "Observation": _observations,

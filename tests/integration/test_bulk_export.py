@@ -193,3 +193,24 @@ async def test_every_audit_event_of_a_request_names_the_client_network_address(
                     if a.get("network", {}).get("type") == "2"]
         assert networks == [{"address": "127.0.0.1", "type": "2"}], event
     assert (await world.core.audit.verify_chain()).intact
+
+
+async def test_a_job_past_its_expiry_is_gone_and_deleted_at_the_next_kick_off(
+        world: World) -> None:
+    """Nothing of an export rests readable: the job row holds no data (files are made as
+    fetched), says until when it may be fetched, and is deleted once expired."""
+    me = world.as_patient()
+    resp = await world.client.get("/v1/me/$export", headers={**me, **ASYNC})
+    status_url = resp.headers["Content-Location"]
+    status_path = status_url[status_url.index("/v1/"):]
+    resp = await world.client.get(status_path, headers=me)
+    assert resp.status == 200 and "Expires" in resp.headers
+    columns = {r["column_name"] for r in await world.core.pool.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'export_jobs'")}
+    assert columns == {"id", "patient_id", "requested_at", "expires_at"}
+    await world.core.pool.execute("UPDATE export_jobs SET expires_at = now()")
+    assert (await world.client.get(status_path, headers=me)).status == 404
+    assert (await world.client.get(status_path + "/Patient.ndjson", headers=me)).status == 404
+    resp = await world.client.get("/v1/me/$export", headers={**me, **ASYNC})
+    assert resp.status == 202
+    assert await world.core.pool.fetchval("SELECT count(*) FROM export_jobs") == 1
