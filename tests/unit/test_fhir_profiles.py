@@ -4,6 +4,7 @@ bound codes, invariants), categories and grids that fit the metric."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -155,3 +156,20 @@ def test_the_export_groups_series_by_day_under_ids_of_their_own() -> None:
     assert all(r["id"].split("-")[0] in ("m1d", "m10d") for r in daily)
     hourly = [r for _, r in observations(PATIENT_ID, series, "watch-1")]
     assert len(hourly) == 2 * 48 and not {r["id"] for r in hourly} & {r["id"] for r in daily}
+
+
+def test_a_flagged_reading_claims_no_profile_and_names_its_flags() -> None:
+    obs = fhir.observation("q-1", "heart_rate", PATIENT, T, 190.0)
+    assert obs["meta"]["profile"]  # the ANS heart-rate profile, met by a final reading
+    out = fhir.flagged(obs, ["hr-spike"], doubtful=True)
+    Observation.model_validate(out)
+    assert "meta" not in out and out["status"] == "preliminary"
+    assert out["extension"] == [{"url": fhir.QUALITY_EXTENSION, "valueCode": "hr-spike"}]
+
+
+def test_an_hourly_rr_series_is_read_back_by_its_id() -> None:
+    t, rr = _beats(70)
+    found = observations(PATIENT_ID, {"rr_interval": Samples(t, rr, np.zeros(70, np.uint8))})
+    address = fhir_routes._address(found[0][1]["id"])
+    assert address is not None and address.metrics == ("rr_interval",)
+    assert address.end - address.start == dt.timedelta(hours=1)
