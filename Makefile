@@ -22,6 +22,7 @@ bench: system-deps venv
 	$(BIN)/python bench/bench_decisions.py
 	$(BIN)/python bench/bench_storage.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_export.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -27,9 +27,9 @@ async def clinician_access(request: web.Request, patient_id: uuid.UUID, *, actio
     deps = request.app[DEPS]
     clinician_id = clinician_of(bearer_claims(request, health_data=True))
     access = await Consents(deps.pool).access(clinician_id, patient_id, dt.datetime.now(dt.UTC))
-    await deps.audit.record(actor=f"clinician:{clinician_id}", patient_id=patient_id,
-                            action=action, resource=resource,
-                            outcome="ok" if access else "refused")
+    await deps.audit.record(actor=f"clinician:{clinician_id}", patient_id=patient_id, action=action,
+                            resource=resource, outcome="ok" if access else "refused",
+                            client=request.remote)
     if access is None:
         raise Problem(403, NO_CONSENT)
     return clinician_id, access

@@ -75,7 +75,8 @@ async def create_account(request: web.Request) -> web.Response:
     else:
         patient_id = patient.id
         await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
-                                action="register", resource="account", outcome="ok")
+                                action="register", resource="account", outcome="ok",
+                                client=request.remote)
     encoded = totp.secret_base32(secret)
     return web.json_response({
         "patient_id": str(patient_id), "username": username,
@@ -122,8 +123,9 @@ async def login(request: web.Request) -> web.Response:
         return too_many(exc)
     if patient is not None:
         await deps.audit.record(actor=f"patient:{patient.id}", patient_id=patient.id,
-                                action="login", resource="session",
-                                outcome="ok" if ok else "refused")
+                                action="login",
+                                resource="session", outcome="ok" if ok else "refused",
+                                client=request.remote)
     if patient is None or not ok:
         raise Problem(401, "unknown username, wrong password or wrong code")
     methods = ["pwd"] if totp_code is None else ["pwd", "otp"]
@@ -185,8 +187,8 @@ async def erase_me(request: web.Request) -> web.Response:
     # and every live session ended, as when a device is unpaired.
     for device_id in owned:
         await request.app[REVOKER].enforce(device_id)
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="erase", resource="account", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="erase",
+                            resource="account", outcome="ok", client=request.remote)
     return web.json_response({"erased": True, "segments_removed": segments,
                               "at": dt.datetime.now(dt.UTC).isoformat()})
 
@@ -240,15 +242,16 @@ async def export_me(request: web.Request) -> web.Response:
     server = ("uri", f"{request.scheme}://{request.host}/fhir")
     names: dict[str, tuple[str, str | None]] = {}
     for row, resource in zip(trail, what, strict=True):
-        if row["action"] in fhir.AUDITED_AS_FHIR:
-            if row["actor"] not in names:  # by name and RPPS, as the access log shows them
-                names[row["actor"]] = await who_is(clinicians, row["actor"], patient_id)
-            name, rpps = names[row["actor"]]
-            resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),
-                                              row["action"], row["outcome"], name,
-                                              ref, resource, rpps=rpps, server=server))
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="export", resource="all", outcome="ok")
+        if row["actor"] not in names:  # by name and RPPS, as the access log shows them
+            names[row["actor"]] = await who_is(clinicians, row["actor"], patient_id)
+        name, rpps = names[row["actor"]]
+        client = ("ip", row["client_address"]) if row["client_address"] else None
+        resources.append(fhir.audit_event(f"audit-{row['id']}", _ms(row["at"]),
+                                          row["action"], row["outcome"], name, ref,
+                                          resource, rpps=rpps, server=server,
+                                          client=client))
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="export",
+                            resource="all", outcome="ok", client=request.remote)
     return web.json_response(fhir.bundle("collection", resources),
                              content_type="application/fhir+json")
 

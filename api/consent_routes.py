@@ -77,9 +77,9 @@ async def grant(request: web.Request) -> web.Response:
         raise Problem(422, "no clinician with this RPPS number uses healthiot")
     consent = await Consents(deps.pool).grant(patient_id, clinician.id, metrics, data_from,
                                               data_to, expires_at)
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="consent", resource=f"consent/{consent.id}",
-                            outcome="granted")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="consent",
+                            resource=f"consent/{consent.id}", outcome="granted",
+                            client=request.remote)
     out = _consent_json(consent, now)
     out["clinician"] = {"rpps": clinician.rpps, "name": clinician.display_name,
                         "profession": clinician.profession}
@@ -102,9 +102,9 @@ async def revoke(request: web.Request) -> web.Response:
     consent_id = uuid_param(request, "consent_id")
     if not await Consents(deps.pool).revoke(patient_id, consent_id):
         raise Problem(404, "no such active consent")
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="consent", resource=f"consent/{consent_id}",
-                            outcome="revoked")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="consent",
+                            resource=f"consent/{consent_id}", outcome="revoked",
+                            client=request.remote)
     return web.Response(status=204)
 
 
@@ -136,15 +136,19 @@ async def access_log(request: web.Request) -> web.Response:
         events = [fhir.audit_event(f"audit-{row['id']}", int(row["at"].timestamp() * 1000),
                                    row["action"], row["outcome"], e["who"],
                                    f"Patient/{patient_id}", e["what"], rpps=e["rpps"],
-                                   server=server)
-                  for row, e in zip(rows, entries, strict=True)
-                  if row["action"] in fhir.AUDITED_AS_FHIR]
+                                   server=server, client=_client(row))
+                  for row, e in zip(rows, entries, strict=True)]
         return web.json_response(fhir.bundle("collection", events),
                                  content_type="application/fhir+json")
     page: dict[str, Any] = {"entries": entries}
     if len(rows) == limit:
         page["next"] = f"/v1/me/access-log?limit={limit}&before={rows[-1]['id']}"
     return web.json_response(page)
+
+
+def _client(row: Any) -> tuple[str, str] | None:
+    """The AuditEvent network of an audit row's client: its IP address, when recorded."""
+    return ("ip", row["client_address"]) if row["client_address"] else None
 
 
 async def who_is(clinicians: Clinicians, actor: str, me: uuid.UUID) -> tuple[str, str | None]:
@@ -188,5 +192,6 @@ async def feed_consent(request: web.Request) -> web.Response:
         await record_link_routes.stop(request, patient_id)
     await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
                             action="consent", resource="record-feed",
-                            outcome="granted" if body.enabled else "revoked")
+                            outcome="granted" if body.enabled else "revoked",
+                            client=request.remote)
     return await feed_status(request)

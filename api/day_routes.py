@@ -103,8 +103,8 @@ async def get_daily(request: web.Request) -> web.Response:
     if not first <= last or (last - first).days >= MAX_DAYS:
         raise Problem(400, f"from must not be after to, at most {MAX_DAYS} days")
     figures, order, history = await _days(request).figures(patient_id, metric, first, last)
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="read", resource=f"daily/{metric}", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="read",
+                            resource=f"daily/{metric}", outcome="ok", client=request.remote)
     return web.json_response({
         "metric": metric, "unit": METRICS[metric].unit, "source_order": order,
         "zone": _zones_json(history)["zone"],

@@ -57,15 +57,15 @@ async def pair(request: web.Request) -> web.Response:
         device = await deps.registry.pair(patient_id, serial, code)
     except PairingThrottled as exc:
         await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
-                                resource="devices/pair", outcome="throttled")
+                                resource="devices/pair", outcome="throttled", client=request.remote)
         return problem_response(429, str(exc), headers={
             "Retry-After": str(int(exc.retry_after_s + 0.999))})
     except PairingRefused as exc:
         await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
-                                resource="devices/pair", outcome="refused")
+                                resource="devices/pair", outcome="refused", client=request.remote)
         raise Problem(422, str(exc)) from None
     await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
-                            resource=f"device/{device.id}", outcome="paired")
+                            resource=f"device/{device.id}", outcome="paired", client=request.remote)
     mine = {d.id: d for d in await deps.registry.for_patient(patient_id)}
     return web.json_response(device_json(mine[device.id]), status=201)
 
@@ -75,8 +75,8 @@ async def list_devices(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     patient_id = patient_of(bearer_claims(request, health_data=True))
     devices = await deps.registry.for_patient(patient_id)
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="read", resource="devices", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="read",
+                            resource="devices", outcome="ok", client=request.remote)
     return web.json_response({"devices": [device_json(d) for d in devices]})
 
 
@@ -94,12 +94,14 @@ async def unpair(request: web.Request) -> web.Response:
         raise Problem(404, "no such device") from None
     except InvalidTransition as exc:
         await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
-                                resource=f"device/{device_id}", outcome="refused")
+                                resource=f"device/{device_id}", outcome="refused",
+                                client=request.remote)
         raise Problem(409, f"this device is already {exc.current}") from None
     # A shared scale's held weighings and the device's quarantine went with it (migrations
     # 090, 110); the secret halves of their keys go too, so that no copy opens again.
     for owner in device_key_owners(device_id):
         deps.keyring.forget(owner)
     await deps.audit.record(actor=actor, patient_id=patient_id, action="device",
-                            resource=f"device/{device_id}", outcome="revoked")
+                            resource=f"device/{device_id}", outcome="revoked",
+                            client=request.remote)
     return web.Response(status=204)

@@ -45,10 +45,15 @@ MAX_WINDOW = dt.timedelta(days=32)
 _CURSOR = re.compile(r"(-?\d{1,16})\.([0-9a-z-]{1,64})")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 HOUR_MS = 3_600_000
-# Dense metrics: the SampledData grid of each; steps are summed per minute first.
-# SpO2 from a watch is one reading a minute: a 1-second grid would be 98% "E".
+# Dense metrics: the SampledData grid of each; steps and sleep minutes are summed per
+# minute first. SpO2 from a watch is one reading a minute: a 1-second grid would be 98% "E".
 SAMPLED_PERIOD_MS = {"heart_rate": 1000, "spo2": 60_000, "steps": 60_000,
-                     "skin_temperature": 60_000}
+                     "skin_temperature": 60_000, "sleep_duration": 60_000}
+ADDITIVE = frozenset({"steps", "sleep_duration"})  # counts that add up within a grid slot
+# Metrics served as one Observation per period (an hour here, a day in the export): the
+# dense ones, and RR intervals (one a beat) as a series in beat order.
+SERIES = frozenset({*SAMPLED_PERIOD_MS, "rr_interval"})
+DAY_MS = 86_400_000
 BP = ("systolic_bp", "diastolic_bp")
 _BY_LOINC = {m.loinc: m.name for m in METRICS.values() if m.loinc}
 
@@ -406,7 +411,7 @@ _METRIC_INDEX = {name: i for i, name in enumerate(METRICS)}
 _OID = re.compile(r"(bp|m\d{1,2})-([0-9a-f]{32})-(\d{1,15})-([0-9a-f]{8})")
 
 
-def _source_tag(device_id: str | None) -> str:
+def source_tag(device_id: str | None) -> str:
     return hashlib.sha256((device_id or "").encode()).hexdigest()[:8]
 
 
@@ -416,7 +421,7 @@ def _oid(patient_id: uuid.UUID, metric: str, t: int, device_id: str | None) -> s
     the hour number of a series) and a tag of the source device. At most 58 characters
     (FHIR allows 64); no health value in it."""
     kind = "bp" if metric == "blood_pressure" else f"m{_METRIC_INDEX[metric]}"
-    return f"{kind}-{patient_id.hex}-{t}-{_source_tag(device_id)}"
+    return f"{kind}-{patient_id.hex}-{t}-{source_tag(device_id)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +446,7 @@ def _address(observation_id: str) -> _Address | None:
         if index >= len(METRICS):
             return None
         metrics = (list(METRICS)[index],)
-    if metrics[0] in SAMPLED_PERIOD_MS:
+    if metrics[0] in SERIES:
         start_ms, end_ms = t * HOUR_MS, (t + 1) * HOUR_MS
     else:
         start_ms, end_ms = t, t + 1
@@ -486,27 +491,31 @@ class _Stub:
 
 
 def observations(patient_id: uuid.UUID, series: Mapping[str, Samples],
-                 device_id: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+                 device_id: str | None = None, span_ms: int = HOUR_MS
+                 ) -> list[tuple[int, dict[str, Any]]]:
     """(effective time, Observation) for every shared sample of one source: spot readings
-    one by one, blood pressure as panels, dense streams per hour as SampledData. With
-    ``device_id`` each Observation references the device and its id includes it."""
-    return [(stub.t, stub.build()) for stub in _stubs(patient_id, series, device_id)]
+    one by one, blood pressure as panels, dense streams and RR intervals per hour (per
+    ``span_ms``) as SampledData. With ``device_id`` each Observation references the device
+    and its id includes it. A ``span_ms`` other than an hour (the export's day) gives ids
+    of their own, which the read API does not serve: its Observations are hourly."""
+    return [(stub.t, stub.build())
+            for stub in _stubs(patient_id, series, device_id, span_ms)]
 
 
-def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str | None
-           ) -> list[_Stub]:
+def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str | None,
+           span_ms: int = HOUR_MS) -> list[_Stub]:
     subject = f"Patient/{patient_id}"
     device_ref = f"Device/{device_id}" if device_id else None
     out: list[_Stub] = []
     for metric, samples in series.items():
-        if metric not in SAMPLED_PERIOD_MS and metric not in BP:
+        if metric not in SERIES and metric not in BP:
             for t, v in zip(samples.t_ms.tolist(), samples.value.tolist(), strict=True):
                 oid = _oid(patient_id, metric, t, device_id)
                 out.append(_Stub(t, oid, functools.partial(
                     fhir.observation, oid, metric, subject, t, v, device_ref=device_ref),
                     t, t))
-        elif metric in SAMPLED_PERIOD_MS:
-            out += _hourly(patient_id, metric, samples, device_id)
+        elif metric in SERIES:
+            out += _series(patient_id, metric, samples, device_id, span_ms)
     if all(m in series for m in BP):
         sys_s, dia_s = series[BP[0]], series[BP[1]]
         common, i, j = np.intersect1d(sys_s.t_ms, dia_s.t_ms, return_indices=True)
@@ -518,21 +527,34 @@ def _stubs(patient_id: uuid.UUID, series: Mapping[str, Samples], device_id: str 
     return out
 
 
-def _hourly(patient_id: uuid.UUID, metric: str, samples: Samples, device_id: str | None
-            ) -> list[_Stub]:
+def _series(patient_id: uuid.UUID, metric: str, samples: Samples, device_id: str | None,
+            span_ms: int) -> list[_Stub]:
+    """One Observation per ``span_ms`` (UTC hours or days) that holds samples."""
     device_ref = f"Device/{device_id}" if device_id else None
-    period = SAMPLED_PERIOD_MS[metric]
     t, v = samples.t_ms, samples.value
-    if metric == "steps" and len(t):  # counts add up within a grid slot
+    period = SAMPLED_PERIOD_MS.get(metric, 0)
+    if metric in ADDITIVE and len(t):  # counts add up within a grid slot
         slots, inverse = np.unique(t // period, return_inverse=True)
         t = (slots * period).astype(np.int64)
         v = np.bincount(inverse, weights=v).astype(np.float64)
     out = []
-    hours, first = np.unique(t // HOUR_MS, return_index=True)
+    spans, first = np.unique(t // span_ms, return_index=True)
     bounds = [*first[1:], len(t)]
-    for hour, a, b in zip(hours.tolist(), first.tolist(), bounds, strict=True):
-        oid = _oid(patient_id, metric, hour, device_id)
-        out.append(_Stub(hour * HOUR_MS, oid, functools.partial(
-            fhir.sampled, oid, metric, f"Patient/{patient_id}", t[a:b], v[a:b], period,
-            device_ref=device_ref), int(t[a]), int(t[b - 1])))
+    subject = f"Patient/{patient_id}"
+    for n, a, b in zip(spans.tolist(), first.tolist(), bounds, strict=True):
+        oid = (_oid(patient_id, metric, n, device_id) if span_ms == HOUR_MS
+               else _span_oid(patient_id, metric, n, span_ms, device_id))
+        build = (functools.partial(fhir.rr_series, oid, subject, t[a:b], v[a:b],
+                                   device_ref=device_ref) if metric == "rr_interval"
+                 else functools.partial(fhir.sampled, oid, metric, subject, t[a:b], v[a:b],
+                                        period, device_ref=device_ref))
+        out.append(_Stub(n * span_ms, oid, build, int(t[a]), int(t[b - 1])))
     return out
+
+
+def _span_oid(patient_id: uuid.UUID, metric: str, n: int, span_ms: int,
+              device_id: str | None) -> str:
+    """The id of a series over another span than an hour: the span's letter (``d`` for
+    a day) after the metric, so that it never names an hourly Observation."""
+    letter = "d" if span_ms == DAY_MS else f"s{span_ms}"
+    return f"m{_METRIC_INDEX[metric]}{letter}-{patient_id.hex}-{n}-{source_tag(device_id)}"

@@ -58,11 +58,12 @@ def _caller(request: web.Request) -> tuple[ApiDeps, uuid.UUID, str]:
     return deps, patient_id, device_id
 
 
-async def _record(deps: ApiDeps, actor: uuid.UUID, patients: list[uuid.UUID], action: str,
-                  resource: str, outcome: str) -> None:
-    """One audit event in the access log of each of ``patients``."""
+async def _record(deps: ApiDeps, client: str | None, actor: uuid.UUID,
+                  patients: list[uuid.UUID], action: str, resource: str, outcome: str) -> None:
+    """One audit event in the access log of each of ``patients``; ``client``: the
+    request's network address."""
     for patient_id in dict.fromkeys(patients):
-        await deps.audit.record(actor=f"patient:{actor}", patient_id=patient_id,
+        await deps.audit.record(client=client, actor=f"patient:{actor}", patient_id=patient_id,
                                 action=action, resource=resource, outcome=outcome)
 
 
@@ -70,9 +71,9 @@ async def _users(deps: ApiDeps, device_id: str) -> list[uuid.UUID]:
     return (await deps.registry.users([device_id])).get(device_id, [])
 
 
-async def _refused(deps: ApiDeps, patient_id: uuid.UUID, resource: str,
+async def _refused(deps: ApiDeps, peer: str | None, patient_id: uuid.UUID, resource: str,
                    exc: UnknownDevice | HouseholdRefused) -> Problem:
-    await _record(deps, patient_id, [patient_id], "device", resource, "refused")
+    await _record(deps, peer, patient_id, [patient_id], "device", resource, "refused")
     if isinstance(exc, UnknownDevice):
         return Problem(404, NO_DEVICE)
     return Problem(403 if exc.forbidden else 409, str(exc))
@@ -85,8 +86,8 @@ async def invite(request: web.Request) -> web.Response:
     try:
         code, expires = await Household(deps.pool, deps.registry).invite(device_id, patient_id)
     except (UnknownDevice, HouseholdRefused) as exc:
-        raise await _refused(deps, patient_id, resource, exc) from None
-    await _record(deps, patient_id, [patient_id], "device", resource, "invited")
+        raise await _refused(deps, request.remote, patient_id, resource, exc) from None
+    await _record(deps, request.remote, patient_id, [patient_id], "device", resource, "invited")
     return web.json_response({"device_id": device_id, "code": code,
                               "expires_at": expires.isoformat()}, status=201)
 
@@ -98,17 +99,20 @@ async def join(request: web.Request) -> web.Response:
     try:
         device = await Household(deps.pool, deps.registry).join(patient_id, body.code)
     except PairingThrottled as exc:
-        await _record(deps, patient_id, [patient_id], "device", "devices/join", "throttled")
+        await _record(deps, request.remote, patient_id, [patient_id],
+                      "device", "devices/join", "throttled")
         return problem_response(429, str(exc), headers={
             "Retry-After": str(int(exc.retry_after_s + 0.999))})
     except InvitationRefused as exc:
-        await _record(deps, patient_id, [patient_id], "device", "devices/join", "refused")
+        await _record(deps, request.remote, patient_id, [patient_id],
+                      "device", "devices/join", "refused")
         raise Problem(422, str(exc)) from None
     except HouseholdRefused as exc:
-        await _record(deps, patient_id, [patient_id], "device", "devices/join", "refused")
+        await _record(deps, request.remote, patient_id, [patient_id],
+                      "device", "devices/join", "refused")
         raise Problem(409, str(exc)) from None
     # The owner and the other members see who joined their scale.
-    await _record(deps, patient_id, await _users(deps, device.id), "device",
+    await _record(deps, request.remote, patient_id, await _users(deps, device.id), "device",
                   f"device/{device.id}/users", "joined")
     mine = {d.id: d for d in await deps.registry.for_patient(patient_id)}
     return web.json_response(device_json(mine[device.id]), status=201)
@@ -121,8 +125,8 @@ async def list_users(request: web.Request) -> web.Response:
     try:
         users = await Household(deps.pool, deps.registry).users(device_id, patient_id)
     except UnknownDevice as exc:
-        raise await _refused(deps, patient_id, resource, exc) from None
-    await _record(deps, patient_id, [patient_id], "read", resource, "ok")
+        raise await _refused(deps, request.remote, patient_id, resource, exc) from None
+    await _record(deps, request.remote, patient_id, [patient_id], "read", resource, "ok")
     return web.json_response({"users": [
         {"patient_id": str(u.patient_id), "username": u.username, "role": u.role,
          "joined_at": u.joined_at.isoformat(), "me": u.patient_id == patient_id}
@@ -138,19 +142,19 @@ async def remove_user(request: web.Request) -> web.Response:
     try:
         await Household(deps.pool, deps.registry).remove(device_id, patient_id, user)
     except (UnknownDevice, HouseholdRefused) as exc:
-        raise await _refused(deps, patient_id, resource, exc) from None
+        raise await _refused(deps, request.remote, patient_id, resource, exc) from None
     # Everyone who used the scale, the one who left included, sees the change.
-    await _record(deps, patient_id, users, "device", resource,
+    await _record(deps, request.remote, patient_id, users, "device", resource,
                   "left" if user == patient_id else "removed")
     return web.Response(status=204)
 
 
-async def _require_user(deps: ApiDeps, patient_id: uuid.UUID, device_id: str,
-                        resource: str) -> list[uuid.UUID]:
+async def _require_user(deps: ApiDeps, peer: str | None, patient_id: uuid.UUID,
+                        device_id: str, resource: str) -> list[uuid.UUID]:
     """The device's users, or 404 (audited) when the caller is not one of them."""
     users = await _users(deps, device_id)
     if patient_id not in users:
-        raise await _refused(deps, patient_id, resource, UnknownDevice(device_id))
+        raise await _refused(deps, peer, patient_id, resource, UnknownDevice(device_id))
     return users
 
 
@@ -158,9 +162,9 @@ async def list_unclaimed(request: web.Request) -> web.Response:
     """The weighings held on this scale that I have not dismissed."""
     deps, patient_id, device_id = _caller(request)
     resource = f"device/{device_id}/unclaimed"
-    users = await _require_user(deps, patient_id, device_id, resource)
+    users = await _require_user(deps, request.remote, patient_id, device_id, resource)
     held = await Unclaimed(deps.pool, deps.keyring, deps.store).visible(device_id, patient_id)
-    await _record(deps, patient_id, users, "read", resource, "ok")
+    await _record(deps, request.remote, patient_id, users, "read", resource, "ok")
     return web.json_response({"readings": [held_json(r) for r in held]})
 
 
@@ -169,13 +173,13 @@ async def claim(request: web.Request) -> web.Response:
     deps, patient_id, device_id = _caller(request)
     reading_id = uuid_param(request, "reading_id")
     resource = f"device/{device_id}/unclaimed/{reading_id}"
-    users = await _require_user(deps, patient_id, device_id, resource)
+    users = await _require_user(deps, request.remote, patient_id, device_id, resource)
     reading = await Unclaimed(deps.pool, deps.keyring, deps.store).claim(
         device_id, reading_id, patient_id)
     if reading is None:
-        await _record(deps, patient_id, [patient_id], "claim", resource, "refused")
+        await _record(deps, request.remote, patient_id, [patient_id], "claim", resource, "refused")
         raise Problem(404, "no such held weighing")
-    await _record(deps, patient_id, users, "claim", resource, "ok")
+    await _record(deps, request.remote, patient_id, users, "claim", resource, "ok")
     return web.json_response(held_json(reading))
 
 
@@ -184,10 +188,10 @@ async def dismiss(request: web.Request) -> web.Response:
     deps, patient_id, device_id = _caller(request)
     reading_id = uuid_param(request, "reading_id")
     resource = f"device/{device_id}/unclaimed/{reading_id}"
-    await _require_user(deps, patient_id, device_id, resource)
+    await _require_user(deps, request.remote, patient_id, device_id, resource)
     done = await Unclaimed(deps.pool, deps.keyring, deps.store).dismiss(
         device_id, reading_id, patient_id)
-    await _record(deps, patient_id, [patient_id], "dismiss", resource,
+    await _record(deps, request.remote, patient_id, [patient_id], "dismiss", resource,
                   "ok" if done else "refused")
     if not done:
         raise Problem(404, "no such held weighing")

@@ -59,8 +59,8 @@ async def callback(request: web.Request) -> web.Response:
     except RecordAuthError:
         raise Problem(503, "the medical record cannot be reached; try again later") from None
     await RecordFeed(deps.pool, deps.keyring).wake(patient_id)  # readings waiting for it
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="consent", resource="record-link", outcome="granted")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="consent",
+                            resource="record-link", outcome="granted", client=request.remote)
     return web.json_response({"linked": True})
 
 
@@ -70,7 +70,8 @@ async def stop(request: web.Request, patient_id: uuid.UUID) -> None:
     await RecordFeed(deps.pool, deps.keyring).set_consent(patient_id, False)
     if deps.record is not None and await deps.record.unlink(patient_id):
         await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                                action="consent", resource="record-link", outcome="revoked")
+                                action="consent", resource="record-link", outcome="revoked",
+                                client=request.remote)
 
 
 async def unlink(request: web.Request) -> web.Response:

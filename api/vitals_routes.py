@@ -67,8 +67,8 @@ async def my_vitals(request: web.Request) -> web.Response:
     start, end = _range(request, DEFAULT_RANGE)
     if device is not None and not await _my_source(deps.pool, patient_id, name, device):
         raise Problem(404, "no such device of yours")  # the same for another's and none
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="read", resource=f"vitals/{name}", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="read",
+                            resource=f"vitals/{name}", outcome="ok", client=request.remote)
     body: dict[str, Any] = {"metric": name, "unit": metric.unit, "loinc": metric.loinc,
                             "from": start.isoformat(), "to": end.isoformat(),
                             "resolution": resolution}
@@ -132,8 +132,8 @@ async def latest(request: web.Request) -> web.Response:
             found[name] = {"t": instant(int(series.t_ms[-1])),
                            "value": float(series.value[-1]), "unit": metric.unit,
                            "flags": int(series.flags[-1])}
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="read", resource="vitals/latest", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="read",
+                            resource="vitals/latest", outcome="ok", client=request.remote)
     return web.json_response({"latest": found})
 
 
@@ -155,7 +155,7 @@ async def my_summary(request: web.Request) -> web.Response:
         samples = {d: (s.t_ms, s.value, s.flags) for d, s in per_source.items()}
         out[name] = summary_json(await asyncio.to_thread(
             summarise_sources, name, samples, order, lo, hi, history))
-    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id,
-                            action="read", resource="summary", outcome="ok")
+    await deps.audit.record(actor=f"patient:{patient_id}", patient_id=patient_id, action="read",
+                            resource="summary", outcome="ok", client=request.remote)
     return web.json_response({"from": start.isoformat(), "to": end.isoformat(),
                               "metrics": out})

@@ -52,18 +52,21 @@ _SUFFIX = ".anchors"
 
 
 def _encode(row_id: int, at: dt.datetime, actor: str, patient_id: uuid.UUID | None,
-            action: str, resource: str, outcome: str) -> bytes:
+            action: str, resource: str, outcome: str, client: str | None = None) -> bytes:
     fields = [str(row_id), at.astimezone(dt.UTC).isoformat(), actor, str(patient_id or ""),
               action, resource, outcome]
+    if client is not None:  # rows without an address keep the encoding they had
+        fields.append(client)
     # Length-prefixed, so no choice of field contents can forge another row's encoding.
     return b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
 
 
 def row_mac(key: bytes, prev: bytes, row_id: int, at: dt.datetime, actor: str,
-            patient_id: uuid.UUID | None, action: str, resource: str, outcome: str) -> bytes:
+            patient_id: uuid.UUID | None, action: str, resource: str, outcome: str,
+            client: str | None = None) -> bytes:
     """The keyed chain: HMAC-SHA256 over the previous hash and the row's content."""
     return hmac.digest(key, prev + _encode(row_id, at, actor, patient_id, action, resource,
-                                           outcome), "sha256")
+                                           outcome, client), "sha256")
 
 
 def legacy_row_hash(prev: bytes, row_id: int, at: dt.datetime, actor: str,
@@ -175,7 +178,9 @@ class Audit:
         self._timer: asyncio.TimerHandle | None = None
 
     async def record(self, *, actor: str, patient_id: uuid.UUID | None, action: str,
-                     resource: str, outcome: str) -> None:
+                     resource: str, outcome: str, client: str | None = None) -> None:
+        """Append one entry; ``client``: the network address of the request it traces
+        (the peer of the connection), None when no request made it."""
         key = self._key.get()
         async with self._pool.acquire() as conn, conn.transaction():
             resource = await pseudonymise(conn, resource)  # no device id outlives erasure
@@ -185,13 +190,13 @@ class Audit:
             # Microseconds, as PostgreSQL keeps them: the hash must survive the round trip.
             at = dt.datetime.now(dt.UTC)
             digest = row_mac(key, prev or GENESIS, row_id, at, actor, patient_id, action,
-                             resource, outcome)
+                             resource, outcome, client)
             await conn.execute(
                 """INSERT INTO audit_log (id, at, actor, patient_id, action, resource, outcome,
-                                          prev_hash, hash)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                                          prev_hash, hash, client_address)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
                 row_id, at, actor, patient_id, action, resource, outcome, prev or GENESIS,
-                digest)
+                digest, client)
         # After the commit: an anchor must never name a row that is not there.
         self._advance(row_id, digest)
 
@@ -228,7 +233,7 @@ class Audit:
                           before_id: int | None = None) -> list[asyncpg.Record]:
         """The patient's entries, newest first, a page of ``limit`` before ``before_id``."""
         rows: list[asyncpg.Record] = await self._pool.fetch(
-            "SELECT id, at, actor, action, resource, outcome FROM audit_log"
+            "SELECT id, at, actor, action, resource, outcome, client_address FROM audit_log"
             " WHERE patient_id = $1 AND ($3::bigint IS NULL OR id < $3)"
             " ORDER BY id DESC LIMIT $2", patient_id, limit, before_id)
         return rows
@@ -253,7 +258,8 @@ class Audit:
             while broken is None:
                 rows = await conn.fetch(
                     """SELECT id, at, actor, patient_id, action, resource, outcome, prev_hash,
-                              hash FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2""",
+                              hash, client_address FROM audit_log WHERE id > $1
+                       ORDER BY id LIMIT $2""",
                     last_id, batch)
                 if not rows:
                     break
@@ -262,7 +268,7 @@ class Audit:
                     fields = (r["id"], r["at"], r["actor"], r["patient_id"], r["action"],
                               r["resource"], r["outcome"])
                     digest = (legacy_row_hash(prev, *fields) if r["id"] <= legacy_until
-                              else row_mac(key, prev, *fields))
+                              else row_mac(key, prev, *fields, r["client_address"]))
                     if r["prev_hash"] != prev:
                         broken = (r["id"], "its predecessor is not the row it was chained to")
                         break

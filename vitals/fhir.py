@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from vitals.catalogue import METRICS as _CATALOGUE
 from vitals.catalogue import metric as metric_named
 
 FHIR_VERSION = "4.0.1"
@@ -217,7 +218,11 @@ def sampled(observation_id: str, metric: str, patient_ref: str,
             *, device_ref: str | None = None) -> dict[str, Any]:
     """A dense series as one Observation with SampledData on a regular grid of
     ``period_ms``; grid points without a sample are "E" (no value), as FHIR says. It claims
-    no ANS profile: those allow only valueQuantity (the value[x] slicing is closed)."""
+    no ANS profile: those allow only valueQuantity (the value[x] slicing is closed).
+
+    The data are small integers: each value is ``origin + factor * datum`` (FHIR's own
+    decoding), the factor the device's resolution (0.1 for a tenth of a degree), the origin
+    near the series' median. A year of 1 Hz heart rate is ~3 bytes a second this way."""
     if len(t_ms) == 0:
         raise ValueError("a SampledData Observation needs at least one sample")
     resource = _base(observation_id, metric, patient_ref, device_ref, claim_profile=False)
@@ -226,17 +231,111 @@ def sampled(observation_id: str, metric: str, patient_ref: str,
     grid[slots] = value  # the last sample in a slot wins; the grid is the reader's choice
     resource["effectivePeriod"] = {"start": instant(int(t_ms[0])),
                                    "end": instant(int(t_ms[0] + slots[-1] * period_ms))}
-    unit = metric_named(metric).unit
-    resource["valueSampledData"] = {
-        "origin": {"value": 0, "unit": unit, "system": UCUM, "code": unit},
-        "period": period_ms, "dimensions": 1,
-        "data": " ".join("E" if np.isnan(x) else _number(x) for x in grid)}
+    resource["valueSampledData"] = _sampled_data(grid, metric_named(metric).unit, period_ms)
     return _ordered(resource)
+
+
+# SampledData's decimals: up to this many the data are written as integers with a factor.
+_MAX_DECIMALS = 3
+
+
+def _sampled_data(grid: npt.NDArray[np.float64], unit: str, period: float,
+                  extension: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """SampledData of ``grid`` (NaN: "E"): origin, factor and integer data when the values
+    have at most _MAX_DECIMALS decimals (a converted unit may have more: then decimals)."""
+    present = ~np.isnan(grid)
+    finite = grid[present]
+    decimals = next((d for d in range(_MAX_DECIMALS + 1)
+                     if np.all(np.abs(finite * 10 ** d - np.round(finite * 10 ** d)) < 1e-6)),
+                    None)
+    out: dict[str, Any] = {"extension": extension} if extension else {}
+    if decimals is None:
+        origin = 0.0
+        text = ["E" if np.isnan(x) else _number(x) for x in grid.tolist()]
+    else:
+        origin = float(np.round(np.median(finite))) if len(finite) else 0.0
+        data = np.round((np.where(present, grid, origin) - origin) * 10 ** decimals)
+        text = list(map(str, data.astype(np.int64).tolist()))
+        for i in np.flatnonzero(~present).tolist():
+            text[i] = "E"
+    out["origin"] = {"value": int(origin) if origin.is_integer() else origin, "unit": unit,
+                     "system": UCUM, "code": unit}
+    out["period"] = period
+    if decimals:
+        out["factor"] = float(f"1e-{decimals}")
+    out["dimensions"] = 1
+    out["data"] = " ".join(text)
+    return out
 
 
 def _number(x: float) -> str:
     text = f"{x:.6f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def sampled_values(data: dict[str, Any]) -> list[float | None]:
+    """The values a SampledData holds (None for "E"), decoded as FHIR says: origin plus
+    factor times each datum; rounded to the factor's decimals."""
+    origin = float(data["origin"]["value"])
+    factor = float(data.get("factor", 1))
+    decimals = max(0, round(-np.log10(factor))) if "factor" in data else 6
+    return [None if x in ("E", "U", "L") else round(origin + factor * float(x), decimals)
+            for x in data["data"].split()]
+
+
+# RR intervals (issue 21): beat-to-beat intervals, one a beat, are no vital sign and have no
+# LOINC code. Their times are irregular, which R4's SampledData cannot say, so a series
+# holds the intervals in beat order and this extension the runs of consecutive beats: pairs
+# "<index of the run's first beat> <its time, ms after effectivePeriod.start>". Within a run
+# each beat comes one interval after the one before (what an RR interval is), to the
+# millisecond: the time of beat i is the time of beat i-1 plus interval i rounded to whole
+# milliseconds (half to even). A beat whose stored time is not that starts a run, so every
+# beat time comes back exactly.
+RR_RUNS_EXTENSION = "https://healthiot.example/fhir/StructureDefinition/rr-interval-runs"
+
+
+def rr_runs(t_ms: npt.NDArray[np.int64], rr_ms: npt.NDArray[np.float64]) -> list[int]:
+    """The indices where a run of consecutive beats starts (0 first)."""
+    follows = np.diff(t_ms) == np.round(rr_ms[1:]).astype(np.int64)
+    return [0, *(np.flatnonzero(~follows) + 1).tolist()]
+
+
+def rr_series(observation_id: str, patient_ref: str, t_ms: npt.NDArray[np.int64],
+              rr_ms: npt.NDArray[np.float64], *, device_ref: str | None = None
+              ) -> dict[str, Any]:
+    """RR intervals of a period as one Observation: no profile, outside the vital signs,
+    coded by text (LOINC has no code for one interval), the intervals as SampledData in
+    beat order with the runs extension (RR_RUNS_EXTENSION) giving when each run of beats
+    started; ``period`` is the mean interval, the mean time between two samples."""
+    if len(t_ms) == 0:
+        raise ValueError("an RR series needs at least one beat")
+    resource = _base(observation_id, "rr_interval", patient_ref, device_ref,
+                     claim_profile=False)
+    resource["effectivePeriod"] = {"start": instant(int(t_ms[0])),
+                                   "end": instant(int(t_ms[-1]))}
+    starts = rr_runs(t_ms, rr_ms)
+    runs = " ".join(f"{i} {int(t_ms[i] - t_ms[0])}" for i in starts)
+    resource["valueSampledData"] = _sampled_data(
+        rr_ms.astype(np.float64), "ms", round(float(np.mean(rr_ms)), 1),
+        [{"url": RR_RUNS_EXTENSION, "valueString": runs}])
+    return _ordered(resource)
+
+
+def rr_beat_times(resource: dict[str, Any]) -> list[int]:
+    """The beat times (epoch ms) of an RR series, from its runs and intervals."""
+    data = resource["valueSampledData"]
+    rr = [x or 0.0 for x in sampled_values(data)]
+    start = int(dt.datetime.fromisoformat(resource["effectivePeriod"]["start"])
+                .timestamp() * 1000)
+    pairs = [int(x) for x in next(e["valueString"] for e in data["extension"]
+                                  if e["url"] == RR_RUNS_EXTENSION).split()]
+    run_at = dict(zip(pairs[::2], pairs[1::2], strict=True))
+    times: list[int] = []
+    at = 0
+    for i, interval in enumerate(rr):
+        at = run_at[i] if i in run_at else at + round(interval)
+        times.append(start + at)
+    return times
 
 
 def steps_by_day(observation_id: str, patient_ref: Subject, day_start_ms: int,
@@ -377,7 +476,11 @@ _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _NETWORK_TYPE = {"machine": "1", "ip": "2", "uri": "5"}
-_OUTCOMES = {"ok": "0", "refused": "4", "failed": "8"}
+# The audit log's outcomes as AuditEvent.outcome: success, minor failure (the request was
+# refused), serious failure; an outcome not listed here is a serious failure.
+_OUTCOMES = {"ok": "0", "granted": "0", "revoked": "0", "paired": "0", "sent": "0",
+             "invited": "0",
+             "refused": "4", "throttled": "4", "failed": "8"}
 # What the audit log calls an action -> (BALP profile, restful interaction, FHIR action).
 # An export (GDPR access and portability) has no BALP profile: it is DICOM's 110106 Export.
 _BALP_ACTIONS = {
@@ -385,7 +488,21 @@ _BALP_ACTIONS = {
     "search": ("IHE.BasicAudit.PatientQuery", "search-type", "E"),
     "feed": ("IHE.BasicAudit.PatientCreate", "create", "C"),
 }
-AUDITED_AS_FHIR = frozenset({*_BALP_ACTIONS, "export"})
+# Every other access and change the audit log traces (issue 21: all of them are exported):
+# action -> (type, subtype, FHIR action). Sign-in is DICOM's User Authentication (Login);
+# changes to what the patient holds or allows (account, consents, devices) are DICOM's
+# Patient Record event with the FHIR action saying which.
+_PATIENT_RECORD = {"system": _DCM, "code": "110110", "display": "Patient Record"}
+_OTHER_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
+    "login": ({"system": _DCM, "code": "110114", "display": "User Authentication"},
+              {"system": _DCM, "code": "110122", "display": "Login"}, "E"),
+    "register": (_PATIENT_RECORD, None, "C"),
+    "consent": (_PATIENT_RECORD, None, "U"),
+    "device": (_PATIENT_RECORD, None, "U"),
+    "erase": (_PATIENT_RECORD, None, "D"),
+    "claim": (_PATIENT_RECORD, None, "U"),
+    "dismiss": (_PATIENT_RECORD, None, "U"),
+}
 
 _RECIPIENT = {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
               "code": "IRCP", "display": "information recipient"}
@@ -447,14 +564,22 @@ def audit_event(event_id: str, recorded_ms: int, action: str, outcome: str,
     if action == "export":
         out["type"] = {"system": _DCM, "code": "110106", "display": "Export"}
         out["action"] = "R"
+    elif action not in _BALP_ACTIONS:
+        kind, sub, fhir_action = _OTHER_ACTIONS.get(action, (_PATIENT_RECORD, None, "E"))
+        out["type"] = kind
+        if sub is not None:
+            out["subtype"] = [sub]
+        out["action"] = fhir_action
     else:
         profile, interaction, fhir_action = _BALP_ACTIONS[action]
         out["meta"] = {"profile": [f"{BALP}/{profile}"]}
         out["type"] = {"system": _AUDIT_TYPE, "code": "rest", "display": "RESTful Operation"}
         out["subtype"] = [{"system": _REST, "code": interaction}]
         out["action"] = fhir_action
-    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8"),
-            "agent": agents, "source": {"observer": {"display": observer}},
+    out |= {"recorded": instant(recorded_ms), "outcome": _OUTCOMES.get(outcome, "8")}
+    if outcome != "ok":
+        out["outcomeDesc"] = outcome  # the log's own word: granted, revoked, throttled...
+    out |= {"agent": agents, "source": {"observer": {"display": observer}},
             "entity": [patient, data]}
     return out
 
@@ -534,3 +659,67 @@ def consent_resource(consent_id: str, patient_ref: str, active: bool, granted_ms
                       "code": [_metric_concept(m) for m in metrics],
                       "dataPeriod": {"start": instant(data_from_ms),
                                      "end": instant(data_to_ms)}}}
+
+
+# Sample quality flags (vitals.normalise.Flag) on an exported reading that carries any:
+# one extension per flag, its code the flag's name.
+QUALITY_EXTENSION = "https://healthiot.example/fhir/StructureDefinition/sample-quality"
+
+
+def flagged(resource: dict[str, Any], flag_names: Sequence[str], doubtful: bool
+            ) -> dict[str, Any]:
+    """``resource`` (a one-reading Observation) with its sample's quality flags; a reading
+    whose value is in doubt (waiting for review, out of every figure) is ``preliminary``."""
+    out = dict(resource)
+    out["extension"] = [*resource.get("extension", []),
+                        *({"url": QUALITY_EXTENSION, "valueCode": name}
+                          for name in flag_names)]
+    if doubtful:
+        out["status"] = "preliminary"
+    out.pop("meta", None)  # a profile's fixed status may be final only: claim none
+    return _ordered(out)
+
+
+def feed_consent_resource(patient_ref: str, enabled: bool, updated_ms: int,
+                          recipient: str = MEDICAL_RECORD) -> dict[str, Any]:
+    """The patient's consent to feed their medical record as a FHIR Consent: an opt-in
+    (ppc-1) permitting the record (the recipient) to receive their readings."""
+    return {
+        "resourceType": "Consent", "id": "record-feed",
+        "status": "active" if enabled else "inactive",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": LOINC, "code": "59284-0",
+                                  "display": "Patient Consent"}]}],
+        "patient": {"reference": patient_ref}, "dateTime": instant(updated_ms),
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN", "display": "opt-in"}]},
+        "provision": {"type": "permit", "actor": [{"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+            "code": "IRCP"}]}, "reference": {"display": recipient}}]}}
+
+
+_FEED_STATES = {"sent": "completed", "refused": "not-done", "pending": "in-progress"}
+
+
+def feed_communication(entry_id: int, patient_ref: str, metric: str, measured_ms: int,
+                       state: str, created_ms: int, sent_ms: int | None,
+                       status_code: int | None, reason: str | None,
+                       recipient: str = MEDICAL_RECORD) -> dict[str, Any]:
+    """One reading of the feed's history as a Communication to the medical record: sent
+    (completed), refused (not-done, with the record's reason) or still pending."""
+    out: dict[str, Any] = {"resourceType": "Communication", "id": f"feed-{entry_id}",
+                           "status": _FEED_STATES[state]}
+    if state != "sent" and (reason or status_code):
+        text = reason or f"HTTP {status_code}"
+        out["statusReason"] = {"text": text if status_code is None
+                               else f"{text} (HTTP {status_code})"}
+    out["subject"] = {"reference": patient_ref}
+    if sent_ms is not None:
+        out["sent"] = instant(sent_ms)
+    out["recipient"] = [{"display": recipient}]
+    name = metric_named(metric).display if metric in _CATALOGUE else metric
+    out["payload"] = [{"contentString": f"{name} measured at "
+                                         f"{instant(measured_ms)}, queued at "
+                                         f"{instant(created_ms)}"}]
+    return out

@@ -82,3 +82,26 @@ def test_export() -> None:
     assert event["type"] == {"system": DCM, "code": "110106", "display": "Export"}
     assert "meta" not in event  # BALP has no export profile: none is claimed
     assert _by_role(event)["110153"]["network"]["address"] == SERVER[1]
+
+
+def test_the_client_network_is_the_address_that_asked() -> None:
+    event = fhir.audit_event("e", T, "read", "ok", "Dr A. Martin (physician)", PATIENT,
+                             "fhir/Patient", server=SERVER, client=("ip", "192.0.2.7"))
+    assert _by_role(event)["110152"]["network"] == {"address": "192.0.2.7", "type": "2"}
+
+
+def test_every_other_logged_action_is_an_audit_event_too() -> None:
+    """Sign-ins, consents, devices, the account: each a valid AuditEvent with a DICOM type,
+    the FHIR action that fits, the log's outcome word, and no BALP profile claimed."""
+    expected = {"login": ("110114", "E"), "consent": ("110110", "U"),
+                "device": ("110110", "U"), "register": ("110110", "C"),
+                "erase": ("110110", "D"), "claim": ("110110", "U")}
+    for action, (code, fhir_action) in expected.items():
+        event = fhir.audit_event("f", T, action, "granted", "you", PATIENT, "consent/1",
+                                 server=SERVER, client=("ip", "192.0.2.7"))
+        AuditEvent.model_validate(event)
+        assert (event["type"]["code"], event["action"]) == (code, fhir_action), action
+        assert event["outcome"] == "0" and event["outcomeDesc"] == "granted"
+        assert "meta" not in event
+    refused = fhir.audit_event("g", T, "device", "throttled", "you", PATIENT, "devices/pair")
+    assert refused["outcome"] == "4"

@@ -4,6 +4,7 @@ bound codes, invariants), categories and grids that fit the metric."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from api import fhir_routes
 from api.fhir_routes import observations
 from storage.segments import Samples
 from tests.record_sim import profiles
@@ -104,3 +106,70 @@ def test_a_patient_is_more_than_an_id() -> None:
     systems = {i["system"] for i in patient["identifier"]}
     assert systems == {"urn:ietf:rfc:3986", "urn:oid:1.2.250.1.213.1.4.10"}
     assert "meta" not in patient  # no profile claimed that it does not meet
+
+
+def _beats(n: int, start: int = 0, rr: float = 857.3) -> tuple[np.ndarray, np.ndarray]:
+    intervals = np.round(rr + np.sin(np.arange(n)) * 40, 1)
+    return (T + start + np.round(np.cumsum(intervals)).astype(np.int64), intervals)
+
+
+def test_rr_intervals_are_one_compact_series_outside_the_vital_signs() -> None:
+    """An hour of RR intervals (a minute of beats every five) is one Observation: the
+    intervals as SampledData in beat order, the runs of beats in an extension, no profile,
+    no vital-signs category; the beat times and intervals come back exactly."""
+    runs = [_beats(70, start=k * 300_000) for k in range(12)]
+    t = np.concatenate([r[0] for r in runs])
+    rr = np.concatenate([r[1] for r in runs])
+    series = {"rr_interval": Samples(t, rr, np.zeros(len(t), np.uint8))}
+    found = [r for _, r in observations(PATIENT_ID, series, "watch-1")]
+    assert len(found) == 1
+    obs = found[0]
+    Observation.model_validate(obs)
+    assert "meta" not in obs and "vital-signs" not in _category(obs)
+    assert obs["code"] == {"text": "RR interval"}
+    data = obs["valueSampledData"]
+    assert data["origin"]["code"] == "ms" and data["factor"] == 0.1
+    assert fhir.sampled_values(data) == rr.tolist()
+    beats = fhir.rr_beat_times(obs)
+    assert beats == t.tolist()  # exactly
+    assert len(obs["valueSampledData"]["data"]) < 6 * len(t)  # about 5 bytes a beat
+
+
+def test_dense_series_decode_to_their_values_with_the_fewest_characters() -> None:
+    t = np.arange(3600, dtype=np.int64) * 1000
+    bpm = np.round(62 + 10 * np.sin(np.arange(3600) / 300))
+    hr = next(r for _, r in observations(PATIENT_ID, {"heart_rate": Samples(
+        t + T, bpm, np.zeros(3600, np.uint8))}))
+    assert fhir.sampled_values(hr["valueSampledData"]) == bpm.tolist()
+    assert len(hr["valueSampledData"]["data"]) < 3 * 3600
+    skin = fhir.sampled("s", "skin_temperature", PATIENT, T + np.array([0, 120_000]),
+                        np.array([33.4, 33.5]), 60_000)
+    assert fhir.sampled_values(skin["valueSampledData"]) == [33.4, None, 33.5]
+
+
+def test_the_export_groups_series_by_day_under_ids_of_their_own() -> None:
+    t = T + np.arange(0, 2 * 86_400_000, 60_000, dtype=np.int64)
+    series = {"spo2": Samples(t, np.full(len(t), 97.0), np.zeros(len(t), np.uint8)),
+              "sleep_duration": Samples(t, np.ones(len(t)), np.zeros(len(t), np.uint8))}
+    daily = [r for _, r in observations(PATIENT_ID, series, "watch-1", fhir_routes.DAY_MS)]
+    assert len(daily) == 4
+    assert all(r["id"].split("-")[0] in ("m1d", "m10d") for r in daily)
+    hourly = [r for _, r in observations(PATIENT_ID, series, "watch-1")]
+    assert len(hourly) == 2 * 48 and not {r["id"] for r in hourly} & {r["id"] for r in daily}
+
+
+def test_a_flagged_reading_claims_no_profile_and_names_its_flags() -> None:
+    obs = fhir.observation("q-1", "heart_rate", PATIENT, T, 190.0)
+    assert obs["meta"]["profile"]  # the ANS heart-rate profile, met by a final reading
+    out = fhir.flagged(obs, ["hr-spike"], doubtful=True)
+    Observation.model_validate(out)
+    assert "meta" not in out and out["status"] == "preliminary"
+    assert out["extension"] == [{"url": fhir.QUALITY_EXTENSION, "valueCode": "hr-spike"}]
+
+
+def test_an_hourly_rr_series_is_read_back_by_its_id() -> None:
+    t, rr = _beats(70)
+    found = observations(PATIENT_ID, {"rr_interval": Samples(t, rr, np.zeros(70, np.uint8))})
+    address = fhir_routes._address(found[0][1]["id"])
+    assert address is not None and address.metrics == ("rr_interval",)
+    assert address.end - address.start == dt.timedelta(hours=1)

@@ -63,7 +63,9 @@ def test_dense_series_as_sampled_data_marks_gaps() -> None:
     obs = fhir.sampled("hr-s", "heart_rate", PATIENT, t, np.array([60.0, 61.5, 63.0]), 1000)
     Observation.model_validate(obs)
     assert "meta" not in obs  # the ANS heart-rate profile allows only valueQuantity
-    assert obs["valueSampledData"]["data"] == "60 61.5 E 63"
+    assert fhir.sampled_values(obs["valueSampledData"]) == [60.0, 61.5, None, 63.0]
+    # Integers from the origin by the device's resolution: the shortest text.
+    assert obs["valueSampledData"]["data"] == "-20 -5 E 10"
     assert obs["effectivePeriod"] == {"start": "2026-01-01T00:00:00.000Z",
                                       "end": "2026-01-01T00:00:03.000Z"}
     _golden("observation-sampled", obs)
@@ -203,7 +205,7 @@ def test_the_search_answer_for_a_fixed_data_set() -> None:
     out = fhir.bundle("searchset", [r for _, r in found], total=len(found))
     Bundle.model_validate(out)
     steps = next(r for _, r in found if r["code"]["coding"][0]["code"] == "55423-8")
-    assert steps["valueSampledData"]["data"] == "15 7"  # summed per minute
+    assert fhir.sampled_values(steps["valueSampledData"]) == [15, 7]  # summed per minute
     assert {r["device"]["reference"] for _, r in found} == {"Device/watch-1"}
     _golden("observation-search", out)
 
