@@ -107,18 +107,19 @@ async def refusals(request: web.Request) -> web.Response:
     resource = (f"quarantine/device/{device}" if device else "quarantine") + suffix
     if include and not operator.may_open_payloads:
         await deps.audit.record(actor=actor, patient_id=None, action="read",
-                                resource=resource, outcome="refused")
+                                resource=resource, outcome="refused", client=request.remote)
         raise Problem(403, NO_PAYLOADS)
     rows = await refusals_between(deps.pool, start, end, device_id=device, reason=reason,
                                   limit=limit)
     counts = await count_refusals(deps.pool, start, end, device_id=device, reason=reason)
     # Audited before anything is answered: an access the log misses must not happen.
     await deps.audit.record(actor=actor, patient_id=None, action="read", resource=resource,
-                            outcome="ok")
+                            outcome="ok", client=request.remote)
     for patient_id, device_id in await _whose(request, {r.device_id for r in rows
                                                         if r.device_id}):
         await deps.audit.record(actor=actor, patient_id=patient_id, action="read",
-                                resource=f"device/{device_id}/refusals{suffix}", outcome="ok")
+                                resource=f"device/{device_id}/refusals{suffix}", outcome="ok",
+                                client=request.remote)
     payloads = (await open_payloads(deps.pool, deps.keyring, [r.id for r in rows])
                 if include else {})
     listed: list[dict[str, Any]] = []

@@ -128,7 +128,8 @@ def _bearer(token: str) -> dict[str, str]:
 
 async def _audit_rows(core: Core, operator: Operator) -> list[dict[str, Any]]:
     rows = await core.pool.fetch(
-        "SELECT patient_id, action, resource, outcome FROM audit_log WHERE actor = $1"
+        "SELECT patient_id, action, resource, outcome, client_address FROM audit_log"
+        " WHERE actor = $1"
         " ORDER BY id", f"operator:{operator.id}")
     return [dict(r) for r in rows]
 
@@ -211,6 +212,7 @@ async def test_every_access_leaves_an_audit_row(world: World):
     rows = (await _audit_rows(world.core, world.reader))[before:]
     general = [r for r in rows if r["patient_id"] is None]
     assert len(general) == 3 and all(r["action"] == "read" for r in general)
+    assert {r["client_address"] for r in rows} == {"127.0.0.1"}  # where the operator was
     # Each patient whose device's refusals were listed has a row of their own.
     assert {r["patient_id"] for r in rows if r["patient_id"]} == {world.alice[0],
                                                                   world.bob[0]}
