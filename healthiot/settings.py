@@ -107,6 +107,9 @@ class Settings:
     retention_audit_days: int = field(default=1825, metadata=_doc(
         "days the audit log is kept (cut from its oldest end; the chain stays checkable); "
         "stored in the database by `db migrate`: the services cannot shorten it"))
+    ledger_exact_hours: int = field(default=24, metadata=_doc(
+        "hours the message ledger keeps a row per message (payload digest, times, units); "
+        "after that, runs of sequence numbers with their counts"))
     maintenance_interval_s: int = field(default=300, metadata=_doc(
         "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
 
@@ -152,6 +155,8 @@ class Settings:
         if min(self.retention_raw_days, self.retention_rollups_days,
                self.retention_quarantine_days, self.retention_audit_days) < 1:
             raise SettingsError("retention periods are whole days, at least 1")
+        if self.ledger_exact_hours < 1:
+            raise SettingsError("HEALTHIOT_LEDGER_EXACT_HOURS must be at least 1")
         if self.record_feed_url:
             needed = ("record_feed_sender_oid", "record_feed_models_file", "record_issuer",
                       "record_client_id", "record_client_secret", "record_redirect_uri")
