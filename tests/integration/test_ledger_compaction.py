@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 
 from broker_bridge.gaps import PgLedger, Stream
+from healthiot import simulate
 from storage import ledger
 from storage.maintenance import Maintenance, RetentionPolicy
 from storage.rollups import Rollups
@@ -177,3 +179,18 @@ async def test_a_compaction_waits_for_a_batch_under_way_and_the_batch_for_it(cor
         await asyncio.sleep(0.3)
         assert not compacting.done()  # it would move rows a batch in flight cannot see
     assert await compacting == 2
+
+
+async def test_the_simulator_report_counts_compacted_runs_as_stored(core):
+    patient = (await new_patient(core, "report"))[0]
+    await core.store.ingest([_message(patient, s) for s in range(1, 7)])
+    await ledger.compact(core.pool, NOW)
+    await core.store.ingest([_message(patient, 7, at=NOW)])
+    # A device whose run acknowledged 3..7: 3..6 compacted (cut inside a run), 7 a row.
+    acked = SimpleNamespace(first_acked=3, last_acked=7, sent=5, messages=5, refused=0,
+                            resent=0, samples=30, renewals=0, spikes=[], dips=[],
+                            not_taken=[])
+    device = SimpleNamespace(device_id="w-1", model="watch", ledger=acked, pending=0)
+    [report] = await simulate._compare([device], core)  # type: ignore[list-item]
+    assert (report.stored_messages, report.stored, report.rejected) == (5, 25, 5)
+    assert (report.lost, report.dup) == (0, 0)
