@@ -187,9 +187,11 @@ async def measure_cadence(server: PostgresServer, workdir: Path, cadence: Cadenc
         tables = await stored_bytes(conn)
         per_sample = sum(tables.values()) / samples
         shares = " ".join(f"{t}={n / samples:.3f}" for t, n in sorted(tables.items()))
+        rows = await conn.fetchval("SELECT count(*) FROM segments")
+        runs = await conn.fetchval("SELECT count(*) FROM ingested_ranges")
         print(f"{engine} {cadence.name}: {samples:,} samples seeded and settled in "
-              f"{time.perf_counter() - began:.0f}s; bytes per sample: {shares}",
-              file=sys.stderr)
+              f"{time.perf_counter() - began:.0f}s; bytes per sample: {shares}; "
+              f"{rows} segments, {runs} ledger runs", file=sys.stderr)
         day = start + dt.timedelta(days=1)
         day_runs = []
         for p in patients[:5]:
