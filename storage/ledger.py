@@ -27,8 +27,10 @@ from typing import NamedTuple
 import asyncpg
 
 LOCK = 0x4C454447  # "LEDG": transaction-level advisory lock, see the docstring
-# Streams (device, epoch) moved per transaction: ingestion waits while one runs.
-STREAMS_PER_TRANSACTION = 200
+# Streams (device, epoch) moved per transaction, a day of receipt at most: ingestion waits
+# while one runs. A pass moves a few minutes of rows per stream; only the first on a ledger
+# of a year (an upgrade) has whole days to move.
+STREAMS_PER_TRANSACTION = 100
 
 
 class Span(NamedTuple):
@@ -101,18 +103,23 @@ SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM made) AS mad
 
 
 async def compact(pool: asyncpg.Pool, before: dt.datetime) -> int:
-    """Move the ledger rows received before ``before`` into runs; returns how many rows
-    were moved. Safe to repeat, and to run beside ingestion (``LOCK``)."""
+    """Move the ledger rows received before ``before`` into runs, oldest day of receipt
+    first; returns how many rows were moved. Safe to repeat, and to run beside ingestion
+    (``LOCK``)."""
     moved = 0
     while True:
+        oldest = await pool.fetchval("SELECT min(received_at) FROM ingested_messages")
+        if oldest is None or oldest >= before:
+            return moved
+        day_end = (oldest.astimezone(dt.UTC).replace(hour=0, minute=0, second=0,
+                                                     microsecond=0) + dt.timedelta(days=1))
+        upto = min(before, day_end)
         streams = await pool.fetch(
             """SELECT DISTINCT device_id, epoch FROM ingested_messages
-               WHERE received_at < $1 LIMIT $2""", before, STREAMS_PER_TRANSACTION)
-        if not streams:
-            return moved
+               WHERE received_at < $1 LIMIT $2""", upto, STREAMS_PER_TRANSACTION)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK)
-            row = await conn.fetchrow(_COMPACT, before, [s["device_id"] for s in streams],
+            row = await conn.fetchrow(_COMPACT, upto, [s["device_id"] for s in streams],
                                       [s["epoch"] for s in streams])
         assert row is not None
         moved += int(row["moved"])
