@@ -1,11 +1,15 @@
 """Storage, everything counted: bytes on disk per stored sample for three device cadences, on
 both engines side by side in one run, with a one-day read and a one-year summary.
 
-Counted per sample: the segments (every partition or chunk), the message ledger
-(``ingested_messages``, one row per message) and the rollups, each with its indexes and
-TOAST (``pg_total_relation_size``), after rollups and compaction, and after VACUUM FULL so
-that the space compaction freed (which PostgreSQL reuses, but keeps in the files) is not
-counted as data.
+Counted per sample: the segments (every partition or chunk), the message ledger (its rows
+per message, ``ingested_messages``, and its runs of numbers, ``ingested_ranges``) and the
+rollups, each with its indexes and TOAST (``pg_total_relation_size``), after rollups and
+compaction, and after VACUUM FULL so that the space compaction freed (which PostgreSQL
+reuses, but keeps in the files) is not counted as data. Each message is received a second
+after its last sample, and the seeded days end a day before the maintenance pass, so the
+ledger is measured past its exact horizon (24 hours by default) as a year of data is: in
+steady state the last day's rows add about (their bytes per sample, ~29 at the 5-second
+cadence) x 1/365 = 0.08 bytes per sample. Each table's share goes to stderr.
 
 Cadences, each seeded into a database of its own through ``Store.ingest`` (the bridge's
 write path, without MQTT):
@@ -59,6 +63,7 @@ WATCHES = int(os.environ.get("BENCH_WATCHES", "5"))
 DAYS = int(os.environ.get("BENCH_DAYS", "2"))
 BATCH = 500  # messages per ingest transaction, as the bridge batches them
 rng = np.random.default_rng(7)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -88,27 +93,30 @@ def values(cadence: Cadence, n: int, start_s: int) -> np.ndarray:
     return np.round(72.0 + np.cumsum(rng.normal(0, 0.1, n)), 1)  # kg, 0.1 kg grid
 
 
-def messages(cadence: Cadence, patient: uuid.UUID, device: str, start: dt.datetime,
-             received: dt.datetime) -> Iterator[MessageIn]:
+def messages(cadence: Cadence, patient: uuid.UUID, device: str, start: dt.datetime
+             ) -> Iterator[MessageIn]:
+    """The device's messages, each received a second after its last sample."""
     start_s = int(start.timestamp())
     total = DAYS * 86_400 // cadence.sample_s
     v = values(cadence, total, start_s)
     per = cadence.message_s // cadence.sample_s
     for seq, i in enumerate(range(0, total, per)):
         t = (start_s + (i + np.arange(per, dtype=np.int64)) * cadence.sample_s) * 1000
+        received = _EPOCH + dt.timedelta(milliseconds=int(t[-1]) + 1000)
         yield MessageIn(device, seq, received, [SegmentIn(
-            patient, cadence.metric, Samples(t, v[i:i + per], np.zeros(per, np.uint8)))], 0)
+            patient, cadence.metric, Samples(t, v[i:i + per], np.zeros(per, np.uint8)))], 0,
+            first_sample_at=_EPOCH + dt.timedelta(milliseconds=int(t[0])),
+            last_sample_at=_EPOCH + dt.timedelta(milliseconds=int(t[-1])))
 
 
-async def seed(core: Core, cadence: Cadence, start: dt.datetime,
-               received: dt.datetime) -> tuple[list[uuid.UUID], int]:
+async def seed(core: Core, cadence: Cadence, start: dt.datetime) -> tuple[list[uuid.UUID], int]:
     patients, samples = [], 0
     for w in range(WATCHES):
         patient = (await core.patients.create(f"{cadence.name}-{w}", "x",
                                               totp.new_secret())).id
         patients.append(patient)
         batch: list[MessageIn] = []
-        for message in messages(cadence, patient, f"{cadence.name}-{w}", start, received):
+        for message in messages(cadence, patient, f"{cadence.name}-{w}", start):
             batch.append(message)
             samples += message.samples
             if len(batch) == BATCH:
@@ -119,14 +127,21 @@ async def seed(core: Core, cadence: Cadence, start: dt.datetime,
     return patients, samples
 
 
-async def stored_bytes(conn: asyncpg.Connection) -> int:
-    """Segments (with every partition or chunk), ledger and rollups, indexes and TOAST."""
-    return int(await conn.fetchval(
-        """SELECT sum(pg_total_relation_size(oid)) FROM (
-               SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = 'segments'::regclass
-               UNION SELECT 'segments'::regclass::oid
-               UNION SELECT 'ingested_messages'::regclass::oid
-               UNION SELECT 'rollups'::regclass::oid) AS t"""))
+LEDGER = ("ingested_messages", "ingested_ranges")
+
+
+async def stored_bytes(conn: asyncpg.Connection) -> dict[str, int]:
+    """Per table: segments (with every partition or chunk), the ledger's two tables and the
+    rollups, indexes and TOAST included."""
+    rows = await conn.fetch(
+        """SELECT t.name, sum(pg_total_relation_size(t.oid)) AS bytes FROM (
+               SELECT 'segments' AS name, inhrelid AS oid FROM pg_inherits
+               WHERE inhparent = 'segments'::regclass
+               UNION SELECT 'segments', 'segments'::regclass::oid
+               UNION SELECT 'ingested_messages', 'ingested_messages'::regclass::oid
+               UNION SELECT 'ingested_ranges', 'ingested_ranges'::regclass::oid
+               UNION SELECT 'rollups', 'rollups'::regclass::oid) AS t GROUP BY t.name""")
+    return {r["name"]: int(r["bytes"]) for r in rows}
 
 
 async def settle(core: Core, now: dt.datetime) -> None:
@@ -165,13 +180,18 @@ async def measure_cadence(server: PostgresServer, workdir: Path, cadence: Cadenc
         core = await open_core(dsn, server.password, workdir / "kek.bin", create_kek=True)
         start = now - dt.timedelta(days=DAYS + 1)
         began = time.perf_counter()
-        patients, samples = await seed(core, cadence, start, now)
+        patients, samples = await seed(core, cadence, start)
         await settle(core, now)
-        for table in ("segments", "ingested_messages", "rollups"):
+        for table in ("segments", *LEDGER, "rollups"):
             await conn.execute(f"VACUUM FULL ANALYZE {table}")
-        per_sample = await stored_bytes(conn) / samples
+        tables = await stored_bytes(conn)
+        per_sample = sum(tables.values()) / samples
+        shares = " ".join(f"{t}={n / samples:.3f}" for t, n in sorted(tables.items()))
+        rows = await conn.fetchval("SELECT count(*) FROM segments")
+        runs = await conn.fetchval("SELECT count(*) FROM ingested_ranges")
         print(f"{engine} {cadence.name}: {samples:,} samples seeded and settled in "
-              f"{time.perf_counter() - began:.0f}s", file=sys.stderr)
+              f"{time.perf_counter() - began:.0f}s; bytes per sample: {shares}; "
+              f"{rows} segments, {runs} ledger runs", file=sys.stderr)
         day = start + dt.timedelta(days=1)
         day_runs = []
         for p in patients[:5]:

@@ -246,7 +246,8 @@ def _json_properties() -> Properties:
 
 
 class Ledger(Protocol):
-    """What the database knows of sequence numbers (the ingested_messages table)."""
+    """What the database knows of sequence numbers (the ledger: ingested_messages and its
+    compacted runs, ingested_ranges)."""
 
     async def stored_below(self, firsts: dict[Stream, int]) -> dict[Stream, int | None]: ...
 
@@ -255,16 +256,20 @@ class Ledger(Protocol):
 
 
 class PgLedger:
-    """``Ledger`` over ingested_messages; two indexed queries, each one per check."""
+    """``Ledger`` over the message rows and their compacted runs; two indexed queries,
+    each one per check."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
     async def stored_below(self, firsts: dict[Stream, int]) -> dict[Stream, int | None]:
         rows = await self._pool.fetch(
-            """SELECT r.d, r.e, (SELECT max(i.seq) FROM ingested_messages i
-                                 WHERE i.device_id = r.d AND i.epoch = r.e
-                                 AND i.seq < r.s) AS below
+            """SELECT r.d, r.e, greatest(
+                   (SELECT max(i.seq) FROM ingested_messages i
+                    WHERE i.device_id = r.d AND i.epoch = r.e AND i.seq < r.s),
+                   (SELECT least(g.seq_hi, r.s - 1) FROM ingested_ranges g
+                    WHERE g.device_id = r.d AND g.epoch = r.e AND g.seq_lo < r.s
+                    ORDER BY g.seq_lo DESC LIMIT 1)) AS below
                FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(d, e, s)""",
             [s.device_id for s in firsts], [s.epoch for s in firsts], list(firsts.values()))
         return {Stream(r["d"], r["e"]): r["below"] for r in rows}
@@ -272,7 +277,8 @@ class PgLedger:
     async def stored_in(self, ranges: dict[Stream, list[Range]]
                         ) -> dict[Stream, list[Range]]:
         """Runs of stored numbers inside the given ranges (gaps and islands, in SQL, so
-        that a long run costs one row)."""
+        that a long run costs one row): message rows and compacted runs, clipped, merged
+        where they touch."""
         devices, epochs, los, his = [], [], [], []
         for stream, spans in ranges.items():
             for lo, hi in spans:
@@ -281,15 +287,29 @@ class PgLedger:
                 los.append(lo)
                 his.append(hi)
         rows = await self._pool.fetch(
-            """SELECT device_id, epoch, min(seq) AS lo, max(seq) AS hi FROM (
-                   SELECT i.device_id, i.epoch, i.seq,
-                          i.seq - row_number() OVER (PARTITION BY i.device_id, i.epoch
-                                                     ORDER BY i.seq) AS island
-                   FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
-                        AS r(d, e, lo, hi)
-                   JOIN ingested_messages i ON i.device_id = r.d AND i.epoch = r.e
-                                           AND i.seq BETWEEN r.lo AND r.hi
-               ) s GROUP BY device_id, epoch, island""", devices, epochs, los, his)
+            """WITH r AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],
+                                              $4::bigint[]) AS r(d, e, lo, hi)),
+               pieces AS (
+                   SELECT i.device_id, i.epoch, i.seq AS lo, i.seq AS hi
+                   FROM r JOIN ingested_messages i ON i.device_id = r.d AND i.epoch = r.e
+                                                  AND i.seq BETWEEN r.lo AND r.hi
+                   UNION
+                   SELECT g.device_id, g.epoch, greatest(g.seq_lo, r.lo), least(g.seq_hi, r.hi)
+                   FROM r JOIN ingested_ranges g ON g.device_id = r.d AND g.epoch = r.e
+                                                AND g.seq_lo <= r.hi AND g.seq_hi >= r.lo),
+               -- A piece starts an island unless an earlier one reaches up to it.
+               marked AS (
+                   SELECT *, CASE WHEN lo <= max(hi) OVER (
+                                  PARTITION BY device_id, epoch ORDER BY lo, hi
+                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + 1
+                             THEN 0 ELSE 1 END AS starts
+                   FROM pieces),
+               islands AS (
+                   SELECT *, sum(starts) OVER (PARTITION BY device_id, epoch
+                                               ORDER BY lo, hi) AS island
+                   FROM marked)
+               SELECT device_id, epoch, min(lo) AS lo, max(hi) AS hi FROM islands
+               GROUP BY device_id, epoch, island""", devices, epochs, los, his)
         found: dict[Stream, list[Range]] = {}
         for r in rows:
             found.setdefault(Stream(r["device_id"], r["epoch"]), []).append(

@@ -187,6 +187,7 @@ def maintenance_registry(job: Maintenance, core: Core) -> CollectorRegistry:
 
 def maintenance(core: Core, settings: Settings) -> Maintenance:
     policy = RetentionPolicy(settings.retention_raw_days, settings.retention_rollups_days,
-                             settings.retention_quarantine_days, settings.retention_audit_days)
+                             settings.retention_quarantine_days, settings.retention_audit_days,
+                             ledger_exact_hours=settings.ledger_exact_hours)
     return Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
                        core.audit, policy)

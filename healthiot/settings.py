@@ -117,6 +117,9 @@ class Settings:
         "rows removed, segments set aside, failed steps)"))
     maintenance_metrics_port: int = field(default=9111, metadata=_doc(
         "port of maintenance's /metrics; 0 turns it off"))
+    ledger_exact_hours: int = field(default=24, metadata=_doc(
+        "hours the message ledger keeps a row per message (payload digest, times, units); "
+        "after that, runs of sequence numbers with their counts"))
     maintenance_interval_s: int = field(default=300, metadata=_doc(
         "seconds between maintenance passes (partitions, rollups, compaction, retention)"))
 
@@ -162,6 +165,8 @@ class Settings:
         if min(self.retention_raw_days, self.retention_rollups_days,
                self.retention_quarantine_days, self.retention_audit_days) < 1:
             raise SettingsError("retention periods are whole days, at least 1")
+        if self.ledger_exact_hours < 1:
+            raise SettingsError("HEALTHIOT_LEDGER_EXACT_HOURS must be at least 1")
         if self.record_feed_url:
             needed = ("record_feed_sender_oid", "record_feed_models_file", "record_issuer",
                       "record_client_id", "record_client_secret", "record_redirect_uri")

@@ -14,7 +14,8 @@ What remains, and why (README, "Erasure"):
 - ``erasures``: that the erasure happened, when, at whose request (accountability);
 - their devices' registry rows, revoked, without owner, serial, firmware, last contact or
   battery, with their certificate history: a revoked certificate must stay refused.
-The message ledger of their devices is deleted, as are pairing records and renewals.
+The message ledger of their devices (rows and compacted runs) is deleted, as are pairing
+records and renewals.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
         # accounting needed is moot once the data is gone.
         ledger = await conn.execute(
             "DELETE FROM ingested_messages WHERE device_id = ANY($1::text[])", devices)
+        runs = await conn.execute(
+            "DELETE FROM ingested_ranges WHERE device_id = ANY($1::text[])", devices)
         # A device's EUI-64, like its serial, names the hardware the person had.
         for table in ("device_pairing", "device_pairing_failures", "certificate_renewals",
                       "record_device_system_ids"):
@@ -97,6 +100,7 @@ async def erase_patient(pool: asyncpg.Pool, keyring: Keyring, patient_id: uuid.U
             "INSERT INTO erasures (patient_id, requested_by, detail) VALUES ($1, $2, $3)",
             patient_id, requested_by,
             f"data keys destroyed; {segments} segments, {_count(rollups)} rollups, "
-            f"{_count(quarantined)} quarantined payloads, {_count(ledger)} ledger rows and "
+            f"{_count(quarantined)} quarantined payloads, {_count(ledger)} ledger rows, "
+            f"{_count(runs)} ledger runs and "
             f"{len(devices)} device bindings removed")
     return segments

@@ -1,4 +1,5 @@
-"""The scheduled storage job: partitions ahead, rollups, compaction, retention.
+"""The scheduled storage job: partitions ahead, rollups, compaction (segments and the
+message ledger), retention.
 
 Each pass is safe to repeat and to run from several replicas: a session advisory lock lets
 one of them work while the others skip the pass. A step that fails is logged and counted and
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from storage import partitioning
+from storage import ledger, partitioning
 from storage.audit import Audit
 from storage.errors import StorageError
 from storage.rollups import Rollups
@@ -45,6 +46,11 @@ class RetentionPolicy:
     # A shared scale's weighing nobody claimed: a month is time enough to notice it in the
     # app; after that it is most likely nobody's (a guest) and must not linger.
     unclaimed_days: int = 30
+    # The message ledger keeps a row per message this long, then runs of numbers
+    # (storage/ledger.py). A lost message is asked for within minutes and a device keeps
+    # an hour of sent ones; a day covers a bridge restart's redeliveries with the exact
+    # digest comparison, and later repeats are still recognised (by their runs).
+    ledger_exact_hours: int = 24
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class PassReport:
     removed: dict[str, int] | None = None
     failed_steps: tuple[str, ...] = ()
     segments_set_aside: int = 0  # by this pass
+    ledger_rows_compacted: int = 0
 
 
 @dataclass
@@ -154,10 +161,16 @@ class Maintenance:
         self.stats.passes += 1
         rolled = await step("rollups", self._rollups.roll_up_pending)
         compacted = await step("compaction", lambda: self.compact(now))
+        ledger_rows = await step("ledger", lambda: self.compact_ledger(now))
         await step("timescaledb_jobs", self.check_timescaledb_jobs)
         removed = await self.enforce_retention(now)
         return PassReport(months, rolled, compacted, removed, tuple(failed),
-                          self._store.set_aside_total - set_aside_before)
+                          self._store.set_aside_total - set_aside_before, ledger_rows)
+
+    async def compact_ledger(self, now: dt.datetime) -> int:
+        """Ledger rows older than the exact horizon become runs of numbers."""
+        return await ledger.compact(
+            self._pool, now - dt.timedelta(hours=self.policy.ledger_exact_hours))
 
     @staticmethod
     async def _months(conn: asyncpg.Connection, now: dt.datetime) -> int:
@@ -213,6 +226,9 @@ class Maintenance:
                                    cutoffs["raw"])
                 # The idempotency ledger goes with the raw data it vouches for.
                 await conn.execute("DELETE FROM ingested_messages WHERE received_at < $1",
+                                   cutoffs["raw"])
+                # Runs lie within a UTC day of receipt: one goes when its day is past.
+                await conn.execute("DELETE FROM ingested_ranges WHERE received_to < $1",
                                    cutoffs["raw"])
             # A rollup row goes when its whole window (a day of hours, a month of days) is
             # past the cutoff.

@@ -14,6 +14,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+from storage import ledger
 from storage.crypto import open_sealed, seal
 from storage.errors import IntegrityError, KeyUnavailable
 from storage.held import HeldWeighing, hold
@@ -147,6 +148,8 @@ class Store:
         redelivered batch changes nothing. A message whose number is stored with another
         payload is not skipped silently: its ``if_reused`` record is quarantined."""
         async with self._pool.acquire() as conn, conn.transaction():
+            # Shared: batches go on side by side; a ledger compaction waits (storage/ledger).
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", ledger.LOCK)
             # The first copy of a number in the batch is the one stored; the others are
             # compared with it (or with what was stored before) like later deliveries.
             firsts: dict[tuple[str, int, int], tuple[MessageIn, bytes | None]] = {}
@@ -157,7 +160,9 @@ class Store:
                     copies.append((message, digest))
                 else:
                     firsts[message.key] = (message, digest)
-            unique = [m for m, _ in firsts.values()]
+            # Numbers in a compacted run are stored: repeats, or reuses by their span.
+            compacted = await ledger.compacted(conn, list(firsts))
+            unique = [m for m, _ in firsts.values() if m.key not in compacted]
             new = await conn.fetch(
                 """INSERT INTO ingested_messages (device_id, epoch, seq, received_at, samples,
                                                 rejected, first_sample_at, last_sample_at,
@@ -174,17 +179,24 @@ class Store:
                 [m.rejected for m in unique], [m.first_sample_at for m in unique],
                 [m.last_sample_at for m in unique],
                 [None if m.raw_units is None else json.dumps(m.raw_units) for m in unique],
-                [d for _, d in firsts.values()])
+                [firsts[m.key][1] for m in unique])
             fresh = {(r["device_id"], r["epoch"], r["seq"]) for r in new}
             new_count = len(fresh)
             to_quarantine = [q for q in quarantined
                              if q.seq is None or (q.device_id, q.epoch, q.seq) in fresh]
             # Digests of the numbers stored before this batch, to tell a repeat from a reuse.
             before = await self._stored_digests(conn, list({
-                m.key for m in messages if m.key not in fresh and m.if_reused}))
+                m.key for m in messages
+            if m.key not in fresh and m.key not in compacted and m.if_reused}))
             reused: list[MessageIn] = []
             for message, digest in [*firsts.values(), *copies]:
                 key = message.key
+                if key in compacted:
+                    if message.if_reused is not None and compacted[key].excludes(
+                            message.first_sample_at, message.last_sample_at):
+                        reused.append(message)
+                        to_quarantine.append(message.if_reused)
+                    continue
                 earlier = firsts[key][1] if key in fresh else before.get(key)
                 if (message.if_reused is not None and digest is not None
                         and earlier is not None and not hmac.compare_digest(digest, earlier)):
@@ -368,23 +380,22 @@ class Store:
 
     async def stored_already(self, keys: Sequence[tuple[str, int, int]]
                              ) -> set[tuple[str, int, int]]:
-        """Which of these (device id, epoch, seq) messages are stored already."""
-        rows = await self._pool.fetch(
-            """SELECT device_id, epoch, seq FROM ingested_messages
-               WHERE (device_id, epoch, seq) IN (
-                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))""",
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
-        return {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
+        """Which of these (device id, epoch, seq) messages are stored already (a row of
+        the ledger, or a number in one of its compacted runs)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT device_id, epoch, seq FROM ingested_messages
+                   WHERE (device_id, epoch, seq) IN (
+                       SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]))""",
+                [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+            found = {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
+            return found | set(await ledger.compacted(conn, [k for k in keys
+                                                             if k not in found]))
 
     async def count_stored(self, device_ids: Sequence[str]) -> tuple[int, int, int]:
-        """(messages, samples, rejected samples) stored for these devices: the loss ledger."""
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                """SELECT count(*) AS m, coalesce(sum(samples), 0) AS s,
-                          coalesce(sum(rejected), 0) AS r
-                   FROM ingested_messages WHERE device_id = ANY($1::text[])""", list(device_ids))
-        assert row is not None
-        return int(row["m"]), int(row["s"]), int(row["r"])
+        """(messages, samples, rejected samples) stored for these devices: the loss ledger
+        (its rows and its compacted runs)."""
+        return await ledger.count(self._pool, device_ids)
 
 
 def _sorted_in_range(parts: list[Samples], start: dt.datetime, end: dt.datetime

@@ -35,6 +35,7 @@ from api.tokens import TokenService
 from devices.ca import new_key
 from healthiot.localservers import find_binary
 from healthiot.services import Core, open_core
+from storage import ledger
 from storage.erasure import device_key_owners
 from storage.errors import KeyUnavailable
 from storage.owner_secrets import OwnerSecrets
@@ -211,6 +212,7 @@ CLASSIFIED: dict[str, str] = {
     "certificate_renewals": "answered CSRs of a device: deleted with the device's owner",
     "client_id_takeovers": "security record of certificate identities (device ids only)",
     "ingested_messages": "the message ledger: an erased patient's devices' rows deleted",
+    "ingested_ranges": "the ledger's compacted runs of numbers: their devices' deleted",
     "segments": "sealed samples: deleted, and the key destroyed",
     "rollups": "sealed summaries: deleted, and the key destroyed",
     "quarantine": "sealed refused payloads: deleted, and the key destroyed",
@@ -308,7 +310,8 @@ async def test_after_erasure_no_table_names_the_patient_or_their_devices_unless_
         before = await _naming(conn, identifiers)
         kept_before = await _naming(conn, await _identifiers(conn, kept))
     # The scan sees the patient where the seeding put them, or it proves nothing.
-    for table in ("patients", "data_keys", "devices", "ingested_messages", "segments",
+    for table in ("patients", "data_keys", "devices", "ingested_messages", "ingested_ranges",
+                  "segments",
                   "rollups", "quarantine", "audit_log", "sessions", "device_users",
                   "device_pairing", "device_certificates", "device_pairing_failures",
                   "unclaimed_readings", "unclaimed_dismissals", "patient_time_zones",
@@ -331,9 +334,16 @@ async def test_the_ledger_of_an_erased_patients_devices_goes_and_their_registry_
     erased = await _seed(api, core, pki, "erased.ledger", 431.0)
     kept = await _seed(api, core, pki, "kept.ledger", 441.0)
     assert await core.store.count_stored(erased.devices) == (3, 9, 6)
+    # Part of it compacted into runs of numbers (storage/ledger.py): those go too.
+    await core.store.ingest([MessageIn(d, 1000 + i, dt.datetime.now(dt.UTC)
+                                       - dt.timedelta(days=2), [], 2)
+                             for d in erased.devices + kept.devices for i in range(3)])
+    await ledger.compact(core.pool, dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    assert await core.pool.fetchval("SELECT count(*) FROM ingested_ranges") == 4
+    assert await core.store.count_stored(erased.devices) == (9, 9, 18)
     await _erase(api, erased.account)
     assert await core.store.count_stored(erased.devices) == (0, 0, 0)
-    assert await core.store.count_stored(kept.devices) == (3, 9, 6)
+    assert await core.store.count_stored(kept.devices) == (9, 9, 18)
     rows = await core.pool.fetch(
         """SELECT state, patient_id, serial, firmware_version, last_seen, battery_percent
            FROM devices WHERE id = ANY($1::text[])""", erased.devices)

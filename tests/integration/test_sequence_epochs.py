@@ -21,6 +21,7 @@ from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from broker_bridge.metrics import render
+from storage import ledger
 from storage.store import MessageIn, QuarantineIn
 from tests.conftest import new_patient, new_watch, wait_until
 from tests.integration.test_device_cli import healthiot
@@ -154,6 +155,43 @@ async def test_the_same_readings_sent_again_are_a_harmless_repeat(core, pki, bro
     assert bridge.stats.duplicates >= 2
     await client.disconnect()
     watch.close()
+
+
+async def test_past_the_ledgers_exact_horizon_a_repeat_is_acked_once_and_a_reuse_quarantined(
+        core, pki, broker, bridge, tmp_path):
+    """Once the ledger's rows became runs of numbers (storage/ledger.py), through the real
+    bridge: the same message again is a repeat, acknowledged and stored once; the number
+    with readings taken later (a counter reset without a new epoch) is quarantined."""
+    patient, _, _ = await new_patient(core, "compacted")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    client = await _device_client(watch, broker)
+    payload = _heart_rate(70.0)
+    await _publish(client, watch, payload, _props(1))
+    await _publish(client, watch, _heart_rate(71.0), _props(2))
+    await wait_until(lambda: _count(core, watch.device_id, 2))
+    assert await ledger.compact(core.pool, dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)) == 2
+    assert await _stored(core, watch.device_id) == []  # rows gone: runs only
+    samples = await core.pool.fetchval("SELECT sum(samples) FROM segments")
+    duplicates = bridge.stats.duplicates
+    await _publish(client, watch, payload, _props(1))  # PUBACK: acknowledged
+    await _publish(client, watch, _heart_rate(95.0), _props(2))  # later readings, seq 2
+    await _publish(client, watch, _heart_rate(72.0), _props(3))
+    await wait_until(lambda: _count(core, watch.device_id, 3))
+    await wait_until(lambda: _one_quarantined(core, watch.device_id))
+    assert await core.pool.fetchval("SELECT sum(samples) FROM segments") == samples + 5
+    assert bridge.stats.duplicates == duplicates + 1
+    assert [r["detail"] for r in await _quarantined(core, watch.device_id)] == [
+        "epoch 0 seq 2 was stored with another payload"]
+    await client.disconnect()
+    watch.close()
+
+
+async def _count(core, device_id, n):
+    return (await core.store.count_stored([device_id]))[0] == n
+
+
+async def _one_quarantined(core, device_id):
+    return len(await _quarantined(core, device_id)) == 1
 
 
 async def test_after_an_epoch_bump_numbers_from_one_are_stored_and_nothing_is_asked_for(

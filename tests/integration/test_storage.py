@@ -408,6 +408,11 @@ async def _everything_of(core, patient: uuid.UUID, tag: str) -> None:  # type: i
             " VALUES ($1, 'watch', $1, $2, 'paired')", device, patient)
         await conn.execute("INSERT INTO device_pairing_failures (patient_id, device_id)"
                            " VALUES ($1, $2)", patient, device)
+        # The ledger's compacted runs of what it sent (migration 170).
+        await conn.execute(
+            "INSERT INTO ingested_ranges (device_id, epoch, seq_lo, seq_hi, received_from,"
+            " received_to, samples, rejected) VALUES ($1, 0, 1, 9, now(), now(), 9, 0)",
+            device)
         # A scale of theirs, shared, with a held weighing they dismissed (migration 090).
         scale, reading = f"scale-{tag}", uuid.uuid4()
         await conn.execute(
