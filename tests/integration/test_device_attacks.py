@@ -140,7 +140,18 @@ async def test_another_devices_messages_are_all_stored_while_an_attacker_tries_t
             return await core.pool.fetchval(
                 "SELECT count(*) FROM ingested_messages WHERE device_id = $1",
                 victim.device_id) == MESSAGES
-        await wait_until(all_stored, timeout=60)
+        try:
+            await wait_until(all_stored, timeout=60)
+        except BaseException:  # say what was seen: a share taken, or a bridge stalled
+            stored = await core.pool.fetchval(
+                "SELECT count(*) FROM ingested_messages WHERE device_id = $1",
+                victim.device_id)
+            stats = bridge.stats  # type: ignore[attr-defined]
+            print(f"stored={stored}/{MESSAGES} granted={granted} bridge: "
+                  f"messages={stats.messages} duplicates={stats.duplicates} "
+                  f"worker_failures={stats.worker_failures} healthy={stats.healthy} "
+                  f"connected={stats.connected} backlog={stats.backlog}")
+            raise
     finally:
         stop.set()
         await attack
