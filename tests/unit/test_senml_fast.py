@@ -112,7 +112,7 @@ near = {"bn": texts, "bu": texts, "n": texts, "u": texts, "bt": numbers, "bv": n
         "t": numbers, "v": numbers,
         "bver": st.sampled_from([-1, 0, 1, 10, 11, 10.0]), "ut": scalars}
 near_records = st.lists(st.sampled_from(FIELDS), max_size=6, unique=True).flatmap(
-    lambda fields: st.tuples(*(st.tuples(st.just(f), near[f]) for f in fields)).map(list))
+    lambda fields: _record(fields))
 
 
 @PROPS
@@ -124,6 +124,36 @@ near_records = st.lists(st.sampled_from(FIELDS), max_size=6, unique=True).flatma
 def test_near_the_common_shape(pack: list[list[tuple[str, object]]], ascii_only: bool
                                ) -> None:
     assert_same(raw_json(pack, ascii_only, ""))
+
+
+def _record(fields: list[str]) -> st.SearchStrategy[list[tuple[str, object]]]:
+    return st.tuples(*(st.tuples(st.just(f), near[f]) for f in fields)).map(list)
+
+
+# The usual shape, a pack that the column-at-a-time path reads: base fields in the first
+# record, a value in every record; now and then a base field later on, or a missing value.
+usual_first = st.lists(st.sampled_from(["bn", "bt", "bu", "bv", "bver", "n", "u", "t"]),
+                       unique=True).map(lambda fs: [*fs, "v"]).flatmap(_record)
+usual_rest = st.lists(st.one_of(
+    st.lists(st.sampled_from(["n", "u", "t"]), unique=True).map(lambda fs: [*fs, "v"]),
+    st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3, unique=True)),
+    max_size=5).flatmap(lambda rows: st.tuples(*(_record(fs) for fs in rows)).map(list))
+
+
+@PROPS
+@given(usual_first, usual_rest)
+@example([("bver", 11), ("bn", "w/"), ("v", 1)], [])
+@example([("bn", "w/"), ("bt", 2**29), ("bu", "k" * 257), ("n", "x"), ("v", 1)], [])
+@example([("bn", "w/"), ("bt", 2**29), ("bu", "k" * 257), ("n", "x"), ("u", "kg"), ("v", 1)],
+         [])
+@example([("bn", "w/"), ("bt", 2**29), ("n", "x"), ("u", "k" * 257), ("v", 1)], [])
+@example([("bn", "w/"), ("bt", 2**29), ("n", "x"), ("v", 1)], [[("bu", "kg"), ("n", "y"),
+                                                                  ("v", 2)]])
+@example([("bn", "w/"), ("bt", 2**29), ("n", "x"), ("v", 1)], [[("bver", 11), ("n", "y"),
+                                                                  ("v", 2)]])
+def test_packs_of_the_usual_shape(first: list[tuple[str, object]],
+                                  rest: list[list[tuple[str, object]]]) -> None:
+    assert_same(raw_json([first, *rest], True, ""))
 
 
 @PROPS
