@@ -219,8 +219,7 @@ class Bridge:
             self.stats.receive_to_commit_s.observe(time.monotonic() - batch[0].timestamp)
             if generation != self._generation or not self._client.is_connected:
                 return  # acks belong to the old connection; the broker will redeliver
-            for message in batch:
-                self._client.ack(message)
+            self._client.ack_many(batch)
             if self.notifier is not None:  # after the acks: a notice never delays one
                 # Shielded, and awaited by close(): a DISCONNECT that overtakes our own
                 # PUBLISHes in flight left a later shared subscriber without its messages.
