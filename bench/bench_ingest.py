@@ -52,6 +52,7 @@ from devices.broker_config import SHARED_TELEMETRY
 from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
 from healthiot import stack
+from healthiot.gcfreeze import freeze_startup
 from healthiot.localservers import free_port
 from healthiot.services import Core, open_core
 from healthiot.settings import load
@@ -305,6 +306,7 @@ async def main(workdir: Path) -> str:
                         clock, core.registry, BridgeConfig(batch_size=BATCH),  # type: ignore[arg-type]
                         resender=Resender(GapTracker(), PgLedger(core.pool)),
                         notifier=Notifier())
+        freeze_startup()  # as healthiot bridge does before its worker starts
         began = time.perf_counter()
         task = asyncio.create_task(bridge.run("localhost", services, connect_properties(2 * BATCH)))
         await clock.reach(BACKLOG, timeout=600)

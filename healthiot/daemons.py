@@ -24,6 +24,7 @@ from broker_bridge.connection import connect_properties
 from broker_bridge.health import PROMETHEUS_TEXT
 from healthiot import stack
 from healthiot.errors import SettingsError
+from healthiot.gcfreeze import freeze_startup
 from healthiot.services import (
     Core,
     bridge_client_id,
@@ -124,6 +125,7 @@ async def run_bridge(settings: Settings) -> int:
                             cert=_required(settings, "mqtt_cert_file"),
                             key=_required(settings, "mqtt_key_file"),
                             batch_size=settings.bridge_batch_size)
+        freeze_startup()  # the pool, the keyring, the modules: never garbage
         task = asyncio.create_task(bridge.run(
             settings.mqtt_host, settings.mqtt_services_port,
             connect_properties(settings.bridge_batch_size * 2)), name="bridge")
