@@ -5,7 +5,10 @@ with mTLS, QoS 1, SenML JSON of 60 heart-rate samples per message):
     queued for it by the broker;
 (b) the full pipeline (the bridge: decode, normalise, seal, COPY, commit, then ack), draining
     the same number of messages queued the same way;
-(c) publish-to-commit latency with devices publishing at half of (b)'s rate.
+(c) publish-to-commit latency with devices publishing at half of (b)'s rate;
+(d) ``healthiot bridge --workers N`` (N: the cores), real processes on the shared
+    subscription, draining the same number of messages queued for their sessions; timed
+    from the first commit to the last, as seen from the database (start-up left out).
 
 The bridge is the production one: the gap tracker and resend requests (broker_bridge/gaps.py)
 and refusal notices run as ``healthiot bridge`` runs them. ``lost`` and ``dup`` are counted in
@@ -56,6 +59,7 @@ from healthiot.gcfreeze import freeze_startup
 from healthiot.localservers import free_port
 from healthiot.services import Core, open_core
 from healthiot.settings import load
+from healthiot.workers import default_workers, worker_client_id
 from storage.store import Ingested, MessageIn
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
@@ -237,6 +241,36 @@ ORIGIN = float((time.time() // 86_400 - 10) * 86_400)
 _PORTS = ("HEALTHIOT_PG_PORT", "HEALTHIOT_MQTT_PORT", "HEALTHIOT_MQTT_SERVICES_PORT")
 
 
+async def workers_drain(env: dict[str, str], workers: int, core: Core, expected: int
+                        ) -> float:
+    """(d) Messages per second of ``expected`` new messages committed by a
+    ``healthiot bridge --workers`` process started now, from the first poll that sees a
+    commit to the one that sees them all; the process is stopped after."""
+    async def count() -> int:
+        return int(await core.pool.fetchval("SELECT count(*) FROM ingested_messages"))
+
+    before = await count()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "healthiot.cli", "bridge", "--workers", str(workers),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        first = 0.0
+        seen_first = n = before
+        deadline = time.monotonic() + 180
+        while n < before + expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} workers stored {n - before} of {expected}")
+            await asyncio.sleep(0.02)
+            n = await count()
+            if n > before and not first:
+                first, seen_first = time.perf_counter(), n
+        # Those the first poll saw were committed before it: the rate is of the others.
+        return (before + expected - seen_first) / (time.perf_counter() - first)
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 def bench_environ(workdir: Path, environ: dict[str, str]) -> dict[str, str]:
     """The settings' environment: ``environ``'s own, a stack in ``workdir``, and a free port
     for each port ``environ`` does not set (the defaults may be a running stack's)."""
@@ -326,6 +360,28 @@ async def main(workdir: Path) -> str:
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close(end_session=True)
 
+        # (d) N worker processes, on a backlog queued for their sessions the same way
+        workers = default_workers()
+        ids = [worker_client_id("svc-bench-workers", i) for i in range(workers)]
+        for client_id in ids:
+            open_session(client_id, context, services)
+        first = per_device + paced + 1
+        sent += await asyncio.to_thread(published, publish(
+            devices, materials.ca.ca_file, port, first, per_device))
+        env = {**bench_environ(workdir, dict(os.environ)),
+               "HEALTHIOT_DATABASE_URL": dsn, "HEALTHIOT_DATABASE_PASSWORD":
+               materials.db_password, "HEALTHIOT_KEK_FILE": str(materials.kek),
+               "HEALTHIOT_OWNER_KEYS_DIR": str(materials.kek.parent / "owner-keys"),
+               "HEALTHIOT_MQTT_HOST": "localhost",
+               "HEALTHIOT_MQTT_PORT": str(port), "HEALTHIOT_MQTT_SERVICES_PORT": str(services),
+               "HEALTHIOT_PG_PORT": str(settings.pg_port),
+               "HEALTHIOT_MQTT_CA_FILE": str(materials.ca.ca_file),
+               "HEALTHIOT_MQTT_CERT_FILE": str(materials.bridge_cert),
+               "HEALTHIOT_MQTT_KEY_FILE": str(materials.bridge_key),
+               "HEALTHIOT_BRIDGE_CLIENT_ID": ids[0], "HEALTHIOT_BRIDGE_BATCH_SIZE": str(BATCH),
+               "HEALTHIOT_BRIDGE_HEALTH_PORT": "0"}
+        workers_rate = await workers_drain(env, workers, core, BACKLOG)
+
         lost, dup = await stored_vs_sent(core, patient, sent)
         resend_requests = bridge.resender.tracker.stats.requests if bridge.resender else 0
         await core.pool.close()
@@ -339,6 +395,8 @@ async def main(workdir: Path) -> str:
           f"samples/s ({BACKLOG:,} messages of {SAMPLES} samples)", file=sys.stderr)
     print(f"(c) at {pipeline_rate / 2:,.0f} msg/s: publish-to-commit p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms over {len(latencies):,} messages", file=sys.stderr)
+    print(f"(d) {workers} worker processes: {workers_rate:,.0f} msg/s = "
+          f"{workers_rate * SAMPLES:,.0f} samples/s ({BACKLOG:,} messages)", file=sys.stderr)
     print(f"gap tracker: {resend_requests} resend requests; lost and dup counted in samples "
           f"of {len(sent):,} messages, decrypted", file=sys.stderr)
     return (f"bench: samples_per_s={pipeline_rate * SAMPLES:.0f} msgs_per_s={pipeline_rate:.0f} "
