@@ -7,7 +7,7 @@
 
 FROM debian:bookworm-slim AS plugin
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev mosquitto-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev mosquitto-dev libmosquitto-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY devices/broker_plugin/healthiot_acl.c /src/
 RUN gcc -O2 -Wall -Wextra -Werror -fPIC -shared -o /healthiot_acl.so /src/healthiot_acl.c

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # paho defines its socket protocol for type checkers only
     from paho.mqtt.client import SocketLike as _Socket
 
 MISC_INTERVAL_S = 1.0  # paho's keepalive and retry timer; its own loop uses the same cadence
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1, 5)
 
 
 class MqttError(Exception):
@@ -36,20 +38,46 @@ class MqttTimeout(MqttError, TimeoutError):
     """The broker did not answer within the timeout."""
 
 
+class MessageQueue(asyncio.Queue[mqtt.MQTTMessage]):
+    """The received messages. Its bound is enforced by its client, which stops reading the
+    socket when the queue holds ``limit`` messages and starts again when a consumer has taken
+    it below ``resume_at``: nothing received is ever refused. ``put_nowait`` never raises."""
+
+    def __init__(self, limit: int, on_taken: Callable[[], None]) -> None:
+        super().__init__()  # unbounded here: a message paho has read must find room
+        self.limit = limit
+        # Some hysteresis: not one add_reader/remove_reader pair per message at the limit.
+        self.resume_at = max(1, limit - max(1, limit // 4))
+        self._on_taken = on_taken
+
+    def _get(self) -> mqtt.MQTTMessage:  # asyncio's hook for subclasses, as PriorityQueue's
+        message: mqtt.MQTTMessage = super()._get()
+        if len(self._queue) < self.resume_at:  # type: ignore[attr-defined]
+            self._on_taken()
+        return message
 
 
 class AsyncClient:
     """A paho ``Client`` whose network I/O runs on the current asyncio loop.
 
-    Create it inside a running loop. Received messages go to ``messages``, a bounded queue;
-    with MQTT v5 the broker never has more than the Receive Maximum sent in CONNECT
-    unacknowledged, which is what bounds it when ``manual_ack`` is on.
+    Create it inside a running loop. Received messages go to ``messages``, which holds about
+    ``queue_size`` at most: when it is full the client stops reading its socket (back-
+    pressure: TCP then holds the broker back) until a consumer takes some, so nothing received
+    is dropped. It may go over by the packets paho reads in one call (one, plus one per
+    message of ours in flight). With MQTT v5 the broker should never send more than the
+    Receive Maximum of CONNECT unacknowledged; Mosquitto 2.0.11 stops honouring it after the
+    first acks, so the queue, not the broker, is the bound.
+
+    A pause longer than the keepalive ends the connection: paho, reading nothing, misses the
+    PINGRESP. With ``manual_ack`` that loses nothing (unacked messages come back on the next
+    connection); a consumer that stops for that long has stopped anyway.
     """
 
     def __init__(self, client: mqtt.Client, *, queue_size: int = 10_000) -> None:
         self.paho = client
-        self.messages: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue(queue_size)
-        self.dropped = 0  # messages that found the queue full (never acked, so redelivered)
+        self.messages = MessageQueue(queue_size, self._resume_reading)
+        self.pauses = 0  # times the queue filled and reading stopped
+        self._paused = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._connected: asyncio.Future[ReasonCode] | None = None
@@ -142,6 +170,27 @@ class AsyncClient:
         """Acknowledge a received message (only meaningful with ``manual_ack``)."""
         self.paho.ack(message.mid, message.qos)
 
+    def ack_many(self, messages: list[mqtt.MQTTMessage]) -> None:
+        """Acknowledge ``messages``, their QoS 1 PUBACKs in one buffer: one TLS record and one
+        write for a batch, where ``ack`` costs a record, a write and a paho packet each (the
+        broker decrypts each record too). The bytes are paho's own (``_send_command_with_mid``
+        with a success code left implicit); paho's public API has no batch, so the buffer
+        goes through its packet queue, ``_packet_queue``, which keeps it in order with
+        anything else paho writes. Without that method (another paho), one ``ack`` each."""
+        if not self.paho._manual_ack:  # paho acked them itself
+            return
+        queue = getattr(self.paho, "_packet_queue", None)
+        mids = [m.mid for m in messages if m.qos == 1]
+        if queue is None or len(mids) < 2:
+            for message in messages:
+                self.ack(message)
+            return
+        for message in messages:
+            if message.qos == 2:
+                self.ack(message)
+        pack = _PUBACK.pack
+        queue(mqtt.PUBACK, b"".join([pack(mqtt.PUBACK, 2, mid) for mid in mids]), mids[0], 1)
+
     async def disconnect(self, timeout: float = 5.0,
                          properties: Properties | None = None) -> None:
         """Send DISCONNECT (with ``properties``) and wait until the socket is closed."""
@@ -165,7 +214,8 @@ class AsyncClient:
     def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
         def watch() -> None:
             self._sock = sock
-            self._loop.add_reader(sock, self._on_readable)
+            if not self._paused:  # else the first take below the limit starts reading
+                self._loop.add_reader(sock, self._on_readable)
         self._call_in_loop(watch)
 
     def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: _Socket) -> None:
@@ -191,12 +241,29 @@ class AsyncClient:
     def _on_readable(self) -> None:
         # A TLS record can hold several MQTT packets: read until OpenSSL's buffer is empty,
         # or the socket would never become readable again for the packets already decrypted.
-        while True:
+        while not self._paused:
             rc = self.paho.loop_read()
             sock = self.paho.socket()
             if (rc != mqtt.MQTT_ERR_SUCCESS or not isinstance(sock, ssl.SSLSocket)
                     or sock.pending() == 0):
                 return
+
+    def _pause_reading(self) -> None:
+        self._paused = True
+        self.pauses += 1
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock)
+
+    def _resume_reading(self) -> None:
+        # Called by MessageQueue._get, in a consumer's get: the reading itself is scheduled,
+        # never done here, or paho's callbacks would put into the queue inside its get.
+        if not self._paused:
+            return
+        self._paused = False
+        if self._sock is not None:
+            self._loop.add_reader(self._sock, self._on_readable)
+            # Packets OpenSSL decrypted before the pause make the socket no more readable.
+            self._loop.call_soon(self._on_readable)
 
     def _on_writable(self) -> None:
         self.paho.loop_write()
@@ -260,7 +327,6 @@ class AsyncClient:
             future.set_result(codes)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            self.messages.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        self.messages.put_nowait(message)
+        if not self._paused and self.messages.qsize() >= self.messages.limit:
+            self._pause_reading()

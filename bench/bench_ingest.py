@@ -5,7 +5,18 @@ with mTLS, QoS 1, SenML JSON of 60 heart-rate samples per message):
     queued for it by the broker;
 (b) the full pipeline (the bridge: decode, normalise, seal, COPY, commit, then ack), draining
     the same number of messages queued the same way;
-(c) publish-to-commit latency with devices publishing at half of (b)'s rate.
+(c) publish-to-commit latency with devices publishing at half of (b)'s rate;
+(d) ``healthiot bridge --workers N`` (N: the cores), real processes on the shared
+    subscription, draining the same number of messages queued for their sessions; timed
+    from the first commit to the last, as seen from the database (start-up left out).
+
+The bridge is the production one: the gap tracker and resend requests (broker_bridge/gaps.py)
+and refusal notices run as ``healthiot bridge`` runs them. ``lost`` and ``dup`` are counted in
+samples: what was stored is decrypted and compared, sample by sample, with what was sent
+(``lost``: sent and not stored; ``dup``: stored beyond the copies sent).
+
+Ports come from the environment as for every healthiot command (``HEALTHIOT_PG_PORT``,
+``HEALTHIOT_MQTT_PORT``, ``HEALTHIOT_MQTT_SERVICES_PORT``); a free one where it sets none.
 
 Draining a queued backlog measures the consumer alone; the publishers ran before. The ratio
 (b)/(a) is what to compare across machines. Last line:
@@ -16,11 +27,15 @@ Run with `make bench`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -34,13 +49,17 @@ from aiopaho import AsyncClient
 from api import totp
 from broker_bridge.bridge import Bridge, BridgeConfig
 from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.gaps import GapTracker, PgLedger, Resender
+from broker_bridge.notices import Notifier
 from devices.broker_config import SHARED_TELEMETRY
 from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
 from healthiot import stack
+from healthiot.gcfreeze import freeze_startup
 from healthiot.localservers import free_port
-from healthiot.services import open_core
+from healthiot.services import Core, open_core
 from healthiot.settings import load
+from healthiot.workers import default_workers, worker_client_id
 from storage.store import Ingested, MessageIn
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
@@ -54,17 +73,20 @@ BATCH = 500
 # --- devices, in a process of their own ------------------------------------------------
 
 
-def _payload(device_id: str, seq: int, now: float) -> bytes:
+def _samples(seq: int, origin: float) -> list[tuple[float, float]]:
     # Each message covers its own minute, as a real device's do (the bridge keeps one sample
-    # per device, metric and time): minute ``seq`` after midnight UTC three days ago, the
-    # same in every process and well inside the acceptance window.
-    start = (now // 86_400 - 3) * 86_400 + seq * SAMPLES
-    return encode_json(f"{device_id}/", [("heart_rate", "/min", start + i, 60.0 + (seq + i) % 40)
-                                         for i in range(SAMPLES)])
+    # per device, metric and time): minute ``seq`` after ``origin``.
+    start = origin + seq * SAMPLES
+    return [(start + i, 60.0 + (seq + i) % 40) for i in range(SAMPLES)]
+
+
+def _payload(device_id: str, seq: int, origin: float) -> bytes:
+    return encode_json(f"{device_id}/", [("heart_rate", "/min", t, v)
+                                         for t, v in _samples(seq, origin)])
 
 
 def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first_seq: int,
-             per_device: int, rate: float | None,
+             per_device: int, rate: float | None, origin: float,
              out: mp.Queue[list[tuple[str, int, float]]]) -> None:
     """Publish seq first_seq.. for every device, round robin, all at once or at ``rate``
     messages per second; report [(device, seq, publish time)] once all are PUBACKed."""
@@ -79,8 +101,7 @@ def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first
         client.loop_start()
         clients.append(client)
     # Payloads are made before the clock starts: the devices' own CPU is not the subject.
-    start = time.time()
-    payloads = [[_payload(device_id, first_seq + k, start) for device_id, _, _ in devices]
+    payloads = [[_payload(device_id, first_seq + k, origin) for device_id, _, _ in devices]
                 for k in range(per_device)]
     sent: list[tuple[str, int, float]] = []
     infos = []
@@ -117,7 +138,8 @@ def publish(devices: list[tuple[str, str, str]], ca_file: Path, port: int, first
     spawn = mp.get_context("spawn")
     out: mp.Queue[list[tuple[str, int, float]]] = spawn.Queue()
     process = spawn.Process(
-        target=_publish, args=(devices, str(ca_file), port, first_seq, per_device, rate, out))
+        target=_publish, args=(devices, str(ca_file), port, first_seq, per_device, rate,
+                               ORIGIN, out))
     process.start()
     return process, out
 
@@ -213,10 +235,70 @@ class CommitClock:
         return done
 
 
+# Midnight UTC ten days ago: the minute of every message, up to 14,400 per device, inside
+# the acceptance window (30 days back, none ahead).
+ORIGIN = float((time.time() // 86_400 - 10) * 86_400)
+_PORTS = ("HEALTHIOT_PG_PORT", "HEALTHIOT_MQTT_PORT", "HEALTHIOT_MQTT_SERVICES_PORT")
+
+
+async def workers_drain(env: dict[str, str], workers: int, core: Core, expected: int
+                        ) -> float:
+    """(d) Messages per second of ``expected`` new messages committed by a
+    ``healthiot bridge --workers`` process started now, from the first poll that sees a
+    commit to the one that sees them all; the process is stopped after."""
+    async def count() -> int:
+        return int(await core.pool.fetchval("SELECT count(*) FROM ingested_messages"))
+
+    before = await count()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "healthiot.cli", "bridge", "--workers", str(workers),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        first = 0.0
+        seen_first = n = before
+        deadline = time.monotonic() + 180
+        while n < before + expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} workers stored {n - before} of {expected}")
+            await asyncio.sleep(0.02)
+            n = await count()
+            if n > before and not first:
+                first, seen_first = time.perf_counter(), n
+        # Those the first poll saw were committed before it: the rate is of the others.
+        return (before + expected - seen_first) / (time.perf_counter() - first)
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def bench_environ(workdir: Path, environ: dict[str, str]) -> dict[str, str]:
+    """The settings' environment: ``environ``'s own, a stack in ``workdir``, and a free port
+    for each port ``environ`` does not set (the defaults may be a running stack's)."""
+    ports = {name: str(free_port()) for name in _PORTS if name not in environ}
+    return {**environ, **ports, "HEALTHIOT_VAR_DIR": str(workdir)}
+
+
+async def stored_vs_sent(core: Core, patient: uuid.UUID, sent: list[tuple[str, int, float]]
+                         ) -> tuple[int, int]:
+    """(lost, dup) in samples: the stored segments decrypted, each sample (device, time,
+    value) matched with the copies sent."""
+    expected: Counter[tuple[str, int, float]] = Counter()
+    for device_id, seq, _ in sent:
+        expected.update((device_id, round(t * 1000), v) for t, v in _samples(seq, ORIGIN))
+    start = dt.datetime.fromtimestamp(ORIGIN, dt.UTC)
+    # Every segment as stored, one by one: the public reads give each time once per source,
+    # which would hide a sample stored twice.
+    parts = await core.store._read_segments(
+        patient, "heart_rate", start, dt.datetime.now(dt.UTC))
+    stored: Counter[tuple[str, int, float]] = Counter()
+    for device_id, samples in parts:
+        stored.update(zip([device_id] * len(samples), samples.t_ms.tolist(),
+                          samples.value.tolist(), strict=True))
+    return sum((expected - stored).values()), sum((stored - expected).values())
+
+
 async def main(workdir: Path) -> str:
-    settings = load({"HEALTHIOT_VAR_DIR": str(workdir), "HEALTHIOT_PG_PORT": str(free_port()),
-                     "HEALTHIOT_MQTT_PORT": str(free_port()),
-                     "HEALTHIOT_MQTT_SERVICES_PORT": str(free_port())})
+    settings = load(bench_environ(workdir, dict(os.environ)))
     materials = stack.prepare(settings)
     pg = stack.postgres_server(settings, materials)
     broker = stack.mosquitto_server(settings, materials)
@@ -252,9 +334,13 @@ async def main(workdir: Path) -> str:
         open_session("svc-bench-bridge", context, services)
         sent = published(publish(devices, materials.ca.ca_file, port, 1, per_device))
         clock = CommitClock(core.store)
+        # As healthiot.services.new_bridge builds it, with the store wrapped.
         bridge = Bridge(AsyncClient(make_client("svc-bench-bridge", context),
                                     queue_size=4 * BATCH),
-                        clock, core.registry, BridgeConfig(batch_size=BATCH))  # type: ignore[arg-type]
+                        clock, core.registry, BridgeConfig(batch_size=BATCH),  # type: ignore[arg-type]
+                        resender=Resender(GapTracker(), PgLedger(core.pool)),
+                        notifier=Notifier())
+        freeze_startup()  # as healthiot bridge does before its worker starts
         began = time.perf_counter()
         task = asyncio.create_task(bridge.run("localhost", services, connect_properties(2 * BATCH)))
         await clock.reach(BACKLOG, timeout=600)
@@ -274,11 +360,30 @@ async def main(workdir: Path) -> str:
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close(end_session=True)
 
-        stored = {(r["device_id"], r["seq"]) for r in await core.pool.fetch(
-            "SELECT device_id, seq FROM ingested_messages")}
-        samples = await core.pool.fetchval("SELECT coalesce(sum(samples), 0) FROM segments")
-        lost = len({(d, s) for d, s, _ in sent} - stored)
-        dup = max(0, int(samples) - len(stored) * SAMPLES) // SAMPLES
+        # (d) N worker processes, on a backlog queued for their sessions the same way
+        workers = default_workers()
+        ids = [worker_client_id("svc-bench-workers", i) for i in range(workers)]
+        for client_id in ids:
+            open_session(client_id, context, services)
+        first = per_device + paced + 1
+        sent += await asyncio.to_thread(published, publish(
+            devices, materials.ca.ca_file, port, first, per_device))
+        env = {**bench_environ(workdir, dict(os.environ)),
+               "HEALTHIOT_DATABASE_URL": dsn, "HEALTHIOT_DATABASE_PASSWORD":
+               materials.db_password, "HEALTHIOT_KEK_FILE": str(materials.kek),
+               "HEALTHIOT_OWNER_KEYS_DIR": str(materials.kek.parent / "owner-keys"),
+               "HEALTHIOT_MQTT_HOST": "localhost",
+               "HEALTHIOT_MQTT_PORT": str(port), "HEALTHIOT_MQTT_SERVICES_PORT": str(services),
+               "HEALTHIOT_PG_PORT": str(settings.pg_port),
+               "HEALTHIOT_MQTT_CA_FILE": str(materials.ca.ca_file),
+               "HEALTHIOT_MQTT_CERT_FILE": str(materials.bridge_cert),
+               "HEALTHIOT_MQTT_KEY_FILE": str(materials.bridge_key),
+               "HEALTHIOT_BRIDGE_CLIENT_ID": ids[0], "HEALTHIOT_BRIDGE_BATCH_SIZE": str(BATCH),
+               "HEALTHIOT_BRIDGE_HEALTH_PORT": "0"}
+        workers_rate = await workers_drain(env, workers, core, BACKLOG)
+
+        lost, dup = await stored_vs_sent(core, patient, sent)
+        resend_requests = bridge.resender.tracker.stats.requests if bridge.resender else 0
         await core.pool.close()
     finally:
         broker.stop()
@@ -290,6 +395,10 @@ async def main(workdir: Path) -> str:
           f"samples/s ({BACKLOG:,} messages of {SAMPLES} samples)", file=sys.stderr)
     print(f"(c) at {pipeline_rate / 2:,.0f} msg/s: publish-to-commit p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms over {len(latencies):,} messages", file=sys.stderr)
+    print(f"(d) {workers} worker processes: {workers_rate:,.0f} msg/s = "
+          f"{workers_rate * SAMPLES:,.0f} samples/s ({BACKLOG:,} messages)", file=sys.stderr)
+    print(f"gap tracker: {resend_requests} resend requests; lost and dup counted in samples "
+          f"of {len(sent):,} messages, decrypted", file=sys.stderr)
     return (f"bench: samples_per_s={pipeline_rate * SAMPLES:.0f} msgs_per_s={pipeline_rate:.0f} "
             f"ratio={pipeline_rate / bare_rate:.2f} p99_ms={p99:.0f} lost={lost} dup={dup}")
 

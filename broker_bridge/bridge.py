@@ -153,6 +153,7 @@ class Bridge:
         its share of the telemetry, stored by nobody): the worker disconnects, keeping its
         session and what it has not acked, and starts again after the same backoff."""
         delay = crash_delay = RECONNECT_MIN_S
+        connections = 0
         while True:
             self._drop_stale_messages()
             try:
@@ -165,6 +166,8 @@ class Bridge:
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             delay = RECONNECT_MIN_S
+            self.stats.reconnects += connections > 0
+            connections += 1
             self.stats.connected = True
             if ready is not None:
                 ready.set()
@@ -216,8 +219,7 @@ class Bridge:
             self.stats.receive_to_commit_s.observe(time.monotonic() - batch[0].timestamp)
             if generation != self._generation or not self._client.is_connected:
                 return  # acks belong to the old connection; the broker will redeliver
-            for message in batch:
-                self._client.ack(message)
+            self._client.ack_many(batch)
             if self.notifier is not None:  # after the acks: a notice never delays one
                 # Shielded, and awaited by close(): a DISCONNECT that overtakes our own
                 # PUBLISHes in flight left a later shared subscriber without its messages.

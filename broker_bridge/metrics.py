@@ -51,6 +51,7 @@ class BridgeStats:
     duplicates: int = 0  # messages delivered again and stored nothing new
     batches: int = 0
     worker_failures: int = 0  # consume loops that failed (and were started again)
+    reconnects: int = 0  # connections to the broker after the first
     healthy: bool = True  # false while the database refuses a batch
     connected: bool = False
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
@@ -71,6 +72,7 @@ _COUNTERS = (
     ("duplicates", "messages delivered again, stored nothing new"),
     ("batches", "batches committed"),
     ("worker_failures", "consume loops that failed, disconnected and started again"),
+    ("reconnects", "connections to the broker after the first"),
 )
 
 

@@ -19,7 +19,7 @@ from devices.errors import PluginBuildFailed
 
 SOURCE = Path(__file__).with_name("broker_plugin") / "healthiot_acl.c"
 HEADER = Path("/usr/include/mosquitto_broker.h")
-INSTALL_HINT = "apt-get install gcc libc6-dev mosquitto-dev"
+INSTALL_HINT = "apt-get install gcc libc6-dev mosquitto-dev libmosquitto-dev"
 
 
 def _cache_dir() -> Path:

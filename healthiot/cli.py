@@ -62,7 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                               "clock-skew", "broker-restart", "artefacts", "shared-scale"],
                      help="device behaviour (default steady)")
 
-    sub.add_parser("bridge", help="run one bridge worker against the configured broker and DB")
+    bridge = sub.add_parser("bridge", help="run bridge workers against the configured broker "
+                            "and DB, on the shared subscription, under a supervisor")
+    bridge.add_argument("--workers", type=_positive_int, default=None,
+                        help="worker processes (default: one per core); 1 runs the worker in "
+                        "this process, without a supervisor")
+    bridge.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     sub.add_parser("api", help="run the HTTPS API against the configured database")
     sub.add_parser("record-feed", help="run the medical-record feed (FHIR outbox sender)")
 
@@ -239,7 +244,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                                     scenario=args.scenario))
     if args.command == "bridge":
         from healthiot.daemons import run_bridge
-        return asyncio.run(run_bridge(settings))
+        from healthiot.workers import default_workers, supervise
+        if args.worker is not None:  # one of a supervisor's workers
+            return asyncio.run(run_bridge(settings, worker=args.worker))
+        workers = args.workers or default_workers()
+        if workers == 1:
+            return asyncio.run(run_bridge(settings))
+        return asyncio.run(supervise(workers))
     if args.command == "api":
         from healthiot.daemons import run_api
         return asyncio.run(run_api(settings))

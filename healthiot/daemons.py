@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import secrets
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -24,6 +27,7 @@ from broker_bridge import health as bridge_health
 from broker_bridge.connection import connect_properties
 from healthiot import stack
 from healthiot.errors import SettingsError
+from healthiot.gcfreeze import freeze_startup
 from healthiot.services import (
     Core,
     bridge_client_id,
@@ -40,6 +44,7 @@ from healthiot.services import (
     start_api,
 )
 from healthiot.settings import Settings
+from healthiot.workers import worker_client_id, worker_health_port
 from storage import roles
 from storage.clinicians import Clinicians
 from storage.crypto import LocalKeyFile
@@ -50,6 +55,18 @@ from vitals import fhir
 from vitals.errors import InvalidProfessional
 
 log = logging.getLogger(__name__)
+
+ORPHAN_CHECK_S = 1.0  # how soon a worker whose supervisor died stops
+
+
+async def _first_of(*waits: Coroutine[Any, Any, None]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _required(settings: Settings, name: str, embedded_default: str | None = None) -> Path:
@@ -118,25 +135,41 @@ async def migrate_only(settings: Settings) -> int:
     return 0
 
 
-async def run_bridge(settings: Settings) -> int:
+async def _orphaned(parent: int) -> None:
+    """Return once this process's parent has changed: its supervisor died (even by SIGKILL),
+    and a worker left behind would go on taking a share of the telemetry next to the
+    workers of the supervisor started in its place."""
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event exists: the kernel reparents)
+        await asyncio.sleep(ORPHAN_CHECK_S)
+
+
+async def run_bridge(settings: Settings, worker: int | None = None) -> int:
+    """One bridge worker; ``worker``: its index under ``healthiot bridge --workers`` (its
+    client id and probe port follow from it, and it stops if its supervisor goes)."""
+    index = worker or 0
+    health_port = worker_health_port(settings.bridge_health_port, index)
     core = await _open_core(settings)
     try:
-        bridge = new_bridge(core, client_id=bridge_client_id(settings),
+        bridge = new_bridge(core, client_id=worker_client_id(bridge_client_id(settings), index),
                             ca_file=_required(settings, "mqtt_ca_file"),
                             cert=_required(settings, "mqtt_cert_file"),
                             key=_required(settings, "mqtt_key_file"),
                             batch_size=settings.bridge_batch_size)
+        freeze_startup()  # the pool, the keyring, the modules: never garbage
         task = asyncio.create_task(bridge.run(
             settings.mqtt_host, settings.mqtt_services_port,
             connect_properties(settings.bridge_batch_size * 2)), name="bridge")
         probes = None
-        if settings.bridge_health_port:
+        if health_port:
             probes = await bridge_health.start(bridge, settings.bridge_health_host,
-                                               settings.bridge_health_port)
+                                               health_port)
         # The worker recovers from a failed loop by itself; should it end all the same,
         # the process ends with it, non-zero, for its supervisor to start it again, rather
         # than linger half-alive.
-        signalled = asyncio.create_task(until_signalled(), name="signals")
+        signalled = asyncio.create_task(
+            until_signalled() if worker is None else _first_of(until_signalled(),
+                                                               _orphaned(os.getppid())),
+            name="signals")
         await asyncio.wait({signalled, task}, return_when=asyncio.FIRST_COMPLETED)
         failed = task.done()
         if failed:

@@ -28,6 +28,7 @@ from devices.sessions import SessionEnder
 from devices.takeover import TakeoverStore, TakeoverWatcher
 from firmware_sim.device import Broker, SimulatedDevice
 from healthiot import demo, stack
+from healthiot.gcfreeze import freeze_startup
 from healthiot.localservers import MosquittoServer, PostgresServer
 from healthiot.services import (
     Core,
@@ -217,6 +218,7 @@ async def _run_services(settings: Settings, materials: stack.Materials,
                                                settings.bridge_health_port)
             resources.push_async_callback(probes.cleanup)
         await asyncio.wait_for(ready.wait(), 30)
+        freeze_startup()  # servers, pools, the bridge: what lives as long as the process
         if workload is not None:
             return await workload(core, materials, bridge, stop, servers)
 

@@ -12,7 +12,7 @@ have_pg() {
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
 
 # The broker's policy plugin is compiled against Mosquitto's own headers (devices/broker_plugin.py).
-have_plugin_toolchain() { [ -f /usr/include/mosquitto_broker.h ] && command -v gcc >/dev/null 2>&1 && [ -f /usr/include/stdio.h ]; }
+have_plugin_toolchain() { [ -f /usr/include/mosquitto_broker.h ] && [ -f /usr/include/mosquitto.h ] && command -v gcc >/dev/null 2>&1 && [ -f /usr/include/stdio.h ]; }
 
 # Debian splits ensurepip (what "python3 -m venv" needs) into python3-venv.
 have_venv() { [ -d .venv ] || "${PYTHON:-python3}" -c 'import ensurepip' >/dev/null 2>&1; }
@@ -21,7 +21,7 @@ missing=()
 have_venv || missing+=(python3-venv)
 have_pg || missing+=(postgresql)
 have_mosquitto || missing+=(mosquitto)
-have_plugin_toolchain || missing+=(gcc libc6-dev mosquitto-dev)
+have_plugin_toolchain || missing+=(gcc libc6-dev mosquitto-dev libmosquitto-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -7,6 +7,11 @@ Names resolve as base name + name; the metric is the part after the last ``/`` o
 ``{"bn": "w-12ab/", "n": "heart_rate"}`` and ``{"n": "heart_rate"}`` both mean heart rate.
 Times resolve as base time + time in seconds; RFC 8428 makes values below 2**28 relative to
 "now", which the decoder resolves against the receive time it is given.
+
+JSON is decoded twice over, in effect: a fast path parses the common shape (an array of
+objects with the known fields, numbers where numbers go) with msgspec typed structs, and
+anything it is not sure of, refusals included, goes to the general decoder, which is the
+definition of the answer (tests/unit/test_senml_fast.py checks that both agree on any input).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from vitals.errors import PayloadError
 
@@ -54,6 +61,19 @@ class Pack:
 def decode_json(payload: bytes, *, received_at: float) -> Pack:
     """Decode a SenML JSON pack; raises PayloadError naming the first problem found."""
     _check_size(payload)
+    try:
+        records = _FAST_JSON.decode(payload)
+    except msgspec.MsgspecError:
+        pass  # an unusual shape, or not SenML: the general decoder says which
+    else:
+        pack = _fast_records(records, received_at)
+        if pack is not None:
+            return pack
+    return _decode_json_general(payload, received_at)
+
+
+def _decode_json_general(payload: bytes, received_at: float) -> Pack:
+    """decode_json without its fast path: every input, the definition of the answer."""
     try:
         records = json.loads(payload)
     # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
@@ -193,6 +213,144 @@ def _encode_records(base_name: str, records: Sequence[tuple[str, str, float, flo
         out.append(entry)
     out[0] = {"bn": base_name, "bt": base_time, **out[0]}
     return out
+
+
+class _Record(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A SenML record of the common shape. UNSET: the field is absent. An unknown field, a
+    null, a bool or a string where a number goes fails the decoding (then the general
+    decoder decides); ints are read as floats, as float() would."""
+
+    bn: str | UnsetType = UNSET
+    bt: float | UnsetType = UNSET
+    bu: str | UnsetType = UNSET
+    bv: float | UnsetType = UNSET
+    bver: int | UnsetType = UNSET
+    n: str | UnsetType = UNSET
+    u: str | UnsetType = UNSET
+    v: float | UnsetType = UNSET
+    t: float | UnsetType = UNSET
+    ut: Any = UNSET  # read by nobody: any JSON value (as the general decoder ignores it)
+    # gc=False: a pack's records are never in a cycle, and 60 tracked objects a message were
+    # what set the collector off on the hot path.
+
+
+_FAST_JSON = msgspec.json.Decoder(list[_Record])
+
+
+def _fast_records(records: list[_Record], received_at: float) -> Pack | None:
+    """The Pack of ``records``, computed as _decode_records does, or None wherever that
+    would refuse them or where a number is not finite (the general decoder then answers,
+    with its reason)."""
+    if not records or len(records) > MAX_RECORDS:
+        return None
+    return _columns(records, received_at) or _rows(records, received_at)
+
+
+def _columns(records: list[_Record], received_at: float) -> Pack | None:
+    """The usual pack, a column at a time: base fields in the first record only, a value
+    in every record, absolute times. None for any other (then ``_rows``)."""
+    first = records[0]
+    if first.bver is not UNSET and not 0 < first.bver <= SENML_VERSION:
+        return None
+    rest = records[1:]
+    if any(r.bn is not UNSET or r.bt is not UNSET or r.bu is not UNSET or r.bv is not UNSET
+           or r.bver is not UNSET for r in rest):
+        return None
+    vs = [r.v for r in records]
+    if UNSET in vs:
+        return None
+    base_name = "" if first.bn is UNSET else first.bn
+    base_time = 0.0 if first.bt is UNSET else first.bt
+    base_unit = "" if first.bu is UNSET else first.bu
+    base_value = 0.0 if first.bv is UNSET else first.bv
+    if len(base_name) > _MAX_TEXT or len(base_unit) > _MAX_TEXT:
+        return None
+    names = [r.n for r in records]
+    metric_of: dict[str | UnsetType, str] = {}
+    for n in set(names):
+        if n is UNSET:
+            name = base_name
+        elif len(n) <= _MAX_TEXT:
+            name = base_name + n
+        else:
+            return None
+        metric = metric_of[n] = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        if not metric:
+            return None
+    units = [base_unit if u is UNSET else u for u in [r.u for r in records]]
+    if max(map(len, set(units))) > _MAX_TEXT:
+        return None
+    times = [base_time if t is UNSET else base_time + t for t in [r.t for r in records]]
+    values = [base_value + v for v in vs]  # type: ignore[operator]  # no UNSET: checked
+    # A sum is finite only if every term is (an overflowing sum sends a finite pack to _rows,
+    # which is right too); times below 2**28 are relative: _rows resolves them.
+    if not (math.isfinite(sum(times)) and math.isfinite(sum(values))
+            and min(times) >= _RELATIVE_TIME_LIMIT):
+        return None
+    return Pack([metric_of[n] for n in names], units, times, values)
+
+
+def _rows(records: list[_Record], received_at: float) -> Pack | None:
+    """The Pack of ``records``, a record at a time: any shape the fast path reads."""
+    metrics: list[str] = []
+    units: list[str] = []
+    times: list[float] = []
+    values: list[float] = []
+    metric_of: dict[str, str] = {}
+    base_name, base_time, base_unit, base_value = "", 0.0, "", 0.0
+    isfinite = math.isfinite
+    for r in records:
+        if r.bver is not UNSET and not 0 < r.bver <= SENML_VERSION:
+            return None
+        if r.bn is not UNSET:
+            if len(r.bn) > _MAX_TEXT:
+                return None
+            base_name = r.bn
+        if r.bt is not UNSET:
+            if not isfinite(r.bt):
+                return None
+            base_time = r.bt
+        if r.bu is not UNSET:
+            if len(r.bu) > _MAX_TEXT:
+                return None
+            base_unit = r.bu
+        if r.bv is not UNSET:
+            if not isfinite(r.bv):
+                return None
+            base_value = r.bv
+        n, u, v, t = r.n, r.u, r.v, r.t
+        if v is UNSET:
+            if n is not UNSET or u is not UNSET:
+                return None
+            continue
+        if n is UNSET:
+            name = base_name
+        elif len(n) <= _MAX_TEXT:
+            name = base_name + n
+        else:
+            return None
+        metric = metric_of.get(name)
+        if metric is None:
+            metric = metric_of[name] = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        if not metric:
+            return None
+        time = base_time if t is UNSET else base_time + t
+        if -_RELATIVE_TIME_LIMIT < time < _RELATIVE_TIME_LIMIT:
+            time += received_at
+        value = base_value + v
+        if not (isfinite(time) and isfinite(value)):
+            return None
+        if u is UNSET:
+            u = base_unit
+        elif len(u) > _MAX_TEXT:
+            return None
+        metrics.append(metric)
+        units.append(u)
+        times.append(time)
+        values.append(value)
+    if not values:
+        return None
+    return Pack(metrics, units, times, values)
 
 
 def _check_version(bver: object, index: int) -> None:
