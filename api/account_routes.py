@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import re
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -103,6 +103,33 @@ def _tokens(request: web.Request, subject: str, methods: list[str], session_id: 
 
 def client_of(request: web.Request) -> str:
     return request.remote or "unknown"
+
+
+class StaffAccounts(Protocol):
+    """Clinicians' or operators' accounts: what a two-factor sign-in reads."""
+
+    async def by_username(self, username: str) -> Any: ...
+    async def totp_secret(self, account_id: uuid.UUID) -> bytes: ...
+    async def accept_totp_step(self, account_id: uuid.UUID, step: int) -> bool: ...
+
+
+async def staff_login(request: web.Request, subject: str, accounts: StaffAccounts,
+                      username: str, password: str, code: str) -> web.Response:
+    """Password and one-time code, both required (a professional has no one-factor
+    session), under the sign-in guard; a session for ``<subject><id>`` ("clinician:")."""
+    username = username.strip().lower()
+    found = await accounts.by_username(username)
+    try:
+        ok = await credentials.sign_in(
+            request.app[GUARD], f"{subject}{username}", client_of(request),
+            found.password_hash if found else None, password, code,
+            functools.partial(accounts.totp_secret, found.id) if found else None,
+            functools.partial(accounts.accept_totp_step, found.id) if found else None)
+    except TooMany as exc:
+        return too_many(exc)
+    if found is None or not ok:
+        raise Problem(401, "unknown username, wrong password or wrong code")
+    return await issue_session(request, f"{subject}{found.id}", ["pwd", "otp"])
 
 
 async def login(request: web.Request) -> web.Response:

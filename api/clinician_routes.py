@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 from typing import Any
 
 from aiohttp import web
 
-from api import credentials
 from api.access import clinician_access, read_granted
-from api.account_routes import GUARD, client_of, issue_session
+from api.account_routes import GUARD, client_of, issue_session, staff_login
 from api.bodies import ClinicianLogin, IdToken
 from api.limits import TooMany, too_many
 from api.oidc import OidcError
@@ -55,20 +53,8 @@ def register(app: web.Application) -> None:
 async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     body = await read_body(request, ClinicianLogin)
-    username = body.username.strip().lower()
-    clinicians = Clinicians(deps.pool, deps.keyring)
-    found = await clinicians.by_username(username)
-    try:
-        ok = await credentials.sign_in(
-            request.app[GUARD], f"clinician:{username}", client_of(request),
-            found.password_hash if found else None, body.password, body.totp,
-            functools.partial(clinicians.totp_secret, found.id) if found else None,
-            functools.partial(clinicians.accept_totp_step, found.id) if found else None)
-    except TooMany as exc:
-        return too_many(exc)
-    if found is None or not ok:
-        raise Problem(401, "unknown username, wrong password or wrong code")
-    return await issue_session(request, f"{CLINICIAN_SUBJECT}{found.id}", ["pwd", "otp"])
+    return await staff_login(request, CLINICIAN_SUBJECT, Clinicians(deps.pool, deps.keyring),
+                             body.username, body.password, body.totp)
 
 
 async def oidc_nonce(request: web.Request) -> web.Response:

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from api import credentials
-from api.account_routes import GUARD, client_of, issue_session
+from api.account_routes import staff_login
 from api.bodies import OperatorLogin
-from api.limits import TooMany, too_many
 from api.problems import Problem
 from api.requests import (
     DEPS,
@@ -53,20 +50,8 @@ async def login(request: web.Request) -> web.Response:
     """Password and one-time code, both required: an operator has no one-factor session."""
     deps = request.app[DEPS]
     body = await read_body(request, OperatorLogin)
-    username = body.username.strip().lower()
-    operators = Operators(deps.pool, deps.keyring)
-    found = await operators.by_username(username)
-    try:
-        ok = await credentials.sign_in(
-            request.app[GUARD], f"operator:{username}", client_of(request),
-            found.password_hash if found else None, body.password, body.totp,
-            functools.partial(operators.totp_secret, found.id) if found else None,
-            functools.partial(operators.accept_totp_step, found.id) if found else None)
-    except TooMany as exc:
-        return too_many(exc)
-    if found is None or not ok:
-        raise Problem(401, "unknown username, wrong password or wrong code")
-    return await issue_session(request, f"{OPERATOR_SUBJECT}{found.id}", ["pwd", "otp"])
+    return await staff_login(request, OPERATOR_SUBJECT, Operators(deps.pool, deps.keyring),
+                             body.username, body.password, body.totp)
 
 
 async def _operator(request: web.Request) -> OperatorAccount:
