@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,38 +37,68 @@ _SCALE = struct.Struct("<b")
 _MAX_DECIMALS = 3
 
 
-def _decimal_scale(values: npt.NDArray[np.float64]) -> int | None:
-    """The fewest decimals (0 to 3) that hold every value exactly, or None. Devices report
-    on a grid (bpm, 0.1 kg, 0.1 degC): as integers, and as deltas of them, such values
-    compress several times better than their float64 bytes."""
-    if (not np.all(np.isfinite(values)) or np.abs(values).max(initial=0) > 1e12
-            or np.any(np.signbit(values) & (values == 0))):  # -0.0 would come back as 0.0
-        return None
-    for decimals in range(_MAX_DECIMALS + 1):
-        scaled = np.round(values * 10**decimals)
-        if np.array_equal(scaled / 10**decimals, values):
-            return decimals
-    return None
-
-
 def pack(samples: Samples) -> bytes:
     """Version 2: values on a decimal grid are stored as deltas of scaled integers; others
     as float64 (scale byte -1). Both round-trip exactly."""
-    n = len(samples)
-    if n == 0:
+    return pack_many([samples])[0]
+
+
+def pack_many(segments: Sequence[Samples]) -> list[bytes]:
+    """``pack`` of each segment, the numpy work done once for all of them: a batch of
+    messages costs a few array operations, not a few per segment (numpy's fixed cost per
+    call is what packing one minute of samples at a time spent its time on)."""
+    if not segments:
+        return []
+    counts = np.fromiter((len(s) for s in segments), dtype=np.intp, count=len(segments))
+    if not counts.all():
         raise ValueError("an empty segment is never stored")
-    t = samples.t_ms.astype("<i8", copy=False)
-    decimals = _decimal_scale(samples.value)
-    if decimals is None:
-        values = samples.value.astype("<f8", copy=False).tobytes()
-    else:
-        scaled = np.round(samples.value * 10**decimals).astype(np.int64)
-        values = np.diff(scaled, prepend=np.int64(0)).astype("<i8").tobytes()
-    body = (_HEADER.pack(_VERSION, n, int(t[0]))
-            + _SCALE.pack(-1 if decimals is None else decimals)
-            + np.diff(t).astype("<i8").tobytes() + values
-            + samples.flags.astype("u1", copy=False).tobytes())
-    return zlib.compress(body, 9)
+    starts = np.zeros(len(segments), dtype=np.intp)
+    np.cumsum(counts[:-1], out=starts[1:])
+    t = np.concatenate([s.t_ms for s in segments]).astype("<i8", copy=False)
+    v = np.concatenate([s.value for s in segments]).astype(np.float64, copy=False)
+    decimals = _decimal_scales(v, starts)
+    per_sample = np.repeat(decimals, counts)
+    on_grid = per_sample >= 0
+    # Values on a grid: deltas of scaled integers, each segment's first against 0.
+    scaled = np.zeros(len(v), dtype=np.int64)
+    scaled[on_grid] = np.round(v[on_grid] * 10.0 ** per_sample[on_grid])
+    deltas = np.empty(len(v), dtype="<i8")
+    deltas[0] = scaled[0]
+    np.subtract(scaled[1:], scaled[:-1], out=deltas[1:])
+    deltas[starts] = scaled[starts]
+    # Each segment's own bytes are slices of these (8 bytes a sample, 1 for a flag).
+    t_deltas = memoryview(np.diff(t).astype("<i8").tobytes())
+    as_ints = memoryview(deltas.tobytes())
+    as_floats = memoryview(v.astype("<f8").tobytes())
+    flags = memoryview(np.concatenate([s.flags for s in segments]).astype("u1").tobytes())
+    out = []
+    for start, n, scale, t0 in zip(starts.tolist(), counts.tolist(), decimals.tolist(),
+                                   t[starts].tolist(), strict=True):
+        end = start + n
+        values = as_floats if scale < 0 else as_ints
+        out.append(zlib.compress(b"".join((
+            _HEADER.pack(_VERSION, n, t0), _SCALE.pack(scale),
+            t_deltas[start * 8:(end - 1) * 8], values[start * 8:end * 8], flags[start:end])), 9))
+    return out
+
+
+def _decimal_scales(values: npt.NDArray[np.float64], starts: npt.NDArray[np.intp
+                                                                         ]) -> npt.NDArray[np.int8]:
+    """Per segment (``starts``: where each begins in ``values``), the fewest decimals (0 to
+    3) that hold every value exactly, or -1. Devices report on a grid (bpm, 0.1 kg,
+    0.1 degC): as integers, and as deltas of them, such values compress several times
+    better than their float64 bytes."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Not finite, too large for an exact integer, or -0.0 (would come back as 0.0).
+        unfit = (~np.isfinite(values) | (np.abs(values) > 1e12)
+                 | (np.signbit(values) & (values == 0)))
+        decimals = np.where(np.logical_or.reduceat(unfit, starts), -2, -1).astype(np.int8)
+        for d in range(_MAX_DECIMALS + 1):
+            exact = np.round(values * 10**d) / 10**d == values
+            fits = np.logical_and.reduceat(exact, starts) & (decimals == -1)
+            decimals[fits] = d
+    decimals[decimals == -2] = -1
+    return decimals
 
 
 def unpack(blob: bytes) -> Samples:

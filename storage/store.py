@@ -6,6 +6,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,13 +16,13 @@ import numpy as np
 import numpy.typing as npt
 
 from storage import ledger
-from storage.crypto import open_sealed, seal
+from storage.crypto import open_sealed, seal_many
 from storage.errors import IntegrityError, KeyUnavailable
 from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
 from storage.quarantine import QuarantineIn as QuarantineIn  # re-exported: the bridge makes them
 from storage.quarantine import write_quarantined
-from storage.segments import Samples, pack, unpack
+from storage.segments import Samples, pack_many, unpack
 from vitals.normalise import Flag
 
 # Keys the payload digests of the message ledger: a plain hash of a small pack could be
@@ -202,17 +203,16 @@ class Store:
                         and earlier is not None and not hmac.compare_digest(digest, earlier)):
                     reused.append(message)
                     to_quarantine.append(message.if_reused)
-            rows = []
+            pieces = []
             for message in unique:
                 if message.key not in fresh:
                     continue
-                for segment in message.segments:
-                    for piece in within_a_day(segment):
-                        rows.append(await self._sealed_segment(conn, message.device_id, piece))
+                pieces += [(message.device_id, piece) for segment in message.segments
+                           for piece in within_a_day(segment)]
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
                                message.received_at, message.held)
-            await self._copy_segments(conn, rows)
+            await self._copy_segments(conn, await self._sealed_segments(conn, pieces))
             if to_quarantine:
                 await write_quarantined(conn, self._keyring, to_quarantine)
             if messages:
@@ -247,8 +247,8 @@ class Store:
                              segments: Sequence[SegmentIn]) -> None:
         """Seal and write segments measured by ``device_id`` in the caller's transaction
         (a held weighing claimed by a patient becomes their data this way)."""
-        await self._copy_segments(conn, [await self._sealed_segment(conn, device_id, piece)
-                                         for s in segments for piece in within_a_day(s)])
+        await self._copy_segments(conn, await self._sealed_segments(
+            conn, [(device_id, piece) for s in segments for piece in within_a_day(s)]))
 
     @staticmethod
     async def _copy_segments(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -260,14 +260,39 @@ class Store:
 
     async def _sealed_segment(self, conn: asyncpg.Connection, device_id: str,
                               segment: SegmentIn) -> tuple[object, ...]:
-        version, key = await self._keyring.current(conn, str(segment.patient_id))
-        segment_id = uuid.uuid4()
-        t = segment.samples.t_ms
-        start, end, n = _utc(int(t.min())), _utc(int(t.max())), len(segment.samples)
-        aad = _segment_aad(segment_id, segment.patient_id, segment.metric, device_id,
-                           start, end, n, version)
-        return (segment_id, segment.patient_id, segment.metric, device_id, start, end, n,
-                version, seal(key, pack(segment.samples), aad))
+        return (await self._sealed_segments(conn, [(device_id, segment)]))[0]
+
+    async def _sealed_segments(self, conn: asyncpg.Connection,
+                               pieces: Sequence[tuple[str, SegmentIn]]
+                               ) -> list[tuple[object, ...]]:
+        """Rows of ``segments`` for (device id, segment) pairs: packed together
+        (``pack_many``), then sealed a patient at a time under their current key."""
+        if not pieces:
+            return []
+        samples = [segment.samples for _, segment in pieces]
+        blobs = pack_many(samples)
+        counts = np.fromiter(map(len, samples), dtype=np.intp, count=len(samples))
+        t_all = np.concatenate([s.t_ms for s in samples])
+        firsts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        lows = np.minimum.reduceat(t_all, firsts).tolist()
+        highs = np.maximum.reduceat(t_all, firsts).tolist()
+        ids = memoryview(os.urandom(16 * len(pieces)))  # uuid4's randomness, drawn once
+        by_patient: dict[uuid.UUID, list[int]] = {}
+        for i, (_, segment) in enumerate(pieces):
+            by_patient.setdefault(segment.patient_id, []).append(i)
+        rows: list[tuple[object, ...]] = []
+        for patient_id, mine in by_patient.items():
+            version, key = await self._keyring.current(conn, str(patient_id))
+            heads = []
+            for i in mine:
+                device_id, segment = pieces[i]
+                segment_id = uuid.UUID(bytes=bytes(ids[16 * i:16 * i + 16]), version=4)
+                heads.append((segment_id, patient_id, segment.metric, device_id,
+                              _utc(lows[i]), _utc(highs[i]), int(counts[i]), version))
+            sealed = seal_many(key, [blobs[i] for i in mine],
+                               [_segment_aad(*head) for head in heads])
+            rows += [(*head, blob) for head, blob in zip(heads, sealed, strict=True)]
+        return rows
 
     async def read_series(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
                           end: dt.datetime) -> Samples:

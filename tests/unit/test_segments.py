@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import zlib
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from storage.errors import IntegrityError
-from storage.segments import Samples, pack, unpack
+from storage.segments import Samples, pack, pack_many, unpack
 
 FUZZ = settings(database=None, deadline=None, max_examples=200)
 RAW_BYTES_PER_SAMPLE = 8 + 8 + 1  # i64 time, f64 value, u8 flags
@@ -200,3 +201,49 @@ def test_unpack_of_arbitrary_bytes_gives_samples_or_integrity_error(blob: bytes)
     except IntegrityError:
         return
     assert len(got.t_ms) == len(got.value) == len(got.flags) > 0
+
+
+def layout_v2(s: Samples) -> bytes:
+    """The version 2 layout written out one segment at a time, as ``pack`` did before it
+    packed a batch at once: the oracle that stored bytes did not change."""
+    v = s.value
+    decimals = -1
+    if np.all(np.isfinite(v)) and np.abs(v).max() <= 1e12 and not np.any(
+            np.signbit(v) & (v == 0)):
+        decimals = next((d for d in range(4)
+                         if np.array_equal(np.round(v * 10**d) / 10**d, v)), -1)
+    if decimals < 0:
+        values = v.astype("<f8").tobytes()
+    else:
+        scaled = np.round(v * 10**decimals).astype(np.int64)
+        values = np.diff(scaled, prepend=np.int64(0)).astype("<i8").tobytes()
+    body = (struct.pack("<BIqb", 2, len(s), int(s.t_ms[0]), decimals)
+            + np.diff(s.t_ms).astype("<i8").tobytes() + values
+            + s.flags.astype("u1").tobytes())
+    return zlib.compress(body, 9)
+
+
+@st.composite
+def on_a_grid(draw: st.DrawFn) -> Samples:
+    """Readings as devices send them: integers or a few decimals, -0.0 now and then."""
+    n = draw(st.integers(1, 120))
+    decimals = draw(st.integers(0, 4))
+    ints = draw(hnp.arrays(np.int64, n, elements=st.integers(-(10**13), 10**13)))
+    values = ints / 10**decimals
+    values[draw(hnp.arrays(np.bool_, n))] = -0.0
+    return Samples(np.sort(draw(hnp.arrays(np.int64, n, elements=st.integers(0, 2**45)))),
+                   values, draw(hnp.arrays(np.uint8, n)))
+
+
+@FUZZ
+@given(st.lists(st.one_of(samples(), on_a_grid()), min_size=1, max_size=6))
+def test_a_batch_packs_to_the_bytes_of_each_segment_alone(batch: list[Samples]) -> None:
+    assert pack_many(batch) == [layout_v2(s) for s in batch]
+    assert [unpack(blob).t_ms.tolist() for blob in pack_many(batch)] == [
+        s.t_ms.tolist() for s in batch]
+
+
+def test_a_batch_refuses_an_empty_segment() -> None:
+    empty = Samples(np.empty(0, np.int64), np.empty(0), np.empty(0, np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        pack_many([heart_rate_hour(), empty])
