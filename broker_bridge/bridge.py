@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -401,22 +402,33 @@ class Bridge:
                      quarantined: list[QuarantineIn], refusals: list[Refusal]
                      ) -> list[MessageIn]:
         messages: list[MessageIn] = []
-        # One sort groups every sample by (message, metric); then slice the groups out.
+        # One sort groups every sample by (message, metric, time); the accepted ones,
+        # gathered once, are cut into runs of one (message, metric): each a segment whose
+        # columns are views, not copies.
         order = np.lexsort((norm.t_ms, norm.metric, norm.pack))
+        taken = order[norm.reject[order] == Reject.ACCEPTED]
+        pack_of, metric_of = norm.pack[taken], norm.metric[taken]
+        t_ms, value, flags = norm.t_ms[taken], norm.value[taken], norm.flags[taken]
+        cuts = np.flatnonzero((pack_of[1:] != pack_of[:-1]) | (metric_of[1:] != metric_of[:-1]))
+        run_start = np.concatenate(([0], cuts + 1)).tolist() if len(taken) else []
+        run_end = [*run_start[1:], len(taken)]
+        runs: dict[int, list[tuple[int, int, int]]] = {}
+        for start, end in zip(run_start, run_end, strict=True):
+            runs.setdefault(int(pack_of[start]), []).append((int(metric_of[start]), start, end))
+        refused = np.bincount(norm.pack[norm.reject != Reject.ACCEPTED],
+                              minlength=len(accepted))
         pack_sorted = norm.pack[order]
-        bounds = np.searchsorted(pack_sorted, np.arange(len(accepted) + 1))
         firsts, lasts = norm.first_ms.tolist(), norm.last_ms.tolist()
         for i, item in enumerate(accepted):
-            idx = order[bounds[i]:bounds[i + 1]]
-            ok = idx[norm.reject[idx] == Reject.ACCEPTED]
-            bad = idx[norm.reject[idx] != Reject.ACCEPTED]
             patient_id = devices[item.device_id].patient_id
             assert patient_id is not None  # may_send checked it
-            segments = []
-            for metric in np.unique(norm.metric[ok]):
-                sel = ok[norm.metric[ok] == metric]
-                segments.append(SegmentIn(patient_id, METRIC_NAMES[int(metric)], Samples(
-                    norm.t_ms[sel], norm.value[sel], norm.flags[sel])))
+            segments = [SegmentIn(patient_id, METRIC_NAMES[metric], Samples(
+                t_ms[start:end], value[start:end], flags[start:end]))
+                for metric, start, end in runs.get(i, ())]
+            bad = np.empty(0, dtype=np.intp)
+            if refused[i]:  # in the sort's order, as the quarantine record lists them
+                mine = order[bisect_left(pack_sorted, i):bisect_left(pack_sorted, i + 1)]
+                bad = mine[norm.reject[mine] != Reject.ACCEPTED]
             if len(bad):
                 # Rejected samples are kept, sealed, with their reasons: nothing measured
                 # disappears without a record.
@@ -427,7 +439,7 @@ class Bridge:
                                                strict=True)]
                 quarantined.append(QuarantineIn(
                     item.device_id, item.message.topic, received,
-                    "rejected_samples", f"{len(bad)} of {len(idx)}: {sorted(set(reasons))}",
+                    "rejected_samples", f"{len(bad)} of {len(item.pack)}: {sorted(set(reasons))}",
                     json.dumps(record).encode(), seq=item.seq, epoch=item.epoch))
                 refusals.append(Refusal(item.device_id, "rejected_samples", item.seq,
                                         item.epoch, Counter(reasons)))
