@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -176,15 +177,12 @@ def normalise(packs: Sequence[Pack], received_at: Sequence[float],
     sizes = np.fromiter((len(p) for p in packs), dtype=np.int64, count=len(packs))
     pack_index = np.repeat(np.arange(len(packs), dtype=np.int32), sizes)
     received = np.repeat(np.asarray(received_at, dtype=np.float64), sizes)
-    names = [m for p in packs for m in p.metrics]
-    units = [u for p in packs for u in p.units]
-    times = np.fromiter((t for p in packs for t in p.times), dtype=np.float64, count=len(names))
-    raw = np.fromiter((v for p in packs for v in p.values), dtype=np.float64, count=len(names))
+    total = int(sizes.sum())
+    times = np.fromiter(chain.from_iterable(p.times for p in packs), np.float64, total)
+    raw = np.fromiter(chain.from_iterable(p.values for p in packs), np.float64, total)
 
     # Conversions are looked up once per distinct (metric, unit) pair, then broadcast.
-    pairs = list(zip(names, units, strict=True))
-    distinct = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
-    pair_index = np.fromiter((distinct[p] for p in pairs), dtype=np.int64, count=len(pairs))
+    pair_index, distinct = _pair_index(packs, sizes)
     n_pairs = len(distinct)
     metric_of = np.full(n_pairs, -1, dtype=np.int16)
     scale = np.full(n_pairs, np.nan)
@@ -257,6 +255,32 @@ def normalise(packs: Sequence[Pack], received_at: Sequence[float],
             raw_units.setdefault(int(pack), {}).setdefault(name, []).append(unit)
     return Normalised(pack_index, metric, t_ms, value, flags, reject, offset_s, first_ms,
                       last_ms, raw_units)
+
+
+def _pair_index(packs: Sequence[Pack], sizes: npt.NDArray[np.int64]
+                ) -> tuple[npt.NDArray[np.int64], dict[tuple[str, str], int]]:
+    """Per sample, the number of its (metric, unit) pair, and the distinct pairs numbered in
+    order of first appearance. A pack of one metric in one unit (the usual) is looked up
+    once, not a sample at a time."""
+    distinct: dict[tuple[str, str], int] = {}
+    per_pack = np.zeros(len(packs), dtype=np.int64)
+    mixed: list[int] = []
+    for i, p in enumerate(packs):
+        n = len(p)
+        if n and p.metrics.count(p.metrics[0]) == n and p.units.count(p.units[0]) == n:
+            per_pack[i] = distinct.setdefault((p.metrics[0], p.units[0]), len(distinct))
+        elif n:
+            mixed.append(i)
+            for pair in zip(p.metrics, p.units, strict=True):
+                distinct.setdefault(pair, len(distinct))
+    pair_index = np.repeat(per_pack, sizes)
+    if mixed:
+        starts = np.cumsum(sizes) - sizes
+        for i in mixed:
+            p = packs[i]
+            pair_index[starts[i]:starts[i] + len(p)] = [
+                distinct[pair] for pair in zip(p.metrics, p.units, strict=True)]
+    return pair_index, distinct
 
 
 def _group_order(source: npt.NDArray[np.int64], metric: npt.NDArray[np.int16],

@@ -17,6 +17,7 @@ from vitals.normalise import (
     Normalised,
     Reject,
     Window,
+    _pair_index,
     normalise,
     raw_values,
 )
@@ -244,3 +245,21 @@ def test_raw_values_give_back_the_device_readings_exactly(
     converted = unit != METRICS[name].unit
     accepted = bool(np.any(norm.reject == Reject.ACCEPTED))
     assert norm.raw_units == ({0: {name: [unit]}} if converted and accepted else {})
+
+
+@st.composite
+def one_pair_packs(draw: st.DrawFn) -> Pack:
+    """The usual pack: one metric in one unit throughout (looked up once per pack)."""
+    (name, unit), n = draw(metric_unit), draw(st.integers(0, 40))
+    return Pack([name] * n, [unit] * n, [RECEIVED_AT] * n, [1.0] * n)
+
+
+@PROPS
+@given(st.lists(st.one_of(packs(), one_pair_packs()), max_size=8))
+def test_pairs_are_numbered_per_sample_in_order_of_first_appearance(batch: list[Pack]) -> None:
+    pairs = [pair for p in batch for pair in zip(p.metrics, p.units, strict=True)]
+    want = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+    sizes = np.array([len(p) for p in batch], dtype=np.int64)
+    index, distinct = _pair_index(batch, sizes)
+    assert distinct == want
+    assert index.tolist() == [want[pair] for pair in pairs]
