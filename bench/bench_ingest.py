@@ -1,26 +1,28 @@
 """Ingestion, measured side by side in one run on a stack of its own (PostgreSQL, Mosquitto
-with mTLS, QoS 1, SenML JSON of 60 heart-rate samples per message):
+with mTLS, QoS 1, SenML JSON of heart-rate samples), at 1, 10, 60 and 600 samples a message:
 
 (a) the ceiling: a bare paho subscriber that only acks, draining a backlog of messages
     queued for it by the broker;
-(b) the full pipeline (the bridge: decode, normalise, seal, COPY, commit, then ack), draining
-    the same number of messages queued the same way;
-(c) publish-to-commit latency with devices publishing at half of (b)'s rate;
+(b) the full pipeline with one worker (the bridge: decode, normalise, seal, COPY, commit,
+    then ack), draining the same number of messages queued the same way;
+(c) at 60 samples a message only: publish-to-commit latency with devices publishing at half
+    of (b)'s rate;
 (d) ``healthiot bridge --workers N`` (N: the cores), real processes on the shared
     subscription, draining the same number of messages queued for their sessions; timed
     from the first commit to the last, as seen from the database (start-up left out).
 
-The bridge is the production one: the gap tracker and resend requests (broker_bridge/gaps.py)
-and refusal notices run as ``healthiot bridge`` runs them. ``lost`` and ``dup`` are counted in
-samples: what was stored is decrypted and compared, sample by sample, with what was sent
-(``lost``: sent and not stored; ``dup``: stored beyond the copies sent).
+The bridge is the production one (healthiot.services.new_bridge): the gap tracker and resend
+requests (broker_bridge/gaps.py) and refusal notices run as ``healthiot bridge`` runs them.
+``lost`` and ``dup`` are counted in samples: what was stored is decrypted and compared,
+sample by sample, with what was sent (``lost``: sent and not stored; ``dup``: stored beyond
+the copies sent).
 
 Ports come from the environment as for every healthiot command (``HEALTHIOT_PG_PORT``,
 ``HEALTHIOT_MQTT_PORT``, ``HEALTHIOT_MQTT_SERVICES_PORT``); a free one where it sets none.
 
 Draining a queued backlog measures the consumer alone; the publishers ran before. The ratio
-(b)/(a) is what to compare across machines. Last line:
-``bench: samples_per_s=<n> msgs_per_s=<n> ratio=<r> p99_ms=<n> lost=<n> dup=<n>``.
+(b)/(a) is what to compare across machines. Last line, for 60 samples a message and one
+worker: ``bench: samples_per_s=<n> msgs_per_s=<n> ratio=<r> p99_ms=<n> lost=<n> dup=<n>``.
 Run with `make bench`.
 """
 
@@ -36,57 +38,62 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aiopaho import AsyncClient
 from api import totp
-from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
-from broker_bridge.gaps import GapTracker, PgLedger, Resender
-from broker_bridge.notices import Notifier
+from broker_bridge.connection import connect_properties, tls_context
 from devices.broker_config import SHARED_TELEMETRY
 from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
 from healthiot import stack
 from healthiot.gcfreeze import freeze_startup
 from healthiot.localservers import free_port
-from healthiot.services import Core, open_core
-from healthiot.settings import load
+from healthiot.services import Core, new_bridge, open_core
+from healthiot.settings import Settings, load
 from healthiot.workers import default_workers, worker_client_id
 from storage.store import Ingested, MessageIn
 from vitals.senml import CONTENT_TYPE_JSON, encode_json
 
 DEVICES = 20
-BACKLOG = 20_000  # messages per drained phase: 1.2 million samples
-SAMPLES = 60  # per message, a minute of 1 Hz heart rate
+SIZES = (1, 10, 60, 600)  # samples a message: a spot reading up to ten minutes at 1 Hz
+HEADLINE = 60  # a minute of 1 Hz heart rate: the size of the last line and of (c)
+MAX_BACKLOG = 20_000  # messages per drained phase...
+PHASE_SAMPLES = 1_200_000  # ...and at most this many samples
 LATENCY_S = 15  # length of the paced phase
 BATCH = 500
+
+
+def backlog(size: int) -> int:
+    """Messages drained per phase at ``size`` samples a message."""
+    return min(MAX_BACKLOG, PHASE_SAMPLES // size) // DEVICES * DEVICES
 
 
 # --- devices, in a process of their own ------------------------------------------------
 
 
-def _samples(seq: int, origin: float) -> list[tuple[float, float]]:
-    # Each message covers its own minute, as a real device's do (the bridge keeps one sample
-    # per device, metric and time): minute ``seq`` after ``origin``.
-    start = origin + seq * SAMPLES
-    return [(start + i, 60.0 + (seq + i) % 40) for i in range(SAMPLES)]
+def _samples(seq: int, origin: float, size: int) -> list[tuple[float, float]]:
+    # Each message covers its own seconds, as a real device's do (the bridge keeps one sample
+    # per device, metric and time): ``size`` seconds from ``origin + seq * size``.
+    start = origin + seq * size
+    return [(start + i, 60.0 + (seq + i) % 40) for i in range(size)]
 
 
-def _payload(device_id: str, seq: int, origin: float) -> bytes:
+def _payload(device_id: str, seq: int, origin: float, size: int) -> bytes:
     return encode_json(f"{device_id}/", [("heart_rate", "/min", t, v)
-                                         for t, v in _samples(seq, origin)])
+                                         for t, v in _samples(seq, origin, size)])
 
 
 def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first_seq: int,
-             per_device: int, rate: float | None, origin: float,
+             per_device: int, rate: float | None, origin: float, size: int,
              out: mp.Queue[list[tuple[str, int, float]]]) -> None:
     """Publish seq first_seq.. for every device, round robin, all at once or at ``rate``
     messages per second; report [(device, seq, publish time)] once all are PUBACKed."""
@@ -101,7 +108,7 @@ def _publish(devices: list[tuple[str, str, str]], ca_file: str, port: int, first
         client.loop_start()
         clients.append(client)
     # Payloads are made before the clock starts: the devices' own CPU is not the subject.
-    payloads = [[_payload(device_id, first_seq + k, origin) for device_id, _, _ in devices]
+    payloads = [[_payload(device_id, first_seq + k, origin, size) for device_id, _, _ in devices]
                 for k in range(per_device)]
     sent: list[tuple[str, int, float]] = []
     infos = []
@@ -134,12 +141,12 @@ Publishing = tuple[BaseProcess, "mp.Queue[list[tuple[str, int, float]]]"]
 
 
 def publish(devices: list[tuple[str, str, str]], ca_file: Path, port: int, first_seq: int,
-            per_device: int, rate: float | None = None) -> Publishing:
+            per_device: int, size: int, rate: float | None = None) -> Publishing:
     spawn = mp.get_context("spawn")
     out: mp.Queue[list[tuple[str, int, float]]] = spawn.Queue()
     process = spawn.Process(
         target=_publish, args=(devices, str(ca_file), port, first_seq, per_device, rate,
-                               ORIGIN, out))
+                               ORIGIN, size, out))
     process.start()
     return process, out
 
@@ -173,6 +180,19 @@ def open_session(client_id: str, context: object, port: int) -> None:
     client.subscribe(SHARED_TELEMETRY, qos=1)
     time.sleep(0.5)
     client.disconnect()
+    client.loop_stop()
+
+
+def close_session(client_id: str, context: object, port: int) -> None:
+    """Remove a session the broker keeps (a worker stopped without ending it), or it goes on
+    taking its share of the shared subscription's messages with nobody reading them."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    client.tls_set_context(context)  # type: ignore[arg-type]
+    client.connect("localhost", port, clean_start=True)
+    client.loop_start()
+    time.sleep(0.2)
+    client.disconnect(properties=_end_session())
     client.loop_stop()
 
 
@@ -278,13 +298,13 @@ def bench_environ(workdir: Path, environ: dict[str, str]) -> dict[str, str]:
     return {**environ, **ports, "HEALTHIOT_VAR_DIR": str(workdir)}
 
 
-async def stored_vs_sent(core: Core, patient: uuid.UUID, sent: list[tuple[str, int, float]]
-                         ) -> tuple[int, int]:
+async def stored_vs_sent(core: Core, patient: uuid.UUID, sent: list[tuple[str, int, float]],
+                         size: int) -> tuple[int, int]:
     """(lost, dup) in samples: the stored segments decrypted, each sample (device, time,
     value) matched with the copies sent."""
     expected: Counter[tuple[str, int, float]] = Counter()
     for device_id, seq, _ in sent:
-        expected.update((device_id, round(t * 1000), v) for t, v in _samples(seq, ORIGIN))
+        expected.update((device_id, round(t * 1000), v) for t, v in _samples(seq, ORIGIN, size))
     start = dt.datetime.fromtimestamp(ORIGIN, dt.UTC)
     # Every segment as stored, one by one: the public reads give each time once per source,
     # which would hide a sample stored twice.
@@ -295,6 +315,123 @@ async def stored_vs_sent(core: Core, patient: uuid.UUID, sent: list[tuple[str, i
         stored.update(zip([device_id] * len(samples), samples.t_ms.tolist(),
                           samples.value.tolist(), strict=True))
     return sum((expected - stored).values()), sum((stored - expected).values())
+
+
+@dataclass
+class Sweep:
+    """One size's figures, in messages a second."""
+
+    size: int
+    bare: float = 0.0
+    pipeline: float = 0.0
+    workers: float = 0.0
+    lost: int = 0
+    dup: int = 0
+    resend_requests: int = 0
+    latencies_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+
+
+class Bench:
+    """The stack, its materials and the worker processes' environment, for every phase."""
+
+    def __init__(self, workdir: Path, settings: Settings, materials: stack.Materials,
+                 core: Core, dsn: str) -> None:
+        self.workdir, self.settings, self.materials, self.core = workdir, settings, materials, core
+        self.context = tls_context(materials.ca.ca_file, materials.bridge_cert,
+                                   materials.bridge_key)
+        self.port, self.services = settings.mqtt_port, settings.mqtt_services_port
+        self.workers = default_workers()
+        self.env = {**bench_environ(workdir, dict(os.environ)),
+                    "HEALTHIOT_DATABASE_URL": dsn,
+                    "HEALTHIOT_DATABASE_PASSWORD": materials.db_password,
+                    "HEALTHIOT_KEK_FILE": str(materials.kek),
+                    "HEALTHIOT_OWNER_KEYS_DIR": str(materials.kek.parent / "owner-keys"),
+                    "HEALTHIOT_MQTT_HOST": "localhost",
+                    "HEALTHIOT_MQTT_PORT": str(self.port),
+                    "HEALTHIOT_MQTT_SERVICES_PORT": str(self.services),
+                    "HEALTHIOT_PG_PORT": str(settings.pg_port),
+                    "HEALTHIOT_MQTT_CA_FILE": str(materials.ca.ca_file),
+                    "HEALTHIOT_MQTT_CERT_FILE": str(materials.bridge_cert),
+                    "HEALTHIOT_MQTT_KEY_FILE": str(materials.bridge_key),
+                    "HEALTHIOT_BRIDGE_BATCH_SIZE": str(BATCH),
+                    "HEALTHIOT_BRIDGE_HEALTH_PORT": "0"}
+
+    async def devices(self, patient: uuid.UUID) -> list[tuple[str, str, str]]:
+        devices = []
+        for _ in range(DEVICES):
+            device_id, key = new_device_id("watch"), new_key()
+            cert = self.materials.ca.issue_client(make_csr(key, device_id))
+            key_file = self.workdir / f"{device_id}.key"
+            cert_file = self.workdir / f"{device_id}.pem"
+            write_private(key_file, key_pem(key))
+            cert_file.write_bytes(cert)
+            await self.core.registry.register(device_id, model="watch", serial=device_id,
+                                              cert_pem=cert, patient_id=patient)
+            devices.append((device_id, str(cert_file), str(key_file)))
+        return devices
+
+    def queue(self, devices: list[tuple[str, str, str]], first_seq: int, per_device: int,
+              size: int, rate: float | None = None) -> list[tuple[str, int, float]]:
+        """Publish and wait for every PUBACK (in the caller's thread)."""
+        return published(publish(devices, self.materials.ca.ca_file, self.port, first_seq,
+                                 per_device, size, rate))
+
+    async def sweep(self, size: int) -> Sweep:
+        result = Sweep(size)
+        core, count = self.core, backlog(size)
+        per_device = count // DEVICES
+        patient = (await core.patients.create(f"bench-{size}", "x", totp.new_secret())).id
+        devices = await self.devices(patient)
+
+        # (a) the ceiling
+        bare_id = f"svc-bench-bare-{size}"
+        open_session(bare_id, self.context, self.services)
+        await asyncio.to_thread(self.queue, devices, 1, per_device, size)
+        result.bare = count / await asyncio.to_thread(drain_bare, bare_id, self.context,
+                                                      self.services, count)
+
+        # (b) the pipeline, on a backlog queued the same way
+        bridge_id = f"svc-bench-bridge-{size}"
+        open_session(bridge_id, self.context, self.services)
+        sent = await asyncio.to_thread(self.queue, devices, 1, per_device, size)
+        clock = CommitClock(core.store)
+        bridge = new_bridge(core, client_id=bridge_id, ca_file=self.materials.ca.ca_file,
+                            cert=self.materials.bridge_cert, key=self.materials.bridge_key,
+                            batch_size=BATCH, store=clock)  # type: ignore[arg-type]
+        freeze_startup()  # as healthiot bridge does before its worker starts
+        began = time.perf_counter()
+        task = asyncio.create_task(bridge.run("localhost", self.services,
+                                              connect_properties(2 * BATCH)))
+        await clock.reach(count, timeout=600)
+        result.pipeline = count / (time.perf_counter() - began)
+        next_seq = per_device + 1
+
+        if size == HEADLINE:  # (c) latency at half the pipeline's rate, devices live
+            paced = max(1, int(result.pipeline / 2 * LATENCY_S / DEVICES))
+            # In a thread: the bridge shares this event loop and must keep running.
+            live = await asyncio.to_thread(self.queue, devices, next_seq, paced, size,
+                                           result.pipeline / 2)
+            sent += live
+            next_seq += paced
+            await clock.reach(len(sent), timeout=120)
+            result.latencies_ms = np.array([clock.committed[(d, s)] - t for d, s, t in live
+                                            if (d, s) in clock.committed]) * 1000
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+        result.resend_requests = bridge.resender.tracker.stats.requests if bridge.resender else 0
+
+        # (d) N worker processes, on a backlog queued for their sessions the same way
+        base = f"svc-bench-workers-{size}"
+        for index in range(self.workers):
+            open_session(worker_client_id(base, index), self.context, self.services)
+        sent += await asyncio.to_thread(self.queue, devices, next_seq, per_device, size)
+        result.workers = await workers_drain({**self.env, "HEALTHIOT_BRIDGE_CLIENT_ID": base},
+                                             self.workers, core, count)
+        for index in range(self.workers):
+            close_session(worker_client_id(base, index), self.context, self.services)
+        result.lost, result.dup = await stored_vs_sent(core, patient, sent, size)
+        return result
 
 
 async def main(workdir: Path) -> str:
@@ -309,98 +446,31 @@ async def main(workdir: Path) -> str:
         await stack.ensure_database(pg.dsn, materials.db_password, "healthiot")
         await stack.migrate_database(dsn, materials.db_password)
         core = await open_core(dsn, materials.db_password, materials.kek, create_kek=True)
-        patient = (await core.patients.create("bench", "x", totp.new_secret())).id
-        devices = []
-        for _ in range(DEVICES):
-            device_id, key = new_device_id("watch"), new_key()
-            cert = materials.ca.issue_client(make_csr(key, device_id))
-            key_file, cert_file = workdir / f"{device_id}.key", workdir / f"{device_id}.pem"
-            write_private(key_file, key_pem(key))
-            cert_file.write_bytes(cert)
-            await core.registry.register(device_id, model="watch", serial=device_id,
-                                         cert_pem=cert, patient_id=patient)
-            devices.append((device_id, str(cert_file), str(key_file)))
-        context = tls_context(materials.ca.ca_file, materials.bridge_cert, materials.bridge_key)
-        port, per_device = settings.mqtt_port, BACKLOG // DEVICES
-        services = settings.mqtt_services_port  # the subscribers' listener
-
-        # (a) the ceiling
-        open_session("svc-bench-bare", context, services)
-        published(publish(devices, materials.ca.ca_file, port, 1, per_device))
-        bare_s = await asyncio.to_thread(drain_bare, "svc-bench-bare", context, services, BACKLOG)
-        bare_rate = BACKLOG / bare_s
-
-        # (b) the pipeline, on a backlog queued the same way
-        open_session("svc-bench-bridge", context, services)
-        sent = published(publish(devices, materials.ca.ca_file, port, 1, per_device))
-        clock = CommitClock(core.store)
-        # As healthiot.services.new_bridge builds it, with the store wrapped.
-        bridge = Bridge(AsyncClient(make_client("svc-bench-bridge", context),
-                                    queue_size=4 * BATCH),
-                        clock, core.registry, BridgeConfig(batch_size=BATCH),  # type: ignore[arg-type]
-                        resender=Resender(GapTracker(), PgLedger(core.pool)),
-                        notifier=Notifier())
-        freeze_startup()  # as healthiot bridge does before its worker starts
-        began = time.perf_counter()
-        task = asyncio.create_task(bridge.run("localhost", services, connect_properties(2 * BATCH)))
-        await clock.reach(BACKLOG, timeout=600)
-        pipeline_s = time.perf_counter() - began
-        pipeline_rate = BACKLOG / pipeline_s
-
-        # (c) latency at half the pipeline's rate, devices publishing live
-        paced = max(1, int(pipeline_rate / 2 * LATENCY_S / DEVICES))
-        # Waited for in a thread: the bridge shares this event loop and must keep running.
-        live = await asyncio.to_thread(published, publish(
-            devices, materials.ca.ca_file, port, per_device + 1, paced, rate=pipeline_rate / 2))
-        sent += live
-        await clock.reach(len(sent), timeout=120)
-        latencies = np.array([clock.committed[(d, s)] - t for d, s, t in live
-                              if (d, s) in clock.committed]) * 1000
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await bridge.close(end_session=True)
-
-        # (d) N worker processes, on a backlog queued for their sessions the same way
-        workers = default_workers()
-        ids = [worker_client_id("svc-bench-workers", i) for i in range(workers)]
-        for client_id in ids:
-            open_session(client_id, context, services)
-        first = per_device + paced + 1
-        sent += await asyncio.to_thread(published, publish(
-            devices, materials.ca.ca_file, port, first, per_device))
-        env = {**bench_environ(workdir, dict(os.environ)),
-               "HEALTHIOT_DATABASE_URL": dsn, "HEALTHIOT_DATABASE_PASSWORD":
-               materials.db_password, "HEALTHIOT_KEK_FILE": str(materials.kek),
-               "HEALTHIOT_OWNER_KEYS_DIR": str(materials.kek.parent / "owner-keys"),
-               "HEALTHIOT_MQTT_HOST": "localhost",
-               "HEALTHIOT_MQTT_PORT": str(port), "HEALTHIOT_MQTT_SERVICES_PORT": str(services),
-               "HEALTHIOT_PG_PORT": str(settings.pg_port),
-               "HEALTHIOT_MQTT_CA_FILE": str(materials.ca.ca_file),
-               "HEALTHIOT_MQTT_CERT_FILE": str(materials.bridge_cert),
-               "HEALTHIOT_MQTT_KEY_FILE": str(materials.bridge_key),
-               "HEALTHIOT_BRIDGE_CLIENT_ID": ids[0], "HEALTHIOT_BRIDGE_BATCH_SIZE": str(BATCH),
-               "HEALTHIOT_BRIDGE_HEALTH_PORT": "0"}
-        workers_rate = await workers_drain(env, workers, core, BACKLOG)
-
-        lost, dup = await stored_vs_sent(core, patient, sent)
-        resend_requests = bridge.resender.tracker.stats.requests if bridge.resender else 0
+        bench = Bench(workdir, settings, materials, core, dsn)
+        results = [await bench.sweep(size) for size in SIZES]
         await core.pool.close()
     finally:
         broker.stop()
         pg.stop()
 
-    p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (float("nan"),) * 2
-    print(f"(a) bare paho subscriber: {bare_rate:,.0f} msg/s", file=sys.stderr)
-    print(f"(b) full pipeline: {pipeline_rate:,.0f} msg/s = {pipeline_rate * SAMPLES:,.0f} "
-          f"samples/s ({BACKLOG:,} messages of {SAMPLES} samples)", file=sys.stderr)
-    print(f"(c) at {pipeline_rate / 2:,.0f} msg/s: publish-to-commit p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms over {len(latencies):,} messages", file=sys.stderr)
-    print(f"(d) {workers} worker processes: {workers_rate:,.0f} msg/s = "
-          f"{workers_rate * SAMPLES:,.0f} samples/s ({BACKLOG:,} messages)", file=sys.stderr)
-    print(f"gap tracker: {resend_requests} resend requests; lost and dup counted in samples "
-          f"of {len(sent):,} messages, decrypted", file=sys.stderr)
-    return (f"bench: samples_per_s={pipeline_rate * SAMPLES:.0f} msgs_per_s={pipeline_rate:.0f} "
-            f"ratio={pipeline_rate / bare_rate:.2f} p99_ms={p99:.0f} lost={lost} dup={dup}")
+    n = bench.workers
+    print(f"{'samples/msg':>11} {'(a) bare msg/s':>14} {'(b) 1 worker msg/s':>18} "
+          f"{'samples/s':>10} {'ratio':>5} {f'(d) {n} workers msg/s':>20} {'samples/s':>10} "
+          f"{'lost':>4} {'dup':>3}", file=sys.stderr)
+    for r in results:
+        print(f"{r.size:>11} {r.bare:>14,.0f} {r.pipeline:>18,.0f} {r.pipeline * r.size:>10,.0f} "
+              f"{r.pipeline / r.bare:>5.2f} {r.workers:>20,.0f} {r.workers * r.size:>10,.0f} "
+              f"{r.lost:>4} {r.dup:>3}", file=sys.stderr)
+    head = next(r for r in results if r.size == HEADLINE)
+    lat = head.latencies_ms
+    p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"),) * 2
+    print(f"(c) {HEADLINE} samples a message at {head.pipeline / 2:,.0f} msg/s: publish-to-commit "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat):,} messages", file=sys.stderr)
+    print(f"gap tracker: {sum(r.resend_requests for r in results)} resend requests; lost and "
+          f"dup counted in samples, decrypted", file=sys.stderr)
+    return (f"bench: samples_per_s={head.pipeline * HEADLINE:.0f} msgs_per_s={head.pipeline:.0f} "
+            f"ratio={head.pipeline / head.bare:.2f} p99_ms={p99:.0f} "
+            f"lost={sum(r.lost for r in results)} dup={sum(r.dup for r in results)}")
 
 
 if __name__ == "__main__":

@@ -122,10 +122,12 @@ def bridge_client_id(settings: Settings) -> str:
 
 
 def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Path,
-               batch_size: int) -> Bridge:
+               batch_size: int, store: Store | None = None) -> Bridge:
+    """The production bridge; ``store`` replaces core's (a benchmark's timing wrapper)."""
     client = AsyncClient(make_client(client_id, tls_context(ca_file, cert, key)),
                          queue_size=batch_size * 4)
-    return Bridge(client, core.store, core.registry, BridgeConfig(batch_size=batch_size),
+    return Bridge(client, store or core.store, core.registry,
+                  BridgeConfig(batch_size=batch_size),
                   resender=Resender(GapTracker(), PgLedger(core.pool)), notifier=Notifier())
 
 
