@@ -306,9 +306,9 @@ async def stored_vs_sent(core: Core, patient: uuid.UUID, sent: list[tuple[str, i
     for device_id, seq, _ in sent:
         expected.update((device_id, round(t * 1000), v) for t, v in _samples(seq, ORIGIN, size))
     start = dt.datetime.fromtimestamp(ORIGIN, dt.UTC)
-    # Every segment as stored, one by one: the public reads give each time once per source,
-    # which would hide a sample stored twice.
-    parts = await core.store._read_segments(
+    # Every segment as stored, one by one: read_series and read_by_source give each time
+    # once per source, which would hide a sample stored twice.
+    parts = await core.store.read_segments(
         patient, "heart_rate", start, dt.datetime.now(dt.UTC))
     stored: Counter[tuple[str, int, float]] = Counter()
     for device_id, samples in parts:

@@ -67,6 +67,20 @@ class Ledger:
     spikes: list[tuple[float, float]] = field(default_factory=list)  # (time, heart rate)
     dips: list[tuple[float, float]] = field(default_factory=list)  # (time, SpO2)
     not_taken: list[tuple[str, float]] = field(default_factory=list)  # (metric, time)
+    # The payloads of the messages counted in ``messages``, as published (faults applied):
+    # what a check compares with storage sample by sample (healthiot/simulate.py). About
+    # 50 bytes a sample, for the life of the device object; None: not recorded.
+    payloads: list[bytes] | None = field(default_factory=list)
+
+    def acknowledged(self, message: Message) -> None:
+        """Count ``message``, acknowledged for the first time."""
+        self.messages += 1
+        self.samples += message.samples
+        if self.payloads is not None:
+            self.payloads.append(message.payload)
+        if self.first_acked is None:
+            self.first_acked = message.seq
+        self.last_acked = message.seq
 
 
 @dataclass
@@ -538,12 +552,7 @@ class SimulatedDevice:
                 with contextlib.suppress(MqttError):
                     await self._publish(conn, message)  # the same message, once more
         self._outbox.acked(message.seq, message.epoch)
-        ledger = self.ledger
-        ledger.messages += 1
-        ledger.samples += message.samples
-        if ledger.first_acked is None:
-            ledger.first_acked = message.seq
-        ledger.last_acked = message.seq
+        self.ledger.acknowledged(message)
 
 
 def telemetry_properties(seq: int, epoch: int) -> Properties:

@@ -10,22 +10,32 @@ Each device has its own key (made on the device), certificate, flash directory w
 durable outbox, and mTLS connection. The fleet persists in var/simulate/, so a second run
 reuses it and first delivers what the last one left queued.
 
-The report compares, per device, what the broker acknowledged during this run (a range of
-sequence numbers, since an outbox is sent in order) with what the message ledger holds for
-that range (ingested_messages, and its runs of numbers once compacted): ``lost`` is samples
-acknowledged and not stored, ``dup`` samples stored beyond what was sent.
+The report compares, per device, what the broker acknowledged during this run with what
+storage holds, sample by sample: each acknowledged payload decoded and normalised as the
+bridge does it (canonical unit, UTC millisecond), against every stored copy of that device's
+samples at those times, decrypted (segments, and weighings of a shared scale held for its
+users). ``lost`` is samples acknowledged and neither stored nor held, less those rejected by
+normalisation (quarantined: counted by the message ledger, ingested_messages and its runs of
+numbers once compacted, for the device's range of acknowledged sequence numbers); ``dup``
+is stored copies beyond the copies sent. A loss and a duplicate on one device do not cancel
+out, and a reading stored under two sequence numbers is seen. A device whose payloads are
+not SenML JSON (a misbehaving one) is compared by counts only, the ledger's samples against
+what was acknowledged, as the loop that waits for the fleet to settle does for every device
+(see ``DeviceReport``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import random
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +50,10 @@ from healthiot.localservers import MosquittoServer, raise_fd_limit
 from healthiot.run import DRAIN_TIMEOUT_S, PROGRESS_EVERY_S, Servers, Workload, run
 from healthiot.services import Core
 from healthiot.settings import Settings
+from storage.unclaimed import Unclaimed
+from vitals.errors import PayloadError
+from vitals.normalise import normalise
+from vitals.senml import decode_json
 
 DEVICES_PER_PATIENT = 2
 # The fleet's mix, repeated: watches send every few seconds, the others are spot readings.
@@ -54,6 +68,8 @@ FILES_RESERVE = 2048  # the stack: PostgreSQL pool, bridge, API, logs
 ENROL_REPORT_EVERY = 1000
 RECONNECT_PROGRESS_EVERY_S = 5.0
 ANNOUNCE_EVERY_S = 5.0
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,17 @@ SCENARIOS = {
 
 @dataclass
 class DeviceReport:
+    """One device's run against storage.
+
+    ``lost`` and ``dup`` come from the sample-level comparison (``lost_and_dup``) when
+    ``missing`` and ``extra`` are set: always in the final report, except for a device
+    whose acknowledged payloads are not SenML JSON (a misbehaving device: malformed,
+    padded, CBOR) or were not recorded. For those, and in the loop that waits for the fleet
+    to settle, they fall back to the ledger's counts: samples acknowledged against samples
+    stored, held and rejected for the acknowledged range, where a loss and a duplicate on
+    one device cancel out and a reading stored under two numbers is not seen.
+    """
+
     device_id: str
     model: str
     sent: int
@@ -132,14 +159,50 @@ class DeviceReport:
     right: int = 0
     wrong: int = 0
     held: int = 0
+    # Samples acknowledged and found neither stored nor held, and stored or held copies
+    # beyond those acknowledged (``lost_and_dup``); None: compared by counts only.
+    missing: int | None = None
+    extra: int | None = None
 
     @property
     def lost(self) -> int:
+        if self.missing is not None:
+            return max(0, self.missing - self.rejected)
         return max(0, self.samples - self.stored - self.rejected)
 
     @property
     def dup(self) -> int:
+        if self.extra is not None:
+            return self.extra
         return max(0, self.stored + self.rejected - self.samples)
+
+
+Sample = tuple[str, int, float]  # (metric, UTC millisecond, value in the canonical unit)
+
+
+def lost_and_dup(sent: Counter[Sample], found: Counter[Sample]) -> tuple[int, int]:
+    """(missing, extra): copies sent and not found, copies found beyond those sent, each
+    sample (metric, time, value) on its own, so that one of each does not cancel out. A
+    sample stored twice when sent once is one extra, even if another one is missing."""
+    return sum((sent - found).values()), sum((found - sent).values())
+
+
+def sent_samples(payloads: Sequence[bytes], received_at: float) -> Counter[Sample] | None:
+    """The samples of SenML JSON ``payloads`` as storage holds them: decoded and normalised
+    by vitals, as the bridge does it (units converted to the canonical one, times to UTC
+    milliseconds). Every sample is counted, the ones normalisation would reject too. None
+    when a payload is not SenML JSON."""
+    try:
+        packs = [decode_json(p, received_at=received_at) for p in payloads]
+    except PayloadError:
+        return None
+    if not packs:
+        return Counter()
+    norm = normalise(packs, [received_at] * len(packs))
+    # In input order, pack after pack: the names come from the packs (an unknown metric has
+    # no index in the catalogue).
+    names = [m for p in packs for m in p.metrics]
+    return Counter(zip(names, norm.t_ms.tolist(), norm.value.tolist(), strict=True))
 
 
 def workload(settings: Settings, *, devices: int, duration: float,
@@ -372,10 +435,12 @@ async def _run(fleet: list[SimulatedDevice], core: Core, bridge: Bridge, stop: a
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         announced = time.monotonic()
         while True:
-            reports = await _compare(fleet, core)
+            # By counts while waiting (cheap, every half second); sample by sample once,
+            # for the report (every stored sample of the run decrypted).
+            reports = await _compare(fleet, core, samples=False)
             settled = all(r.buffered == 0 and r.lost == 0 for r in reports)
             if settled or time.monotonic() > deadline:
-                return reports
+                return await _compare(fleet, core)
             if time.monotonic() - announced >= ANNOUNCE_EVERY_S:
                 announced = time.monotonic()
                 for device, r in zip(fleet, reports, strict=True):
@@ -466,9 +531,11 @@ def _progress(fleet: list[SimulatedDevice], bridge: Bridge, interactive: bool) -
     print(("\r" + line) if interactive else line, end="" if interactive else "\n", flush=True)
 
 
-async def _compare(fleet: list[SimulatedDevice], core: Core) -> list[DeviceReport]:
+async def _compare(fleet: list[SimulatedDevice], core: Core, *,
+                   samples: bool = True) -> list[DeviceReport]:
     """Each device's ledger next to what the database holds for the numbers it had
-    acknowledged during this run."""
+    acknowledged during this run; with ``samples``, also what it sent next to what storage
+    holds, sample by sample (``DeviceReport`` says when that falls back to counts)."""
     ranges = [(d.device_id, d.ledger.first_acked or 0, d.ledger.last_acked or -1)
               for d in fleet]
     # The ledger's compacted runs (rows older than its exact horizon, a day by default)
@@ -501,7 +568,71 @@ async def _compare(fleet: list[SimulatedDevice], core: Core) -> list[DeviceRepor
                                     x.resent, d.pending, x.samples, m, s, r,
                                     renewed=x.renewals, spikes=len(x.spikes),
                                     dips=len(x.dips), not_taken=len(x.not_taken)))
+    if samples:
+        now = time.time()
+        sent = {d.device_id: c for d in fleet if d.ledger.payloads is not None
+                and (c := sent_samples(d.ledger.payloads, now)) is not None}
+        found = await _found_samples(core, sent)
+        for report in reports:
+            if report.device_id in sent:
+                report.missing, report.extra = lost_and_dup(sent[report.device_id],
+                                                            found[report.device_id])
     return reports
+
+
+async def _found_samples(core: Core, sent: Mapping[str, Counter[Sample]]
+                         ) -> dict[str, Counter[Sample]]:
+    """Per device, every copy storage holds of a sample it sent at one of the (metric,
+    time) it sent: its segments in each of its users' data, decrypted (``read_segments``
+    keeps the copies), and the weighings held for a shared scale's users."""
+    found: dict[str, Counter[Sample]] = {d: Counter() for d in sent}
+    at = {d: {(m, t) for m, t, _ in samples} for d, samples in sent.items()}
+    users = await core.registry.users(sent)
+    # Each patient's series of a metric read once over the spans of all their devices
+    # (a watch and a cuff both send heart rates), overlapping spans merged.
+    spans: dict[tuple[uuid.UUID, str], list[tuple[int, int]]] = {}
+    for device_id, samples in sent.items():
+        times: dict[str, list[int]] = {}
+        for m, t, _ in samples:
+            times.setdefault(m, []).append(t)
+        for patient_id in users.get(device_id, []):
+            for m, ts in times.items():
+                spans.setdefault((patient_id, m), []).append((min(ts), max(ts)))
+    for (patient_id, m), wanted in spans.items():
+        for lo, hi in _merged(wanted):
+            for device_id, stored in await core.store.read_segments(
+                    patient_id, m, _at(lo), _at(hi + 1)):
+                if device_id in found:
+                    mine = at[device_id]
+                    found[device_id].update(
+                        k for k in zip([m] * len(stored), stored.t_ms.tolist(),
+                                       stored.value.tolist(), strict=True)
+                        if (m, k[1]) in mine)
+    unclaimed = Unclaimed(core.pool, core.keyring, core.store)
+    for device_id, patients in users.items():
+        if len(patients) < 2:
+            continue  # held weighings are a shared scale's
+        # The owner (first to join) sees every weighing held since pairing.
+        for held in await unclaimed.visible(device_id, patients[0]):
+            t = (held.measured_at - _EPOCH) // _MS
+            found[device_id].update((m, t, v) for m, (v, _) in held.values.items()
+                                    if (m, t) in at[device_id])
+    return found
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive spans, overlapping ones merged (a clock reset to 2000 stays apart)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _at(ms: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(milliseconds=ms)
 
 
 def _artefacts_line(fleet: list[SimulatedDevice], bridge: Bridge) -> str:
@@ -528,6 +659,10 @@ def _report(reports: list[DeviceReport], directory: Path) -> int:
     if len(reports) > REPORT_LINES_MAX:
         _say(f"... {len(reports) - REPORT_LINES_MAX} more devices (worst first); all in {path}")
     lost, dup = sum(r.lost for r in reports), sum(r.dup for r in reports)
+    by_counts = sum(r.missing is None for r in reports)
+    if by_counts:
+        _say(f"{by_counts} devices compared by counts only: their payloads are not SenML "
+             "JSON (see DeviceReport)")
     _say(f"simulate: devices={len(reports)} messages={sum(r.acked for r in reports)} "
          f"samples={sum(r.samples for r in reports)} stored={sum(r.stored for r in reports)} "
          f"rejected={sum(r.rejected for r in reports)} "

@@ -307,12 +307,19 @@ class Store:
         """The same, kept apart per source device: what each device measured, one sample
         per time (see ``_one_per_time``)."""
         by_device: dict[str, list[Samples]] = {}
-        for device_id, samples in await self._read_segments(patient_id, metric, start, end):
+        for device_id, samples in await self.read_segments(patient_id, metric, start, end):
             by_device.setdefault(device_id, []).append(samples)
         return {d: _one_per_time(parts, start, end) for d, parts in by_device.items()}
 
-    async def _read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
-                             end: dt.datetime) -> list[tuple[str, Samples]]:
+    async def read_segments(self, patient_id: uuid.UUID, metric: str, start: dt.datetime,
+                            end: dt.datetime) -> list[tuple[str, Samples]]:
+        """Every sample of a patient's ``metric`` as stored, copies kept: each segment row
+        that may hold samples in [start, end), decrypted, as (source device, its samples),
+        in no particular order. A segment is returned whole (the caller cuts it to the
+        range), and a reading stored twice (under two sequence numbers) comes back twice:
+        what a check of storage against what devices sent needs, where ``read_by_source``
+        would give each time once. Raises IntegrityError for a row that does not open
+        (tampered with, or moved), KeyUnavailable once the patient's key is erased."""
         async with self._pool.acquire() as conn:
             # Samples are kept from start's millisecond (_sorted_in_range): rows are chosen
             # from it too, or one whose last sample is that millisecond would be missed.

@@ -189,7 +189,7 @@ async def test_the_simulator_report_counts_compacted_runs_as_stored(core):
     # A device whose run acknowledged 3..7: 3..6 compacted (cut inside a run), 7 a row.
     acked = SimpleNamespace(first_acked=3, last_acked=7, sent=5, messages=5, refused=0,
                             resent=0, samples=30, renewals=0, spikes=[], dips=[],
-                            not_taken=[])
+                            not_taken=[], payloads=None)  # no payloads: by counts
     device = SimpleNamespace(device_id="w-1", model="watch", ledger=acked, pending=0)
     [report] = await simulate._compare([device], core)  # type: ignore[list-item]
     assert (report.stored_messages, report.stored, report.rejected) == (5, 25, 5)
