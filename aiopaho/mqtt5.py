@@ -156,8 +156,9 @@ PING_RESP = PingResp()
 
 class Parser:
     """Incremental: ``feed`` it the bytes as they arrive, in any pieces, and it returns the
-    packets they complete. Raises ``ProtocolError`` on malformed input, after which it is
-    not to be fed again."""
+    packets they complete, PUBLISHes up to ``max_messages`` (the rest stay buffered for a
+    later ``feed``, which may bring no bytes). Raises ``ProtocolError`` on malformed input,
+    after which it is not to be fed again."""
 
     __slots__ = ("_buffer", "max_packet")
 
@@ -165,15 +166,20 @@ class Parser:
         self._buffer = bytearray()
         self.max_packet = max_packet
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes, max_messages: int = 1 << 62) -> list[Packet]:
         buffer = self._buffer
-        buffer += data
+        if data:
+            buffer += data
         packets: list[Packet] = []
         end = len(buffer)
         pos = 0
         with memoryview(buffer) as view:
             while end - pos >= 2:
                 first = buffer[pos]
+                if first >> 4 == PUBLISH:
+                    if not max_messages:
+                        break
+                    max_messages -= 1
                 # The remaining length, a variable byte integer of at most four bytes.
                 length = 0
                 shift = 0
@@ -210,6 +216,11 @@ class Parser:
         if pos:
             del buffer[:pos]
         return packets
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet."""
+        return len(self._buffer)
 
 
 def _parse(first: int, body: memoryview) -> Packet:

@@ -327,3 +327,13 @@ def test_any_publish_round_trips(topic: str, payload: bytes, mid: int,
     assert (message.topic, message.payload, message.mid) == (topic, payload, mid)
     assert getattr(message.properties, "ContentType", None) == content_type
     assert getattr(message.properties, "UserProperty", []) == users
+
+
+def test_messages_beyond_the_room_given_wait_in_the_buffer() -> None:
+    stream = _stream()  # CONNACK, PUBLISH, PUBLISH, PUBACK, PUBLISH, PINGRESP
+    parser = Parser()
+    first = parser.feed(stream, max_messages=0)
+    assert _shape(first) == [("ConnAck", None)] and parser.buffered == len(stream) - 5
+    second = parser.feed(b"", max_messages=2)
+    assert [type(p).__name__ for p in second] == ["Message", "Message", "PubAck"]
+    assert _shape(first + second + parser.feed(b"")) == _shape(Parser().feed(stream))
