@@ -11,7 +11,11 @@ own (aiopaho/mqtt5.py) for the subset of MQTT v5 the bridge speaks: its receive 
 
 from aiopaho.client import AsyncClient, MqttError, MqttTimeout
 from aiopaho.lean import LeanClient
-from aiopaho.mqtt5 import ProtocolError
+from aiopaho.mqtt5 import Message, ProtocolError
 from aiopaho.tasks import stop_task
 
-__all__ = ["AsyncClient", "LeanClient", "MqttError", "MqttTimeout", "ProtocolError", "stop_task"]
+# Either client, where only what both offer is used (publishing a notice, say).
+Client = AsyncClient | LeanClient
+
+__all__ = ["AsyncClient", "Client", "LeanClient", "Message", "MqttError", "MqttTimeout",
+           "ProtocolError", "stop_task"]

@@ -8,7 +8,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # paho defines its socket protocol for type checkers only
     from paho.mqtt.client import SocketLike as _Socket
 
 MISC_INTERVAL_S = 1.0  # paho's keepalive and retry timer; its own loop uses the same cadence
+_M = TypeVar("_M")  # the message type of a client
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1, 5)
 
 
@@ -38,7 +39,7 @@ class MqttTimeout(MqttError, TimeoutError):
     """The broker did not answer within the timeout."""
 
 
-class MessageQueue(asyncio.Queue[mqtt.MQTTMessage]):
+class MessageQueue(asyncio.Queue[_M]):
     """The received messages. Its bound is enforced by its client, which stops reading the
     socket when the queue holds ``limit`` messages and starts again when a consumer has taken
     it below ``resume_at``: nothing received is ever refused. ``put_nowait`` never raises."""
@@ -50,8 +51,8 @@ class MessageQueue(asyncio.Queue[mqtt.MQTTMessage]):
         self.resume_at = max(1, limit - max(1, limit // 4))
         self._on_taken = on_taken
 
-    def _get(self) -> mqtt.MQTTMessage:  # asyncio's hook for subclasses, as PriorityQueue's
-        message: mqtt.MQTTMessage = super()._get()
+    def _get(self) -> _M:  # asyncio's hook for subclasses, as PriorityQueue's
+        message: _M = super()._get()
         if len(self._queue) < self.resume_at:  # type: ignore[attr-defined]
             self._on_taken()
         return message
@@ -75,7 +76,8 @@ class AsyncClient:
 
     def __init__(self, client: mqtt.Client, *, queue_size: int = 10_000) -> None:
         self.paho = client
-        self.messages = MessageQueue(queue_size, self._resume_reading)
+        self.messages: MessageQueue[mqtt.MQTTMessage] = MessageQueue(queue_size,
+                                                                      self._resume_reading)
         self.pauses = 0  # times the queue filled and reading stopped
         self._paused = False
         self._loop = asyncio.get_running_loop()

@@ -87,8 +87,7 @@ class LeanClient:
         self.client_id = client_id
         self.context = context
         self._loop = asyncio.get_running_loop()
-        # MessageQueue is typed for paho's messages; ours have the attributes read of them.
-        self.messages: MessageQueue = MessageQueue(queue_size, self._resume_reading)
+        self.messages: MessageQueue[Message] = MessageQueue(queue_size, self._resume_reading)
         self.pauses = 0  # times the queue filled and reading stopped
         self._paused = False
         self.disconnected = asyncio.Event()
@@ -302,7 +301,7 @@ class LeanClient:
             if type(packet) is Message:
                 packet.timestamp = now
                 packet.link = number
-                queue.put_nowait(packet)  # type: ignore[arg-type]  # see self.messages
+                queue.put_nowait(packet)
             else:
                 try:
                     self._control(link, packet)

@@ -3,6 +3,8 @@ with mTLS, QoS 1, SenML JSON of heart-rate samples), at 1, 10, 60 and 600 sample
 
 (a) the ceiling: a bare paho subscriber that only acks, draining a backlog of messages
     queued for it by the broker;
+(a') the bridge's own receive path (LeanClient) draining the same way, acking batches of
+    500 and doing nothing else: what is left to the pipeline;
 (b) the full pipeline with one worker (the bridge: decode, normalise, seal, COPY, commit,
     then ack), draining the same number of messages queued the same way;
 (c) at 60 samples a message only: publish-to-commit latency with devices publishing at half
@@ -32,6 +34,7 @@ import asyncio
 import datetime as dt
 import multiprocessing as mp
 import os
+import ssl
 import sys
 import tempfile
 import threading
@@ -50,7 +53,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from api import totp
-from broker_bridge.connection import connect_properties, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from devices.broker_config import SHARED_TELEMETRY
 from devices.ca import key_pem, make_csr, new_key, write_private
 from devices.identity import new_device_id
@@ -220,6 +223,27 @@ def drain_bare(client_id: str, context: object, port: int, expected: int) -> flo
     return last - first
 
 
+async def drain_lean(client_id: str, context: ssl.SSLContext, port: int, expected: int
+                     ) -> float:
+    """(a') The bridge's client, acking batches and doing nothing else; seconds from the
+    first message to the last."""
+    client = bridge_client(client_id, context, queue_size=4 * BATCH)
+    await client.connect("localhost", port, clean_start=False,
+                         properties=connect_properties(2 * BATCH))
+    await client.subscribe(SHARED_TELEMETRY, qos=1)
+    received, first = 0, 0.0
+    while received < expected:
+        batch = [await asyncio.wait_for(client.messages.get(), 60)]
+        first = first or time.perf_counter()
+        while len(batch) < BATCH and not client.messages.empty():
+            batch.append(client.messages.get_nowait())
+        client.ack_many(batch)
+        received += len(batch)
+    seconds = time.perf_counter() - first
+    await client.disconnect(properties=_end_session())
+    return seconds
+
+
 def _end_session() -> Properties:
     props = Properties(PacketTypes.DISCONNECT)
     props.SessionExpiryInterval = 0
@@ -323,6 +347,7 @@ class Sweep:
 
     size: int
     bare: float = 0.0
+    lean: float = 0.0
     pipeline: float = 0.0
     workers: float = 0.0
     lost: int = 0
@@ -390,6 +415,12 @@ class Bench:
         result.bare = count / await asyncio.to_thread(drain_bare, bare_id, self.context,
                                                       self.services, count)
 
+        # (a') the receive path alone
+        lean_id = f"svc-bench-lean-{size}"
+        open_session(lean_id, self.context, self.services)
+        await asyncio.to_thread(self.queue, devices, 1, per_device, size)
+        result.lean = count / await drain_lean(lean_id, self.context, self.services, count)
+
         # (b) the pipeline, on a backlog queued the same way
         bridge_id = f"svc-bench-bridge-{size}"
         open_session(bridge_id, self.context, self.services)
@@ -454,11 +485,14 @@ async def main(workdir: Path) -> str:
         pg.stop()
 
     n = bench.workers
-    print(f"{'samples/msg':>11} {'(a) bare msg/s':>14} {'(b) 1 worker msg/s':>18} "
+    lean_heading = "(a') lean msg/s"
+    print(f"{'samples/msg':>11} {'(a) bare msg/s':>14} {lean_heading:>15} "
+          f"{'(b) 1 worker msg/s':>18} "
           f"{'samples/s':>10} {'ratio':>5} {f'(d) {n} workers msg/s':>20} {'samples/s':>10} "
           f"{'lost':>4} {'dup':>3}", file=sys.stderr)
     for r in results:
-        print(f"{r.size:>11} {r.bare:>14,.0f} {r.pipeline:>18,.0f} {r.pipeline * r.size:>10,.0f} "
+        print(f"{r.size:>11} {r.bare:>14,.0f} {r.lean:>15,.0f} {r.pipeline:>18,.0f} "
+              f"{r.pipeline * r.size:>10,.0f} "
               f"{r.pipeline / r.bare:>5.2f} {r.workers:>20,.0f} {r.workers * r.size:>10,.0f} "
               f"{r.lost:>4} {r.dup:>3}", file=sys.stderr)
     head = next(r for r in results if r.size == HEADLINE)

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import numpy as np
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aiopaho import AsyncClient, MqttError
+from aiopaho import LeanClient, Message, MqttError
 from broker_bridge.gaps import Resender
 from broker_bridge.metrics import BridgeStats
 from broker_bridge.notices import Notifier, Refusal
@@ -70,7 +69,7 @@ class BridgeConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    message: mqtt.MQTTMessage
+    message: Message
     device_id: str
     seq: int
     pack: Pack
@@ -84,7 +83,7 @@ def _topic_device(topic: str) -> str | None:
     return None
 
 
-def _user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
+def _user_property(message: Message, name: str) -> str | None:
     props = getattr(message.properties, "UserProperty", None) or []
     for key, value in props:
         if key == name:
@@ -92,13 +91,13 @@ def _user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
     return None
 
 
-def sequence_number(message: mqtt.MQTTMessage) -> int | None:
+def sequence_number(message: Message) -> int | None:
     """The device's message number from the ``seq`` user property, or None when absent or
     not a plain decimal that fits a bigint."""
     return _counter(_user_property(message, "seq"))
 
 
-def epoch_number(message: mqtt.MQTTMessage) -> int | None:
+def epoch_number(message: Message) -> int | None:
     """The device's numbering epoch from the ``epoch`` user property: 0 when absent, None
     when not a plain decimal that fits a bigint. A device whose counter restarts (a reset,
     a wrap) bumps it and numbers from 1 again."""
@@ -113,7 +112,7 @@ def _counter(text: str | None) -> int | None:
     return int(text)
 
 
-def _reused(message: mqtt.MQTTMessage, device_id: str, epoch: int, seq: int,
+def _reused(message: Message, device_id: str, epoch: int, seq: int,
             received: dt.datetime) -> QuarantineIn:
     """The quarantine record of a message whose number is taken by other content."""
     return QuarantineIn(device_id, message.topic, received, "sequence_reused",
@@ -124,7 +123,7 @@ def _reused(message: mqtt.MQTTMessage, device_id: str, epoch: int, seq: int,
 class Bridge:
     """Takes its MQTT client, store and registry; creates none of them."""
 
-    def __init__(self, client: AsyncClient, store: Store, registry: Registry,
+    def __init__(self, client: LeanClient, store: Store, registry: Registry,
                  config: BridgeConfig = BridgeConfig(),
                  clock: Callable[[], float] = time.time,
                  resender: Resender | None = None, notifier: Notifier | None = None) -> None:
@@ -228,7 +227,7 @@ class Bridge:
                                                       name="refusal-notices")
                 await asyncio.shield(self._notifying)
 
-    async def _next_batch(self) -> list[mqtt.MQTTMessage]:
+    async def _next_batch(self) -> list[Message]:
         queue = self._client.messages
         try:
             first = await asyncio.wait_for(queue.get(), 0.5)
@@ -249,7 +248,7 @@ class Bridge:
                 break
         return batch
 
-    async def _process_with_retry(self, batch: list[mqtt.MQTTMessage]) -> None:
+    async def _process_with_retry(self, batch: list[Message]) -> None:
         delay = 0.2
         while True:
             try:
@@ -264,14 +263,14 @@ class Bridge:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self._config.retry_max_s)
 
-    async def process(self, batch: list[mqtt.MQTTMessage]) -> None:
+    async def process(self, batch: list[Message]) -> None:
         """Decode, check, normalise and store one batch, in one transaction."""
         received_at = self._clock()
         received = dt.datetime.fromtimestamp(received_at, dt.UTC)
         quarantined: list[QuarantineIn] = []
         refusals: list[Refusal] = []  # told to the devices once the batch has committed
 
-        def refuse(message: mqtt.MQTTMessage, device: str | None, reason: str,
+        def refuse(message: Message, device: str | None, reason: str,
                    detail: str, seq: int | None = None, epoch: int | None = None) -> None:
             quarantined.append(QuarantineIn(device, message.topic, received, reason, detail,
                                             bytes(message.payload)))
@@ -411,7 +410,7 @@ class Bridge:
         t_ms, value, flags = norm.t_ms[taken], norm.value[taken], norm.flags[taken]
         cuts = np.flatnonzero((pack_of[1:] != pack_of[:-1]) | (metric_of[1:] != metric_of[:-1]))
         run_start = np.concatenate(([0], cuts + 1)).tolist() if len(taken) else []
-        run_end = [*run_start[1:], len(taken)]
+        run_end = [*run_start[1:], len(taken)] if len(taken) else []
         runs: dict[int, list[tuple[int, int, int]]] = {}
         for start, end in zip(run_start, run_end, strict=True):
             runs.setdefault(int(pack_of[start]), []).append((int(metric_of[start]), start, end))

@@ -38,7 +38,7 @@ import asyncpg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aiopaho import AsyncClient, MqttError
+from aiopaho import Client, MqttError
 from devices.broker_config import inbox_topic
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class Resender:
         for device_id, epoch, seq in numbers:
             self.tracker.seen(Stream(device_id, epoch), seq, now)
 
-    async def check(self, client: AsyncClient) -> int:
+    async def check(self, client: Client) -> int:
         """Seed, confirm against the database, publish requests; returns how many."""
         now = self._clock()
         if now - self._last_check < self.tracker.config.check_every_s:
@@ -351,7 +351,7 @@ class Resender:
             log.warning("gap check failed, will retry", extra={"error": type(exc).__name__})
             return 0
 
-    async def _check(self, client: AsyncClient, now: float) -> int:
+    async def _check(self, client: Client, now: float) -> int:
         tracker = self.tracker
         unseeded = tracker.unseeded()
         if unseeded:

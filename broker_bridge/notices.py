@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aiopaho import AsyncClient, MqttError
+from aiopaho import Client, MqttError
 from devices.broker_config import inbox_topic
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Notifier:
             self._pending.append((refusal.device_id, notice_payload(refusal, bucket.suppressed)))
             bucket.suppressed = 0
 
-    async def send(self, client: AsyncClient) -> int:
+    async def send(self, client: Client) -> int:
         """Publish the pending notices (QoS 1, concurrently); returns how many the broker
         accepted. Never raises for the broker: a notice that fails is dropped and counted."""
         pending, self._pending = self._pending, []

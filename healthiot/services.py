@@ -12,7 +12,6 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aiopaho import AsyncClient
 from api.app import create_app
 from api.headers import ApiRunner
 from api.metrics import ApiMetrics
@@ -24,7 +23,7 @@ from api.requests import ApiDeps
 from api.tokens import TokenService
 from broker_bridge import health as bridge_health
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import make_client, tls_context
+from broker_bridge.connection import bridge_client, tls_context
 from broker_bridge.gaps import GapTracker, PgLedger, Resender
 from broker_bridge.notices import Notifier
 from devices.registry import Registry
@@ -124,8 +123,8 @@ def bridge_client_id(settings: Settings) -> str:
 def new_bridge(core: Core, *, client_id: str, ca_file: Path, cert: Path, key: Path,
                batch_size: int, store: Store | None = None) -> Bridge:
     """The production bridge; ``store`` replaces core's (a benchmark's timing wrapper)."""
-    client = AsyncClient(make_client(client_id, tls_context(ca_file, cert, key)),
-                         queue_size=batch_size * 4)
+    client = bridge_client(client_id, tls_context(ca_file, cert, key),
+                           queue_size=batch_size * 4)
     return Bridge(client, store or core.store, core.registry,
                   BridgeConfig(batch_size=batch_size),
                   resender=Resender(GapTracker(), PgLedger(core.pool)), notifier=Notifier())

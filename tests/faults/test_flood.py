@@ -16,9 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from healthiot.services import Core
 from storage.store import Ingested, MessageIn, QuarantineIn, Store
 from tests.conftest import (
@@ -61,8 +60,8 @@ async def test_a_flood_past_the_queue_is_stored_once_without_a_reconnection(
     await start_mosquitto(server)
     broker = BrokerAddress("localhost", server.port, server)
     client_id = f"svc-bridge-flood-{time.monotonic_ns()}"
-    client = AsyncClient(make_client(client_id, tls_context(pki.ca.ca_file, pki.bridge_cert,
-                                                            pki.bridge_key)), queue_size=QUEUE)
+    client = bridge_client(client_id, tls_context(pki.ca.ca_file, pki.bridge_cert,
+                                                  pki.bridge_key), queue_size=QUEUE)
     sent = asyncio.Event()
     bridge = Bridge(client, SlowFirstBatch(core, sent), core.registry,
                     BridgeConfig(batch_size=10))

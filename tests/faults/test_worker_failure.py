@@ -10,9 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from healthiot.services import Core
 from storage.store import Ingested, MessageIn, QuarantineIn, Store
 from tests.conftest import (
@@ -51,8 +50,8 @@ async def test_a_worker_whose_loop_fails_disconnects_recovers_and_nothing_is_los
     await start_mosquitto(server)
     broker = BrokerAddress("localhost", server.port, server)
     client_id = f"svc-bridge-failing-{time.monotonic_ns()}"
-    client = AsyncClient(make_client(client_id, tls_context(pki.ca.ca_file, pki.bridge_cert,
-                                                            pki.bridge_key)), queue_size=200)
+    client = bridge_client(client_id, tls_context(pki.ca.ca_file, pki.bridge_cert,
+                                                  pki.bridge_key), queue_size=200)
     store = FailingOnce(core, fail_at=2)
     bridge = Bridge(client, store, core.registry, BridgeConfig(batch_size=10))
     ready = asyncio.Event()

@@ -10,9 +10,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from healthiot.services import Core
 from tests.conftest import (
@@ -40,9 +39,9 @@ async def test_two_workers_share_every_device_and_ask_for_no_resend(
     broker = BrokerAddress("localhost", server.port, server)
     bridges, tasks = [], []
     for i in range(2):
-        client = AsyncClient(make_client(f"svc-bridge-two-{i}-{time.monotonic_ns()}",
-                                         tls_context(pki.ca.ca_file, pki.bridge_cert,
-                                                     pki.bridge_key)), queue_size=100)
+        client = bridge_client(f"svc-bridge-two-{i}-{time.monotonic_ns()}",
+                               tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key),
+                               queue_size=100)
         bridge = Bridge(client, core.store, core.registry, BridgeConfig(batch_size=10),
                         resender=Resender(GapTracker(GAPS), PgLedger(core.pool)))
         ready = asyncio.Event()

@@ -11,7 +11,7 @@ import pytest
 
 from aiopaho import AsyncClient, MqttError
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, make_client, tls_context
 from broker_bridge.gaps import (
     GapConfig,
     GapTracker,
@@ -93,9 +93,8 @@ async def test_a_restart_after_delivery_sends_nothing_twice(core, pki, broker, b
 
 def _gap_bridge(core, pki, config):
     """A bridge whose gap checks run on a short grace period, so the test is quick."""
-    client = AsyncClient(make_client(f"svc-bridge-gaps-{time.monotonic_ns()}",
-                                     tls_context(pki.ca.ca_file, pki.bridge_cert,
-                                                 pki.bridge_key)))
+    client = bridge_client(f"svc-bridge-gaps-{time.monotonic_ns()}",
+                           tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key))
     return Bridge(client, core.store, core.registry, BridgeConfig(batch_size=50),
                   resender=Resender(GapTracker(config), PgLedger(core.pool)))
 

@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from broker_bridge.metrics import render
 from storage import ledger
@@ -76,8 +76,8 @@ async def _quarantined(core, device_id):
 @pytest.fixture
 async def gap_bridge(core, pki, broker):
     """A bridge that asks for missing numbers after a short grace period."""
-    client = AsyncClient(make_client(f"svc-bridge-epochs-{time.monotonic_ns()}", tls_context(
-        pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)))
+    client = bridge_client(f"svc-bridge-epochs-{time.monotonic_ns()}", tls_context(
+        pki.ca.ca_file, pki.bridge_cert, pki.bridge_key))
     running = Bridge(client, core.store, core.registry, BridgeConfig(batch_size=50),
                      resender=Resender(GapTracker(GapConfig(grace_s=1.0, retry_s=2.0,
                                                             check_every_s=0.2)),
