@@ -247,7 +247,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from healthiot.workers import default_workers, supervise
         if args.worker is not None:  # one of a supervisor's workers
             return asyncio.run(run_bridge(settings, worker=args.worker))
-        workers = args.workers or default_workers()
+        workers = args.workers or settings.bridge_workers or default_workers()
         if workers == 1:
             return asyncio.run(run_bridge(settings))
         return asyncio.run(supervise(workers))

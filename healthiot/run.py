@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -46,6 +47,7 @@ from healthiot.services import (
     start_api,
 )
 from healthiot.settings import Settings
+from healthiot.workers import Supervisor, default_workers
 
 PROGRESS_EVERY_S = 1.0  # on a terminal; 5 s in a log
 # How long the end of a run waits for the bridge to catch up; longer than the bridge's gap
@@ -219,8 +221,15 @@ async def _run_services(settings: Settings, materials: stack.Materials,
             resources.push_async_callback(probes.cleanup)
         await asyncio.wait_for(ready.wait(), 30)
         freeze_startup()  # servers, pools, the bridge: what lives as long as the process
-        if workload is not None:
+        if workload is not None:  # it reads this bridge's counters: the only worker
             return await workload(core, materials, bridge, stop, servers)
+        extra = (settings.bridge_workers or default_workers()) - 1
+        if extra > 0:
+            workers = Supervisor(extra, first_index=1,
+                                 env=_worker_environ(settings, materials))
+            supervising = asyncio.create_task(workers.run(), name="bridge-workers")
+            resources.push_async_callback(_stop_workers, workers, supervising)
+            _say(f"bridge: this process and {extra} worker process(es) beside it")
 
         accounts = await demo.ensure_patients(core, settings.var_dir / "demo")
         fleet = await demo.ensure_fleet(
@@ -234,6 +243,24 @@ async def _run_services(settings: Settings, materials: stack.Materials,
                 device.close()  # what is still queued stays on its flash for the next run
     _say(totals.summary())
     return 0 if totals.lost == 0 else 1
+
+
+def _worker_environ(settings: Settings, materials: stack.Materials) -> dict[str, str]:
+    """The environment of ``healthiot bridge --worker i`` beside this process: the same
+    settings, the stack's own bridge identity and database (found in var/), no probes (the
+    ports would be the next ones up, which may be taken)."""
+    return {**os.environ, "HEALTHIOT_VAR_DIR": str(settings.var_dir),
+            "HEALTHIOT_MQTT_CA_FILE": str(materials.ca.ca_file),
+            "HEALTHIOT_MQTT_CERT_FILE": str(materials.bridge_cert),
+            "HEALTHIOT_MQTT_KEY_FILE": str(materials.bridge_key),
+            "HEALTHIOT_KEK_FILE": str(materials.kek),
+            "HEALTHIOT_BRIDGE_CLIENT_ID": bridge_client_id(settings),
+            "HEALTHIOT_BRIDGE_HEALTH_PORT": "0"}
+
+
+async def _stop_workers(workers: Supervisor, supervising: asyncio.Task[int]) -> None:
+    workers.stopping.set()
+    await supervising
 
 
 def _device_services(settings: Settings, materials: stack.Materials, core: Core,
@@ -288,11 +315,15 @@ async def _run_fleet(fleet: list[SimulatedDevice], core: Core, bridge: Bridge,
             rate = (sent - last_messages) / max(now - last_time, 1e-6)
             last_messages, last_time = sent, now
             stats = bridge.stats
+            # Stored and rejected as the database counts them: every worker's, not only
+            # this process's (quarantined messages are this process's count).
+            _, stored, rejected = await core.store.count_stored([d.device_id for d in fleet])
             line = (f"devices online {sum(d.online for d in fleet)}/{len(fleet)} | "
                     f"{rate:5.1f} msg/s | sent {sent} msgs "
                     f"{sum(d.ledger.samples for d in fleet)} samples | stored "
-                    f"{stats.samples} | rejected {stats.rejected} | quarantined "
-                    f"{stats.quarantined} | db {'ok' if stats.healthy else 'RETRYING'}")
+                    f"{stored - baseline[1]} | rejected {rejected - baseline[2]} | "
+                    f"quarantined {stats.quarantined} | db "
+                    f"{'ok' if stats.healthy else 'RETRYING'}")
             print(("\r" + line) if interactive else line, end="" if interactive else "\n",
                   flush=True)
             if duration is not None and now - started >= duration:

@@ -65,6 +65,9 @@ class Settings:
         "MQTT client id of this bridge replica (default svc-bridge-<hostname>); keep it "
         "stable so the persistent session survives restarts"))
     bridge_batch_size: int = field(default=500, metadata=_doc("messages per stored batch"))
+    bridge_workers: int = field(default=0, metadata=_doc(
+        "bridge worker processes of `healthiot bridge` (unless --workers says) and of "
+        "`healthiot run` (its own and the rest beside it); 0: one per core"))
     bridge_health_host: str = field(default="127.0.0.1", metadata=_doc(
         "listen address of the bridge's plain-HTTP /healthz and /metrics (loopback: probes "
         "only)"))

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,17 @@ class Supervisor:
     """Runs ``command + ["--worker", i]`` for i in 0..n-1 and keeps them running."""
 
     def __init__(self, n: int, command: Sequence[str] | None = None, *,
-                 restart_min_s: float = RESTART_MIN_S) -> None:
+                 restart_min_s: float = RESTART_MIN_S, first_index: int = 0,
+                 env: Mapping[str, str] | None = None) -> None:
+        """``first_index``: the index of the first worker (1 when worker 0 runs in the
+        caller's own process, as in ``healthiot run``); ``env``: the workers' environment
+        (default: this process's)."""
         if n < 1:
             raise ValueError("at least one worker")
         self.restart_min_s = restart_min_s
         self.command = list(command or [sys.executable, "-m", "healthiot.cli", "bridge"])
-        self.workers = [_Worker(i) for i in range(n)]
+        self.env = None if env is None else dict(env)
+        self.workers = [_Worker(i) for i in range(first_index, first_index + n)]
         self.stopping = asyncio.Event()
         self.gave_up = False
 
@@ -97,7 +102,7 @@ class Supervisor:
         while not self.stopping.is_set():
             started = time.monotonic()
             worker.process = await asyncio.create_subprocess_exec(
-                *self.command, "--worker", str(worker.index))
+                *self.command, "--worker", str(worker.index), env=self.env)
             log.info("bridge worker started", extra={"worker": worker.index,
                                                       "pid": worker.process.pid})
             code = await worker.process.wait()

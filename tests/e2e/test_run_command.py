@@ -63,6 +63,7 @@ def test_run_for_a_duration_stores_everything_and_twice_in_a_row(run_env):
 
 def test_ctrl_c_stops_everything_cleanly(run_env):
     var, env = run_env
+    env["HEALTHIOT_BRIDGE_WORKERS"] = "2"
     process = subprocess.Popen(_healthiot("run"), env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
@@ -72,6 +73,11 @@ def test_ctrl_c_stops_everything_cleanly(run_env):
         output.append(line)
         if line.startswith("devices online") or time.monotonic() > deadline:
             break
+    # A worker process beside its own bridge (HEALTHIOT_BRIDGE_WORKERS, here 2).
+    children = subprocess.run(["ps", "--ppid", str(process.pid), "-o", "pid=,args="],
+                              capture_output=True, text=True).stdout
+    workers = [line.split()[0] for line in children.splitlines()
+               if "healthiot.cli bridge --worker 1" in line]
     # While it runs, the bridge's probes answer where the README says (curl, as a probe).
     port = env["HEALTHIOT_BRIDGE_HEALTH_PORT"]
     health = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -85,6 +91,8 @@ def test_ctrl_c_stops_everything_cleanly(run_env):
     assert process.returncode == 0, text
     assert SUMMARY.search(text), text
     _no_server_left(var)
+    assert len(workers) == 1, children
+    assert not Path(f"/proc/{workers[0]}").exists(), "the bridge worker was left running"
     assert health.stdout == "200", health
     assert "healthiot_bridge_messages_total " in metrics.stdout, metrics
     assert "healthiot_bridge_worker_failures_total 0.0" in metrics.stdout, metrics
