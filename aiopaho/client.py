@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import struct
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +19,6 @@ if TYPE_CHECKING:  # paho defines its socket protocol for type checkers only
 
 MISC_INTERVAL_S = 1.0  # paho's keepalive and retry timer; its own loop uses the same cadence
 _M = TypeVar("_M")  # the message type of a client
-_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1, 5)
 
 
 class MqttError(Exception):
@@ -171,27 +169,6 @@ class AsyncClient:
     def ack(self, message: mqtt.MQTTMessage) -> None:
         """Acknowledge a received message (only meaningful with ``manual_ack``)."""
         self.paho.ack(message.mid, message.qos)
-
-    def ack_many(self, messages: list[mqtt.MQTTMessage]) -> None:
-        """Acknowledge ``messages``, their QoS 1 PUBACKs in one buffer: one TLS record and one
-        write for a batch, where ``ack`` costs a record, a write and a paho packet each (the
-        broker decrypts each record too). The bytes are paho's own (``_send_command_with_mid``
-        with a success code left implicit); paho's public API has no batch, so the buffer
-        goes through its packet queue, ``_packet_queue``, which keeps it in order with
-        anything else paho writes. Without that method (another paho), one ``ack`` each."""
-        if not self.paho._manual_ack:  # paho acked them itself
-            return
-        queue = getattr(self.paho, "_packet_queue", None)
-        mids = [m.mid for m in messages if m.qos == 1]
-        if queue is None or len(mids) < 2:
-            for message in messages:
-                self.ack(message)
-            return
-        for message in messages:
-            if message.qos == 2:
-                self.ack(message)
-        pack = _PUBACK.pack
-        queue(mqtt.PUBACK, b"".join([pack(mqtt.PUBACK, 2, mid) for mid in mids]), mids[0], 1)
 
     async def disconnect(self, timeout: float = 5.0,
                          properties: Properties | None = None) -> None:
