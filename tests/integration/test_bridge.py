@@ -11,7 +11,7 @@ from paho.mqtt.properties import Properties
 
 from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from tests.conftest import new_bridge, new_patient, new_watch, wait_until
 from vitals.senml import CONTENT_TYPE_CBOR, CONTENT_TYPE_JSON, encode_cbor, encode_json
 
@@ -122,7 +122,7 @@ async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, br
     client_id = "svc-bridge-ack-test"
 
     stuck_store = _NeverCommits()
-    first = Bridge(AsyncClient(make_client(client_id, context)), stuck_store, core.registry,
+    first = Bridge(bridge_client(client_id, context), stuck_store, core.registry,
                    BridgeConfig(batch_size=10))
     ready = asyncio.Event()
     task = asyncio.create_task(first.run(broker.host, broker.services_port, connect_properties(20),
@@ -138,7 +138,7 @@ async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, br
     assert (await _ledger(core, watch.device_id))[0] == 0
 
     # Same client id, persistent session: the broker redelivers the unacked message.
-    second = Bridge(AsyncClient(make_client(client_id, context)), core.store, core.registry,
+    second = Bridge(bridge_client(client_id, context), core.store, core.registry,
                     BridgeConfig(batch_size=10))
     ready = asyncio.Event()
     task = asyncio.create_task(second.run(broker.host, broker.services_port, connect_properties(20),

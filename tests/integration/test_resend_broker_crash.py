@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from aiopaho import AsyncClient
 from broker_bridge.bridge import Bridge, BridgeConfig
-from broker_bridge.connection import connect_properties, make_client, tls_context
+from broker_bridge.connection import bridge_client, connect_properties, tls_context
 from broker_bridge.gaps import GapConfig, GapTracker, PgLedger, Resender
 from tests.conftest import mosquitto, new_patient, new_watch, start_mosquitto, wait_until
 
@@ -41,8 +40,8 @@ class _BridgeProcess:
         self._task = None
 
     async def start(self):
-        client = AsyncClient(make_client(self._client_id, tls_context(
-            self._pki.ca.ca_file, self._pki.bridge_cert, self._pki.bridge_key)))
+        client = bridge_client(self._client_id, tls_context(
+            self._pki.ca.ca_file, self._pki.bridge_cert, self._pki.bridge_key))
         tracker = GapTracker(GapConfig(grace_s=1.0, retry_s=3.0, check_every_s=0.2))
         self.bridge = Bridge(client, self._core.store, self._core.registry,
                              BridgeConfig(batch_size=50),
