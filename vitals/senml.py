@@ -25,6 +25,7 @@ from typing import Any
 import cbor2
 import msgspec
 from msgspec import UNSET, UnsetType
+from msgspec.structs import astuple
 
 from vitals.errors import PayloadError
 
@@ -249,45 +250,46 @@ def _fast_records(records: list[_Record], received_at: float) -> Pack | None:
 def _columns(records: list[_Record], received_at: float) -> Pack | None:
     """The usual pack, a column at a time: base fields in the first record only, a value
     in every record, absolute times. None for any other (then ``_rows``)."""
-    first = records[0]
-    if first.bver is not UNSET and not 0 < first.bver <= SENML_VERSION:
+    size = len(records)
+    # The records turned into columns in C, field by field (_Record's order).
+    bn, bt, bu, bv, bver, n, u, v, t, _ = zip(*map(astuple, records), strict=True)
+    if bver[0] is not UNSET and not 0 < bver[0] <= SENML_VERSION:
         return None
-    rest = records[1:]
-    if any(r.bn is not UNSET or r.bt is not UNSET or r.bu is not UNSET or r.bv is not UNSET
-           or r.bver is not UNSET for r in rest):
+    for base in (bn, bt, bu, bv, bver):
+        if base.count(UNSET) != size - (base[0] is not UNSET):
+            return None
+    if UNSET in v:
         return None
-    vs = [r.v for r in records]
-    if UNSET in vs:
-        return None
-    base_name = "" if first.bn is UNSET else first.bn
-    base_time = 0.0 if first.bt is UNSET else first.bt
-    base_unit = "" if first.bu is UNSET else first.bu
-    base_value = 0.0 if first.bv is UNSET else first.bv
+    base_name = "" if bn[0] is UNSET else bn[0]
+    base_time = 0.0 if bt[0] is UNSET else bt[0]
+    base_unit = "" if bu[0] is UNSET else bu[0]
+    base_value = 0.0 if bv[0] is UNSET else bv[0]
     if len(base_name) > _MAX_TEXT or len(base_unit) > _MAX_TEXT:
         return None
-    names = [r.n for r in records]
     metric_of: dict[str | UnsetType, str] = {}
-    for n in set(names):
-        if n is UNSET:
-            name = base_name
-        elif len(n) <= _MAX_TEXT:
-            name = base_name + n
+    for name in set(n):
+        if name is UNSET:
+            full = base_name
+        elif len(name) <= _MAX_TEXT:
+            full = base_name + name
         else:
             return None
-        metric = metric_of[n] = name.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        metric = metric_of[name] = full.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
         if not metric:
             return None
-    units = [base_unit if u is UNSET else u for u in [r.u for r in records]]
+    units = list(u) if UNSET not in u else [base_unit if x is UNSET else x for x in u]
     if max(map(len, set(units))) > _MAX_TEXT:
         return None
-    times = [base_time if t is UNSET else base_time + t for t in [r.t for r in records]]
-    values = [base_value + v for v in vs]  # type: ignore[operator]  # no UNSET: checked
+    times = [base_time if x is UNSET else base_time + x for x in t]
+    values = [base_value + x for x in v]
     # A sum is finite only if every term is (an overflowing sum sends a finite pack to _rows,
     # which is right too); times below 2**28 are relative: _rows resolves them.
     if not (math.isfinite(sum(times)) and math.isfinite(sum(values))
             and min(times) >= _RELATIVE_TIME_LIMIT):
         return None
-    return Pack([metric_of[n] for n in names], units, times, values)
+    metrics = ([metric_of[n[0]]] * size if len(metric_of) == 1
+               else [metric_of[name] for name in n])
+    return Pack(metrics, units, times, values)
 
 
 def _rows(records: list[_Record], received_at: float) -> Pack | None:
