@@ -448,8 +448,8 @@ class Bridge:
             seen = firsts[i] != NO_SAMPLE_MS
             messages.append(MessageIn(
                 item.device_id, item.seq, received, segments, len(bad),
-                first_sample_at=_EPOCH + dt.timedelta(milliseconds=firsts[i]) if seen else None,
-                last_sample_at=_EPOCH + dt.timedelta(milliseconds=lasts[i]) if seen else None,
+                first_sample_at=_EPOCH + dt.timedelta(0, 0, 0, firsts[i]) if seen else None,
+                last_sample_at=_EPOCH + dt.timedelta(0, 0, 0, lasts[i]) if seen else None,
                 raw_units=norm.raw_units.get(i), epoch=item.epoch,
                 if_reused=_reused(item.message, item.device_id, item.epoch, item.seq,
                                   received)))

@@ -147,6 +147,23 @@ def within_a_day(segment: SegmentIn) -> list[SegmentIn]:
     return by_utc_day(segment)
 
 
+def _within_a_day_each(pieces: list[tuple[str, SegmentIn]]) -> list[tuple[str, SegmentIn]]:
+    """(device id, segment) pairs with each segment ``within_a_day``: the spans of a batch
+    found in one pass (numpy's min and max cost more on a minute of samples than the
+    arithmetic does)."""
+    if not pieces:
+        return pieces
+    counts = np.fromiter((len(s.samples) for _, s in pieces), dtype=np.intp, count=len(pieces))
+    t_all = np.concatenate([s.samples.t_ms for _, s in pieces])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    spans = np.maximum.reduceat(t_all, starts) - np.minimum.reduceat(t_all, starts)
+    if not (spans >= _DAY_MS).any():
+        return pieces
+    return [(device, piece) for (device, segment), long in zip(pieces, spans >= _DAY_MS,
+                                                                strict=True)
+            for piece in (by_utc_day(segment) if long else [segment])]
+
+
 def by_utc_day(segment: SegmentIn) -> list[SegmentIn]:
     """``segment`` cut at UTC midnights: one piece per day it has samples in."""
     t = segment.samples.t_ms
@@ -237,24 +254,26 @@ class Store:
                         and earlier is not None and not hmac.compare_digest(digest, earlier)):
                     reused.append(message)
                     to_quarantine.append(message.if_reused)
-            pieces = []
-            for message in unique:
-                if message.key not in fresh:
-                    continue
-                pieces += [(message.device_id, piece) for segment in message.segments
-                           for piece in within_a_day(segment)]
+            stored = [m for m in unique if m.key in fresh]
+            for message in stored:
                 if message.held:
                     await hold(conn, self._keyring, message.device_id, message.seq,
                                message.received_at, message.held)
+            pieces = _within_a_day_each([(m.device_id, segment) for m in stored
+                                         for segment in m.segments])
             await self._copy_segments(conn, await self._sealed_segments(conn, pieces))
             if to_quarantine:
                 await write_quarantined(conn, self._keyring, to_quarantine)
             if messages:
+                last_seen: dict[str, dt.datetime] = {}  # a device's latest in the batch
+                for m in messages:
+                    if m.device_id not in last_seen or m.received_at > last_seen[m.device_id]:
+                        last_seen[m.device_id] = m.received_at
                 await conn.execute(
                     """UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.at)
                        FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) s
                        WHERE d.id = s.id""",
-                    [m.device_id for m in messages], [m.received_at for m in messages])
+                    list(last_seen), list(last_seen.values()))
         return Ingested(new_count, reused, frozenset(fresh))
 
     async def _digests(self, conn: asyncpg.Connection,

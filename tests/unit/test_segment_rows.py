@@ -1,6 +1,6 @@
-"""The sealed segments' identities computed a batch at a time are the ones computed a row
-at a time: a read rebuilds each row's AAD with ``_segment_aad`` from what the database
-returns, so one byte of difference and the row never opens again."""
+"""A batch's segment rows, computed a batch at a time, are the ones computed a row at a time.
+A read rebuilds each row's AAD with ``_segment_aad`` from what the database returns: one
+byte of difference and the row never opens again."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.store import _isoformat_many, _segment_aad, _segment_aads, _utc, _uuid4_texts
+from storage.segments import Samples
+from storage.store import (
+    SegmentIn,
+    _isoformat_many,
+    _segment_aad,
+    _segment_aads,
+    _utc,
+    _uuid4_texts,
+    _within_a_day_each,
+    within_a_day,
+)
 
 # Every millisecond a datetime can hold, and the few that devices send.
 _MS = st.one_of(st.integers(-62_135_596_800_000, 253_402_300_799_999),
@@ -54,3 +64,17 @@ def test_segment_ids_are_random_version_4_uuids_in_canonical_text() -> None:
     # Every bit outside the version and variant varies across the draw.
     ints = np.array([[int(c, 16) for c in text.replace("-", "")] for text in ids])
     assert (ints.std(axis=0) > 0).sum() == 32 - 1  # the version digit is fixed
+
+
+@given(st.lists(st.lists(st.integers(0, 5 * 86_400_000), min_size=1, max_size=30),
+                min_size=1, max_size=8))
+def test_a_batch_is_cut_at_midnights_as_each_segment_alone(times: list[list[int]]) -> None:
+    patient = uuid.uuid4()
+    pieces = [(f"w-{i}", SegmentIn(patient, "heart_rate", Samples(
+        np.array(t, dtype=np.int64), np.zeros(len(t)), np.zeros(len(t), dtype=np.uint8))))
+        for i, t in enumerate(times)]
+    expected = [(device, piece) for device, segment in pieces
+                for piece in within_a_day(segment)]
+    got = _within_a_day_each(pieces)
+    assert [(d, p.samples.t_ms.tolist()) for d, p in got] == [
+        (d, p.samples.t_ms.tolist()) for d, p in expected]
