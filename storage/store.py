@@ -22,7 +22,7 @@ from storage.held import HeldWeighing, hold
 from storage.keyring import Keyring
 from storage.quarantine import QuarantineIn as QuarantineIn  # re-exported: the bridge makes them
 from storage.quarantine import write_quarantined
-from storage.segments import Samples, pack_many, unpack
+from storage.segments import LEVEL_COMPACT, LEVEL_INGEST, Samples, pack_many, unpack
 from vitals.normalise import Flag
 
 # Keys the payload digests of the message ledger: a plain hash of a small pack could be
@@ -261,7 +261,8 @@ class Store:
                                message.received_at, message.held)
             pieces = _within_a_day_each([(m.device_id, segment) for m in stored
                                          for segment in m.segments])
-            await self._copy_segments(conn, await self._sealed_segments(conn, pieces))
+            await self._copy_segments(conn, await self._sealed_segments(conn, pieces,
+                                                                        LEVEL_INGEST))
             if to_quarantine:
                 await write_quarantined(conn, self._keyring, to_quarantine)
             if messages:
@@ -316,14 +317,14 @@ class Store:
         return (await self._sealed_segments(conn, [(device_id, segment)]))[0]
 
     async def _sealed_segments(self, conn: asyncpg.Connection,
-                               pieces: Sequence[tuple[str, SegmentIn]]
-                               ) -> list[tuple[object, ...]]:
+                               pieces: Sequence[tuple[str, SegmentIn]],
+                               level: int = LEVEL_COMPACT) -> list[tuple[object, ...]]:
         """Rows of ``segments`` for (device id, segment) pairs: packed together
         (``pack_many``), then sealed a patient at a time under their current key."""
         if not pieces:
             return []
         samples = [segment.samples for _, segment in pieces]
-        blobs = pack_many(samples)
+        blobs = pack_many(samples, level)
         counts = np.fromiter(map(len, samples), dtype=np.intp, count=len(samples))
         t_all = np.concatenate([s.t_ms for s in samples])
         firsts = np.concatenate(([0], np.cumsum(counts)[:-1]))

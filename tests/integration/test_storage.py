@@ -18,14 +18,14 @@ import pytest
 from healthiot.localservers import find_binary
 from healthiot.services import open_core
 from storage import partitioning
-from storage.crypto import LocalKeyFile
+from storage.crypto import LocalKeyFile, open_sealed
 from storage.erasure import erase_patient
 from storage.errors import IntegrityError, KeyUnavailable
 from storage.maintenance import Maintenance, RetentionPolicy
 from storage.reads import read_stats
 from storage.rollups import Rollups, compute
 from storage.segments import Samples
-from storage.store import MessageIn, QuarantineIn, SegmentIn
+from storage.store import MessageIn, QuarantineIn, SegmentIn, _segment_aad
 from tests.conftest import new_patient
 
 DAY_MS = 86_400_000
@@ -246,6 +246,33 @@ async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> 
     assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
     after = await core.store.read_series(patient, "heart_rate", *window)
     assert after.t_ms.tolist() == before.t_ms.tolist() and len(after) == 300
+
+
+async def _zlib_levels(core, patient: uuid.UUID) -> list[int]:  # type: ignore[no-untyped-def]
+    """The FLEVEL of each of the patient's stored segments: 0 fastest .. 3 smallest."""
+    levels = []
+    async with core.pool.acquire() as conn:
+        for row in await conn.fetch("SELECT * FROM segments WHERE patient_id = $1", patient):
+            key = await core.keyring.get(conn, str(patient), row["key_version"])
+            blob = open_sealed(key, row["sealed"], _segment_aad(
+                row["id"], patient, row["metric"], row["device_id"], row["start_at"],
+                row["end_at"], row["samples"], row["key_version"]))
+            levels.append(blob[1] >> 6)  # zlib's FLG byte
+    return levels
+
+
+async def test_ingestion_compresses_fast_and_compaction_small(core) -> None:  # type: ignore[no-untyped-def]
+    patient, _, _ = await new_patient(core, "zlib")
+    now = dt.datetime.now(dt.UTC)
+    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=1)
+    for i in range(3):
+        t = _ms(day) + i * 60_000 + np.arange(60, dtype=np.int64) * 1000
+        await _ingest(core, patient, "heart_rate", t, 60.0 + np.arange(60) % 7, seq=[i])
+    assert await _zlib_levels(core, patient) == [0, 0, 0]  # level 1, as the bridge writes
+    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                      core.audit, RetentionPolicy())
+    await job.run_once(now)
+    assert await _zlib_levels(core, patient) == [3]  # level 9, what stays
 
 
 async def _partitions(conn: asyncpg.Connection) -> set[str]:

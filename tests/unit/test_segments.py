@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from storage.errors import IntegrityError
-from storage.segments import Samples, pack, pack_many, unpack
+from storage.segments import LEVEL_COMPACT, LEVEL_INGEST, Samples, pack, pack_many, unpack
 
 FUZZ = settings(database=None, deadline=None, max_examples=200)
 RAW_BYTES_PER_SAMPLE = 8 + 8 + 1  # i64 time, f64 value, u8 flags
@@ -203,7 +203,7 @@ def test_unpack_of_arbitrary_bytes_gives_samples_or_integrity_error(blob: bytes)
     assert len(got.t_ms) == len(got.value) == len(got.flags) > 0
 
 
-def layout_v2(s: Samples) -> bytes:
+def layout_v2(s: Samples, level: int) -> bytes:
     """The version 2 layout written out one segment at a time, as ``pack`` did before it
     packed a batch at once: the oracle that stored bytes did not change."""
     v = s.value
@@ -220,7 +220,7 @@ def layout_v2(s: Samples) -> bytes:
     body = (struct.pack("<BIqb", 2, len(s), int(s.t_ms[0]), decimals)
             + np.diff(s.t_ms).astype("<i8").tobytes() + values
             + s.flags.astype("u1").tobytes())
-    return zlib.compress(body, 9)
+    return zlib.compress(body, level)
 
 
 @st.composite
@@ -236,9 +236,11 @@ def on_a_grid(draw: st.DrawFn) -> Samples:
 
 
 @FUZZ
-@given(st.lists(st.one_of(samples(), on_a_grid()), min_size=1, max_size=6))
-def test_a_batch_packs_to_the_bytes_of_each_segment_alone(batch: list[Samples]) -> None:
-    assert pack_many(batch) == [layout_v2(s) for s in batch]
+@given(st.lists(st.one_of(samples(), on_a_grid()), min_size=1, max_size=6),
+       st.sampled_from([LEVEL_INGEST, LEVEL_COMPACT]))
+def test_a_batch_packs_to_the_bytes_of_each_segment_alone(batch: list[Samples],
+                                                          level: int) -> None:
+    assert pack_many(batch, level) == [layout_v2(s, level) for s in batch]
     assert [unpack(blob).t_ms.tolist() for blob in pack_many(batch)] == [
         s.t_ms.tolist() for s in batch]
 
