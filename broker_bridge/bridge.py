@@ -18,9 +18,11 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -57,6 +59,7 @@ RECONNECT_MAX_S = 30.0  # a bridge fleet must not hammer a broker that is coming
 _RETRYABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
               asyncpg.InternalClientError, TimeoutError, KeyUnavailable)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_YIELD_EVERY = 64  # messages decoded between two chances for the stored batch to go on
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,26 @@ class BridgeConfig:
     retry_max_s: float = 10.0  # longest pause between database retries
 
 
-@dataclass(frozen=True, slots=True)
-class _Decoded:
+class _Decoded(NamedTuple):  # a NamedTuple: one per message, made in a fraction of the time
     message: Message
     device_id: str
     seq: int
     pack: Pack
     epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch decoded, checked and normalised: what its transaction will write."""
+
+    messages: list[MessageIn]
+    others: list[MessageIn]  # copies of a number with another payload, stored unnormalised
+    shared: set[str]  # shared scales among the senders: weighings to attribute
+    quarantined: list[QuarantineIn]
+    refusals: list[Refusal]  # told to the devices once the batch has committed
+    numbered: list[tuple[str, int, int]]  # (device, epoch, seq) stored or quarantined
+    repeats: int  # copies of a message delivered twice within the batch
+    reject: npt.NDArray[np.uint8]  # every sample's Reject code
 
 
 def _topic_device(topic: str) -> str | None:
@@ -209,26 +225,50 @@ class Bridge:
             self._client.messages.get_nowait()
 
     async def consume(self) -> None:
-        """Process messages of the current connection until it drops."""
+        """Process messages of the current connection until it drops.
+
+        Two batches overlap: while one is stored (its transaction waits on the database
+        most of the time), the next is decoded and normalised. One transaction at a time,
+        in order, and each batch acked after its own commit."""
         generation = self._generation = self._generation + 1
-        while self._client.is_connected:
-            if self.resender is not None:
-                await self.resender.check(self._client)
-            batch = await self._next_batch()
-            if not batch:
-                continue
-            await self._process_with_retry(batch)
-            # paho stamps each message with time.monotonic() when it arrives.
-            self.stats.receive_to_commit_s.observe(time.monotonic() - batch[0].timestamp)
-            if generation != self._generation or not self._client.is_connected:
-                return  # acks belong to the old connection; the broker will redeliver
-            self._client.ack_many(batch)
-            if self.notifier is not None:  # after the acks: a notice never delays one
-                # Shielded, and awaited by close(): a DISCONNECT that overtakes our own
-                # PUBLISHes in flight left a later shared subscriber without its messages.
-                self._notifying = asyncio.create_task(self.notifier.send(self._client),
-                                                      name="refusal-notices")
-                await asyncio.shield(self._notifying)
+        storing: asyncio.Task[None] | None = None
+        try:
+            while self._client.is_connected:
+                if self.resender is not None:
+                    await self.resender.check(self._client)
+                batch = await self._next_batch()
+                if not batch:
+                    continue
+                try:
+                    prepared: _Prepared | None = await self._prepare(batch)
+                except _RETRYABLE:
+                    prepared = None  # prepared again, with the retries, in its turn
+                if storing is not None:
+                    await storing
+                storing = asyncio.create_task(self._store_and_ack(batch, prepared, generation),
+                                              name="store-batch")
+            if storing is not None:
+                await storing
+        finally:
+            # Cancelled, or failed: a transaction in flight rolls back, nothing of it is acked.
+            if storing is not None and not storing.done():
+                storing.cancel()
+                await asyncio.gather(storing, return_exceptions=True)
+
+    async def _store_and_ack(self, batch: list[Message], prepared: _Prepared | None,
+                             generation: int) -> None:
+        await self._process_with_retry(batch, prepared)
+        # The client stamps each message with time.monotonic() when it arrives.
+        self.stats.receive_to_commit_s.observe(time.monotonic() - batch[0].timestamp)
+        if generation != self._generation or not self._client.is_connected:
+            return  # acks belong to the old connection; the broker will redeliver
+        self._client.ack_many(batch)
+        if self.notifier is not None:  # after the acks: a notice never delays one
+            # Shielded, and awaited by close(): a DISCONNECT that overtakes our own
+            # PUBLISHes in flight left a later shared subscriber without its messages.
+            self._notifying = asyncio.create_task(self.notifier.send(self._client),
+                                                  name="refusal-notices")
+            await asyncio.shield(self._notifying)
 
     async def _next_batch(self) -> list[Message]:
         queue = self._client.messages
@@ -251,15 +291,18 @@ class Bridge:
                 break
         return batch
 
-    async def _process_with_retry(self, batch: list[Message]) -> None:
+    async def _process_with_retry(self, batch: list[Message],
+                                  prepared: _Prepared | None = None) -> None:
         delay = 0.2
         while True:
             try:
-                await self.process(batch)
+                await self._write(prepared or await self._prepare(batch))
                 self.stats.healthy = True
                 return
             except _RETRYABLE as exc:
-                # Nothing was acked: retrying is safe, and storage is idempotent.
+                # Nothing was acked: retrying is safe, and storage is idempotent. The batch
+                # is prepared again: a device may have been unpaired or erased meanwhile.
+                prepared = None
                 self.stats.healthy = False
                 log.warning("batch not stored, retrying", extra={"error": type(exc).__name__,
                                                                   "retry_in_s": round(delay, 2)})
@@ -268,6 +311,12 @@ class Bridge:
 
     async def process(self, batch: list[Message]) -> None:
         """Decode, check, normalise and store one batch, in one transaction."""
+        await self._write(await self._prepare(batch))
+
+    async def _prepare(self, batch: list[Message]) -> _Prepared:
+        """Everything of ``process`` that comes before the transaction and reads nothing
+        that the previous batch writes. It yields now and then, so that the batch being
+        stored meanwhile goes on as soon as the database answers it."""
         received_at = self._clock()
         received = dt.datetime.fromtimestamp(received_at, dt.UTC)
         quarantined: list[QuarantineIn] = []
@@ -282,7 +331,9 @@ class Bridge:
 
         decoded: list[_Decoded] = []
         numbered: list[tuple[str, int, int]] = []  # stored or quarantined: not lost
-        for message in batch:
+        for index, message in enumerate(batch):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             device_id = _topic_device(message.topic)
             if device_id is None:
                 refuse(message, None, "bad_topic", "not devices/<id>/telemetry")
@@ -349,15 +400,24 @@ class Bridge:
             log.info("device clock ahead; its samples are flagged", extra={
                 "device": accepted[i].device_id, "seq": accepted[i].seq,
                 "clock_offset_s": round(float(norm.clock_offset_s[i]), 1)})
+        await asyncio.sleep(0)
         messages = self._to_messages(accepted, norm, devices, received, quarantined,
                                      refusals)
-        if any(devices[m.device_id].shared for m in messages):
+        return _Prepared(messages, others, {m.device_id for m in messages
+                                            if devices[m.device_id].shared},
+                         quarantined, refusals, numbered, repeats, norm.reject)
+
+    async def _write(self, prepared: _Prepared) -> None:
+        """Store a prepared batch, in one transaction, and count it."""
+        messages, quarantined, refusals = (prepared.messages, prepared.quarantined,
+                                           prepared.refusals)
+        if prepared.shared:  # attributed against what earlier batches stored
             messages = await self._attribute_shared(messages)
-        messages += others  # after their first copies: storage keeps the first
+        messages = messages + prepared.others  # after their first copies: storage keeps the first
         result: Ingested = await self._store.ingest_batch(messages, quarantined)
         new = result.new
         if self.resender is not None:
-            self.resender.seen(numbered)
+            self.resender.seen(prepared.numbered)
         for m in result.reused:
             # A firmware reset or a wrapped counter without a new epoch: ids only.
             log.warning("sequence number reused with another payload; quarantined",
@@ -372,13 +432,13 @@ class Bridge:
 
         self.stats.batches += 1
         self.stats.messages += new
-        self.stats.duplicates += len(messages) - new - len(result.reused) + repeats
-        self.stats.samples += int(np.count_nonzero(norm.reject == Reject.ACCEPTED))
-        self.stats.rejected += int(np.count_nonzero(norm.reject != Reject.ACCEPTED))
+        self.stats.duplicates += len(messages) - new - len(result.reused) + prepared.repeats
+        self.stats.samples += int(np.count_nonzero(prepared.reject == Reject.ACCEPTED))
+        self.stats.rejected += int(np.count_nonzero(prepared.reject != Reject.ACCEPTED))
         self.stats.quarantined += len(quarantined) + len(result.reused)
         self.stats.quarantined_by_reason.update(q.reason for q in quarantined)
         self.stats.quarantined_by_reason["sequence_reused"] += len(result.reused)
-        refused = norm.reject[norm.reject != Reject.ACCEPTED]
+        refused = prepared.reject[prepared.reject != Reject.ACCEPTED]
         for code, n in enumerate(np.bincount(refused)):
             if n:
                 self.stats.rejected_by_reason[Reject(code).name.lower()] += int(n)
@@ -415,10 +475,12 @@ class Bridge:
         run_start = np.concatenate(([0], cuts + 1)).tolist() if len(taken) else []
         run_end = [*run_start[1:], len(taken)] if len(taken) else []
         runs: dict[int, list[tuple[int, int, int]]] = {}
-        for start, end in zip(run_start, run_end, strict=True):
-            runs.setdefault(int(pack_of[start]), []).append((int(metric_of[start]), start, end))
+        for pack, metric, start, end in zip(pack_of[run_start].tolist(),
+                                            metric_of[run_start].tolist(), run_start, run_end,
+                                            strict=True):
+            runs.setdefault(pack, []).append((metric, start, end))
         refused = np.bincount(norm.pack[norm.reject != Reject.ACCEPTED],
-                              minlength=len(accepted))
+                              minlength=len(accepted)).tolist()
         pack_sorted = norm.pack[order]
         firsts, lasts = norm.first_ms.tolist(), norm.last_ms.tolist()
         for i, item in enumerate(accepted):

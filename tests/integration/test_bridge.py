@@ -154,6 +154,77 @@ async def test_a_message_not_committed_is_not_acked_and_comes_back(core, pki, br
         await device.disconnect()
 
 
+class _Gated:
+    """The real store, with the first transaction held until ``gate`` opens; it records
+    the order of the batches and how many were ever in a transaction at once."""
+
+    def __init__(self, store):
+        self.store, self.gate, self.entered = store, asyncio.Event(), asyncio.Event()
+        self.batches, self.in_flight, self.most_in_flight = [], 0, 0
+
+    async def ingest_batch(self, messages, quarantined=()):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.batches.append([m.seq for m in messages])
+        try:
+            self.entered.set()
+            await self.gate.wait()
+            return await self.store.ingest_batch(messages, quarantined)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("ending", ["commit", "crash"])
+async def test_the_next_batch_is_prepared_while_one_is_stored_and_waits_its_turn(
+        core, pki, broker, tmp_path, ending):
+    patient, _, _ = await new_patient(core, f"overlap-{ending}")
+    watch = await new_watch(core, pki, broker, tmp_path, patient)
+    context = tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)
+    client_id = f"svc-bridge-overlap-{ending}"
+    store = _Gated(core.store)
+    bridge = Bridge(bridge_client(client_id, context), store, core.registry,
+                    BridgeConfig(batch_size=1, batch_wait_s=0.0))
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                          connect_properties(20), ready))
+    await asyncio.wait_for(ready.wait(), 15)
+    device = await _connected_device(watch, broker)
+    try:
+        for seq in (1, 2):
+            await device.publish(f"devices/{watch.device_id}/telemetry", _heart_rate(),
+                                 properties=_props(seq))
+        await asyncio.wait_for(store.entered.wait(), 15)
+        # The second message is taken and prepared while the first is in its transaction,
+        # and waits: nothing is stored, nothing acked.
+        await wait_until(lambda: _true(bridge.backlog == 0))
+        await asyncio.sleep(0.3)
+        assert store.batches == [[1]]
+        assert (await _ledger(core, watch.device_id))[0] == 0
+        if ending == "commit":
+            store.gate.set()
+            await wait_until(lambda: _stored_messages(core, watch.device_id, 2))
+            assert store.batches == [[1], [2]] and store.most_in_flight == 1
+            return
+        task.cancel()  # dies with one batch in its transaction and the next prepared
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close()
+        # Neither was acked: the persistent session gives both to the next bridge.
+        bridge = Bridge(bridge_client(client_id, context), core.store, core.registry,
+                        BridgeConfig(batch_size=10))
+        task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                              connect_properties(20)))
+        await wait_until(lambda: _stored_messages(core, watch.device_id, 2))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+        await device.disconnect()
+
+
+async def _true(value):
+    return value
+
+
 @pytest.mark.parametrize("seconds_off", [-40 * 86400, 3600])
 async def test_samples_outside_the_time_window_are_rejected_not_stored(
         core, pki, broker, bridge, tmp_path, seconds_off):
