@@ -32,7 +32,7 @@ MAX_LISTED = 10_000  # a listing is for reading, not for exporting the table
 _OUT_OF_SERVICE = ("revoked", "retired")  # as devices/lifecycle.py (storage imports no devices)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see storage.store.MessageIn
 class QuarantineIn:
     """Something that could not be stored as health data, kept sealed with the reason."""
 

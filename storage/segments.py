@@ -23,7 +23,7 @@ _HEADER = struct.Struct("<BIq")
 _VERSION = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see storage.store.MessageIn
 class Samples:
     t_ms: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]

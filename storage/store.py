@@ -31,14 +31,17 @@ DIGEST_KEY = "ledger_digest"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see MessageIn
 class SegmentIn:
     patient_id: uuid.UUID
     metric: str
     samples: Samples
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per message on the ingest path, and a frozen dataclass's
+# __init__ costs three times a plain one's (2.9 against 0.9 us with MessageIn's fields).
+# Nothing changes one once made.
+@dataclass(slots=True)
 class MessageIn:
     """One device message that passed decoding: its samples, grouped by metric."""
 
