@@ -238,6 +238,9 @@ class Bridge:
                     await self.resender.check(self._client)
                 batch = await self._next_batch()
                 if not batch:
+                    if storing is not None and storing.done():
+                        await storing  # its failure surfaces now, not with the next batch
+                        storing = None
                     continue
                 try:
                     prepared: _Prepared | None = await self._prepare(batch)

@@ -75,3 +75,33 @@ async def test_a_worker_whose_loop_fails_disconnects_recovers_and_nothing_is_los
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close(end_session=True)
         server.stop()
+
+
+async def test_a_failed_last_batch_fails_the_loop_without_waiting_for_another(
+        core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
+    # The batch is stored beside the loop, which goes on waiting for messages: when none
+    # come after it, its failure must still end the loop, or its messages stay unacked
+    # and unstored on a connection that looks healthy.
+    server = mosquitto(workdir, pki, f"mosquitto-worker-last-{time.monotonic_ns()}")
+    await start_mosquitto(server)
+    broker = BrokerAddress("localhost", server.port, server)
+    client = bridge_client(f"svc-bridge-last-{time.monotonic_ns()}", tls_context(
+        pki.ca.ca_file, pki.bridge_cert, pki.bridge_key))
+    bridge = Bridge(client, FailingOnce(core, fail_at=1), core.registry,
+                    BridgeConfig(batch_size=10))
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                          connect_properties(100), ready), name="bridge")
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        patient, _, _ = await new_patient(core, "worker.failure.last")
+        sender = PersistentSender(await new_watch(core, pki, broker, tmp_path, patient),
+                                  broker.host, broker.port)
+        await sender.send_all(1, 1)
+        await wait_until(lambda: all_stored(core, 1), timeout=20)
+        assert bridge.stats.worker_failures == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+        server.stop()
