@@ -9,9 +9,10 @@ before. CPython's documentation suggests it for exactly this: long-lived start-u
 
 A batch of 500 messages still makes tens of thousands of short-lived containers, nearly all
 freed by reference counting as soon as the batch is stored; a young collection every 700
-walked the same live batch again and again. Every 20,000 it is 3% more messages a second
-at 60 samples a message (bench/bench_ingest.py, interleaved in one process), and the
-garbage it leaves waiting is a few megabytes at most.
+walked the same live batch again and again. Every 20,000, the bridge drained 0.5-5% more
+messages a second at 60 samples a message (the one-worker phase of bench/bench_ingest.py,
+three times each way, interleaved in one process), and the garbage it leaves waiting is a
+few megabytes at most.
 """
 
 from __future__ import annotations
