@@ -9,6 +9,7 @@ and come back on the new one, where idempotent storage makes the repeat harmless
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -158,6 +159,7 @@ class Bridge:
             self.stats.refusal_notices = notifier.stats
         self._generation = 0  # bumped on every (re)connection
         self._notifying: asyncio.Task[int] | None = None
+        self._broker: tuple[str, int] | None = None  # where run() connects
 
     @property
     def backlog(self) -> int:
@@ -171,6 +173,7 @@ class Bridge:
         that fails is never left connected (the broker would go on handing this worker
         its share of the telemetry, stored by nobody): the worker disconnects, keeping its
         session and what it has not acked, and starts again after the same backoff."""
+        self._broker = (host, port)
         delay = crash_delay = RECONNECT_MIN_S
         connections = 0
         while True:
@@ -198,6 +201,7 @@ class Bridge:
                 self.stats.healthy = False
                 log.exception("consume loop failed; reconnecting")
                 await self._client.disconnect()
+                self.stats.connected = False  # and not during the backoff either
                 if self.stats.batches > committed:  # it had recovered meanwhile
                     crash_delay = RECONNECT_MIN_S
                 await asyncio.sleep(crash_delay * random.uniform(0.5, 1.0))
@@ -216,6 +220,11 @@ class Bridge:
         if end_session:
             properties = Properties(PacketTypes.DISCONNECT)
             properties.SessionExpiryInterval = 0
+            if not self._client.is_connected and self._broker is not None:
+                # Between two connections (a crash backoff, a reconnect): a connection
+                # with a clean start is what ends the session the broker keeps.
+                with contextlib.suppress(MqttError):
+                    await self._client.connect(*self._broker, clean_start=True, timeout=5.0)
         await self._client.disconnect(properties=properties)
 
     def _drop_stale_messages(self) -> None:
@@ -253,8 +262,9 @@ class Bridge:
             if storing is not None:
                 await storing
         finally:
-            # Cancelled, or failed: a transaction in flight rolls back, nothing of it is acked.
-            if storing is not None and not storing.done():
+            # Cancelled, or failed: a transaction in flight rolls back, nothing of it is acked
+            # (and a failure of a batch already over is this one's, or secondary to it).
+            if storing is not None:
                 storing.cancel()
                 await asyncio.gather(storing, return_exceptions=True)
 

@@ -105,3 +105,55 @@ async def test_a_failed_last_batch_fails_the_loop_without_waiting_for_another(
         await asyncio.gather(task, return_exceptions=True)
         await bridge.close(end_session=True)
         server.stop()
+
+
+class FailingAlways(Store):
+    """A store whose every batch raises an unexpected error: the worker crashes, backs
+    off and comes back, again and again."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core.pool, core.keyring)
+
+    async def ingest_batch(self, messages: Sequence[MessageIn],
+                           quarantined: Sequence[QuarantineIn] = ()) -> Ingested:
+        raise RuntimeError("injected store failure")
+
+
+async def test_a_worker_retired_during_its_crash_backoff_ends_its_session(
+        core: Core, pki: Pki, workdir: Path, tmp_path: Path) -> None:
+    # A retired worker's session left in the shared group would go on taking its share of
+    # the telemetry, stored by nobody, until it expired.
+    server = mosquitto(workdir, pki, f"mosquitto-worker-retired-{time.monotonic_ns()}")
+    await start_mosquitto(server)
+    broker = BrokerAddress("localhost", server.port, server)
+    client_id = f"svc-bridge-retired-{time.monotonic_ns()}"
+    context = tls_context(pki.ca.ca_file, pki.bridge_cert, pki.bridge_key)
+    bridge = Bridge(bridge_client(client_id, context), FailingAlways(core), core.registry,
+                    BridgeConfig(batch_size=10))
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(broker.host, broker.services_port,
+                                          connect_properties(100), ready), name="bridge")
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        patient, _, _ = await new_patient(core, "worker.retired")
+        sender = PersistentSender(await new_watch(core, pki, broker, tmp_path, patient),
+                                  broker.host, broker.port)
+        await sender.send_all(1, 1)
+
+        async def backing_off() -> bool:
+            return bridge.stats.worker_failures >= 1 and not bridge.stats.connected
+
+        await wait_until(backing_off)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bridge.close(end_session=True)
+
+        probe = bridge_client(client_id, context)
+        await probe.connect(broker.host, broker.services_port, clean_start=False,
+                            properties=connect_properties(100))
+        assert not probe.session_present
+        await probe.disconnect()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.stop()
