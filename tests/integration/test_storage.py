@@ -228,10 +228,21 @@ async def test_raw_and_one_minute_reads_give_the_stored_values(core) -> None:  #
     assert np.allclose(minutes.std, [np.std(c) for c in clean], rtol=0, atol=1e-12)
 
 
+def _maintenance(core, policy: RetentionPolicy) -> Maintenance:  # type: ignore[no-untyped-def]
+    """The maintenance job as the daemon builds it."""
+    return Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
+                       core.audit, policy)
+
+
+def _yesterday(now: dt.datetime) -> dt.datetime:
+    """The start of the UTC day before ``now``'s: a day the maintenance pass completes."""
+    return dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=1)
+
+
 async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> None:  # type: ignore[no-untyped-def]
     patient, _, _ = await new_patient(core, "compact")
     now = dt.datetime.now(dt.UTC)
-    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=1)
+    day = _yesterday(now)
     for i in range(30):
         t = _ms(day) + i * 60_000 + np.arange(10, dtype=np.int64) * 1000
         await _ingest(core, patient, "heart_rate", t, np.full(10, 60.0 + i), seq=[i])
@@ -240,8 +251,7 @@ async def test_compaction_merges_small_segments_and_keeps_every_sample(core) -> 
                   np.full(10, 60.0), seq=[99])
     window = (day, day + dt.timedelta(days=1))
     before = await core.store.read_series(patient, "heart_rate", *window)
-    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
-                      core.audit, RetentionPolicy())
+    job = _maintenance(core, RetentionPolicy())
     await job.run_once(now)
     assert await core.pool.fetchval("SELECT count(*) FROM segments") == 1
     after = await core.store.read_series(patient, "heart_rate", *window)
@@ -264,13 +274,12 @@ async def _zlib_levels(core, patient: uuid.UUID) -> list[int]:  # type: ignore[n
 async def test_ingestion_compresses_fast_and_compaction_small(core) -> None:  # type: ignore[no-untyped-def]
     patient, _, _ = await new_patient(core, "zlib")
     now = dt.datetime.now(dt.UTC)
-    day = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) - dt.timedelta(days=1)
+    day = _yesterday(now)
     for i in range(3):
         t = _ms(day) + i * 60_000 + np.arange(60, dtype=np.int64) * 1000
         await _ingest(core, patient, "heart_rate", t, 60.0 + np.arange(60) % 7, seq=[i])
     assert await _zlib_levels(core, patient) == [0, 0, 0]  # level 1, as the bridge writes
-    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
-                      core.audit, RetentionPolicy())
+    job = _maintenance(core, RetentionPolicy())
     await job.run_once(now)
     assert await _zlib_levels(core, patient) == [3]  # level 9, what stays
 
@@ -306,8 +315,7 @@ async def test_retention_drops_old_partitions_or_chunks_and_records_it(  # type:
         "INSERT INTO quarantine (received_at, topic, reason, detail, sealed, key_owner,"
         " key_version) VALUES (now() - interval '40 days', 't', 'r', 'd', '\\x00',"
         " 'system:quarantine', 1)")
-    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
-                      core.audit, RetentionPolicy(raw_days=365, quarantine_days=30))
+    job = _maintenance(core, RetentionPolicy(raw_days=365, quarantine_days=30))
     removed = await job.enforce_retention(now)
     assert removed["raw"] == 1 and removed["quarantine"] == 1
     assert not await core.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", old_part)
@@ -328,8 +336,7 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     for i, moment in enumerate(days):
         await _ingest(core, patient, "heart_rate", np.array([_ms(moment)]),
                       np.array([60.0 + i]), seq=[i])
-    job = Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring, core.store),
-                      core.audit, policy)
+    job = _maintenance(core, policy)
     report = await job.run_once(now)
     assert report is not None and report.days_rolled_up == 3
     # Gone: the hours of 10 March and of 5 May (that day ended 12 h before the cutoff) and
