@@ -94,6 +94,7 @@ class _Prepared:
     numbered: list[tuple[str, int, int]]  # (device, epoch, seq) stored or quarantined
     repeats: int  # copies of a message delivered twice within the batch
     reject: npt.NDArray[np.uint8]  # every sample's Reject code
+    pack: npt.NDArray[np.int32]  # every sample's message, an index into ``messages``
 
 
 def _topic_device(topic: str) -> str | None:
@@ -418,7 +419,7 @@ class Bridge:
                                      refusals)
         return _Prepared(messages, others, {m.device_id for m in messages
                                             if devices[m.device_id].shared},
-                         quarantined, refusals, numbered, repeats, norm.reject)
+                         quarantined, refusals, numbered, repeats, norm.reject, norm.pack)
 
     async def _write(self, prepared: _Prepared) -> None:
         """Store a prepared batch, in one transaction, and count it."""
@@ -443,15 +444,21 @@ class Bridge:
                 + [Refusal(m.device_id, "sequence_reused", m.seq, m.epoch)
                    for m in result.reused])
 
+        # Counted once, with the message's first storage: a redelivered copy is a duplicate,
+        # its samples and refusals were counted when it was stored.
+        fresh = np.array([m.key in result.fresh for m in prepared.messages], dtype=bool)
+        reject = prepared.reject[fresh[prepared.pack]] if len(fresh) else prepared.reject[:0]
+        written = [q for q in quarantined
+                   if q.seq is None or (q.device_id, q.epoch, q.seq) in result.fresh]
         self.stats.batches += 1
         self.stats.messages += new
         self.stats.duplicates += len(messages) - new - len(result.reused) + prepared.repeats
-        self.stats.samples += int(np.count_nonzero(prepared.reject == Reject.ACCEPTED))
-        self.stats.rejected += int(np.count_nonzero(prepared.reject != Reject.ACCEPTED))
-        self.stats.quarantined += len(quarantined) + len(result.reused)
-        self.stats.quarantined_by_reason.update(q.reason for q in quarantined)
+        self.stats.samples += int(np.count_nonzero(reject == Reject.ACCEPTED))
+        self.stats.rejected += int(np.count_nonzero(reject != Reject.ACCEPTED))
+        self.stats.quarantined += len(written) + len(result.reused)
+        self.stats.quarantined_by_reason.update(q.reason for q in written)
         self.stats.quarantined_by_reason["sequence_reused"] += len(result.reused)
-        refused = prepared.reject[prepared.reject != Reject.ACCEPTED]
+        refused = reject[reject != Reject.ACCEPTED]
         for code, n in enumerate(np.bincount(refused)):
             if n:
                 self.stats.rejected_by_reason[Reject(code).name.lower()] += int(n)

@@ -85,6 +85,24 @@ async def test_a_message_delivered_twice_in_one_batch_is_normalised_once(
     assert await core.pool.fetchval("SELECT sum(samples) FROM segments") == 3
 
 
+async def test_a_message_redelivered_in_a_later_batch_is_counted_once(
+        core, pki, broker, tmp_path):
+    """The counters say what was stored: a redelivery (an ack lost with a connection) adds
+    a duplicate, not its samples, refusals and quarantine record a second time. `simulate
+    --scenario artefacts` compares them with what its devices sent."""
+    _, device = await _device(core, pki, broker, tmp_path, "n4")
+    message = _message(device, 1, _hr(NOW - 100, [70.0, 0.0, 72.0]))  # 0 /min: impossible
+    bridge = _bridge(core)
+    await bridge.process([message])
+    await bridge.process([message])
+    assert await core.pool.fetchval("SELECT count(*) FROM quarantine") == 1
+    stats = bridge.stats
+    assert (stats.messages, stats.duplicates, stats.samples, stats.rejected,
+            stats.quarantined) == (1, 1, 2, 1, 1)
+    assert stats.rejected_by_reason == {"impossible_value": 1}
+    assert +stats.quarantined_by_reason == {"rejected_samples": 1}  # + drops zero counts
+
+
 async def test_a_replay_in_a_later_batch_is_stored_twice_and_read_once(
         core, pki, broker, tmp_path):
     patient, device = await _device(core, pki, broker, tmp_path, "n3")
