@@ -68,9 +68,10 @@ class Ledger:
     dips: list[tuple[float, float]] = field(default_factory=list)  # (time, SpO2)
     not_taken: list[tuple[str, float]] = field(default_factory=list)  # (metric, time)
     # The payloads of the messages counted in ``messages``, as published (faults applied):
-    # what a check compares with storage sample by sample (healthiot/simulate.py). About
-    # 50 bytes a sample, for the life of the device object; None: not recorded.
-    payloads: list[bytes] | None = field(default_factory=list)
+    # what a check compares with storage sample by sample (healthiot/simulate.py sets a
+    # list). About 50 bytes a sample for the life of the device object, so None, not
+    # recorded, unless asked: `make run`'s demo fleet runs for days.
+    payloads: list[bytes] | None = None
 
     def acknowledged(self, message: Message) -> None:
         """Count ``message``, acknowledged for the first time."""

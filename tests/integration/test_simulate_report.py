@@ -49,8 +49,10 @@ async def _scale_in_pounds(core, pki, tmp_path: Path) -> Scale:  # type: ignore[
     await core.registry.register(device_id, model="scale", serial=device_id,
                                  cert_pem=flash.cert_file.read_bytes(), patient_id=patient)
     # Port 1: nothing listens; the test publishes nothing.
-    return Scale(device_id, flash, Broker("127.0.0.1", 1, pki.ca.ca_file), interval_s=60.0,
-                 rng=random.Random(7), kg=81.0, pounds=True)
+    scale = Scale(device_id, flash, Broker("127.0.0.1", 1, pki.ca.ca_file), interval_s=60.0,
+                  rng=random.Random(7), kg=81.0, pounds=True)
+    scale.ledger.payloads = []  # as simulate's fleet records them
+    return scale
 
 
 def _three_acknowledged(scale: Scale) -> list[Message]:

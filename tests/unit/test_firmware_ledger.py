@@ -1,0 +1,45 @@
+"""A device's ledger counts what the broker acknowledged; it keeps the payloads themselves
+only when a check asks for them (`healthiot simulate`), since `make run`'s demo fleet runs
+for days and would hold every payload it ever sent."""
+
+import random
+import time
+
+from firmware_sim.device import Broker, Flash
+from firmware_sim.models import Watch
+
+
+def _acknowledge_an_hour(watch: Watch) -> int:
+    start, sent = time.time() - 3600, 0
+    for i in range(0, 3600, 2):  # the demo watches measure every 2 s
+        message = watch.measure(start + i, start + i + 2)
+        if message is not None:
+            watch.ledger.acknowledged(message)
+            sent += 1
+    return sent
+
+
+def _watch(tmp_path, name):
+    return Watch(name, Flash(tmp_path / name), Broker("localhost", 1, tmp_path / "ca.pem"),
+                 interval_s=2.0, rng=random.Random(3))
+
+
+def test_a_device_keeps_counts_not_payloads_unless_asked(tmp_path):
+    watch = _watch(tmp_path, "watch-0000demo")
+    try:
+        sent = _acknowledge_an_hour(watch)
+        assert watch.ledger.messages == sent > 1000
+        assert watch.ledger.payloads is None
+    finally:
+        watch.close()
+
+
+def test_a_device_asked_to_record_keeps_each_acknowledged_payload(tmp_path):
+    watch = _watch(tmp_path, "watch-00000sim")
+    watch.ledger.payloads = []  # what healthiot simulate does
+    try:
+        sent = _acknowledge_an_hour(watch)
+        assert len(watch.ledger.payloads) == sent
+        assert all(p.startswith(b"[") for p in watch.ledger.payloads)  # SenML JSON
+    finally:
+        watch.close()
