@@ -79,7 +79,9 @@ class Watch(SimulatedDevice):
 @dataclass
 class ScaleLedger(Ledger):
     """A scale's ledger, with the ground truth of who stepped on it: (Unix time of the
-    weighing, index of the person in ``people``, the weight shown in kg), one per weighing."""
+    weighing, index of the person in ``people``, the weight shown in kg), one per weighing
+    of a shared scale (a one-person scale, as in `make run`'s demo, records none: its
+    weighings are all its owner's, and the list would grow for as long as it runs)."""
 
     weighed: list[tuple[float, int, float]] = field(default_factory=list)
 
@@ -110,12 +112,14 @@ class Scale(SimulatedDevice):
                            for w in people]
         self.person = self.people[0]
         self.pounds = pounds
+        self.shared = people is not None
 
     def readings(self, start: float, end: float) -> list[Record]:
         who = self.rng.randrange(len(self.people)) if len(self.people) > 1 else 0
         kg, fat = self.people[who].measure()
         t = round(end, 3)
-        self.ledger.weighed.append((t, who, kg))
+        if self.shared:
+            self.ledger.weighed.append((t, who, kg))
         weight = ("body_weight", "[lb_av]", t, to_pounds(kg)) if self.pounds \
             else ("body_weight", "kg", t, kg)
         return [weight, ("body_fat", "%", t, fat)]
