@@ -214,7 +214,9 @@ class Maintenance:
                    "rollups": now - dt.timedelta(days=p.rollups_days),
                    "quarantine": now - dt.timedelta(days=p.quarantine_days),
                    "audit": now - dt.timedelta(days=p.audit_days),
-                   "unclaimed": now - dt.timedelta(days=p.unclaimed_days)}
+                   "unclaimed": now - dt.timedelta(days=p.unclaimed_days),
+                   "record_feed": now - dt.timedelta(days=p.raw_days),
+                   "sessions": now}
         removed: dict[str, int] = {}
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -246,6 +248,13 @@ class Maintenance:
             # Invitations, used or not, are only a record of who joined: gone with them.
             await conn.execute("DELETE FROM device_invitations WHERE expires_at < $1",
                                cutoffs["unclaimed"])
+            # The feed's outbox holds each reading sent to the medical record, sealed in its
+            # Bundle: a copy that goes with the reading, sent or not (the record keeps its
+            # own under its rules).
+            status = await conn.execute("DELETE FROM record_feed_outbox WHERE created_at < $1",
+                                        cutoffs["record_feed"])
+            removed["record_feed"] = int(status.split()[-1])
+            removed["sessions"] = await _end_sessions(conn, cutoffs["sessions"])
         removed["audit"] = await self._audit.cut_before(cutoffs["audit"])
         async with self._pool.acquire() as conn:
             await conn.executemany(
@@ -267,3 +276,15 @@ class Maintenance:
                 log.exception("maintenance pass failed; retrying next interval")
             await asyncio.sleep(interval_s)
 
+
+async def _end_sessions(conn: asyncpg.Connection, now: dt.datetime) -> int:
+    """Delete the refresh tokens past their expiry (refused whatever their state), then the
+    sessions that have ended: revoked, or left without a token. A live session keeps its
+    used tokens until they expire: one presented again revokes it (storage/sessions.py).
+    Who signed in and when stays in the audit log, under its own retention."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
+        status = await conn.execute(
+            """DELETE FROM sessions s WHERE s.revoked_at IS NOT NULL
+                   OR NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""")
+    return int(status.split()[-1])

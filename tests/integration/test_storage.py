@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
 import subprocess
 import uuid
@@ -25,6 +26,7 @@ from storage.maintenance import Maintenance, RetentionPolicy
 from storage.reads import read_stats
 from storage.rollups import Rollups, compute
 from storage.segments import Samples
+from storage.sessions import RefreshRefused, Sessions
 from storage.store import MessageIn, QuarantineIn, SegmentIn, _segment_aad
 from tests.conftest import new_patient
 
@@ -343,7 +345,7 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
     # days of May.
     assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "unclaimed": 0,
-                              "audit": 0}
+                              "record_feed": 0, "sessions": 0, "audit": 0}
     left = await core.pool.fetch(
         "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
     assert [(r["resolution"], r["window_start"]) for r in left] == [
@@ -358,6 +360,61 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
                                   now)
     assert hours.mean.tolist() == [62.0]
     assert await core.pool.fetchval("SELECT count(*) FROM segments") == 3
+
+
+async def test_retention_ends_finished_sessions_and_keeps_what_reuse_detection_needs(
+        core) -> None:  # type: ignore[no-untyped-def]
+    """A login session leaves nothing behind once it has ended: revoked, or its last refresh
+    token expired. A live session keeps its used tokens until they expire (a used one
+    presented again revokes the session); the login history is the audit log's."""
+    patient, _, _ = await new_patient(core, "sessions")
+    sessions = Sessions(core.pool)
+    live = await sessions.open(str(patient), ["pwd", "otp"])
+    spent = await sessions.rotate(live.refresh_token)  # live.refresh_token is used now
+    current = await sessions.rotate(spent.refresh_token)
+    revoked = await sessions.open(str(patient), ["pwd", "otp"])
+    await sessions.revoke(revoked.session_id, "logout")
+    lapsed = await sessions.open(str(patient), ["pwd", "otp"])
+    past = "UPDATE refresh_tokens SET expires_at = now() - interval '1 day' WHERE token_hash = $1"
+    await core.pool.execute(past, hashlib.sha256(lapsed.refresh_token.encode()).digest())
+    await core.pool.execute(past, hashlib.sha256(live.refresh_token.encode()).digest())
+
+    removed = await _maintenance(core, RetentionPolicy()).enforce_retention(
+        dt.datetime.now(dt.UTC))
+    assert removed["sessions"] == 2
+    assert {r["id"] for r in await core.pool.fetch("SELECT id FROM sessions")} == {
+        live.session_id}
+    assert await core.pool.fetchval("SELECT count(*) FROM refresh_tokens") == 2
+    assert await core.pool.fetchval(
+        "SELECT removed FROM retention_runs WHERE kind = 'sessions'") == 2
+    assert not await sessions.is_active(revoked.session_id)
+    assert not await sessions.is_active(lapsed.session_id)
+    # The live session goes on, and still catches a copy of a token it spent.
+    await sessions.rotate(current.refresh_token)
+    with pytest.raises(RefreshRefused) as refused:
+        await sessions.rotate(spent.refresh_token)
+    assert refused.value.reused and not await sessions.is_active(live.session_id)
+
+
+async def test_retention_removes_the_record_feeds_copies_of_readings_past_raw_retention(
+        core) -> None:  # type: ignore[no-untyped-def]
+    """The outbox keeps each reading sent to the medical record, sealed, as its Bundle: a
+    copy of the reading, which goes when the reading's own retention ends, sent or not."""
+    patient, _, _ = await new_patient(core, "outbox")
+    for identifier, state, age_days in (("heart_rate/1", "sent", 400), ("heart_rate/2",
+                                        "pending", 400), ("heart_rate/3", "sent", 30)):
+        await core.pool.execute(
+            "INSERT INTO record_feed_outbox (patient_id, identifier, metric, state,"
+            " created_at, key_version, sealed) VALUES ($1, $2, 'heart_rate', $3,"
+            " now() - make_interval(days => $4), 1, '\\x00')",
+            patient, identifier, state, age_days)
+    removed = await _maintenance(core, RetentionPolicy(raw_days=365)).enforce_retention(
+        dt.datetime.now(dt.UTC))
+    assert removed["record_feed"] == 2
+    assert [r["identifier"] for r in await core.pool.fetch(
+        "SELECT identifier FROM record_feed_outbox")] == ["heart_rate/3"]
+    assert await core.pool.fetchval(
+        "SELECT removed FROM retention_runs WHERE kind = 'record_feed'") == 2
 
 
 async def test_a_dump_taken_before_erasure_cannot_be_opened_after(core, pg_server, database,  # type: ignore[no-untyped-def]
