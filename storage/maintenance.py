@@ -216,7 +216,8 @@ class Maintenance:
                    "audit": now - dt.timedelta(days=p.audit_days),
                    "unclaimed": now - dt.timedelta(days=p.unclaimed_days),
                    "record_feed": now - dt.timedelta(days=p.raw_days),
-                   "sessions": now}
+                   "sessions": now, "renewals": now,
+                   "takeovers": now - dt.timedelta(days=p.audit_days)}
         removed: dict[str, int] = {}
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -255,6 +256,16 @@ class Maintenance:
                                         cutoffs["record_feed"])
             removed["record_feed"] = int(status.split()[-1])
             removed["sessions"] = await _end_sessions(conn, cutoffs["sessions"])
+            # A renewal's answer is kept for a device that asks again with the same CSR:
+            # of no use once the certificate it holds has expired.
+            status = await conn.execute(
+                """DELETE FROM certificate_renewals r USING device_certificates c
+                   WHERE c.serial = r.serial AND c.expires_at < $1""", cutoffs["renewals"])
+            removed["renewals"] = int(status.split()[-1])
+            # Takeovers are a security record, kept as long as the audit log.
+            status = await conn.execute("DELETE FROM client_id_takeovers WHERE at < $1",
+                                        cutoffs["takeovers"])
+            removed["takeovers"] = int(status.split()[-1])
         removed["audit"] = await self._audit.cut_before(cutoffs["audit"])
         async with self._pool.acquire() as conn:
             await conn.executemany(

@@ -5,6 +5,7 @@ old certificate is then revoked, and no reading is lost."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from firmware_sim.device import Watch
 from firmware_sim.renewal import renew
 from healthiot.localservers import MosquittoServer
 from healthiot.services import Core
+from storage.maintenance import Maintenance, RetentionPolicy
+from storage.rollups import Rollups
 from tests.conftest import BrokerAddress, Database, Pki, new_patient, new_watch, wait_until
 from tests.integration.test_device_revocation import (  # noqa: F401 (fixtures)
     _ender,
@@ -168,6 +171,37 @@ async def test_a_repeated_csr_gets_the_same_certificate_and_refusals_say_why(
     await core.registry.revoke(other.device_id)
     assert await refused(other.device_id, make_csr(new_key(), other.device_id)) == "not_paired"
     assert await refused(new_device_id("watch"), make_csr(new_key(), "x")) == "bad_csr"
+
+
+async def test_retention_removes_answers_of_expired_certificates_and_old_takeovers(
+        core: Core, pki: Pki, tmp_path: Path) -> None:
+    """A renewal's stored answer serves a device that asks again with the same CSR: useless
+    once the certificate it holds has expired, so it goes then. A takeover is a security
+    record, kept as long as the audit log."""
+    patient, _, _ = await new_patient(core, "renewal.retention")
+    address = BrokerAddress("localhost", 1, None)  # type: ignore[arg-type] (no broker here)
+    device = await new_watch(core, pki, address, tmp_path, patient)
+    renewer = CertificateRenewer(core.registry, pki.ca, core.pool)
+    old, current = [x509.load_pem_x509_certificate(await renewer.renew(
+        device.device_id, make_csr(new_key(), device.device_id))) for _ in range(2)]
+    await core.pool.execute(
+        "UPDATE device_certificates SET expires_at = now() - interval '1 day' WHERE serial = $1",
+        format(old.serial_number, "x"))
+    now = dt.datetime.now(dt.UTC)
+    policy = RetentionPolicy(audit_days=400)
+    for days in (401, 399):
+        await core.pool.execute(
+            "INSERT INTO client_id_takeovers (at, client_id, identity, peer, live_session_closed)"
+            " VALUES ($1, $2, $2, '192.0.2.1:5000', true)",
+            now - dt.timedelta(days=days), device.device_id)
+    removed = await Maintenance(core.pool, core.store, Rollups(core.pool, core.keyring,
+                                                               core.store),
+                                core.audit, policy).enforce_retention(now)
+    assert (removed["renewals"], removed["takeovers"]) == (1, 1)
+    assert await core.pool.fetchval("SELECT serial FROM certificate_renewals") == format(
+        current.serial_number, "x")
+    assert await core.pool.fetchval(
+        "SELECT now() - at < interval '400 days' FROM client_id_takeovers")
 
 
 async def test_a_device_cannot_ask_for_another_devices_certificate(

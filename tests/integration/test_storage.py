@@ -345,7 +345,8 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
     # days of May.
     assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "unclaimed": 0,
-                              "record_feed": 0, "sessions": 0, "audit": 0}
+                              "record_feed": 0, "sessions": 0, "renewals": 0,
+                              "takeovers": 0, "audit": 0}
     left = await core.pool.fetch(
         "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
     assert [(r["resolution"], r["window_start"]) for r in left] == [
