@@ -80,8 +80,9 @@ class Watch(SimulatedDevice):
 class ScaleLedger(Ledger):
     """A scale's ledger, with the ground truth of who stepped on it: (Unix time of the
     weighing, index of the person in ``people``, the weight shown in kg), one per weighing
-    of a shared scale (a one-person scale, as in `make run`'s demo, records none: its
-    weighings are all its owner's, and the list would grow for as long as it runs)."""
+    of a scale made with ``people`` (a household's; one made without, as in `make run`'s
+    demo, records none: its weighings are all its owner's, and the list would grow for as
+    long as it runs)."""
 
     weighed: list[tuple[float, int, float]] = field(default_factory=list)
 

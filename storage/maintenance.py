@@ -216,7 +216,7 @@ class Maintenance:
                    "audit": now - dt.timedelta(days=p.audit_days),
                    "unclaimed": now - dt.timedelta(days=p.unclaimed_days),
                    "record_feed": now - dt.timedelta(days=p.raw_days),
-                   "sessions": now, "renewals": now,
+                   "refresh_tokens": now, "sessions": now, "renewals": now,
                    "takeovers": now - dt.timedelta(days=p.audit_days)}
         removed: dict[str, int] = {}
         async with self._pool.acquire() as conn:
@@ -255,7 +255,7 @@ class Maintenance:
             status = await conn.execute("DELETE FROM record_feed_outbox WHERE created_at < $1",
                                         cutoffs["record_feed"])
             removed["record_feed"] = int(status.split()[-1])
-            removed["sessions"] = await _end_sessions(conn, cutoffs["sessions"])
+            removed["refresh_tokens"], removed["sessions"] = await _end_sessions(conn)
             # A renewal's answer is kept for a device that asks again with the same CSR:
             # of no use once the certificate it holds has expired.
             status = await conn.execute(
@@ -288,14 +288,15 @@ class Maintenance:
             await asyncio.sleep(interval_s)
 
 
-async def _end_sessions(conn: asyncpg.Connection, now: dt.datetime) -> int:
+async def _end_sessions(conn: asyncpg.Connection) -> tuple[int, int]:
     """Delete the refresh tokens past their expiry (refused whatever their state), then the
-    sessions that have ended: revoked, or left without a token. A live session keeps its
-    used tokens until they expire: one presented again revokes it (storage/sessions.py).
-    Who signed in and when stays in the audit log, under its own retention."""
+    sessions that have ended: revoked, or left without a token; (tokens, sessions). A live
+    session keeps its used tokens until they expire: one presented again revokes it
+    (storage/sessions.py, which reads expiry against the database's clock, as here). Who
+    signed in and when stays in the audit log, under its own retention."""
     async with conn.transaction():
-        await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < $1", now)
-        status = await conn.execute(
+        tokens = await conn.execute("DELETE FROM refresh_tokens WHERE expires_at < now()")
+        sessions = await conn.execute(
             """DELETE FROM sessions s WHERE s.revoked_at IS NOT NULL
                    OR NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""")
-    return int(status.split()[-1])
+    return int(tokens.split()[-1]), int(sessions.split()[-1])

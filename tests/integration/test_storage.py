@@ -345,7 +345,8 @@ async def test_retention_removes_rollups_whose_whole_window_has_passed(core) -> 
     # the days of March. Kept: the hours of 6 May, a day that straddles the cutoff, and the
     # days of May.
     assert report.removed == {"raw": 0, "rollups": 3, "quarantine": 0, "unclaimed": 0,
-                              "record_feed": 0, "sessions": 0, "renewals": 0,
+                              "record_feed": 0, "refresh_tokens": 0, "sessions": 0,
+                              "renewals": 0,
                               "takeovers": 0, "audit": 0}
     left = await core.pool.fetch(
         "SELECT resolution, window_start FROM rollups ORDER BY 1, 2")
@@ -382,7 +383,8 @@ async def test_retention_ends_finished_sessions_and_keeps_what_reuse_detection_n
 
     removed = await _maintenance(core, RetentionPolicy()).enforce_retention(
         dt.datetime.now(dt.UTC))
-    assert removed["sessions"] == 2
+    # The two expired tokens, then the revoked session and the one its token left.
+    assert (removed["refresh_tokens"], removed["sessions"]) == (2, 2)
     assert {r["id"] for r in await core.pool.fetch("SELECT id FROM sessions")} == {
         live.session_id}
     assert await core.pool.fetchval("SELECT count(*) FROM refresh_tokens") == 2
