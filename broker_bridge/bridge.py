@@ -448,16 +448,13 @@ class Bridge:
         # its samples and refusals were counted when it was stored.
         fresh = np.array([m.key in result.fresh for m in prepared.messages], dtype=bool)
         reject = prepared.reject[fresh[prepared.pack]] if len(fresh) else prepared.reject[:0]
-        written = [q for q in quarantined
-                   if q.seq is None or (q.device_id, q.epoch, q.seq) in result.fresh]
         self.stats.batches += 1
         self.stats.messages += new
         self.stats.duplicates += len(messages) - new - len(result.reused) + prepared.repeats
         self.stats.samples += int(np.count_nonzero(reject == Reject.ACCEPTED))
         self.stats.rejected += int(np.count_nonzero(reject != Reject.ACCEPTED))
-        self.stats.quarantined += len(written) + len(result.reused)
-        self.stats.quarantined_by_reason.update(q.reason for q in written)
-        self.stats.quarantined_by_reason["sequence_reused"] += len(result.reused)
+        self.stats.quarantined += result.quarantined.total()
+        self.stats.quarantined_by_reason.update(result.quarantined)
         refused = reject[reject != Reject.ACCEPTED]
         for code, n in enumerate(np.bincount(refused)):
             if n:

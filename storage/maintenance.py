@@ -239,13 +239,13 @@ class Maintenance:
                 """DELETE FROM rollups WHERE window_start + CASE resolution
                        WHEN '1h' THEN interval '1 day' ELSE interval '1 month' END <= $1""",
                 cutoffs["rollups"])
-            removed["rollups"] = int(status.split()[-1])
+            removed["rollups"] = _deleted(status)
             status = await conn.execute("DELETE FROM quarantine WHERE received_at < $1",
                                         cutoffs["quarantine"])
-            removed["quarantine"] = int(status.split()[-1])
+            removed["quarantine"] = _deleted(status)
             status = await conn.execute("DELETE FROM unclaimed_readings WHERE held_at < $1",
                                         cutoffs["unclaimed"])
-            removed["unclaimed"] = int(status.split()[-1])
+            removed["unclaimed"] = _deleted(status)
             # Invitations, used or not, are only a record of who joined: gone with them.
             await conn.execute("DELETE FROM device_invitations WHERE expires_at < $1",
                                cutoffs["unclaimed"])
@@ -254,18 +254,18 @@ class Maintenance:
             # own under its rules).
             status = await conn.execute("DELETE FROM record_feed_outbox WHERE created_at < $1",
                                         cutoffs["record_feed"])
-            removed["record_feed"] = int(status.split()[-1])
+            removed["record_feed"] = _deleted(status)
             removed["refresh_tokens"], removed["sessions"] = await _end_sessions(conn)
             # A renewal's answer is kept for a device that asks again with the same CSR:
             # of no use once the certificate it holds has expired.
             status = await conn.execute(
                 """DELETE FROM certificate_renewals r USING device_certificates c
                    WHERE c.serial = r.serial AND c.expires_at < $1""", cutoffs["renewals"])
-            removed["renewals"] = int(status.split()[-1])
+            removed["renewals"] = _deleted(status)
             # Takeovers are a security record, kept as long as the audit log.
             status = await conn.execute("DELETE FROM client_id_takeovers WHERE at < $1",
                                         cutoffs["takeovers"])
-            removed["takeovers"] = int(status.split()[-1])
+            removed["takeovers"] = _deleted(status)
         removed["audit"] = await self._audit.cut_before(cutoffs["audit"])
         async with self._pool.acquire() as conn:
             await conn.executemany(
@@ -299,4 +299,9 @@ async def _end_sessions(conn: asyncpg.Connection) -> tuple[int, int]:
         sessions = await conn.execute(
             """DELETE FROM sessions s WHERE s.revoked_at IS NOT NULL
                    OR NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)""")
-    return int(tokens.split()[-1]), int(sessions.split()[-1])
+    return _deleted(tokens), _deleted(sessions)
+
+
+def _deleted(status: str) -> int:
+    """The row count of a DELETE's command tag ("DELETE 3")."""
+    return int(status.split()[-1])

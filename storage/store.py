@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import numpy as np
@@ -86,6 +87,8 @@ class Ingested:
     reused: list[MessageIn]
     # (device, epoch, seq) of the messages stored for the first time by this batch.
     fresh: frozenset[tuple[str, int, int]] = frozenset()
+    # The quarantine records this batch wrote, by reason (a redelivery's are not written).
+    quarantined: Counter[str] = field(default_factory=Counter)
 
 
 def _segment_aad(segment_id: uuid.UUID, patient_id: uuid.UUID, metric: str, device_id: str,
@@ -278,7 +281,8 @@ class Store:
                        FROM (SELECT unnest($1::text[]) AS id, unnest($2::timestamptz[]) AS at) s
                        WHERE d.id = s.id""",
                     list(last_seen), list(last_seen.values()))
-        return Ingested(new_count, reused, frozenset(fresh))
+        return Ingested(new_count, reused, frozenset(fresh),
+                        Counter(q.reason for q in to_quarantine))
 
     async def _digests(self, conn: asyncpg.Connection,
                        messages: Sequence[MessageIn]) -> list[bytes | None]:
