@@ -168,14 +168,31 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) != 0
 
 
+# Ports this process has handed out: a port is free again once its probe socket closes,
+# so without this two servers set up side by side (a run's seven ports) could be given
+# the same one (about one e2e test in fifty did).
+_HANDED_OUT: set[int] = set()
+
+
+def _hand_out(port: int) -> int:
+    _HANDED_OUT.add(port)
+    return port
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port of the ephemeral range, never one this process handed out before."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            return _hand_out(port)
+    raise ServerUnavailable("no free port left in the ephemeral range")
 
 
 def stable_port(rng: random.Random | None = None) -> int:
-    """A free port below the ephemeral range, for a server that will be restarted on it.
+    """A free port below the ephemeral range, for a server that will be restarted on it;
+    never one this process handed out before.
 
     A client retrying connect() to a dead port inside the ephemeral range can be given that
     very port as its own and connect to itself (TCP simultaneous open): the restarted server
@@ -184,8 +201,8 @@ def stable_port(rng: random.Random | None = None) -> int:
     rng = rng or random.Random()
     for _ in range(1000):
         port = rng.randrange(low // 2, low)
-        if port_is_free(port):
-            return port
+        if port not in _HANDED_OUT and port_is_free(port):
+            return _hand_out(port)
     raise ServerUnavailable("no free port below the ephemeral range")
 
 
