@@ -6,6 +6,7 @@ in a state the patient can read, and nothing is lost or sent twice."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
 import ssl
 import uuid
@@ -158,7 +159,10 @@ def _week(start: dt.datetime) -> dict[str, dict[str, tuple[list[int], list[float
     and evening, converted values with false precision) and a glucometer (three a day)."""
     ms = int(start.timestamp() * 1000)
     day, quarter = 86_400_000, 900_000
-    steps_t = [ms + i * quarter for i in range(7 * 96)]
+    # Each Paris day's own quarters (92 or 100 on a day the clocks change): a week of 168
+    # hours would spill into an eighth day across the spring change.
+    midnights = [int((start + dt.timedelta(days=d)).timestamp() * 1000) for d in range(8)]
+    steps_t = [t for a, b in itertools.pairwise(midnights) for t in range(a, b, quarter)]
     rng = np.random.default_rng(20)
     return {
         "watch": {"steps": (steps_t, rng.integers(0, 400, len(steps_t)).astype(float)
