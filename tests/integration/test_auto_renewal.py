@@ -177,9 +177,10 @@ async def test_without_a_renewer_the_device_retries_with_growing_waits_and_keeps
     assert len(times) == device.ledger.renewal_failures >= 5  # each attempt sent its CSR
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # The wait after the k-th failure is at least half its step (0.2 s doubling), besides
-    # the 0.3 s the device waited for an answer: no hammering.
+    # the 0.3 s the device waited for an answer: no hammering. The times are the CSRs'
+    # arrivals at the spy, through the broker: 0.1 s is left for one arriving late.
     for k, gap in enumerate(gaps, start=1):
-        assert gap >= 0.3 + 0.1 * 2 ** (k - 1) - 0.02, gaps
+        assert gap >= 0.3 + 0.1 * 2 ** (k - 1) - 0.1, gaps
     assert gaps[-1] > gaps[0] + 0.4  # the fourth step (0.8-1.6 s) against the first (0.1-0.2 s)
     assert device.ledger.renewals == 0
     assert device.flash.cert_file.exists()

@@ -28,8 +28,9 @@ from tests.faults.test_outages import all_stored, assert_exactly_once
 
 MESSAGES = 120  # per device
 # Short, so that the checks run many times while the devices publish: a hole that the other
-# worker fills is older than the grace period at every check after the first second.
-GAPS = GapConfig(grace_s=1.0, check_every_s=0.2)
+# worker fills is older than the grace period at every check after the first two seconds.
+# Not shorter: the other worker's commit may take a second on a loaded machine.
+GAPS = GapConfig(grace_s=2.0, check_every_s=0.2)
 
 
 async def test_two_workers_share_every_device_and_ask_for_no_resend(

@@ -29,7 +29,7 @@ from storage.rollups import Rollups, compute
 from storage.segments import Samples
 from storage.sessions import RefreshRefused, Sessions
 from storage.store import MessageIn, QuarantineIn, SegmentIn, _segment_aad
-from tests.conftest import new_patient
+from tests.conftest import new_patient, wait_until
 
 DAY_MS = 86_400_000
 # Values no clock, id or counter would produce by chance: if the dump shows them, it leaks.
@@ -152,7 +152,10 @@ async def test_kek_rotation_under_read_load(database, tmp_path) -> None:  # type
     await asyncio.sleep(0.05)
     async with rotating.pool.acquire() as conn:
         done = await rotating.keyring.rewrap_all(conn, LocalKeyFile(new))
-    await asyncio.sleep(0.05)
+
+    async def read_enough() -> bool:  # a loaded machine reads slower: some 40 reads in all
+        return reads[0] > 40
+    await wait_until(read_enough)
     stop.set()
     await asyncio.gather(*tasks)  # a failed read fails the test here
     assert done >= 20 and reads[0] > 40
