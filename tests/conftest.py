@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from hypothesis import settings
 
 from api import passwords, totp
 from broker_bridge.bridge import Bridge
@@ -50,6 +51,11 @@ from healthiot.services import Core, new_bridge, open_core
 from healthiot.stack import SERVER_NAMES
 from storage import partitioning, roles
 from storage.migrate import migrate
+
+# No per-example deadline: the property tests run late in a process that holds servers
+# and garbage, where one collection pause of a quarter second made Hypothesis fail a test.
+settings.register_profile("healthiot", deadline=None)
+settings.load_profile("healthiot")
 
 TEMPLATE_DB = "healthiot_template"
 _counter = itertools.count()

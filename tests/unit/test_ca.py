@@ -111,11 +111,12 @@ def test_device_certificate_is_for_client_auth_only_and_not_a_ca(
 
 def test_device_certificate_is_valid_now_for_the_device_validity(
         ca: CertificateAuthority, device_key: ec.EllipticCurvePrivateKey) -> None:
-    now = dt.datetime.now(dt.UTC)
+    before = dt.datetime.now(dt.UTC)
     cert = issued(ca, make_csr(device_key, new_device_id("thermometer")))
-    assert cert.not_valid_before_utc <= now
-    lifetime = cert.not_valid_after_utc - now
-    assert DEVICE_VALIDITY - dt.timedelta(minutes=1) < lifetime <= DEVICE_VALIDITY
+    after = dt.datetime.now(dt.UTC)  # X.509 times are whole seconds: issued in [before, after]
+    assert cert.not_valid_before_utc <= before
+    assert (before + DEVICE_VALIDITY - dt.timedelta(minutes=1) < cert.not_valid_after_utc
+            <= after + DEVICE_VALIDITY)
 
 
 def test_each_certificate_gets_its_own_serial(
