@@ -98,7 +98,7 @@ class ServicesListener:
 
 
 def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int,
-                   services: ServicesListener) -> str:
+                   services: ServicesListener, autosave_s: int = 30) -> str:
     """The whole mosquitto.conf: no plaintext listener exists; the topic policy, checked
     at SUBSCRIBE too, is the plugin's (Mosquitto 2.0's acl_file lets any subscription
     through)."""
@@ -110,7 +110,7 @@ def mosquitto_conf(files: BrokerFiles, *, bind: str, port: int,
         *plugin_options(),
         "persistence true",
         f"persistence_location {files.persistence_dir}/",
-        "autosave_interval 30",
+        f"autosave_interval {autosave_s}",
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "max_inflight_messages 100",

@@ -331,8 +331,10 @@ class MosquittoServer:
 
     def __init__(self, directory: Path, *, port: int, services_port: int, bind: str,
                  clients_ca: bytes, cert: bytes, key: bytes, log_file: Path,
-                 crl: bytes | None = None, own_log_file: bool = False) -> None:
+                 crl: bytes | None = None, own_log_file: bool = False,
+                 autosave_s: int = 30) -> None:
         self.directory, self.port, self.bind = directory, port, bind
+        self.autosave_s = autosave_s  # how often the broker writes its sessions to disk
         self.services_port = services_port
         # Besides its output in log_file, a log the broker writes itself (log_dest file), as
         # a deployment's broker does for the takeover watcher.
@@ -386,7 +388,8 @@ class MosquittoServer:
         shutil.copyfile(build_plugin(), files.plugin)
         self.config_file.write_text(mosquitto_conf(
             files, bind=self.bind, port=self.port,
-            services=ServicesListener(self.bind, self.services_port)))
+            services=ServicesListener(self.bind, self.services_port),
+            autosave_s=self.autosave_s))
         if running_as_root():
             # Mosquitto runs as "mosquitto", which must read its keys and write its state.
             _check_traversable(self.directory, "mosquitto")

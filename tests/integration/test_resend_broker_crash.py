@@ -23,7 +23,9 @@ class _Address:
 
 @pytest.fixture
 async def own_broker(workdir, pki):
-    server = mosquitto(workdir, pki, f"mosquitto-crash-{time.monotonic_ns()}")
+    # No autosave within the test: what the broker queued lives in its memory alone.
+    server = mosquitto(workdir, pki, f"mosquitto-crash-{time.monotonic_ns()}",
+                       autosave_s=3600)
     await start_mosquitto(server)
     yield server
     server.stop()
@@ -85,7 +87,7 @@ async def test_messages_lost_by_a_killed_broker_are_asked_for_and_stored_once(
     await wait_until(flowing, timeout=20)
 
     # The bridge goes away; the broker acknowledges the devices' messages and queues them in
-    # the bridge's session, in memory (no autosave yet), and is then killed: they are gone.
+    # the bridge's session, in memory (no autosave), and is then killed: they are gone.
     await bridge.stop()
     before = [w.ledger.messages for w in watches]
 
