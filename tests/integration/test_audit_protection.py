@@ -43,13 +43,17 @@ def psql(dsn: str, password: str, sql: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+async def _core(database: Database, tmp_path: Path, anchor_every_s: float) -> Core:
+    return await open_core(database.dsn, database.password, tmp_path / "kek.bin",
+                           create_kek=True, anchor_every_s=anchor_every_s)
+
+
 @pytest.fixture
 async def core(database: Database, tmp_path: Path) -> AsyncIterator[Core]:
     """The conftest's core, but a burst of appends is anchored at its first row and, on
     flush, its last only: the tests below name the anchored rows, and five appends can take
     longer than ANCHOR_EVERY_S on a loaded machine (the timer is tested apart)."""
-    opened = await open_core(database.dsn, database.password, tmp_path / "kek.bin",
-                             create_kek=True, anchor_every_s=3600)
+    opened = await _core(database, tmp_path, anchor_every_s=3600)
     try:
         yield opened
     finally:
@@ -310,8 +314,7 @@ async def test_the_head_is_anchored_at_most_anchor_every_s_after_an_append(
         database: Database, tmp_path: Path) -> None:
     # 3 s, not ANCHOR_EVERY_S: three appends on a loaded machine stay well within it.
     every = 3.0
-    core = await open_core(database.dsn, database.password, tmp_path / "kek.bin",
-                           create_kek=True, anchor_every_s=every)
+    core = await _core(database, tmp_path, anchor_every_s=every)
     patient = uuid.uuid4()
     for i in range(3):
         await core.audit.record(actor=f"patient:{patient}", patient_id=patient, action="read",

@@ -32,8 +32,9 @@ from storage.store import MessageIn, QuarantineIn, SegmentIn, _segment_aad
 from tests.conftest import new_patient, wait_until
 
 DAY_MS = 86_400_000
-# Values no clock, id or counter would produce by chance: if the dump shows them, it leaks.
+# A timestamp's seconds, masked in dumps: "05:08:54.603726" spells 54.60 by chance.
 TIMESTAMP_SECONDS = re.compile(r"\d\d:\d\d:\d\d\.\d+")
+# Values no clock, id or counter would produce by chance: if the dump shows them, it leaks.
 HR_VALUES = np.array([61.734521, 72.918273, 88.127364, 54.603918])
 
 
@@ -94,7 +95,6 @@ async def test_a_dump_after_a_week_reveals_no_value(core, database, tmp_path) ->
     dump = await asyncio.to_thread(_pg_dump, database.dsn, database.password,
                                    tmp_path / "dump.sql")
     assert "segments" in dump and len(dump) > 50_000  # the data is there, sealed
-    # A timestamp's seconds ("05:08:54.603726") can spell a value's digits by chance.
     dump = TIMESTAMP_SECONDS.sub("SS.ssssss", dump)
     for value in HR_VALUES:
         for text in (f"{value}", f"{value:.4f}", f"{value:.2f}"):
